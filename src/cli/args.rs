@@ -1,0 +1,76 @@
+//! The command line as typed: clap derive structs holding raw flags, nothing resolved yet.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Zero-downtime database deployments in phases: expand, migrate, switch-flag, contract.
+#[derive(Debug, Parser)]
+#[command(name = "phased", version, about, long_about = None)]
+pub struct Cli {
+    /// Database URL: postgres://user@host/db or sqlite://path [default: sqlite://phased.db]
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
+
+    /// Output: human (bars on a terminal, plain lines otherwise) or json (NDJSON events).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse, check and lint plans; no database needed.
+    Validate {
+        /// Plan files.
+        #[arg(required = true)]
+        plans: Vec<PathBuf>,
+    },
+    /// Execute a plan, or resume it where it stopped.
+    Run(RunArgs),
+    /// Show every phase and step: state, timings, progress, last error.
+    Status { plan: PathBuf },
+    /// Check a phase's gate without running anything (exit 3 when it is not met).
+    Gate {
+        plan: PathBuf,
+        #[arg(long)]
+        phase: String,
+    },
+    /// Read the flag store, or set a flag by hand.
+    Flags {
+        #[command(subcommand)]
+        action: Option<FlagsAction>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    pub plan: PathBuf,
+    /// Run exactly this phase (the earlier ones must be done).
+    #[arg(long, conflicts_with = "until")]
+    pub phase: Option<String>,
+    /// Run the phases up to and including this one.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// While this file exists, backfills pause (an operator's brake).
+    #[arg(long)]
+    pub throttle_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlagsAction {
+    /// Set a flag: phased flags set NAME VALUE
+    Set { name: String, value: String },
+}

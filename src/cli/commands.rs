@@ -1,0 +1,320 @@
+//! One function per command: resolve what it needs, run it, print the result, return the exit code.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use super::args::{Cli, Command, FlagsAction, Format, RunArgs};
+use super::config::{self, AnyTarget};
+use super::exit;
+use super::output::{HumanReporter, JsonReporter};
+use crate::engine::{self, EngineError, Reporter};
+use crate::plan::LoadedPlan;
+use crate::target::{DatabaseUrl, Target, TargetError};
+use crate::with_target;
+
+/// Runs the parsed command line and returns the process exit code.
+pub async fn execute(cli: Cli) -> u8 {
+    match &cli.command {
+        Command::Validate { plans } => validate(plans, cli.format),
+        Command::Run(args) => run(&cli, args).await,
+        Command::Status { plan } => status(&cli, plan).await,
+        Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
+        Command::Flags { action } => flags(&cli, action.as_ref()).await,
+    }
+}
+
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
+    let mut code = exit::OK;
+    for path in plans {
+        match config::load_plan(path) {
+            Ok(loaded) => {
+                if loaded.report.warnings().next().is_some() {
+                    eprint!("{}", loaded.report.render_for(color()));
+                }
+                let warnings = loaded.report.warnings().count();
+                match format {
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::json!({"plan": path.display().to_string(), "valid": true, "warnings": warnings})
+                    ),
+                    Format::Human => println!(
+                        "{}: ok — plan `{}`, {} phases, {} steps{}",
+                        path.display(),
+                        loaded.plan.id(),
+                        loaded.plan.phases.value.len(),
+                        loaded.plan.step_refs().len(),
+                        if warnings > 0 {
+                            format!(", {warnings} warning(s)")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                }
+            }
+            Err(report) => {
+                eprint!("{}", report.render_for(color()));
+                let errors = report.errors().count();
+                match format {
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::json!({"plan": path.display().to_string(), "valid": false, "errors": errors})
+                    ),
+                    Format::Human => println!("{}: invalid — {errors} error(s)", path.display()),
+                }
+                code = exit::INVALID;
+            }
+        }
+    }
+    code
+}
+
+/// Loads the plan and opens the database, or prints why not and returns the exit code.
+async fn prepare(cli: &Cli, path: &Path) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
+    let loaded = config::load_plan(path).map_err(|report| {
+        eprint!("{}", report.render_for(color()));
+        exit::INVALID
+    })?;
+    let url = config::database_url(cli.database.as_deref()).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::INVALID
+    })?;
+    let target = config::open(&url, loaded.plan.id()).await.map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILED
+    })?;
+    Ok((loaded, url, target))
+}
+
+fn reporter(format: Format) -> Box<dyn Reporter> {
+    match format {
+        Format::Json => Box::new(JsonReporter),
+        Format::Human => Box::new(HumanReporter::new()),
+    }
+}
+
+/// Prints an engine error the way an operator needs it, and maps it to its exit code.
+fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
+    let code = match err {
+        EngineError::StepFailed { .. } | EngineError::Drift { .. } | EngineError::Target(_) => {
+            exit::FAILED
+        }
+        EngineError::GateNotMet(_) => exit::GATE,
+        EngineError::LeaseHeld { .. } => exit::LOCKED,
+        EngineError::Usage(_) => exit::INVALID,
+    };
+    if format == Format::Json {
+        let line =
+            serde_json::json!({"event": "error", "exit_code": code, "message": err.to_string()});
+        println!("{line}");
+    }
+    match err {
+        EngineError::StepFailed {
+            step,
+            label,
+            error,
+            sql,
+            completed,
+        } => {
+            eprintln!("\nerror: step {step} ({label}) failed");
+            eprintln!("  {}", error.replace('\n', "\n  "));
+            if let Some(sql) = sql {
+                eprintln!("  while running:\n    {}", sql.replace('\n', "\n    "));
+            }
+            if !completed.is_empty() {
+                eprintln!("  completed by this run: {}", completed.join(", "));
+            }
+            eprintln!(
+                "  The state is saved. Fix the cause and run `phased run {}` again to resume from this step;\n  `phased status {}` shows where everything stands.",
+                plan.display(),
+                plan.display()
+            );
+        }
+        EngineError::Drift { step, label } => {
+            eprintln!("error: drift: step {step} ({label}) is done, but its definition in the plan changed since it ran.");
+            eprintln!("  Nothing was executed. Restore the step as it was and put the change in a new step (or a new plan).");
+        }
+        other => eprintln!("error: {other}"),
+    }
+    code
+}
+
+async fn run(cli: &Cli, args: &RunArgs) -> u8 {
+    let (loaded, _url, mut target) = match prepare(cli, &args.plan).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let options = engine::RunOptions {
+        phase: args.phase.clone(),
+        until: args.until.clone(),
+        throttle_file: args.throttle_file.clone(),
+    };
+    let mut reporter = reporter(cli.format);
+    let result =
+        with_target!(&mut target, t => engine::run(t, &loaded, &options, reporter.as_mut()).await);
+    match result {
+        Ok(()) => exit::OK,
+        Err(err) => report_engine_error(&err, &args.plan, cli.format),
+    }
+}
+
+async fn status(cli: &Cli, path: &Path) -> u8 {
+    let (loaded, _url, mut target) = match prepare(cli, path).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let result = with_target!(&mut target, t => engine::status::status(t, &loaded.plan).await);
+    let status = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    if cli.format == Format::Json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILED;
+            }
+        }
+        return exit::OK;
+    }
+    println!("plan {} on {}", status.plan, status.database);
+    for phase in &status.phases {
+        println!("\n{} ({}) — {}", phase.name, phase.kind, phase.status);
+        for step in &phase.steps {
+            let mut line = format!(
+                "  {:>2}. {:<12} {}",
+                step.step,
+                step.status.as_str(),
+                step.label
+            );
+            if step.attempts > 1 {
+                line.push_str(&format!("  [{} attempts]", step.attempts));
+            }
+            if let Some(done) = step.rows_done {
+                let total = step.rows_total.map(|t| format!("/{t}")).unwrap_or_default();
+                line.push_str(&format!("  {done}{total} rows"));
+            }
+            if let Some(finished) = &step.finished_at {
+                line.push_str(&format!("  at {finished}"));
+            }
+            if step.drift {
+                line.push_str("  DRIFT: definition changed since it ran");
+            }
+            println!("{line}");
+            if let Some(error) = &step.last_error {
+                if step.status != crate::target::StepStatus::Done {
+                    println!("      last error: {}", error.replace('\n', "\n      "));
+                }
+            }
+        }
+    }
+    exit::OK
+}
+
+async fn gate(cli: &Cli, path: &Path, phase_name: &str) -> u8 {
+    let (loaded, _url, mut target) = match prepare(cli, path).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let Some(phase) = loaded.plan.phase(phase_name) else {
+        let names: Vec<&str> = loaded.plan.phases().map(|p| p.name()).collect();
+        eprintln!(
+            "error: plan `{}` has no phase `{phase_name}`; its phases are: {}",
+            loaded.plan.id(),
+            names.join(", ")
+        );
+        return exit::INVALID;
+    };
+    let result: Result<_, TargetError> =
+        with_target!(&mut target, t => engine::gate::evaluate(t, &loaded.plan, phase).await);
+    let outcomes = match result {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    let ok = outcomes.iter().all(|o| o.ok);
+    for o in &outcomes {
+        match cli.format {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"event": "gate_result", "phase": phase_name, "condition": o.condition, "ok": o.ok, "detail": o.detail})
+            ),
+            Format::Human => println!(
+                "{} {} — {}",
+                if o.ok { "✓" } else { "✗" },
+                o.condition,
+                o.detail
+            ),
+        }
+    }
+    if outcomes.is_empty() && cli.format == Format::Human {
+        println!("phase {phase_name} has no gate");
+    }
+    if ok {
+        exit::OK
+    } else {
+        exit::GATE
+    }
+}
+
+async fn flags(cli: &Cli, action: Option<&FlagsAction>) -> u8 {
+    let url = match config::database_url(cli.database.as_deref()) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let mut target = match config::open(&url, "flags").await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    let result: Result<Vec<crate::target::FlagRecord>, TargetError> = with_target!(&mut target, t => async {
+        if let Some(FlagsAction::Set { name, value }) = action {
+            t.ensure_state().await?;
+            t.set_flag(name, value, None, None).await?;
+        }
+        t.flags().await
+    }.await);
+    match result {
+        Ok(flags) => {
+            if cli.format == Format::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&flags).unwrap_or_default()
+                );
+            } else if flags.is_empty() {
+                println!("no flags set");
+            } else {
+                for f in flags {
+                    println!(
+                        "{:<32} {:<10} {}  {}",
+                        f.name,
+                        f.value,
+                        f.updated_at,
+                        f.plan
+                            .map(|p| format!("(plan {p})"))
+                            .unwrap_or_else(|| "(by hand)".into())
+                    );
+                }
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILED
+        }
+    }
+}

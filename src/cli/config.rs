@@ -1,0 +1,54 @@
+//! Resolving flags, environment and defaults into what a command runs against.
+
+use std::path::Path;
+
+use crate::plan::{self, LoadedPlan, PlanReport};
+use crate::target::postgres::PgTarget;
+use crate::target::sqlite::SqliteTarget;
+use crate::target::{DatabaseUrl, TargetError};
+
+/// The default database: an SQLite file in the current folder.
+pub const DEFAULT_DATABASE: &str = "sqlite://phased.db";
+
+/// The database URL from `--database`, `DATABASE_URL` (clap reads both), or the default.
+pub fn database_url(flag: Option<&str>) -> Result<DatabaseUrl, String> {
+    DatabaseUrl::parse(flag.unwrap_or(DEFAULT_DATABASE))
+}
+
+/// Loads a plan, or the rendered report of what is wrong with it.
+pub fn load_plan(path: &Path) -> Result<LoadedPlan, PlanReport> {
+    plan::load(path)
+}
+
+/// An opened target of either dialect.
+pub enum AnyTarget {
+    Postgres(Box<PgTarget>),
+    Sqlite(Box<SqliteTarget>),
+}
+
+/// Opens the target; every PostgreSQL connection is named `phased/<plan>`.
+pub async fn open(url: &DatabaseUrl, plan_id: &str) -> Result<AnyTarget, TargetError> {
+    match url {
+        DatabaseUrl::Postgres(u) => Ok(AnyTarget::Postgres(Box::new(
+            PgTarget::connect(u, &format!("phased/{plan_id}")).await?,
+        ))),
+        DatabaseUrl::Sqlite(path) => Ok(AnyTarget::Sqlite(Box::new(SqliteTarget::open(path)?))),
+    }
+}
+
+/// Runs `$body` with `$t` bound to the concrete target (the Target trait is not object-safe).
+#[macro_export]
+macro_rules! with_target {
+    ($any:expr, $t:ident => $body:expr) => {
+        match $any {
+            $crate::cli::config::AnyTarget::Postgres($t) => {
+                let $t = &mut **$t;
+                $body
+            }
+            $crate::cli::config::AnyTarget::Sqlite($t) => {
+                let $t = &mut **$t;
+                $body
+            }
+        }
+    };
+}

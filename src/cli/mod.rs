@@ -1,0 +1,55 @@
+//! The command line: parse → resolve → execute, and the mapping of outcomes to exit codes.
+
+pub mod args;
+pub mod commands;
+pub mod config;
+pub mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::Cli;
+
+/// Exit codes, as documented in the README.
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// A step failed (state saved; a re-run resumes), drift, or a database error.
+    pub const FAILED: u8 = 1;
+    /// Invalid plan or usage.
+    pub const INVALID: u8 = 2;
+    /// A gate is not met.
+    pub const GATE: u8 = 3;
+    /// Another runner holds the plan's lock.
+    pub const LOCKED: u8 = 4;
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() {
+                exit::INVALID
+            } else {
+                exit::OK
+            };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    output::init_logging(cli.verbose, cli.format == args::Format::Json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    ExitCode::from(runtime.block_on(commands::execute(cli)))
+}

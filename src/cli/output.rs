@@ -1,0 +1,236 @@
+//! Turning run events into output: progress bars and lines on stderr for people, NDJSON on
+//! stdout for machines. Logs go through tracing-indicatif so they never tear a bar.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressStyle;
+use tracing::Span;
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+use tracing_indicatif::suspend_tracing_indicatif;
+
+use crate::engine::{Event, Reporter};
+
+/// NDJSON: one event per line on stdout.
+pub struct JsonReporter;
+
+impl Reporter for JsonReporter {
+    fn emit(&mut self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Lines for people on stderr; a bar per backfill when stderr is a terminal.
+pub struct HumanReporter {
+    terminal: bool,
+    bar: Option<(Span, String)>,
+    last_plain_progress: Option<Instant>,
+}
+
+impl HumanReporter {
+    pub fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            bar: None,
+            last_plain_progress: None,
+        }
+    }
+
+    fn line(&self, text: String) {
+        suspend_tracing_indicatif(|| eprintln!("{text}"));
+    }
+
+    fn end_bar(&mut self) {
+        if let Some((span, _)) = self.bar.take() {
+            drop(span);
+        }
+    }
+}
+
+impl Default for HumanReporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn secs(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+impl Reporter for HumanReporter {
+    fn emit(&mut self, event: &Event) {
+        match event {
+            Event::RunStart {
+                plan,
+                database,
+                phases,
+            } => self.line(format!(
+                "phased: plan {plan} on {database} — phases: {}",
+                phases.join(" → ")
+            )),
+            Event::PhaseStart { phase, kind } => self.line(format!("\n▸ phase {phase} ({kind})")),
+            Event::PhaseSkipped { phase, reason } => {
+                self.line(format!("▸ phase {phase}: skipped, {reason}"))
+            }
+            Event::PhaseEnd { phase, elapsed_ms } => {
+                self.line(format!("  phase {phase} done in {}", secs(*elapsed_ms)))
+            }
+            Event::GateResult {
+                phase,
+                condition,
+                ok,
+                detail,
+            } => self.line(format!(
+                "  gate of {phase}: {} {condition} — {detail}",
+                if *ok { "✓" } else { "✗" }
+            )),
+            Event::StepStart { step, attempt } => {
+                if *attempt > 1 {
+                    self.line(format!(
+                        "  … {}#{} {} (attempt {attempt})",
+                        step.phase, step.step, step.label
+                    ));
+                }
+            }
+            Event::StepSkipped { step, reason } => self.line(format!(
+                "  · {}#{} {} — skipped, {reason}",
+                step.phase, step.step, step.label
+            )),
+            Event::StepRetry {
+                step,
+                attempt,
+                error,
+                wait_ms,
+            } => self.line(format!(
+                "  ↻ {}#{} {}: attempt {attempt} failed ({}); retrying in {}",
+                step.phase,
+                step.step,
+                step.label,
+                error.lines().next().unwrap_or(""),
+                secs(*wait_ms)
+            )),
+            Event::StepEnd { step, elapsed_ms } => {
+                self.end_bar();
+                self.line(format!(
+                    "  ✓ {}#{} {}  ({})",
+                    step.phase,
+                    step.step,
+                    step.label,
+                    secs(*elapsed_ms)
+                ))
+            }
+            Event::StepFailed { step, error, sql } => {
+                self.end_bar();
+                let mut text = format!("  ✗ {}#{} {}: {error}", step.phase, step.step, step.label);
+                if let Some(sql) = sql {
+                    text.push_str(&format!("\n    SQL: {}", sql.replace('\n', "\n         ")));
+                }
+                self.line(text)
+            }
+            Event::BackfillProgress {
+                step,
+                rows_done,
+                rows_total,
+                batch_size,
+                rows_per_second,
+                paused,
+            } => {
+                let status = match paused {
+                    Some(reason) => format!("paused: {reason}"),
+                    None => format!("{rows_per_second:.0} rows/s, batch {batch_size}"),
+                };
+                if self.terminal {
+                    let id = format!("{}#{}", step.phase, step.step);
+                    if self.bar.as_ref().map(|(_, i)| i != &id).unwrap_or(true) {
+                        self.end_bar();
+                        let span = tracing::info_span!("phased_progress");
+                        span.pb_set_style(
+                            &ProgressStyle::with_template(
+                                "  {spinner} {prefix} [{bar:30}] {pos}/{len} rows, eta {eta} — {msg}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                        );
+                        span.pb_set_length(rows_total.unwrap_or(0));
+                        span.pb_set_message(&step.label);
+                        span.pb_start();
+                        self.bar = Some((span, id));
+                    }
+                    if let Some((span, _)) = &self.bar {
+                        span.pb_set_length(rows_total.unwrap_or(0).max(*rows_done));
+                        span.pb_set_position(*rows_done);
+                        span.pb_set_message(&status);
+                    }
+                } else {
+                    let due = self
+                        .last_plain_progress
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+                        || paused.is_some();
+                    if due {
+                        let total = rows_total.map(|t| format!("/{t}")).unwrap_or_default();
+                        self.line(format!(
+                            "    {}#{} {}: {rows_done}{total} rows ({status})",
+                            step.phase, step.step, step.label
+                        ));
+                        self.last_plain_progress = Some(Instant::now());
+                    }
+                }
+            }
+            Event::Log { level, message } => self.line(format!("    [{level}] {message}")),
+            Event::RunEnd {
+                outcome,
+                elapsed_ms,
+            } => {
+                self.end_bar();
+                self.line(format!("\n{outcome} in {}", secs(*elapsed_ms)))
+            }
+        }
+    }
+}
+
+/// Sets up logging: `RUST_LOG` or `-v`, on stderr, routed through the progress bars.
+pub fn init_logging(verbose: u8, json: bool) {
+    use tracing_subscriber::filter::{filter_fn, EnvFilter};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let default = match verbose {
+        0 => "warn,phased=info",
+        1 => "info,phased=debug",
+        _ => "debug,phased=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let indicatif = tracing_indicatif::IndicatifLayer::new();
+    let writer = indicatif.get_stderr_writer();
+    let only_progress = filter_fn(|meta| meta.name() == "phased_progress");
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_target(false)
+        .without_time();
+    let registry = tracing_subscriber::registry();
+    let result = if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .try_init()
+    } else {
+        registry
+            .with(fmt.with_filter(filter))
+            .with(indicatif.with_filter(only_progress))
+            .try_init()
+    };
+    let _ = result;
+}

@@ -1,0 +1,35 @@
+//! Why a run stopped, mapped to the documented exit codes by the CLI.
+
+use crate::target::TargetError;
+
+/// A run that did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A step failed; its state is saved and a re-run resumes it.
+    #[error("step {step} ({label}) failed: {error}")]
+    StepFailed {
+        step: String,
+        label: String,
+        error: String,
+        sql: Option<String>,
+        /// Steps completed by this run before the failure.
+        completed: Vec<String>,
+    },
+    /// A done step's definition changed since it ran.
+    #[error(
+        "drift: step {step} ({label}) is done, but its definition in the plan changed since it ran"
+    )]
+    Drift { step: String, label: String },
+    /// A phase's gate (or the order of phases) does not allow it to start.
+    #[error("{0}")]
+    GateNotMet(String),
+    /// Another runner holds the plan's lease.
+    #[error("another runner is working on plan `{plan}`: {holder}")]
+    LeaseHeld { plan: String, holder: String },
+    /// The command was used wrongly (unknown phase name…).
+    #[error("{0}")]
+    Usage(String),
+    /// The database failed outside a step (state tables, lease).
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}

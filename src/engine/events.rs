@@ -1,0 +1,110 @@
+//! What a run reports as it goes. One stream of events feeds the human output (bars and lines),
+//! the NDJSON output (`--format json`) and any report file.
+
+use serde::Serialize;
+
+/// A step as named in events.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepId {
+    pub phase: String,
+    /// 1-based position in its phase.
+    pub step: usize,
+    /// e.g. `add_column accounts.email_lower`
+    pub label: String,
+}
+
+/// One thing that happened during a run. Serialized as `{"event": "<name>", …}`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStart {
+        plan: String,
+        database: String,
+        phases: Vec<String>,
+    },
+    PhaseStart {
+        phase: String,
+        kind: String,
+    },
+    PhaseSkipped {
+        phase: String,
+        reason: String,
+    },
+    PhaseEnd {
+        phase: String,
+        elapsed_ms: u64,
+    },
+    GateResult {
+        phase: String,
+        condition: String,
+        ok: bool,
+        detail: String,
+    },
+    StepStart {
+        #[serde(flatten)]
+        step: StepId,
+        attempt: u32,
+    },
+    StepSkipped {
+        #[serde(flatten)]
+        step: StepId,
+        reason: String,
+    },
+    StepRetry {
+        #[serde(flatten)]
+        step: StepId,
+        attempt: u32,
+        error: String,
+        wait_ms: u64,
+    },
+    StepEnd {
+        #[serde(flatten)]
+        step: StepId,
+        elapsed_ms: u64,
+    },
+    StepFailed {
+        #[serde(flatten)]
+        step: StepId,
+        error: String,
+        sql: Option<String>,
+    },
+    BackfillProgress {
+        #[serde(flatten)]
+        step: StepId,
+        rows_done: u64,
+        rows_total: Option<u64>,
+        batch_size: u64,
+        rows_per_second: f64,
+        paused: Option<String>,
+    },
+    Log {
+        level: String,
+        message: String,
+    },
+    RunEnd {
+        outcome: String,
+        elapsed_ms: u64,
+    },
+}
+
+/// Receives a run's events.
+pub trait Reporter {
+    fn emit(&mut self, event: &Event);
+}
+
+/// Discards events (tests, and commands that only want the result).
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn emit(&mut self, _event: &Event) {}
+}
+
+/// Keeps every event (tests).
+#[derive(Default)]
+pub struct Recorder(pub Vec<Event>);
+
+impl Reporter for Recorder {
+    fn emit(&mut self, event: &Event) {
+        self.0.push(event.clone());
+    }
+}

@@ -1,0 +1,15 @@
+//! The engine: runs a plan's phases against a target, one step at a time, with its state saved
+//! in the target so any run can be resumed, inspected or gated.
+
+pub mod backfill;
+pub mod command;
+pub mod error;
+pub mod events;
+pub mod gate;
+pub mod retry;
+pub mod runner;
+pub mod status;
+
+pub use error::EngineError;
+pub use events::{Event, Reporter, StepId};
+pub use runner::{run, RunOptions};

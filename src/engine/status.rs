@@ -1,0 +1,99 @@
+//! `phased status`: every phase and step with its recorded state.
+
+use serde::Serialize;
+
+use super::runner::load_records;
+use crate::plan::Plan;
+use crate::target::{StepStatus, Target, TargetError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanStatus {
+    pub plan: String,
+    pub database: String,
+    pub phases: Vec<PhaseStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseStatus {
+    pub name: String,
+    pub kind: String,
+    /// pending, running, done, failed, partial, rolled_back
+    pub status: String,
+    pub steps: Vec<StepStatusView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepStatusView {
+    pub step: usize,
+    pub label: String,
+    pub kind: String,
+    pub status: StepStatus,
+    pub attempts: i32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub last_error: Option<String>,
+    /// The definition changed since the step was done.
+    pub drift: bool,
+    pub rows_done: Option<i64>,
+    pub rows_total: Option<i64>,
+    pub checkpoint: Option<String>,
+}
+
+pub async fn status<T: Target>(target: &mut T, plan: &Plan) -> Result<PlanStatus, TargetError> {
+    let records = load_records(target, plan).await?;
+    let mut phases = Vec::new();
+    for (phase_index, phase) in plan.phases().enumerate() {
+        let steps: Vec<StepStatusView> = plan
+            .step_refs()
+            .into_iter()
+            .filter(|(s, _)| s.phase_index == phase_index)
+            .map(|(s, def)| {
+                let record = records.get(&(s.phase.clone(), s.index as i32));
+                let is_backfill = def.kind_name() == "backfill";
+                StepStatusView {
+                    step: s.index + 1,
+                    label: def.label(),
+                    kind: def.kind_name().to_string(),
+                    status: record.map(|r| r.status).unwrap_or(StepStatus::Pending),
+                    attempts: record.map(|r| r.attempts).unwrap_or(0),
+                    started_at: record.and_then(|r| r.started_at.clone()),
+                    finished_at: record.and_then(|r| r.finished_at.clone()),
+                    last_error: record.and_then(|r| r.last_error.clone()),
+                    drift: record
+                        .is_some_and(|r| r.status == StepStatus::Done && r.checksum != s.checksum),
+                    rows_done: record.filter(|_| is_backfill).map(|r| r.rows_done),
+                    rows_total: record.filter(|_| is_backfill).and_then(|r| r.rows_total),
+                    checkpoint: record
+                        .filter(|_| is_backfill)
+                        .and_then(|r| r.checkpoint.clone()),
+                }
+            })
+            .collect();
+        let all = |st: StepStatus| steps.iter().all(|s| s.status == st);
+        let any = |st: StepStatus| steps.iter().any(|s| s.status == st);
+        let status = if all(StepStatus::Done) {
+            "done"
+        } else if any(StepStatus::Failed) {
+            "failed"
+        } else if any(StepStatus::Running) {
+            "running"
+        } else if all(StepStatus::Pending) {
+            "pending"
+        } else if all(StepStatus::RolledBack) {
+            "rolled_back"
+        } else {
+            "partial"
+        };
+        phases.push(PhaseStatus {
+            name: phase.name().to_string(),
+            kind: phase.kind().to_string(),
+            status: status.to_string(),
+            steps,
+        });
+    }
+    Ok(PlanStatus {
+        plan: plan.id().to_string(),
+        database: target.describe(),
+        phases,
+    })
+}

@@ -1,0 +1,6 @@
+//! phased: zero-downtime database deployments in phases (expand, migrate, switch-flag, contract).
+
+pub mod cli;
+pub mod engine;
+pub mod plan;
+pub mod target;

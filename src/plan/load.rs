@@ -1,0 +1,145 @@
+//! Reading a plan file: YAML → model, then the files it names, then validation.
+
+use std::path::{Path, PathBuf};
+
+use super::diagnostic::{Finding, PlanReport};
+use super::model::{Plan, Step};
+use super::validate;
+
+/// A plan that parsed and validated, with any warnings.
+#[derive(Debug, Clone)]
+pub struct LoadedPlan {
+    pub plan: Plan,
+    /// The file as given on the command line.
+    pub file: String,
+    /// The folder relative paths in the plan are resolved against.
+    pub base_dir: PathBuf,
+    /// Warnings only (errors make loading fail).
+    pub report: PlanReport,
+}
+
+/// Reads, parses and validates a plan file. Every error is located.
+pub fn load(path: &Path) -> Result<LoadedPlan, PlanReport> {
+    let file = path.display().to_string();
+    let source = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            return Err(PlanReport {
+                file,
+                source: String::new(),
+                findings: vec![Finding::at(0, 0, format!("cannot read the plan: {err}"))],
+            })
+        }
+    };
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    parse_str(&file, &source, &base_dir)
+}
+
+/// Parses and validates plan text; `base_dir` resolves `sql: { file: … }` paths.
+pub fn parse_str(file: &str, source: &str, base_dir: &Path) -> Result<LoadedPlan, PlanReport> {
+    let report = |findings| PlanReport {
+        file: file.to_string(),
+        source: source.to_string(),
+        findings,
+    };
+    let mut plan: Plan = match serde_saphyr::from_str(source) {
+        Ok(plan) => plan,
+        Err(err) => return Err(report(vec![syntax_finding(&err)])),
+    };
+    let mut findings = read_sql_files(&mut plan, base_dir);
+    findings.extend(validate::validate(&plan));
+    let rep = report(findings);
+    if rep.has_errors() {
+        return Err(rep);
+    }
+    Ok(LoadedPlan {
+        plan,
+        file: file.to_string(),
+        base_dir: base_dir.to_path_buf(),
+        report: rep,
+    })
+}
+
+/// Turns a serde-saphyr error into a finding at its location, with a hint where one helps.
+fn syntax_finding(err: &serde_saphyr::Error) -> Finding {
+    let location = err.location();
+    let message = plain_message(err);
+    let (line, column) = location.map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let mut finding = Finding::at(line, column, message.clone());
+    if message.contains("unknown variant") {
+        if message.contains("expand") || message.contains("switch-flag") {
+            finding =
+                finding.with_help("phase kinds are expand, migrate, switch-flag and contract");
+        } else {
+            finding = finding.with_help(
+                "step kinds are create_table, drop_table, add_column, drop_column, create_index, \
+                 drop_index, add_check, add_foreign_key, set_not_null, dual_write, drop_dual_write, \
+                 backfill, flag, sql, migrations and command",
+            );
+        }
+    } else if message.contains("unknown field") {
+        finding = finding.with_help("check the spelling; docs/plan-reference.md lists every field");
+    } else if message.contains("missing field") {
+        finding =
+            finding.with_help("add the field; docs/plan-reference.md lists what each step needs");
+    }
+    finding
+}
+
+/// The error's message without the position and snippet serde-saphyr adds (we render our own).
+fn plain_message(err: &serde_saphyr::Error) -> String {
+    let text = err.to_string();
+    let mut message = text.lines().next().unwrap_or("invalid plan").trim();
+    message = message
+        .strip_prefix("error:")
+        .unwrap_or(message)
+        .trim_start();
+    if let Some(rest) = message.strip_prefix("line ") {
+        // "line 6 column 9: unknown variant …"
+        if let Some((_, after)) = rest.split_once(": ") {
+            message = after;
+        }
+    }
+    message.to_string()
+}
+
+/// Reads `sql: { file: … }` and `down_file` so their text is part of the step (and its checksum).
+fn read_sql_files(plan: &mut Plan, base_dir: &Path) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let read =
+        |file: &Path, what: &str, at, findings: &mut Vec<Finding>| match std::fs::read_to_string(
+            base_dir.join(file),
+        ) {
+            Ok(text) => Some(text),
+            Err(err) => {
+                findings.push(
+                    Finding::error(
+                        at,
+                        format!("sql {what} `{}` cannot be read: {err}", file.display()),
+                    )
+                    .with_help(format!(
+                        "paths are relative to the plan's folder ({})",
+                        base_dir.display()
+                    )),
+                );
+                None
+            }
+        };
+    for phase in plan.phases.value.iter_mut() {
+        for step in phase.value.steps.value.iter_mut() {
+            let at = step.referenced;
+            if let Step::Sql(sql) = &mut step.value {
+                if let Some(file) = &sql.file {
+                    sql.file_text = read(file, "file", at, &mut findings);
+                }
+                if let Some(file) = &sql.down_file {
+                    sql.down_file_text = read(file, "down_file", at, &mut findings);
+                }
+            }
+        }
+    }
+    findings
+}

@@ -1,0 +1,377 @@
+//! Checks a parsed plan for what YAML cannot express: phase rules, references, unsafe defaults.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_saphyr::{Location, Spanned};
+
+use super::diagnostic::Finding;
+use super::model::{Gate, PhaseKind, Plan, Step};
+
+/// Every finding in the plan, errors and warnings, in file order.
+pub fn validate(plan: &Plan) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    check_plan_id(plan, &mut findings);
+    if plan.phases.value.is_empty() {
+        findings.push(
+            Finding::error(plan.phases.referenced, "the plan has no phases")
+                .with_help("add at least one phase under `phases:`"),
+        );
+    }
+    let mut seen: HashMap<&str, Location> = HashMap::new();
+    let mut created_tables: HashSet<&str> = HashSet::new();
+    for (index, phase) in plan.phases.value.iter().enumerate() {
+        let phase = &phase.value;
+        let name = phase.name.value.as_str();
+        if name.trim().is_empty() {
+            findings.push(Finding::error(
+                phase.name.referenced,
+                "a phase name cannot be empty",
+            ));
+        }
+        if let Some(first) = seen.get(name) {
+            findings.push(
+                Finding::error(
+                    phase.name.referenced,
+                    format!("duplicate phase name `{name}`"),
+                )
+                .with_help(format!(
+                    "phase names must be unique; `{name}` is first used on line {}",
+                    first.line()
+                )),
+            );
+        } else {
+            seen.insert(name, phase.name.referenced);
+        }
+        if phase.steps.value.is_empty() {
+            findings.push(
+                Finding::error(
+                    phase.steps.referenced,
+                    format!("phase `{name}` has no steps"),
+                )
+                .with_help("give it at least one step, or remove the phase"),
+            );
+        }
+        for gate in &phase.gate {
+            check_gate(plan, index, gate, &mut findings);
+        }
+        for step in &phase.steps.value {
+            check_placement(phase.kind.value, name, step, &mut findings);
+            check_step(step, &created_tables, &mut findings);
+            if let Step::CreateTable(t) = &step.value {
+                created_tables.insert(t.name.as_str());
+            }
+        }
+    }
+    for name in &plan.backup.before {
+        if plan.phase(&name.value).is_none() && name.referenced != Location::UNKNOWN {
+            findings.push(
+                Finding::error(
+                    name.referenced,
+                    format!(
+                        "backup.before names `{}`, which is not a phase of this plan",
+                        name.value
+                    ),
+                )
+                .with_help(phase_list(plan)),
+            );
+        }
+    }
+    findings.sort_by_key(|f| (f.line, f.column));
+    findings
+}
+
+fn phase_list(plan: &Plan) -> String {
+    let names: Vec<&str> = plan.phases().map(|p| p.name()).collect();
+    format!("the phases are: {}", names.join(", "))
+}
+
+fn check_plan_id(plan: &Plan, findings: &mut Vec<Finding>) {
+    let id = plan.id();
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        findings.push(
+            Finding::error(
+                plan.plan.referenced,
+                format!("plan id `{id}` is not usable"),
+            )
+            .with_help(
+                "use 1 to 63 letters, digits, `-`, `_` or `.`: it names backups and keys the state",
+            ),
+        );
+    }
+}
+
+fn check_gate(plan: &Plan, phase_index: usize, gate: &Spanned<Gate>, findings: &mut Vec<Finding>) {
+    let mut check_phase_ref = |target: &str| match plan.phase_index(target) {
+        None => findings.push(
+            Finding::error(
+                gate.referenced,
+                format!("gate refers to phase `{target}`, which is not in this plan"),
+            )
+            .with_help(phase_list(plan)),
+        ),
+        Some(i) if i >= phase_index => findings.push(
+            Finding::error(
+                gate.referenced,
+                format!("gate refers to phase `{target}`, which does not come before this one"),
+            )
+            .with_help("a gate can only wait for an earlier phase; move the phase or the gate"),
+        ),
+        Some(_) => {}
+    };
+    match &gate.value {
+        Gate::PhaseDone(target) => check_phase_ref(target),
+        Gate::Wait(wait) => {
+            if let Some(target) = &wait.phase_done {
+                check_phase_ref(target);
+            }
+            let conditions = usize::from(wait.sql.is_some())
+                + usize::from(wait.flag.is_some())
+                + usize::from(wait.phase_done.is_some());
+            if conditions != 1 {
+                findings.push(
+                    Finding::error(gate.referenced, "a `wait` gate needs exactly one condition")
+                        .with_help(
+                        "give one of `sql`, `flag` or `phase_done`, with `timeout` and `interval`",
+                    ),
+                );
+            }
+            if wait.interval.is_zero() {
+                findings.push(Finding::error(
+                    gate.referenced,
+                    "a `wait` gate's interval must be above 0",
+                ));
+            }
+        }
+        Gate::Sql(sql) if sql.trim().is_empty() => {
+            findings.push(Finding::error(
+                gate.referenced,
+                "a `sql` gate needs a query",
+            ));
+        }
+        Gate::Sql(_) | Gate::Flag(_) => {}
+    }
+}
+
+/// Which phase kinds each step kind may stand in.
+fn allowed_in(step: &Step) -> &'static [PhaseKind] {
+    use PhaseKind::*;
+    match step {
+        Step::CreateTable(_) | Step::AddColumn(_) | Step::DualWrite(_) => &[Expand],
+        Step::CreateIndex(_) | Step::AddCheck(_) | Step::AddForeignKey(_) => &[Expand, Contract],
+        Step::DropTable(_)
+        | Step::DropColumn(_)
+        | Step::DropIndex(_)
+        | Step::SetNotNull(_)
+        | Step::DropDualWrite(_) => &[Contract],
+        Step::Backfill(_) => &[Migrate],
+        Step::Flag(_) => &[SwitchFlag],
+        Step::Migrations(_) => &[Expand, Migrate],
+        Step::Sql(_) | Step::Command(_) => &[Expand, Migrate, SwitchFlag, Contract],
+    }
+}
+
+fn check_placement(
+    kind: PhaseKind,
+    phase: &str,
+    step: &Spanned<Step>,
+    findings: &mut Vec<Finding>,
+) {
+    let allowed = allowed_in(&step.value);
+    if allowed.contains(&kind) {
+        return;
+    }
+    let names: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
+    let what = step.value.kind_name();
+    let (message, help) = if step.value.is_destructive() {
+        (
+            format!("`{what}` is destructive and cannot stand in `{kind}` phase `{phase}`"),
+            "destructive steps belong in a `contract` phase, after the application stopped using what they remove".to_string(),
+        )
+    } else {
+        (
+            format!("`{what}` cannot stand in `{kind}` phase `{phase}`"),
+            format!("`{what}` belongs in a phase of kind {}", names.join(" or ")),
+        )
+    };
+    findings.push(Finding::error(step.referenced, message).with_help(help));
+}
+
+fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<Finding>) {
+    let at = step.referenced;
+    let empty = |findings: &mut Vec<Finding>, what: &str, value: &str| {
+        if value.trim().is_empty() {
+            findings.push(Finding::error(at, format!("`{what}` cannot be empty")));
+        }
+    };
+    match &step.value {
+        Step::CreateTable(t) => {
+            empty(findings, "name", &t.name);
+            if t.columns.is_empty() {
+                findings.push(Finding::error(
+                    at,
+                    format!("table `{}` has no columns", t.name),
+                ));
+            }
+            let mut names = HashSet::new();
+            for c in &t.columns {
+                empty(findings, "column name", &c.name);
+                empty(findings, "column type", &c.ty);
+                if !names.insert(c.name.as_str()) {
+                    findings.push(Finding::error(
+                        at,
+                        format!("table `{}` lists column `{}` twice", t.name, c.name),
+                    ));
+                }
+            }
+        }
+        Step::AddColumn(c) => {
+            empty(findings, "table", &c.table);
+            empty(findings, "name", &c.name);
+            empty(findings, "type", &c.ty);
+            let existing = !created.contains(c.table.as_str());
+            if let Some(default) = &c.default {
+                if existing {
+                    if let Some(func) = volatile_call(default) {
+                        findings.push(
+                            Finding::error(
+                                at,
+                                format!(
+                                    "`add_column {}.{}` has the non-constant default `{default}`",
+                                    c.table, c.name
+                                ),
+                            )
+                            .with_help(format!(
+                                "`{func}` is evaluated per row, so PostgreSQL rewrites the whole table under an \
+                                 ACCESS EXCLUSIVE lock (and SQLite cannot add it at all); add the column without \
+                                 a default, fill it with a `backfill` step, and set the default for new rows with a `sql` step"
+                            )),
+                        );
+                    }
+                }
+            } else if !c.nullable && existing {
+                findings.push(
+                    Finding::error(
+                        at,
+                        format!("`add_column {}.{}` is NOT NULL without a default", c.table, c.name),
+                    )
+                    .with_help("existing rows need a value: add it nullable, backfill it, then `set_not_null` in a contract phase"),
+                );
+            }
+        }
+        Step::CreateIndex(i) => {
+            empty(findings, "name", &i.name);
+            empty(findings, "table", &i.table);
+            if i.columns.is_empty() {
+                findings.push(Finding::error(
+                    at,
+                    format!("index `{}` has no columns", i.name),
+                ));
+            }
+        }
+        Step::AddForeignKey(fk)
+            if fk.columns.is_empty() || fk.columns.len() != fk.references.columns.len() =>
+        {
+            findings.push(
+                Finding::error(
+                    at,
+                    format!(
+                        "foreign key `{}` has {} column(s) referencing {} column(s)",
+                        fk.name,
+                        fk.columns.len(),
+                        fk.references.columns.len()
+                    ),
+                )
+                .with_help("list the same number of columns on both sides"),
+            );
+        }
+        Step::DualWrite(d) if d.set.is_empty() => {
+            findings.push(Finding::error(
+                at,
+                "`dual_write` needs at least one column in `set`",
+            ));
+        }
+        Step::Backfill(b) => {
+            if b.set.is_empty() {
+                findings.push(Finding::error(
+                    at,
+                    "`backfill` needs at least one column in `set`",
+                ));
+            }
+            if b.target_batch_time.is_zero() {
+                findings.push(Finding::error(at, "`target_batch_time` must be above 0"));
+            }
+        }
+        Step::Command(c) if c.run.is_empty() || c.run[0].trim().is_empty() => {
+            findings.push(
+                Finding::error(at, "`command` needs a program to run")
+                    .with_help("write `run: [program, arg, …]`; no shell is involved"),
+            );
+        }
+        Step::Flag(f) => empty(findings, "name", &f.name),
+        _ => {}
+    }
+}
+
+/// The first function call in a default that is evaluated per row or per statement.
+fn volatile_call(default: &str) -> Option<&'static str> {
+    const VOLATILE: &[&str] = &[
+        "now",
+        "random",
+        "gen_random_uuid",
+        "uuid_generate_v1",
+        "uuid_generate_v4",
+        "clock_timestamp",
+        "statement_timestamp",
+        "transaction_timestamp",
+        "timeofday",
+        "nextval",
+        "current_timestamp",
+        "localtimestamp",
+        "current_time",
+        "current_date",
+        "randomblob",
+    ];
+    let lower = default.to_ascii_lowercase();
+    VOLATILE.iter().copied().find(|name| {
+        lower.match_indices(name).any(|(i, _)| {
+            let before_ok = lower[..i]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+            let after = lower[i + name.len()..].trim_start();
+            let after_ok = after.starts_with('(')
+                || (name.starts_with("current_") || *name == "localtimestamp")
+                    && !after.starts_with(|c: char| c.is_alphanumeric() || c == '_');
+            before_ok && after_ok
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::volatile_call;
+
+    #[test]
+    fn finds_volatile_defaults() {
+        assert_eq!(volatile_call("now()"), Some("now"));
+        assert_eq!(volatile_call("gen_random_uuid()"), Some("gen_random_uuid"));
+        assert_eq!(
+            volatile_call("CURRENT_TIMESTAMP"),
+            Some("current_timestamp")
+        );
+        assert_eq!(volatile_call("(random() * 10)::int"), Some("random"));
+    }
+
+    #[test]
+    fn constants_are_fine() {
+        assert_eq!(volatile_call("0"), None);
+        assert_eq!(volatile_call("'now'"), None);
+        assert_eq!(volatile_call("'unknown'"), None);
+        assert_eq!(volatile_call("false"), None);
+    }
+}

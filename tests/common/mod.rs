@@ -1,0 +1,320 @@
+//! Test harness: a fresh PostgreSQL database per test (dropped afterwards), a fresh SQLite file
+//! per test, plans from YAML text, and runs that record their events.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use phased::cli::config::AnyTarget;
+use phased::engine::events::Recorder;
+use phased::engine::{EngineError, Event, RunOptions};
+use phased::plan::LoadedPlan;
+use phased::target::postgres::PgTarget;
+use phased::target::sqlite::SqliteTarget;
+
+/// The server tests create their databases on: `PHASED_TEST_PG_URL`, else `DATABASE_URL`, else
+/// the local default. Tests that need it fail (never skip) when it cannot be reached.
+pub fn pg_admin_url() -> String {
+    std::env::var("PHASED_TEST_PG_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{base}/{db}{query}")
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let url = pg_admin_url();
+    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "PostgreSQL is not reachable at {} ({e}).\n\
+             These tests need a real server: run `scripts/test`, which starts one, \
+             or set PHASED_TEST_PG_URL=postgres://user@host/db.",
+            phased::target::url::redact(&url)
+        ),
+    };
+    tokio::spawn(connection);
+    client
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A PostgreSQL database created for one test and dropped when it ends.
+pub struct PgDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDb {
+    pub async fn new() -> Self {
+        let name = format!(
+            "phased_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            rand_suffix()
+        );
+        let admin = admin_client().await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        let url = with_database(&pg_admin_url(), &name);
+        Self { name, url }
+    }
+
+    /// A plain client, standing in for an application session.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn target(&self, plan: &str) -> PgTarget {
+        PgTarget::connect(&self.url, &format!("phased/{plan}"))
+            .await
+            .expect("connect phased to the test database")
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let admin = admin_client().await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await;
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+/// An SQLite database file in its own temporary folder.
+pub struct SqliteDb {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl SqliteDb {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("test.db");
+        Self { dir, path }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    pub fn target(&self) -> SqliteTarget {
+        SqliteTarget::open(&self.path).expect("open sqlite")
+    }
+
+    /// A separate connection, standing in for an application session.
+    pub fn conn(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(&self.path).expect("open sqlite")
+    }
+}
+
+/// Either kind of test database, so one scenario can run on both.
+pub enum TestDb {
+    Pg(PgDb),
+    Sqlite(SqliteDb),
+}
+
+impl TestDb {
+    pub async fn pg() -> Self {
+        TestDb::Pg(PgDb::new().await)
+    }
+
+    pub fn sqlite() -> Self {
+        TestDb::Sqlite(SqliteDb::new())
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Pg(db) => db.url.clone(),
+            TestDb::Sqlite(db) => db.url(),
+        }
+    }
+
+    pub fn is_pg(&self) -> bool {
+        matches!(self, TestDb::Pg(_))
+    }
+
+    pub async fn target(&self, plan: &str) -> AnyTarget {
+        match self {
+            TestDb::Pg(db) => AnyTarget::Postgres(Box::new(db.target(plan).await)),
+            TestDb::Sqlite(db) => AnyTarget::Sqlite(Box::new(db.target())),
+        }
+    }
+
+    /// Runs SQL on a separate session.
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            TestDb::Pg(db) => db
+                .client()
+                .await
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            TestDb::Sqlite(db) => db
+                .conn()
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
+    /// One integer from a query (counts, flags of existence).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match self {
+            TestDb::Pg(db) => {
+                let row = db
+                    .client()
+                    .await
+                    .query_one(sql, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                row.get::<_, i64>(0)
+            }
+            TestDb::Sqlite(db) => db
+                .conn()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
+    /// One text value from a query (None for NULL or no row).
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        match self {
+            TestDb::Pg(db) => db
+                .client()
+                .await
+                .query_opt(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .and_then(|r| r.get::<_, Option<String>>(0)),
+            TestDb::Sqlite(db) => {
+                use rusqlite::OptionalExtension;
+                db.conn()
+                    .query_row(sql, [], |r| r.get::<_, Option<String>>(0))
+                    .optional()
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                    .flatten()
+            }
+        }
+    }
+
+    /// Does the table have this column?
+    pub async fn has_column(&self, table: &str, column: &str) -> bool {
+        let sql = match self {
+            TestDb::Pg(_) => format!(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = '{table}' AND column_name = '{column}'"
+            ),
+            TestDb::Sqlite(_) => {
+                format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = '{column}'")
+            }
+        };
+        self.scalar(&sql).await > 0
+    }
+
+    /// Does this table exist?
+    pub async fn has_table(&self, table: &str) -> bool {
+        let sql = match self {
+            TestDb::Pg(_) => format!("SELECT count(*) FROM pg_class WHERE relname = '{table}' AND relkind = 'r'"),
+            TestDb::Sqlite(_) => {
+                format!("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'")
+            }
+        };
+        self.scalar(&sql).await > 0
+    }
+
+    /// Does this index exist?
+    pub async fn has_index(&self, index: &str) -> bool {
+        let sql = match self {
+            TestDb::Pg(_) => format!("SELECT count(*) FROM pg_class WHERE relname = '{index}' AND relkind = 'i'"),
+            TestDb::Sqlite(_) => {
+                format!("SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = '{index}'")
+            }
+        };
+        self.scalar(&sql).await > 0
+    }
+}
+
+/// A plan from YAML text; relative files resolve against `base` (or the current folder).
+pub fn plan(yaml: &str) -> LoadedPlan {
+    plan_in(yaml, Path::new("."))
+}
+
+pub fn plan_in(yaml: &str, base: &Path) -> LoadedPlan {
+    match phased::plan::parse_str("test.yaml", yaml, base) {
+        Ok(p) => p,
+        Err(report) => panic!("test plan is invalid:\n{}", report.render_plain()),
+    }
+}
+
+/// Runs a plan against a test database, returning the events or the error.
+pub async fn run(
+    db: &TestDb,
+    loaded: &LoadedPlan,
+    options: RunOptions,
+) -> Result<Vec<Event>, (EngineError, Vec<Event>)> {
+    let mut target = db.target(loaded.plan.id()).await;
+    let mut recorder = Recorder::default();
+    let result = phased::with_target!(&mut target, t => phased::engine::run(t, loaded, &options, &mut recorder).await);
+    match result {
+        Ok(()) => Ok(recorder.0),
+        Err(e) => Err((e, recorder.0)),
+    }
+}
+
+/// Runs the whole plan and panics on failure.
+pub async fn run_ok(db: &TestDb, loaded: &LoadedPlan) -> Vec<Event> {
+    match run(db, loaded, RunOptions::default()).await {
+        Ok(events) => events,
+        Err((e, _)) => panic!("run failed: {e}"),
+    }
+}
+
+/// The path of the built `phased` binary, for CLI tests.
+pub fn phased_cmd() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("phased").expect("phased binary");
+    cmd.env_remove("DATABASE_URL").env("NO_COLOR", "1");
+    cmd
+}
+
+/// The repository root (for example plans).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
