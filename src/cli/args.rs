@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(long)]
         phase: String,
     },
+    /// Undo the done steps of the phases after --to (all phases without it), newest first.
+    Rollback(RollbackArgs),
     /// Read the flag store, or set a flag by hand.
     Flags {
         #[command(subcommand)]
@@ -67,6 +69,17 @@ pub struct RunArgs {
     /// While this file exists, backfills pause (an operator's brake).
     #[arg(long)]
     pub throttle_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pub plan: PathBuf,
+    /// Keep this phase and the ones before it; undo the phases after it.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Subcommand)]

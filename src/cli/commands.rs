@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use super::args::{Cli, Command, FlagsAction, Format, RunArgs};
+use super::args::{Cli, Command, FlagsAction, Format, RollbackArgs, RunArgs};
 use super::config::{self, AnyTarget};
 use super::exit;
 use super::output::{HumanReporter, JsonReporter};
@@ -20,6 +20,7 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Status { plan } => status(&cli, plan).await,
         Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
+        Command::Rollback(args) => rollback(&cli, args).await,
     }
 }
 
@@ -99,9 +100,11 @@ fn reporter(format: Format) -> Box<dyn Reporter> {
 /// Prints an engine error the way an operator needs it, and maps it to its exit code.
 fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
     let code = match err {
-        EngineError::StepFailed { .. } | EngineError::Drift { .. } | EngineError::Target(_) => {
-            exit::FAILED
-        }
+        EngineError::StepFailed { .. }
+        | EngineError::Drift { .. }
+        | EngineError::Target(_)
+        | EngineError::Irreversible { .. }
+        | EngineError::UndoFailed { .. } => exit::FAILED,
         EngineError::GateNotMet(_) => exit::GATE,
         EngineError::LeaseHeld { .. } => exit::LOCKED,
         EngineError::Usage(_) => exit::INVALID,
@@ -136,6 +139,42 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         EngineError::Drift { step, label } => {
             eprintln!("error: drift: step {step} ({label}) is done, but its definition in the plan changed since it ran.");
             eprintln!("  Nothing was executed. Restore the step as it was and put the change in a new step (or a new plan).");
+        }
+        EngineError::Irreversible {
+            step,
+            label,
+            reason,
+            undone,
+        } => {
+            eprintln!("\nerror: rollback stopped at step {step} ({label}): it cannot be undone");
+            eprintln!("  {}", reason.replace('\n', "\n  "));
+            if !undone.is_empty() {
+                eprintln!("  undone by this rollback: {}", undone.join(", "));
+            }
+            eprintln!(
+                "  Steps before it are untouched. Undo it by hand (then mark it with a new plan), or restore a backup;\n  `phased status {}` shows where everything stands.",
+                plan.display()
+            );
+        }
+        EngineError::UndoFailed {
+            step,
+            label,
+            error,
+            sql,
+            undone,
+        } => {
+            eprintln!("\nerror: undoing step {step} ({label}) failed");
+            eprintln!("  {}", error.replace('\n', "\n  "));
+            if let Some(sql) = sql {
+                eprintln!("  while running:\n    {}", sql.replace('\n', "\n    "));
+            }
+            if !undone.is_empty() {
+                eprintln!("  undone by this rollback: {}", undone.join(", "));
+            }
+            eprintln!(
+                "  The step is still recorded as done. Fix the cause and run `phased rollback {}` again to resume.",
+                plan.display()
+            );
         }
         other => eprintln!("error: {other}"),
     }
@@ -316,5 +355,75 @@ async fn flags(cli: &Cli, action: Option<&FlagsAction>) -> u8 {
             eprintln!("error: {e}");
             exit::FAILED
         }
+    }
+}
+
+/// Asks on the terminal before doing something that changes the schema backwards.
+fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, Write};
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+async fn rollback(cli: &Cli, args: &RollbackArgs) -> u8 {
+    let (loaded, _url, mut target) = match prepare(cli, &args.plan).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if let Some(to) = &args.to {
+        if loaded.plan.phase(to).is_none() {
+            let names: Vec<&str> = loaded.plan.phases().map(|p| p.name()).collect();
+            eprintln!(
+                "error: plan `{}` has no phase `{to}`; its phases are: {}",
+                loaded.plan.id(),
+                names.join(", ")
+            );
+            return exit::INVALID;
+        }
+    }
+    if !args.yes {
+        let what = match &args.to {
+            Some(p) => format!("the phases after `{p}`"),
+            None => "every phase".to_string(),
+        };
+        let question = format!(
+            "Roll back {what} of plan `{}` on {}?",
+            loaded.plan.id(),
+            with_target!(&mut target, t => t.describe())
+        );
+        if !std::io::stdin().is_terminal() {
+            eprintln!("error: rollback changes the schema: confirm with --yes when not on a terminal");
+            return exit::INVALID;
+        }
+        if !confirm(&question) {
+            eprintln!("rollback cancelled");
+            return exit::INVALID;
+        }
+    }
+    let options = engine::rollback::RollbackOptions {
+        to: args.to.clone(),
+    };
+    let mut reporter = reporter(cli.format);
+    let result = with_target!(&mut target, t => engine::rollback::rollback(t, &loaded, &options, reporter.as_mut()).await);
+    match result {
+        Ok(undone) => {
+            if cli.format == Format::Human {
+                println!(
+                    "rolled back {} step(s){}",
+                    undone.len(),
+                    match &args.to {
+                        Some(p) => format!("; phase {p} and the ones before it are untouched"),
+                        None => String::new(),
+                    }
+                );
+            }
+            exit::OK
+        }
+        Err(err) => report_engine_error(&err, &args.plan, cli.format),
     }
 }

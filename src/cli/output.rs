@@ -185,6 +185,37 @@ impl Reporter for HumanReporter {
                 }
             }
             Event::Log { level, message } => self.line(format!("    [{level}] {message}")),
+            Event::RollbackStart {
+                plan,
+                database,
+                to,
+                phases,
+            } => self.line(format!(
+                "phased: rolling back plan {plan} on {database} {} — phases, newest first: {}",
+                to.as_ref()
+                    .map(|p| format!("to phase {p}"))
+                    .unwrap_or_else(|| "to the start".to_string()),
+                phases
+                    .iter()
+                    .rev()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            )),
+            Event::StepUndo { step, inverse } => self.line(format!(
+                "  ↶ {}#{} {}: {}",
+                step.phase,
+                step.step,
+                step.label,
+                inverse.replace('\n', " ")
+            )),
+            Event::StepUndone { step, elapsed_ms } => self.line(format!(
+                "  ✓ undone {}#{} {}  ({})",
+                step.phase,
+                step.step,
+                step.label,
+                secs(*elapsed_ms)
+            )),
             Event::RunEnd {
                 outcome,
                 elapsed_ms,

@@ -29,6 +29,24 @@ pub enum EngineError {
     /// The command was used wrongly (unknown phase name…).
     #[error("{0}")]
     Usage(String),
+    /// Rollback reached a step it cannot undo (or a completed contract phase) and stopped there.
+    #[error("cannot roll back step {step} ({label}): {reason}")]
+    Irreversible {
+        step: String,
+        label: String,
+        reason: String,
+        /// Steps undone by this rollback before it stopped.
+        undone: Vec<String>,
+    },
+    /// A step's inverse failed; the step stays done and a re-run of the rollback retries it.
+    #[error("undoing step {step} ({label}) failed: {error}")]
+    UndoFailed {
+        step: String,
+        label: String,
+        error: String,
+        sql: Option<String>,
+        undone: Vec<String>,
+    },
     /// The database failed outside a step (state tables, lease).
     #[error(transparent)]
     Target(#[from] TargetError),

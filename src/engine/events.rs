@@ -85,6 +85,25 @@ pub enum Event {
         outcome: String,
         elapsed_ms: u64,
     },
+    /// `phased rollback` starts: the phases after `to` (all when None) are undone.
+    RollbackStart {
+        plan: String,
+        database: String,
+        to: Option<String>,
+        phases: Vec<String>,
+    },
+    /// A step's inverse starts (`inverse` says what it does).
+    StepUndo {
+        #[serde(flatten)]
+        step: StepId,
+        inverse: String,
+    },
+    /// A step was undone and recorded as rolled back.
+    StepUndone {
+        #[serde(flatten)]
+        step: StepId,
+        elapsed_ms: u64,
+    },
 }
 
 /// Receives a run's events.

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod gate;
 pub mod retry;
+pub mod rollback;
 pub mod runner;
 pub mod status;
 

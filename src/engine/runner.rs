@@ -358,6 +358,15 @@ async fn execute<T: Target>(
             .await
         }
         Step::Flag(f) => {
+            // The value it replaces is kept in the step's checkpoint: rollback puts it back.
+            let previous = target
+                .flags()
+                .await?
+                .into_iter()
+                .find(|r| r.name == f.name)
+                .map(|r| r.value);
+            let remembered = serde_json::json!({ "previous": previous }).to_string();
+            target.set_checkpoint(key, Some(&remembered)).await?;
             target
                 .set_flag(&f.name, &f.value.0, Some(plan.id()), Some(key))
                 .await

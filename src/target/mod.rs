@@ -206,4 +206,34 @@ pub trait Target {
 
     /// Evaluates a query that must return one boolean.
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError>;
+
+    /// Runs a step's inverse units (rollback); the last transactional unit also marks the step
+    /// rolled back, in the same transaction.
+    async fn apply_inverse(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+    ) -> Result<(), TargetError>;
+
+    /// Sets a step's checkpoint (a backfill's last key, a flag's previous value); `None` also
+    /// clears the progress recorded with it, so the step starts over when it runs again.
+    async fn set_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: Option<&str>,
+    ) -> Result<(), TargetError>;
+
+    /// Puts a flag back to its previous value (removes it when it had none) and marks the flag
+    /// step rolled back, in one transaction.
+    async fn restore_flag(
+        &mut self,
+        name: &str,
+        previous: Option<&str>,
+        step: &StepKey,
+    ) -> Result<(), TargetError>;
+
+    /// The user schema as sorted, comparable lines (tables, columns, indexes, constraints,
+    /// triggers); phased's own state is left out.
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError>;
 }

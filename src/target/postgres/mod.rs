@@ -3,7 +3,10 @@
 
 mod backfill;
 mod lease;
+mod snapshot;
 mod state;
+
+pub use lease::key as lease_key;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -122,7 +125,7 @@ impl PgTarget {
         &mut self,
         statements: &[String],
         timeouts: Timeouts,
-        done: Option<&StepKey>,
+        done: Option<(&StepKey, StepStatus)>,
     ) -> Result<(), TargetError> {
         let tx = self
             .work
@@ -136,10 +139,46 @@ impl PgTarget {
         for sql in statements {
             tx.batch_execute(sql).await.map_err(|e| sql_error(e, sql))?;
         }
-        if let Some(key) = done {
-            state::mark_done(&tx, key).await?;
+        if let Some((key, status)) = done {
+            state::mark(&tx, key, status).await?;
         }
         tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
+    }
+
+    /// Runs units in order; the last one, when transactional, records `status` in its
+    /// transaction, otherwise it is recorded right after.
+    async fn apply_units(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+        status: StepStatus,
+    ) -> Result<(), TargetError> {
+        let last_tx = units
+            .iter()
+            .rposition(|u| matches!(u, Unit::Transaction(_)))
+            .filter(|&i| i + 1 == units.len());
+        for (i, unit) in units.iter().enumerate() {
+            let done = (Some(i) == last_tx).then_some((key, status));
+            match unit {
+                Unit::Transaction(stmts) => self.run_transaction(stmts, timeouts, done).await?,
+                Unit::Standalone(sql) | Unit::Script(sql) => {
+                    self.run_standalone(sql, timeouts).await?
+                }
+                Unit::ConcurrentIndex { name, create } => {
+                    self.concurrent_index(name, create, timeouts).await?
+                }
+                Unit::RebuildTable { .. } => {
+                    return Err(TargetError::Unexpected(
+                        "the copy-table recipe is for SQLite only".to_string(),
+                    ))
+                }
+            }
+        }
+        if last_tx.is_none() {
+            state::mark(&self.work, key, status).await?;
+        }
+        Ok(())
     }
 
     /// Runs SQL outside a transaction with session-level timeouts, then resets them, since a
@@ -288,31 +327,8 @@ impl Target for PgTarget {
         units: &[Unit],
         timeouts: Timeouts,
     ) -> Result<(), TargetError> {
-        let last_tx = units
-            .iter()
-            .rposition(|u| matches!(u, Unit::Transaction(_)))
-            .filter(|&i| i + 1 == units.len());
-        for (i, unit) in units.iter().enumerate() {
-            let done = (Some(i) == last_tx).then_some(key);
-            match unit {
-                Unit::Transaction(stmts) => self.run_transaction(stmts, timeouts, done).await?,
-                Unit::Standalone(sql) | Unit::Script(sql) => {
-                    self.run_standalone(sql, timeouts).await?
-                }
-                Unit::ConcurrentIndex { name, create } => {
-                    self.concurrent_index(name, create, timeouts).await?
-                }
-                Unit::RebuildTable { .. } => {
-                    return Err(TargetError::Unexpected(
-                        "the copy-table recipe is for SQLite only".to_string(),
-                    ))
-                }
-            }
-        }
-        if last_tx.is_none() {
-            state::mark_done(&self.work, key).await?;
-        }
-        Ok(())
+        self.apply_units(key, units, timeouts, StepStatus::Done)
+            .await
     }
 
     async fn backfill_batch(
@@ -405,5 +421,56 @@ impl Target for PgTarget {
         row.try_get::<_, Option<bool>>(0)
             .map(|v| v.unwrap_or(false))
             .map_err(|_| TargetError::Unexpected(format!("`{sql}` did not return a boolean")))
+    }
+
+    async fn apply_inverse(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+    ) -> Result<(), TargetError> {
+        self.apply_units(key, units, timeouts, StepStatus::RolledBack)
+            .await
+    }
+
+    async fn set_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: Option<&str>,
+    ) -> Result<(), TargetError> {
+        state::set_checkpoint(&self.work, key, checkpoint).await
+    }
+
+    async fn restore_flag(
+        &mut self,
+        name: &str,
+        previous: Option<&str>,
+        step: &StepKey,
+    ) -> Result<(), TargetError> {
+        let tx = self
+            .work
+            .transaction()
+            .await
+            .map_err(|e| sql_error(e, "BEGIN"))?;
+        match previous {
+            Some(value) => {
+                let sql = "UPDATE phased.flags SET value = $2, updated_at = now(), plan = $3 WHERE name = $1";
+                tx.execute(sql, &[&name, &value, &step.plan])
+                    .await
+                    .map_err(|e| sql_error(e, sql))?;
+            }
+            None => {
+                let sql = "DELETE FROM phased.flags WHERE name = $1";
+                tx.execute(sql, &[&name])
+                    .await
+                    .map_err(|e| sql_error(e, sql))?;
+            }
+        }
+        state::mark(&tx, step, StepStatus::RolledBack).await?;
+        tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
+    }
+
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError> {
+        snapshot::snapshot(&self.work).await
     }
 }

@@ -130,14 +130,48 @@ pub async fn mark_done<C: GenericClient>(conn: &C, key: &StepKey) -> Result<(), 
     Ok(())
 }
 
-pub async fn set_status(
-    conn: &Object,
+pub async fn set_status<C: GenericClient>(
+    conn: &C,
     key: &StepKey,
     status: StepStatus,
 ) -> Result<(), TargetError> {
     let sql = "UPDATE phased.steps SET status = $4, updated_at = now() \
                WHERE plan = $1 AND phase = $2 AND step_index = $3";
     conn.execute(sql, &[&key.plan, &key.phase, &key.index, &status.as_str()])
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}
+
+/// Records `status` the way the engine means it: done clears the last error and stamps the finish.
+pub async fn mark<C: GenericClient>(
+    conn: &C,
+    key: &StepKey,
+    status: StepStatus,
+) -> Result<(), TargetError> {
+    match status {
+        StepStatus::Done => mark_done(conn, key).await,
+        other => set_status(conn, key, other).await,
+    }
+}
+
+/// Sets a step's checkpoint; clearing it also clears the progress counted with it.
+pub async fn set_checkpoint(
+    conn: &Object,
+    key: &StepKey,
+    checkpoint: Option<&str>,
+) -> Result<(), TargetError> {
+    let sql = match checkpoint {
+        Some(_) => {
+            "UPDATE phased.steps SET checkpoint = $4, updated_at = now() \
+             WHERE plan = $1 AND phase = $2 AND step_index = $3"
+        }
+        None => {
+            "UPDATE phased.steps SET checkpoint = $4, rows_done = 0, rows_total = NULL, updated_at = now() \
+             WHERE plan = $1 AND phase = $2 AND step_index = $3"
+        }
+    };
+    conn.execute(sql, &[&key.plan, &key.phase, &key.index, &checkpoint])
         .await
         .map_err(|e| sql_error(e, sql))?;
     Ok(())

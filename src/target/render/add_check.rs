@@ -2,7 +2,7 @@
 //! a separate transaction under SHARE UPDATE EXCLUSIVE, which lets reads and writes go on.
 //! SQLite cannot add a constraint in place: the table is rebuilt.
 
-use super::{ident, Dialect, TableChange, Unit};
+use super::{ident, RenderError, Dialect, TableChange, Unit};
 use crate::plan::AddCheck;
 
 pub fn render(step: &AddCheck, dialect: Dialect) -> Vec<Unit> {
@@ -27,5 +27,20 @@ pub fn render(step: &AddCheck, dialect: Dialect) -> Vec<Unit> {
                 expression: step.expression.clone(),
             },
         }],
+    }
+}
+
+/// The inverse: drop the constraint (ACCESS EXCLUSIVE for a moment on PostgreSQL). SQLite cannot
+/// drop a constraint in place.
+pub fn render_down(step: &AddCheck, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+    match dialect {
+        Dialect::Postgres => Ok(vec![Unit::Transaction(vec![format!(
+            "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
+            ident(&step.table),
+            ident(&step.name)
+        )])]),
+        Dialect::Sqlite => Err(RenderError(
+            "SQLite cannot drop a CHECK constraint in place".to_string(),
+        )),
     }
 }

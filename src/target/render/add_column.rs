@@ -20,6 +20,21 @@ pub fn render(step: &AddColumn, _dialect: Dialect) -> Vec<Unit> {
     vec![Unit::Transaction(vec![sql])]
 }
 
+/// The inverse: drop the column (catalog-only on PostgreSQL, ACCESS EXCLUSIVE for a moment).
+/// SQLite has no `IF EXISTS` here and refuses while an index or trigger still uses the column,
+/// which rollback's newest-first order takes care of.
+pub fn render_down(step: &AddColumn, dialect: Dialect) -> Vec<Unit> {
+    let if_exists = match dialect {
+        Dialect::Postgres => "IF EXISTS ",
+        Dialect::Sqlite => "",
+    };
+    vec![Unit::Transaction(vec![format!(
+        "ALTER TABLE {} DROP COLUMN {if_exists}{}",
+        ident(&step.table),
+        ident(&step.name)
+    )])]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! `add_foreign_key`: PostgreSQL adds it `NOT VALID` (SHARE ROW EXCLUSIVE on both tables, briefly),
 //! then validates separately (SHARE UPDATE EXCLUSIVE / ROW SHARE: writes go on). SQLite rebuilds.
 
-use super::{ident, ident_list, Dialect, TableChange, Unit};
+use super::{ident, RenderError, ident_list, Dialect, TableChange, Unit};
 use crate::plan::AddForeignKey;
 
 /// `FOREIGN KEY (…) REFERENCES t (…) [ON DELETE …] [ON UPDATE …]`
@@ -43,5 +43,20 @@ pub fn render(step: &AddForeignKey, dialect: Dialect) -> Vec<Unit> {
                 definition: definition(step),
             },
         }],
+    }
+}
+
+/// The inverse: drop the constraint (SHARE ROW EXCLUSIVE on both tables, briefly, on
+/// PostgreSQL). SQLite cannot drop a foreign key in place.
+pub fn render_down(step: &AddForeignKey, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+    match dialect {
+        Dialect::Postgres => Ok(vec![Unit::Transaction(vec![format!(
+            "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
+            ident(&step.table),
+            ident(&step.name)
+        )])]),
+        Dialect::Sqlite => Err(RenderError(
+            "SQLite cannot drop a foreign key in place".to_string(),
+        )),
     }
 }

@@ -34,6 +34,21 @@ pub fn render(step: &CreateIndex, dialect: Dialect) -> Vec<Unit> {
     }
 }
 
+/// The inverse: drop the index, `CONCURRENTLY` on PostgreSQL (outside a transaction, no ACCESS
+/// EXCLUSIVE on the table); it also removes an INVALID leftover of a failed build.
+pub fn render_down(step: &CreateIndex, dialect: Dialect) -> Vec<Unit> {
+    match dialect {
+        Dialect::Postgres => vec![Unit::Standalone(format!(
+            "DROP INDEX CONCURRENTLY IF EXISTS {}",
+            ident(&step.name)
+        ))],
+        Dialect::Sqlite => vec![Unit::Transaction(vec![format!(
+            "DROP INDEX IF EXISTS {}",
+            ident(&step.name)
+        )])],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,14 @@ pub fn render(step: &CreateTable, _dialect: Dialect) -> Vec<Unit> {
     )])]
 }
 
+/// The inverse: drop the table (it is new, so nothing else is lost). ACCESS EXCLUSIVE, briefly.
+pub fn render_down(step: &CreateTable, _dialect: Dialect) -> Vec<Unit> {
+    vec![Unit::Transaction(vec![format!(
+        "DROP TABLE IF EXISTS {}",
+        ident(&step.name)
+    )])]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,6 +129,48 @@ pub fn render_step(step: &Step, dialect: Dialect) -> Result<Vec<Unit>, RenderErr
     })
 }
 
+/// The units that undo a schema step (rollback), or why it has none. Backfills, flags and
+/// commands are undone by the engine; `drop_dual_write` is undone by re-creating the plan's
+/// `dual_write` for the table, which only the engine can find.
+pub fn render_step_down(step: &Step, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+    let lost = |what: &str| {
+        Err(RenderError(format!(
+            "`{}` {what}; only a backup brings it back (`phased restore`)",
+            step.kind_name()
+        )))
+    };
+    Ok(match step {
+        Step::CreateTable(s) => create_table::render_down(s, dialect),
+        Step::AddColumn(s) => add_column::render_down(s, dialect),
+        Step::CreateIndex(s) => create_index::render_down(s, dialect),
+        Step::AddCheck(s) => add_check::render_down(s, dialect)?,
+        Step::AddForeignKey(s) => add_foreign_key::render_down(s, dialect)?,
+        Step::SetNotNull(s) => set_not_null::render_down(s, dialect)?,
+        Step::DualWrite(s) => dual_write::render_drop(&s.table, dialect),
+        Step::Sql(s) => sql::render_down(s)?,
+        Step::DropTable(_) => return lost("dropped a table and its rows"),
+        Step::DropColumn(_) => return lost("dropped a column and its values"),
+        Step::DropIndex(_) => return lost("dropped an index whose definition the plan does not hold"),
+        Step::DropDualWrite(_) => {
+            return Err(RenderError(
+                "`drop_dual_write` is undone by re-creating the plan's `dual_write`".to_string(),
+            ))
+        }
+        Step::Migrations(_) => {
+            return Err(RenderError(
+                "`migrations` cannot be rolled back by `phased rollback`; use `phased db downgrade`"
+                    .to_string(),
+            ))
+        }
+        Step::Backfill(_) | Step::Flag(_) | Step::Command(_) => {
+            return Err(RenderError(format!(
+                "`{}` is undone by the engine, not by SQL",
+                step.kind_name()
+            )))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +181,59 @@ mod tests {
         assert_eq!(ident("public.accounts"), "\"public\".\"accounts\"");
         assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    fn step(yaml: &str) -> Step {
+        match serde_saphyr::from_str(yaml) {
+            Ok(step) => step,
+            Err(e) => panic!("{yaml}: {e}"),
+        }
+    }
+
+    #[test]
+    fn inverses_per_dialect() {
+        let index = step("create_index: { table: t, name: t_c_idx, columns: [c] }");
+        assert_eq!(
+            render_step_down(&index, Dialect::Postgres).ok(),
+            Some(vec![Unit::Standalone(
+                "DROP INDEX CONCURRENTLY IF EXISTS \"t_c_idx\"".into()
+            )])
+        );
+        assert_eq!(
+            render_step_down(&index, Dialect::Sqlite).ok(),
+            Some(vec![Unit::Transaction(vec![
+                "DROP INDEX IF EXISTS \"t_c_idx\"".into()
+            ])])
+        );
+        let column = step("add_column: { table: t, name: c, type: text }");
+        assert_eq!(
+            render_step_down(&column, Dialect::Postgres).ok(),
+            Some(vec![Unit::Transaction(vec![
+                "ALTER TABLE \"t\" DROP COLUMN IF EXISTS \"c\"".into()
+            ])])
+        );
+        let table = step("create_table: { name: t, columns: [{ name: id, type: int }] }");
+        assert_eq!(
+            render_step_down(&table, Dialect::Sqlite).ok(),
+            Some(vec![Unit::Transaction(vec!["DROP TABLE IF EXISTS \"t\"".into()])])
+        );
+        let check = step("add_check: { table: t, name: t_pos, expression: \"c > 0\" }");
+        assert!(render_step_down(&check, Dialect::Postgres).is_ok());
+        assert!(render_step_down(&check, Dialect::Sqlite).is_err());
+    }
+
+    #[test]
+    fn sql_needs_down_and_drops_have_no_inverse() {
+        let with_down = step("sql: { up: \"CREATE VIEW v AS SELECT 1\", down: \"DROP VIEW v\" }");
+        assert_eq!(
+            render_step_down(&with_down, Dialect::Sqlite).ok(),
+            Some(vec![Unit::Transaction(vec!["DROP VIEW v".into()])])
+        );
+        let without = step("sql: \"UPDATE t SET c = 1\"");
+        let err = render_step_down(&without, Dialect::Postgres).err().map(|e| e.0);
+        assert!(err.is_some_and(|e| e.contains("no `down`")));
+        let drop = step("drop_column: { table: t, name: c }");
+        let err = render_step_down(&drop, Dialect::Postgres).err().map(|e| e.0);
+        assert!(err.is_some_and(|e| e.contains("phased restore")));
     }
 }

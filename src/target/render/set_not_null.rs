@@ -2,7 +2,7 @@
 //! EXCLUSIVE scan), then `SET NOT NULL` uses the validated check to skip its own scan, and the
 //! helper check is dropped. SQLite rebuilds the table.
 
-use super::{ident, Dialect, TableChange, Unit};
+use super::{ident, RenderError, Dialect, TableChange, Unit};
 use crate::plan::SetNotNull;
 
 /// The helper check's name.
@@ -34,5 +34,20 @@ pub fn render(step: &SetNotNull, dialect: Dialect) -> Vec<Unit> {
                 column: step.column.clone(),
             },
         }],
+    }
+}
+
+/// The inverse: `DROP NOT NULL` (catalog-only, ACCESS EXCLUSIVE for a moment) on PostgreSQL.
+/// SQLite would need a table rebuild.
+pub fn render_down(step: &SetNotNull, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+    match dialect {
+        Dialect::Postgres => Ok(vec![Unit::Transaction(vec![format!(
+            "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL",
+            ident(&step.table),
+            ident(&step.column)
+        )])]),
+        Dialect::Sqlite => Err(RenderError(
+            "SQLite cannot drop NOT NULL in place".to_string(),
+        )),
     }
 }

@@ -3,6 +3,7 @@
 
 mod backfill;
 mod lease;
+mod snapshot;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -87,7 +88,7 @@ impl SqliteTarget {
     fn run_transaction(
         &mut self,
         statements: &[String],
-        done: Option<&StepKey>,
+        done: Option<(&StepKey, StepStatus)>,
     ) -> Result<(), TargetError> {
         let tx = self
             .conn
@@ -96,10 +97,49 @@ impl SqliteTarget {
         for sql in statements {
             tx.execute_batch(sql).map_err(|e| sql_error(e, sql))?;
         }
-        if let Some(key) = done {
-            state::mark_done(&tx, key)?;
+        if let Some((key, status)) = done {
+            state::mark(&tx, key, status)?;
         }
         tx.commit().map_err(|e| sql_error(e, "COMMIT"))
+    }
+
+    /// Runs units in order; the last one, when transactional, records `status` in its
+    /// transaction, otherwise it is recorded right after.
+    fn apply_units(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+        status: StepStatus,
+    ) -> Result<(), TargetError> {
+        self.with_busy_timeout(timeouts)?;
+        let last_tx = units
+            .iter()
+            .rposition(|u| matches!(u, Unit::Transaction(_)))
+            .filter(|&i| i + 1 == units.len());
+        for (i, unit) in units.iter().enumerate() {
+            let done = (Some(i) == last_tx).then_some((key, status));
+            match unit {
+                Unit::Transaction(stmts) => self.run_transaction(stmts, done)?,
+                Unit::Standalone(sql) | Unit::Script(sql) => self
+                    .conn
+                    .execute_batch(sql)
+                    .map_err(|e| sql_error(e, sql))?,
+                Unit::ConcurrentIndex { create, .. } => self
+                    .conn
+                    .execute_batch(create)
+                    .map_err(|e| sql_error(e, create))?,
+                Unit::RebuildTable { table, .. } => {
+                    return Err(TargetError::Unexpected(format!(
+                    "rebuilding table `{table}` (SQLite's copy-table recipe) is not supported yet"
+                )))
+                }
+            }
+        }
+        if last_tx.is_none() {
+            state::mark(&self.conn, key, status)?;
+        }
+        Ok(())
     }
 }
 
@@ -154,34 +194,7 @@ impl Target for SqliteTarget {
         units: &[Unit],
         timeouts: Timeouts,
     ) -> Result<(), TargetError> {
-        self.with_busy_timeout(timeouts)?;
-        let last_tx = units
-            .iter()
-            .rposition(|u| matches!(u, Unit::Transaction(_)))
-            .filter(|&i| i + 1 == units.len());
-        for (i, unit) in units.iter().enumerate() {
-            let done = (Some(i) == last_tx).then_some(key);
-            match unit {
-                Unit::Transaction(stmts) => self.run_transaction(stmts, done)?,
-                Unit::Standalone(sql) | Unit::Script(sql) => self
-                    .conn
-                    .execute_batch(sql)
-                    .map_err(|e| sql_error(e, sql))?,
-                Unit::ConcurrentIndex { create, .. } => self
-                    .conn
-                    .execute_batch(create)
-                    .map_err(|e| sql_error(e, create))?,
-                Unit::RebuildTable { table, .. } => {
-                    return Err(TargetError::Unexpected(format!(
-                    "rebuilding table `{table}` (SQLite's copy-table recipe) is not supported yet"
-                )))
-                }
-            }
-        }
-        if last_tx.is_none() {
-            state::mark_done(&self.conn, key)?;
-        }
-        Ok(())
+        self.apply_units(key, units, timeouts, StepStatus::Done)
     }
 
     async fn backfill_batch(
@@ -273,5 +286,51 @@ impl Target for SqliteTarget {
                 "`{sql}` did not return a boolean (got {other:?})"
             ))),
         }
+    }
+
+    async fn apply_inverse(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+    ) -> Result<(), TargetError> {
+        self.apply_units(key, units, timeouts, StepStatus::RolledBack)
+    }
+
+    async fn set_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: Option<&str>,
+    ) -> Result<(), TargetError> {
+        state::set_checkpoint(&self.conn, key, checkpoint)
+    }
+
+    async fn restore_flag(
+        &mut self,
+        name: &str,
+        previous: Option<&str>,
+        step: &StepKey,
+    ) -> Result<(), TargetError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+        match previous {
+            Some(value) => {
+                let sql = "UPDATE phased_flags SET value = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), plan = ?3 WHERE name = ?1";
+                tx.execute(sql, rusqlite::params![name, value, step.plan])
+                    .map_err(|e| sql_error(e, sql))?;
+            }
+            None => {
+                let sql = "DELETE FROM phased_flags WHERE name = ?1";
+                tx.execute(sql, [name]).map_err(|e| sql_error(e, sql))?;
+            }
+        }
+        state::mark(&tx, step, StepStatus::RolledBack)?;
+        tx.commit().map_err(|e| sql_error(e, "COMMIT"))
+    }
+
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError> {
+        snapshot::snapshot(&self.conn)
     }
 }

@@ -121,6 +121,34 @@ pub fn mark_done(conn: &Connection, key: &StepKey) -> Result<(), TargetError> {
     Ok(())
 }
 
+/// Records `status` the way the engine means it: done clears the last error and stamps the finish.
+pub fn mark(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), TargetError> {
+    match status {
+        StepStatus::Done => mark_done(conn, key),
+        other => set_status(conn, key, other),
+    }
+}
+
+/// Sets a step's checkpoint; clearing it also clears the progress counted with it.
+pub fn set_checkpoint(
+    conn: &Connection,
+    key: &StepKey,
+    checkpoint: Option<&str>,
+) -> Result<(), TargetError> {
+    let sql = match checkpoint {
+        Some(_) => format!(
+            "UPDATE phased_steps SET checkpoint = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
+        ),
+        None => format!(
+            "UPDATE phased_steps SET checkpoint = ?4, rows_done = 0, rows_total = NULL, updated_at = {NOW} \
+             WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
+        ),
+    };
+    conn.execute(&sql, params![key.plan, key.phase, key.index, checkpoint])
+        .map_err(|e| sql_error(e, &sql))?;
+    Ok(())
+}
+
 pub fn set_status(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), TargetError> {
     let sql = format!(
         "UPDATE phased_steps SET status = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
