@@ -2,6 +2,7 @@
 
 mod common;
 
+mod ci_recovery;
 mod cli;
 mod engine_steps;
 mod plan_errors;

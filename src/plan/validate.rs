@@ -62,6 +62,7 @@ pub fn validate(plan: &Plan) -> Vec<Finding> {
             }
         }
     }
+    check_reversible(plan, &mut findings);
     for name in &plan.backup.before {
         if plan.phase(&name.value).is_none() && name.referenced != Location::UNKNOWN {
             findings.push(
@@ -314,6 +315,62 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
         }
         Step::Flag(f) => empty(findings, "name", &f.name),
         _ => {}
+    }
+}
+
+/// Warns about steps outside contract phases that `phased rollback` (and `phased verify`) cannot
+/// undo: contract phases are undone by restoring their backup, everything else should have an
+/// inverse.
+fn check_reversible(plan: &Plan, findings: &mut Vec<Finding>) {
+    let mut added: HashSet<(&str, &str)> = HashSet::new();
+    let mut created: HashSet<&str> = HashSet::new();
+    for phase in plan.phases() {
+        for step in phase.steps() {
+            match step {
+                Step::AddColumn(c) => {
+                    added.insert((c.table.as_str(), c.name.as_str()));
+                }
+                Step::CreateTable(t) => {
+                    created.insert(t.name.as_str());
+                }
+                _ => {}
+            }
+        }
+    }
+    for phase in plan.phases().filter(|p| p.kind() != PhaseKind::Contract) {
+        for step in &phase.steps.value {
+            let why = match &step.value {
+                Step::Sql(s) if s.down_sql().is_none() => Some((
+                    "this `sql` step has no `down`, so `phased rollback` cannot undo it",
+                    "add `down: \"SQL that undoes it\"` (or `down_file: PATH`)",
+                )),
+                Step::Command(c) if c.down.as_ref().is_none_or(|d| d.is_empty()) => Some((
+                    "this `command` step has no `down`, so `phased rollback` cannot undo it",
+                    "add `down: [program, args…]` that reverts what the command does",
+                )),
+                Step::Backfill(b)
+                    if b.down.is_none()
+                        && !created.contains(b.table.as_str())
+                        && !b
+                            .set
+                            .keys()
+                            .all(|c| added.contains(&(b.table.as_str(), c.as_str()))) =>
+                {
+                    Some((
+                        "this `backfill` writes columns that existed before the plan and has no `down`, so `phased rollback` cannot undo it",
+                        "add `down: \"UPDATE … SET …\"` that restores the old values, or backfill into a column the plan adds",
+                    ))
+                }
+                Step::Migrations(_) => Some((
+                    "`phased rollback` does not undo a `migrations` step",
+                    "downgrade with `phased db downgrade`",
+                )),
+                _ => None,
+            };
+            if let Some((message, help)) = why {
+                findings.push(Finding::warning(step.referenced, message).with_help(help));
+            }
+        }
     }
 }
 
