@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(long)]
         phase: String,
     },
+    /// Print the SQL each pending step would run (dry run); writes nothing.
+    Plan(PlanArgs),
     /// Undo the done steps of the phases after --to (all phases without it), newest first.
     Rollback(RollbackArgs),
     /// Read the flag store, or set a flag by hand.
@@ -69,6 +71,26 @@ pub struct RunArgs {
     /// While this file exists, backfills pause (an operator's brake).
     #[arg(long)]
     pub throttle_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    pub plan: PathBuf,
+    /// Only this phase.
+    #[arg(long)]
+    pub phase: Option<String>,
+    /// Render without a database: every step shown as pending.
+    #[arg(long)]
+    pub offline: bool,
+    /// The dialect to render offline [default: the --database URL's, else sqlite].
+    #[arg(long, value_enum, requires = "offline")]
+    pub dialect: Option<DialectArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DialectArg {
+    Postgres,
+    Sqlite,
 }
 
 #[derive(Debug, Args)]

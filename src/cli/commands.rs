@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use super::args::{Cli, Command, FlagsAction, Format, RollbackArgs, RunArgs};
+use super::args::{Cli, Command, DialectArg, FlagsAction, Format, PlanArgs, RollbackArgs, RunArgs};
 use super::config::{self, AnyTarget};
 use super::exit;
 use super::output::{HumanReporter, JsonReporter};
@@ -21,6 +21,7 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
         Command::Rollback(args) => rollback(&cli, args).await,
+        Command::Plan(args) => dry_run(&cli, args).await,
     }
 }
 
@@ -422,6 +423,53 @@ async fn rollback(cli: &Cli, args: &RollbackArgs) -> u8 {
                     }
                 );
             }
+            exit::OK
+        }
+        Err(err) => report_engine_error(&err, &args.plan, cli.format),
+    }
+}
+
+async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
+    let loaded = match config::load_plan(&args.plan) {
+        Ok(l) => l,
+        Err(report) => {
+            eprint!("{}", report.render_for(color()));
+            return exit::INVALID;
+        }
+    };
+    let url = match config::database_url(cli.database.as_deref()) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    };
+    // Opening a missing SQLite file would create it: a dry run writes nothing, so it renders
+    // offline instead.
+    let missing_file = matches!(&url, DatabaseUrl::Sqlite(path) if !path.exists());
+    let result = if args.offline || missing_file {
+        let dialect = match (args.dialect, &url) {
+            (Some(DialectArg::Postgres), _) => crate::target::Dialect::Postgres,
+            (Some(DialectArg::Sqlite), _) => crate::target::Dialect::Sqlite,
+            (None, DatabaseUrl::Postgres(_)) if cli.database.is_some() => {
+                crate::target::Dialect::Postgres
+            }
+            (None, _) => crate::target::Dialect::Sqlite,
+        };
+        engine::dry_run::dry_run_offline(&loaded, dialect, args.phase.as_deref())
+    } else {
+        let mut target = match config::open(&url, loaded.plan.id()).await {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILED;
+            }
+        };
+        with_target!(&mut target, t => engine::dry_run::dry_run(t, &loaded, args.phase.as_deref()).await)
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
             exit::OK
         }
         Err(err) => report_engine_error(&err, &args.plan, cli.format),

@@ -9,7 +9,7 @@ use crate::plan::{Backfill, BatchSize};
 use crate::target::{BatchRequest, StepKey, Target, TargetError, Timeouts};
 
 /// Batch size bounds for `batch_size: auto`.
-const AUTO_START: u64 = 1_000;
+pub(crate) const AUTO_START: u64 = 1_000;
 const AUTO_MIN: u64 = 10;
 const AUTO_MAX: u64 = 100_000;
 

@@ -3,6 +3,7 @@
 
 pub mod backfill;
 pub mod command;
+pub mod dry_run;
 pub mod error;
 pub mod events;
 pub mod gate;

@@ -236,4 +236,12 @@ pub trait Target {
     /// The user schema as sorted, comparable lines (tables, columns, indexes, constraints,
     /// triggers); phased's own state is left out.
     async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError>;
+
+    /// The declared types of some columns of a table, in the order given (dry runs show the
+    /// casts a backfill's bound keys get).
+    async fn column_types(
+        &mut self,
+        table: &str,
+        columns: &[String],
+    ) -> Result<Vec<String>, TargetError>;
 }

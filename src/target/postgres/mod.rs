@@ -473,4 +473,12 @@ impl Target for PgTarget {
     async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError> {
         snapshot::snapshot(&self.work).await
     }
+
+    async fn column_types(
+        &mut self,
+        table: &str,
+        columns: &[String],
+    ) -> Result<Vec<String>, TargetError> {
+        backfill::key_types(&self.work, table, columns).await
+    }
 }

@@ -9,7 +9,7 @@ mod state;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::render::{ident, Dialect, Unit};
 use super::{
@@ -332,5 +332,29 @@ impl Target for SqliteTarget {
 
     async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError> {
         snapshot::snapshot(&self.conn)
+    }
+
+    async fn column_types(
+        &mut self,
+        table: &str,
+        columns: &[String],
+    ) -> Result<Vec<String>, TargetError> {
+        let sql = "SELECT type FROM pragma_table_info(?1) WHERE name = ?2";
+        let mut types = Vec::with_capacity(columns.len());
+        for column in columns {
+            if column == "rowid" {
+                types.push("integer".to_string());
+                continue;
+            }
+            let ty: Option<String> = self
+                .conn
+                .query_row(sql, [super::render::base_name(table), column], |r| r.get(0))
+                .optional()
+                .map_err(|e| sql_error(e, sql))?;
+            types.push(ty.ok_or_else(|| {
+                TargetError::Unexpected(format!("table `{table}` has no column `{column}`"))
+            })?);
+        }
+        Ok(types)
     }
 }
