@@ -50,6 +50,8 @@ pub enum Command {
     },
     /// Print the SQL each pending step would run (dry run); writes nothing.
     Plan(PlanArgs),
+    /// On a scratch copy of the schema: run the phases before the first contract, roll back, compare.
+    Verify { plan: PathBuf },
     /// Undo the done steps of the phases after --to (all phases without it), newest first.
     Rollback(RollbackArgs),
     /// Read the flag store, or set a flag by hand.

@@ -22,6 +22,7 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
         Command::Rollback(args) => rollback(&cli, args).await,
         Command::Plan(args) => dry_run(&cli, args).await,
+        Command::Verify { plan } => verify(&cli, plan).await,
     }
 }
 
@@ -473,5 +474,131 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
             exit::OK
         }
         Err(err) => report_engine_error(&err, &args.plan, cli.format),
+    }
+}
+
+async fn verify(cli: &Cli, path: &Path) -> u8 {
+    use crate::engine::verify::VerifyOutcome;
+    use crate::target::scratch::Scratch;
+
+    let loaded = match config::load_plan(path) {
+        Ok(l) => l,
+        Err(report) => {
+            eprint!("{}", report.render_for(color()));
+            return exit::INVALID;
+        }
+    };
+    let url = match config::database_url(cli.database.as_deref()) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    };
+    // Verify rehearses a plan before it runs: on a database where it has started, the copied
+    // schema already holds its changes.
+    let exists = !matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
+    if exists {
+        let mut target = match config::open(&url, loaded.plan.id()).await {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILED;
+            }
+        };
+        let id = loaded.plan.id().to_string();
+        match with_target!(&mut target, t => t.load_steps(&id).await) {
+            Ok(records) => {
+                let done = records
+                    .iter()
+                    .filter(|r| r.status == crate::target::StepStatus::Done)
+                    .count();
+                if done > 0 {
+                    eprintln!(
+                        "error: plan `{id}` has already started on {} ({done} step(s) done); verify rehearses a plan \
+                         before it runs. Point --database at a database where it has not run (e.g. a copy of production's schema).",
+                        url.redacted()
+                    );
+                    return exit::INVALID;
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILED;
+            }
+        }
+    }
+    let scratch = match Scratch::create(&url).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot create the scratch database: {e}");
+            return exit::FAILED;
+        }
+    };
+    if cli.format == Format::Human {
+        eprintln!(
+            "phased verify: rehearsing plan {} on {} (a copy of {}'s schema, no data)",
+            loaded.plan.id(),
+            scratch.describe(),
+            url.redacted()
+        );
+    }
+    let mut reporter = reporter(cli.format);
+    let result = match config::open(&scratch.url(), loaded.plan.id()).await {
+        Ok(mut target) => {
+            let r = with_target!(&mut target, t => engine::verify::verify(t, &loaded, reporter.as_mut()).await);
+            drop(target);
+            r
+        }
+        Err(e) => Err(EngineError::Target(e)),
+    };
+    scratch.remove().await;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(err) => return report_engine_error(&err, path, cli.format),
+    };
+    if cli.format == Format::Json {
+        let mut line = serde_json::to_value(&outcome).unwrap_or_default();
+        if let Some(map) = line.as_object_mut() {
+            map.insert("event".into(), "verify_result".into());
+        }
+        println!("{line}");
+    } else {
+        match &outcome {
+            VerifyOutcome::Passed {
+                phases,
+                steps_undone,
+            } => println!(
+                "verify passed: ran {} and rolled back {steps_undone} step(s); the schema is as it was",
+                if phases.is_empty() {
+                    "no phase (the first phase is a contract)".to_string()
+                } else {
+                    format!("phases {}", phases.join(", "))
+                }
+            ),
+            VerifyOutcome::Irreversible { steps } => {
+                println!("verify failed: {} step(s) cannot be undone", steps.len());
+                for s in steps {
+                    println!("  {} {}: {}", s.step, s.label, s.reason);
+                }
+            }
+            VerifyOutcome::Differs { missing, extra } => {
+                println!("verify failed: after rolling back, the schema differs from before");
+                for l in missing {
+                    println!("  - {l}");
+                }
+                for l in extra {
+                    println!("  + {l}");
+                }
+            }
+            VerifyOutcome::Failed { stage, error } => {
+                println!("verify failed during {stage}: {error}")
+            }
+        }
+    }
+    if outcome.passed() {
+        exit::OK
+    } else {
+        exit::FAILED
     }
 }

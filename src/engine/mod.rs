@@ -11,6 +11,7 @@ pub mod retry;
 pub mod rollback;
 pub mod runner;
 pub mod status;
+pub mod verify;
 
 pub use error::EngineError;
 pub use events::{Event, Reporter, StepId};

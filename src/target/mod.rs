@@ -3,6 +3,7 @@
 pub mod error;
 pub mod postgres;
 pub mod render;
+pub mod scratch;
 pub mod sqlite;
 pub mod state_schema;
 pub mod url;

@@ -1,0 +1,149 @@
+//! `phased verify`: on a scratch copy of the schema, run every phase before the first contract,
+//! roll back to the start, and compare the schema with what it was: the automated form of "test
+//! the upgrade and the downgrade". The scratch database itself is made and removed by the caller
+//! (`target::scratch`).
+
+use serde::Serialize;
+
+use super::events::Reporter;
+use super::rollback::{inverse_of, rollback, Inverse, RollbackOptions};
+use super::{run, EngineError, RunOptions};
+use crate::plan::{Command, LoadedPlan, PhaseKind, SqlStep, Step};
+use crate::target::{StepStatus, Target};
+
+/// What verify found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum VerifyOutcome {
+    /// Up and back down left the schema as it was.
+    Passed {
+        phases: Vec<String>,
+        steps_undone: usize,
+    },
+    /// Steps that cannot be undone (nothing was run).
+    Irreversible { steps: Vec<IrreversibleStep> },
+    /// The schema after rolling back differs from before.
+    Differs {
+        /// Lines of the schema before that are gone.
+        missing: Vec<String>,
+        /// Lines of the schema after that were not there before.
+        extra: Vec<String>,
+    },
+    /// Running or rolling back failed.
+    Failed { stage: String, error: String },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IrreversibleStep {
+    pub step: String,
+    pub label: String,
+    pub reason: String,
+}
+
+impl VerifyOutcome {
+    pub fn passed(&self) -> bool {
+        matches!(self, VerifyOutcome::Passed { .. })
+    }
+}
+
+/// The plan verify runs: command steps reach outside the database (flag services, deploy
+/// hooks), so a rehearsal must not run them; each becomes a no-op with a no-op inverse.
+fn rehearsal(loaded: &LoadedPlan) -> LoadedPlan {
+    let mut copy = loaded.clone();
+    for phase in copy.plan.phases.value.iter_mut() {
+        for step in phase.value.steps.value.iter_mut() {
+            if let Step::Command(Command { down: Some(_), .. }) = &step.value {
+                step.value = Step::Sql(SqlStep {
+                    up: Some("SELECT 1".to_string()),
+                    down: Some("SELECT 1".to_string()),
+                    transactional: true,
+                    ..SqlStep::default()
+                });
+            }
+        }
+    }
+    copy
+}
+
+/// Runs the rehearsal on `scratch`, which must hold a copy of the target's schema and no state.
+pub async fn verify<T: Target>(
+    scratch: &mut T,
+    loaded: &LoadedPlan,
+    reporter: &mut dyn Reporter,
+) -> Result<VerifyOutcome, EngineError> {
+    let plan = &loaded.plan;
+    let first_contract = plan
+        .phases()
+        .position(|p| p.kind() == PhaseKind::Contract)
+        .unwrap_or(plan.phases.value.len());
+    let phases: Vec<String> = plan
+        .phases()
+        .take(first_contract)
+        .map(|p| p.name().to_string())
+        .collect();
+    let irreversible: Vec<IrreversibleStep> = plan
+        .step_refs()
+        .into_iter()
+        .filter(|(s, _)| s.phase_index < first_contract)
+        .filter_map(|(s, def)| {
+            match inverse_of(plan, def, StepStatus::Done, scratch.dialect()) {
+                Inverse::Irreversible(reason) => Some(IrreversibleStep {
+                    step: s.id(),
+                    label: def.label(),
+                    reason,
+                }),
+                _ => None,
+            }
+        })
+        .collect();
+    if !irreversible.is_empty() {
+        return Ok(VerifyOutcome::Irreversible {
+            steps: irreversible,
+        });
+    }
+    let Some(last) = phases.last().cloned() else {
+        return Ok(VerifyOutcome::Passed {
+            phases,
+            steps_undone: 0,
+        });
+    };
+    let rehearsal = rehearsal(loaded);
+    let before = scratch.schema_snapshot().await?;
+    let options = RunOptions {
+        until: Some(last),
+        ..RunOptions::default()
+    };
+    if let Err(e) = run(scratch, &rehearsal, &options, reporter).await {
+        return Ok(VerifyOutcome::Failed {
+            stage: "run".to_string(),
+            error: e.to_string(),
+        });
+    }
+    let undone = match rollback(scratch, &rehearsal, &RollbackOptions::default(), reporter).await {
+        Ok(undone) => undone,
+        Err(e) => {
+            return Ok(VerifyOutcome::Failed {
+                stage: "rollback".to_string(),
+                error: e.to_string(),
+            })
+        }
+    };
+    let after = scratch.schema_snapshot().await?;
+    if before == after {
+        return Ok(VerifyOutcome::Passed {
+            phases,
+            steps_undone: undone.len(),
+        });
+    }
+    let missing = before
+        .iter()
+        .filter(|l| !after.contains(l))
+        .cloned()
+        .collect();
+    let extra = after
+        .iter()
+        .filter(|l| !before.contains(l))
+        .cloned()
+        .collect();
+    Ok(VerifyOutcome::Differs { missing, extra })
+}
