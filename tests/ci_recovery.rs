@@ -194,3 +194,274 @@ async fn rollback_stops_at_a_step_without_inverse() {
     assert!(db.has_table("t").await, "the older step was left alone");
 }
 
+
+// ─── CLI: dry run ────────────────────────────────────────────────────────────────────────────
+
+fn quickstart_path() -> String {
+    common::repo_root()
+        .join("plans/quickstart.yaml")
+        .display()
+        .to_string()
+}
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A fixed plan for the dry-run snapshots (the example plans may change).
+const DRY_RUN_PLAN: &str = r#"plan: dry-run
+defaults: { lock_timeout: 3s, statement_timeout: 1m }
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - create_table:
+          name: accounts
+          columns:
+            - { name: id, type: bigint, primary_key: true }
+            - { name: email, type: text, nullable: false }
+      - add_column: { table: accounts, name: email_lower, type: text }
+      - dual_write: { table: accounts, set: { email_lower: "lower(NEW.email)" } }
+      - create_index: { table: accounts, name: accounts_email_lower_idx, columns: [email_lower], statement_timeout: 10m }
+      - sql: { up: "CREATE INDEX CONCURRENTLY accounts_email_idx ON accounts (email)", down: "DROP INDEX CONCURRENTLY accounts_email_idx", transactional: false }
+  - name: backfill
+    kind: migrate
+    steps:
+      - backfill: { table: accounts, set: { email_lower: "lower(email)" }, where: "email_lower IS NULL", batch_size: auto }
+  - name: switch
+    kind: switch-flag
+    steps:
+      - flag: { name: read_email_lower, value: true }
+      - command: { run: [./flip.sh, read_email_lower, "on"], down: [./flip.sh, read_email_lower, "off"], timeout: 30s }
+  - name: contract
+    kind: contract
+    gate:
+      - flag: { name: read_email_lower, is: true }
+    steps:
+      - set_not_null: { table: accounts, column: email_lower }
+      - drop_column: { table: accounts, name: email }
+"#;
+
+fn dry_run_plan() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dry-run.yaml");
+    std::fs::write(&path, DRY_RUN_PLAN).expect("write plan");
+    let path = path.display().to_string();
+    (dir, path)
+}
+
+#[test]
+fn plan_offline_prints_the_exact_postgres_sql() {
+    let (_dir, plan) = dry_run_plan();
+    let output = common::phased_cmd()
+        .args(["plan", &plan, "--offline", "--dialect", "postgres"])
+        .output()
+        .expect("phased plan");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let text = stdout_of(&output);
+    insta::assert_snapshot!("plan_offline_postgres", text);
+}
+
+#[test]
+fn plan_offline_prints_the_exact_sqlite_sql() {
+    let (_dir, plan) = dry_run_plan();
+    let output = common::phased_cmd()
+        .args(["plan", &plan, "--offline", "--dialect", "sqlite", "--phase", "backfill"])
+        .output()
+        .expect("phased plan");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    insta::assert_snapshot!("plan_offline_sqlite_backfill", stdout_of(&output));
+}
+
+/// Against a database: done steps are skipped, pending ones shown, and nothing is written.
+async fn plan_shows_only_pending_steps_and_writes_nothing(db: TestDb) {
+    let loaded = quickstart();
+    until(&db, &loaded, "expand").await;
+    let before = snapshot(&db, "quickstart").await;
+    let count_state = match &db {
+        TestDb::Pg(_) => "SELECT count(*) FROM phased.steps",
+        TestDb::Sqlite(_) => "SELECT count(*) FROM phased_steps",
+    };
+    let rows_before = db.scalar(count_state).await;
+    let output = common::phased_cmd()
+        .args(["plan", &quickstart_path(), "--database", &db.url()])
+        .output()
+        .expect("phased plan");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let text = stdout_of(&output);
+    assert!(text.contains("-- step expand#3 create_index accounts_email_lower_idx: done, skipped"), "{text}");
+    assert!(text.contains("-- step backfill#1 backfill accounts (email_lower) (pending"), "{text}");
+    if db.is_pg() {
+        // The key's real type, read from the database, casts the bound key.
+        assert!(text.contains("(\"id\") <= ($1::text::bigint)"), "{text}");
+    } else {
+        assert!(text.contains("(\"id\") <= (?1)"), "{text}");
+    }
+    assert!(text.contains("-- 4 pending step(s)"), "{text}");
+    assert_eq!(snapshot(&db, "quickstart").await, before);
+    assert_eq!(db.scalar(count_state).await, rows_before);
+}
+
+#[tokio::test]
+async fn plan_shows_only_pending_steps_and_writes_nothing_sqlite() {
+    plan_shows_only_pending_steps_and_writes_nothing(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn plan_shows_only_pending_steps_and_writes_nothing_postgres() {
+    plan_shows_only_pending_steps_and_writes_nothing(TestDb::pg().await).await;
+}
+
+#[test]
+fn plan_does_not_create_a_missing_sqlite_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("absent.db");
+    let output = common::phased_cmd()
+        .args(["plan", &quickstart_path(), "--database"])
+        .arg(format!("sqlite://{}", path.display()))
+        .output()
+        .expect("phased plan");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(stdout_of(&output).contains("-- 9 pending step(s)"));
+    assert!(!path.exists());
+}
+
+// ─── CLI: verify ─────────────────────────────────────────────────────────────────────────────
+
+fn example_plans() -> Vec<std::path::PathBuf> {
+    let mut plans: Vec<_> = std::fs::read_dir(common::repo_root().join("plans"))
+        .expect("plans/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    plans.sort();
+    assert!(!plans.is_empty());
+    plans
+}
+
+/// The scratch database named in verify's first line, which must be gone afterwards.
+fn scratch_named(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("phased verify: rehearsing"))
+        .unwrap_or_else(|| panic!("no rehearsal line in:\n{stderr}"));
+    let url = line
+        .split(" on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no scratch URL in {line}"));
+    url.to_string()
+}
+
+async fn verify_passes_on_the_example_plans(db: TestDb) {
+    for plan in example_plans() {
+        let output = common::phased_cmd()
+            .args(["verify", "--database", &db.url()])
+            .arg(&plan)
+            .output()
+            .expect("phased verify");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}:\n{}\n{}",
+            plan.display(),
+            stdout_of(&output),
+            stderr_of(&output)
+        );
+        assert!(stdout_of(&output).starts_with("verify passed"));
+        let scratch = scratch_named(&stderr_of(&output));
+        match &db {
+            TestDb::Pg(_) => {
+                let name = scratch.rsplit('/').next().unwrap_or_default();
+                let left = db
+                    .scalar(&format!(
+                        "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+                    ))
+                    .await;
+                assert_eq!(left, 0, "scratch database {name} was not removed");
+            }
+            TestDb::Sqlite(_) => {
+                let path = scratch.trim_start_matches("sqlite://");
+                assert!(!std::path::Path::new(path).exists(), "{path} was not removed");
+            }
+        }
+    }
+    // The target itself is untouched.
+    assert!(!db.has_table("accounts").await);
+}
+
+#[tokio::test]
+async fn verify_passes_on_the_example_plans_sqlite() {
+    let db = TestDb::sqlite();
+    db.execute("CREATE TABLE app_users (id integer PRIMARY KEY, name text NOT NULL)")
+        .await;
+    verify_passes_on_the_example_plans(db).await;
+}
+
+#[tokio::test]
+async fn verify_passes_on_the_example_plans_postgres() {
+    let db = TestDb::pg().await;
+    db.execute("CREATE TABLE app_users (id bigint PRIMARY KEY, name text NOT NULL)")
+        .await;
+    verify_passes_on_the_example_plans(db).await;
+}
+
+fn write_plan(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
+    let path = dir.path().join("plan.yaml");
+    std::fs::write(&path, yaml).expect("write plan");
+    path
+}
+
+async fn verify_fails_on_an_irreversible_sql_step(db: TestDb) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(
+        &dir,
+        "plan: one-way\nphases:\n  - name: expand\n    kind: expand\n    steps:\n      \
+         - create_table: { name: t, columns: [{ name: id, type: integer, primary_key: true }] }\n      \
+         - sql: \"CREATE INDEX t_id_idx ON t (id)\"\n",
+    );
+    let output = common::phased_cmd()
+        .args(["verify", "--database", &db.url()])
+        .arg(&plan)
+        .output()
+        .expect("phased verify");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let text = stdout_of(&output);
+    assert!(text.contains("verify failed: 1 step(s) cannot be undone"), "{text}");
+    assert!(text.contains("expand#2 sql CREATE INDEX t_id_idx ON t (id)"), "{text}");
+    assert!(text.contains("no `down`"), "{text}");
+}
+
+#[tokio::test]
+async fn verify_fails_on_an_irreversible_sql_step_sqlite() {
+    verify_fails_on_an_irreversible_sql_step(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn verify_fails_on_an_irreversible_sql_step_postgres() {
+    verify_fails_on_an_irreversible_sql_step(TestDb::pg().await).await;
+}
+
+#[tokio::test]
+async fn verify_fails_when_a_down_does_not_restore_the_schema() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(
+        &dir,
+        "plan: leaky\nphases:\n  - name: expand\n    kind: expand\n    steps:\n      \
+         - sql: { up: \"CREATE TABLE audit (id integer)\", down: \"SELECT 1\" }\n",
+    );
+    let output = common::phased_cmd()
+        .args(["verify", "--database", &db.url()])
+        .arg(&plan)
+        .output()
+        .expect("phased verify");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let text = stdout_of(&output);
+    assert!(text.contains("the schema differs from before"), "{text}");
+    assert!(text.contains("+ table audit"), "{text}");
+}

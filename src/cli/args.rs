@@ -73,6 +73,9 @@ pub struct RunArgs {
     /// While this file exists, backfills pause (an operator's brake).
     #[arg(long)]
     pub throttle_file: Option<PathBuf>,
+    /// Also write a JUnit XML report here (phase = testsuite, step = testcase).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

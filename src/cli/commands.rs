@@ -193,9 +193,15 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         until: args.until.clone(),
         throttle_file: args.throttle_file.clone(),
     };
-    let mut reporter = reporter(cli.format);
+    let mut recorder = super::junit::JunitRecorder::new(reporter(cli.format));
     let result =
-        with_target!(&mut target, t => engine::run(t, &loaded, &options, reporter.as_mut()).await);
+        with_target!(&mut target, t => engine::run(t, &loaded, &options, &mut recorder).await);
+    if let Some(file) = &args.junit {
+        let xml = super::junit::render(loaded.plan.id(), &recorder.events, result.as_ref().err());
+        if let Err(e) = std::fs::write(file, xml) {
+            eprintln!("error: cannot write the JUnit report {}: {e}", file.display());
+        }
+    }
     match result {
         Ok(()) => exit::OK,
         Err(err) => report_engine_error(&err, &args.plan, cli.format),

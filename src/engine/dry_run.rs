@@ -276,14 +276,13 @@ fn where_key(plan: &Plan, step: &StepRef) -> String {
 fn begin_comment(plan: &Plan, step: &StepRef, def: &Step, dialect: Dialect) -> String {
     format!(
         "-- state: INSERT INTO {} (plan, phase, step_index, kind, label, checksum, status, attempts, started_at) \
-         VALUES ({}, {}, {}, {}, {}, '{}', 'running', 1, now()) ON CONFLICT DO UPDATE SET status = 'running', attempts = attempts + 1",
+         VALUES ({}, {}, {}, {}, {}, <checksum>, 'running', 1, now()) ON CONFLICT DO UPDATE SET status = 'running', attempts = attempts + 1",
         steps_table(dialect),
         literal(plan.id()),
         literal(&step.phase),
         step.index,
         literal(def.kind_name()),
         literal(&def.label()),
-        &step.checksum[..12.min(step.checksum.len())]
     )
 }
 
