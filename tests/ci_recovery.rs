@@ -127,7 +127,10 @@ async fn rollback_to_a_phase_then_run_again(db: TestDb) {
         "the flag is back to its value from before the plan"
     );
     // Again: it is resumable — nothing left to undo.
-    assert_eq!(roll_back(&db, &loaded, Some("expand")).await.ok(), Some(vec![]));
+    assert_eq!(
+        roll_back(&db, &loaded, Some("expand")).await.ok(),
+        Some(vec![])
+    );
     common::run_ok(&db, &loaded).await;
     assert!(!db.has_column("accounts", "email").await);
     assert_eq!(
@@ -193,7 +196,6 @@ async fn rollback_stops_at_a_step_without_inverse() {
     assert!(!db.has_column("t", "c").await, "the newer step was undone");
     assert!(db.has_table("t").await, "the older step was left alone");
 }
-
 
 // ─── CLI: dry run ────────────────────────────────────────────────────────────────────────────
 
@@ -270,7 +272,15 @@ fn plan_offline_prints_the_exact_postgres_sql() {
 fn plan_offline_prints_the_exact_sqlite_sql() {
     let (_dir, plan) = dry_run_plan();
     let output = common::phased_cmd()
-        .args(["plan", &plan, "--offline", "--dialect", "sqlite", "--phase", "backfill"])
+        .args([
+            "plan",
+            &plan,
+            "--offline",
+            "--dialect",
+            "sqlite",
+            "--phase",
+            "backfill",
+        ])
         .output()
         .expect("phased plan");
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
@@ -293,8 +303,14 @@ async fn plan_shows_only_pending_steps_and_writes_nothing(db: TestDb) {
         .expect("phased plan");
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     let text = stdout_of(&output);
-    assert!(text.contains("-- step expand#3 create_index accounts_email_lower_idx: done, skipped"), "{text}");
-    assert!(text.contains("-- step backfill#1 backfill accounts (email_lower) (pending"), "{text}");
+    assert!(
+        text.contains("-- step expand#3 create_index accounts_email_lower_idx: done, skipped"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-- step backfill#1 backfill accounts (email_lower) (pending"),
+        "{text}"
+    );
     if db.is_pg() {
         // The key's real type, read from the database, casts the bound key.
         assert!(text.contains("(\"id\") <= ($1::text::bigint)"), "{text}");
@@ -386,7 +402,10 @@ async fn verify_passes_on_the_example_plans(db: TestDb) {
             }
             TestDb::Sqlite(_) => {
                 let path = scratch.trim_start_matches("sqlite://");
-                assert!(!std::path::Path::new(path).exists(), "{path} was not removed");
+                assert!(
+                    !std::path::Path::new(path).exists(),
+                    "{path} was not removed"
+                );
             }
         }
     }
@@ -431,8 +450,14 @@ async fn verify_fails_on_an_irreversible_sql_step(db: TestDb) {
         .expect("phased verify");
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
     let text = stdout_of(&output);
-    assert!(text.contains("verify failed: 1 step(s) cannot be undone"), "{text}");
-    assert!(text.contains("expand#2 sql CREATE INDEX t_id_idx ON t (id)"), "{text}");
+    assert!(
+        text.contains("verify failed: 1 step(s) cannot be undone"),
+        "{text}"
+    );
+    assert!(
+        text.contains("expand#2 sql CREATE INDEX t_id_idx ON t (id)"),
+        "{text}"
+    );
     assert!(text.contains("no `down`"), "{text}");
 }
 
@@ -464,4 +489,451 @@ async fn verify_fails_when_a_down_does_not_restore_the_schema() {
     let text = stdout_of(&output);
     assert!(text.contains("the schema differs from before"), "{text}");
     assert!(text.contains("+ table audit"), "{text}");
+}
+
+// ─── CLI: exit codes ─────────────────────────────────────────────────────────────────────────
+
+const FAILING_PLAN: &str = "plan: failing\ndefaults: { retry: { attempts: 1 } }\nphases:\n  - name: expand\n    kind: expand\n    steps:\n      \
+     - create_table: { name: t, columns: [{ name: id, type: integer, primary_key: true }] }\n      \
+     - sql: { up: \"INSERT INTO no_such_table VALUES (1)\", down: \"SELECT 1\" }\n";
+
+const GATED_PLAN: &str = "plan: gated\nphases:\n  - name: expand\n    kind: expand\n    steps:\n      \
+     - create_table: { name: t, columns: [{ name: id, type: integer, primary_key: true }] }\n  \
+     - name: contract\n    kind: contract\n    gate:\n      - flag: { name: ready, is: true }\n    steps:\n      \
+     - drop_table: { name: t }\n";
+
+fn run_cli(db: &TestDb, plan: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    common::phased_cmd()
+        .args(["run", "--database", &db.url()])
+        .arg(plan)
+        .args(extra)
+        .output()
+        .expect("phased run")
+}
+
+#[test]
+fn exit_0_when_the_run_is_done() {
+    let db = TestDb::sqlite();
+    let output = run_cli(&db, std::path::Path::new(&quickstart_path()), &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+}
+
+async fn exit_1_when_a_step_fails(db: TestDb) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(&dir, FAILING_PLAN);
+    let output = run_cli(&db, &plan, &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let err = stderr_of(&output);
+    assert!(err.contains("error: step expand#2"), "{err}");
+    assert!(err.contains("no_such_table"), "{err}");
+}
+
+#[tokio::test]
+async fn exit_1_when_a_step_fails_sqlite() {
+    exit_1_when_a_step_fails(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn exit_1_when_a_step_fails_postgres() {
+    exit_1_when_a_step_fails(TestDb::pg().await).await;
+}
+
+#[test]
+fn exit_2_for_an_invalid_plan_or_usage() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(
+        &dir,
+        "plan: bad\nphases:\n  - name: expand\n    kind: expand\n    steps:\n      - drop_table: { name: t }\n",
+    );
+    let output = run_cli(&db, &plan, &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(stderr_of(&output).contains("destructive"));
+    // An unknown phase is a usage error too, and nothing is created.
+    let output = run_cli(
+        &db,
+        std::path::Path::new(&quickstart_path()),
+        &["--phase", "nope"],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(stderr_of(&output).contains("has no phase `nope`"));
+}
+
+async fn exit_3_when_a_gate_is_not_met(db: TestDb) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(&dir, GATED_PLAN);
+    let output = run_cli(&db, &plan, &[]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert!(db.has_table("t").await, "the phase before the gate ran");
+    let output = common::phased_cmd()
+        .args(["gate", "--phase", "contract", "--database", &db.url()])
+        .arg(&plan)
+        .output()
+        .expect("phased gate");
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        stdout_of(&output).contains("✗ flag ready"),
+        "{}",
+        stdout_of(&output)
+    );
+}
+
+#[tokio::test]
+async fn exit_3_when_a_gate_is_not_met_sqlite() {
+    exit_3_when_a_gate_is_not_met(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn exit_3_when_a_gate_is_not_met_postgres() {
+    exit_3_when_a_gate_is_not_met(TestDb::pg().await).await;
+}
+
+#[tokio::test]
+async fn exit_4_when_another_runner_holds_the_lease_sqlite() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(&dir, GATED_PLAN);
+    set_flag(&db, "unrelated", "1").await; // creates the state tables
+                                           // This test process stands in for a live runner on this host.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .expect("hostname");
+    db.execute(&format!(
+        "INSERT INTO phased_lease (plan, pid, host, since) VALUES ('gated', {}, '{host}', '2026-01-01T00:00:00Z')",
+        std::process::id()
+    ))
+    .await;
+    for command in [&["run"][..], &["rollback", "--yes"][..]] {
+        let output = common::phased_cmd()
+            .args(command)
+            .args(["--database", &db.url()])
+            .arg(&plan)
+            .output()
+            .expect("phased");
+        assert_eq!(
+            output.status.code(),
+            Some(4),
+            "{command:?}: {}",
+            stderr_of(&output)
+        );
+        let err = stderr_of(&output);
+        assert!(
+            err.contains(&format!("phased pid {} on {host}", std::process::id())),
+            "{err}"
+        );
+    }
+    assert!(!db.has_table("t").await);
+}
+
+#[tokio::test]
+async fn exit_4_when_another_runner_holds_the_lease_postgres() {
+    let db = TestDb::pg().await;
+    let TestDb::Pg(pg) = &db else { unreachable!() };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(&dir, GATED_PLAN);
+    let holder = pg.client().await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&phased::target::postgres::lease_key("gated")],
+        )
+        .await
+        .expect("take the plan's advisory lock");
+    let output = run_cli(&db, &plan, &[]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
+    assert!(stderr_of(&output).contains("another runner is working on plan `gated`"));
+    assert!(!db.has_table("t").await);
+    drop(holder);
+}
+
+// ─── CLI: rollback ───────────────────────────────────────────────────────────────────────────
+
+#[test]
+fn rollback_needs_yes_off_a_terminal() {
+    let db = TestDb::sqlite();
+    let plan = quickstart_path();
+    let output = run_cli(&db, std::path::Path::new(&plan), &["--until", "expand"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let output = common::phased_cmd()
+        .args(["rollback", &plan, "--to", "setup", "--database", &db.url()])
+        .output()
+        .expect("phased rollback");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_of(&output).contains("--yes"));
+    let output = common::phased_cmd()
+        .args([
+            "rollback",
+            &plan,
+            "--to",
+            "setup",
+            "--yes",
+            "--database",
+            &db.url(),
+        ])
+        .output()
+        .expect("phased rollback");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(stdout_of(&output).contains("rolled back 3 step(s)"));
+    let status = common::phased_cmd()
+        .args(["status", &plan, "--database", &db.url()])
+        .output()
+        .expect("phased status");
+    let text = stdout_of(&status);
+    assert!(text.contains("expand (expand) — rolled_back"), "{text}");
+    assert!(text.contains("setup (expand) — done"), "{text}");
+}
+
+// ─── CLI: JUnit ──────────────────────────────────────────────────────────────────────────────
+
+fn junit(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).expect("junit file")
+}
+
+#[test]
+fn junit_report_of_a_successful_run() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("junit.xml");
+    let output = run_cli(
+        &db,
+        std::path::Path::new(&quickstart_path()),
+        &["--junit", &report.display().to_string()],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let xml = junit(&report);
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}:\n{xml}"));
+    let suites: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .filter_map(|n| n.attribute("name"))
+        .collect();
+    assert_eq!(
+        suites,
+        ["setup", "expand", "backfill", "switch", "contract"]
+    );
+    let cases = doc.descendants().filter(|n| n.has_tag_name("testcase"));
+    // 9 steps and 2 gate conditions, none failed.
+    assert_eq!(cases.count(), 11);
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("failure"))
+            .count(),
+        0
+    );
+    assert_eq!(doc.root_element().attribute("failures"), Some("0"));
+}
+
+#[test]
+fn junit_report_names_the_failed_step_and_its_error() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(&dir, FAILING_PLAN);
+    let report = dir.path().join("junit.xml");
+    let output = run_cli(&db, &plan, &["--junit", &report.display().to_string()]);
+    assert_eq!(output.status.code(), Some(1));
+    let xml = junit(&report);
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}:\n{xml}"));
+    let failed: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("failure"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{xml}");
+    let case = failed[0].parent().expect("testcase");
+    assert_eq!(
+        case.attribute("name"),
+        Some("#2 sql INSERT INTO no_such_table VALUES (1)")
+    );
+    assert_eq!(case.attribute("classname"), Some("failing.expand"));
+    let text = failed[0].text().unwrap_or_default();
+    assert!(text.contains("no such table: no_such_table"), "{text}");
+    assert!(
+        text.contains("SQL: INSERT INTO no_such_table VALUES (1)"),
+        "{text}"
+    );
+    let passed = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase") && n.attribute("name") == Some("#1 create_table t"))
+        .count();
+    assert_eq!(passed, 1);
+}
+
+#[test]
+fn junit_report_of_an_unmet_gate() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(&dir, GATED_PLAN);
+    let report = dir.path().join("junit.xml");
+    let output = run_cli(&db, &plan, &["--junit", &report.display().to_string()]);
+    assert_eq!(output.status.code(), Some(3));
+    let xml = junit(&report);
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}:\n{xml}"));
+    let failure = doc
+        .descendants()
+        .find(|n| n.has_tag_name("failure"))
+        .unwrap_or_else(|| panic!("no failure in {xml}"));
+    let case = failure.parent().expect("testcase");
+    assert!(
+        case.attribute("name")
+            .is_some_and(|n| n.starts_with("gate: flag ready")),
+        "{xml}"
+    );
+    assert_eq!(case.attribute("classname"), Some("gated.contract"));
+}
+
+// ─── CLI: NDJSON ─────────────────────────────────────────────────────────────────────────────
+
+/// The events docs/ci.md documents, each with the fields it always has.
+const EVENTS: &[(&str, &[&str])] = &[
+    ("run_start", &["plan", "database", "phases"]),
+    ("phase_start", &["phase", "kind"]),
+    ("phase_skipped", &["phase", "reason"]),
+    ("phase_end", &["phase", "elapsed_ms"]),
+    ("gate_result", &["phase", "condition", "ok", "detail"]),
+    ("step_start", &["phase", "step", "label", "attempt"]),
+    ("step_skipped", &["phase", "step", "label", "reason"]),
+    (
+        "step_retry",
+        &["phase", "step", "label", "attempt", "error", "wait_ms"],
+    ),
+    ("step_end", &["phase", "step", "label", "elapsed_ms"]),
+    ("step_failed", &["phase", "step", "label", "error", "sql"]),
+    (
+        "backfill_progress",
+        &[
+            "phase",
+            "step",
+            "label",
+            "rows_done",
+            "rows_total",
+            "batch_size",
+            "rows_per_second",
+            "paused",
+        ],
+    ),
+    ("log", &["level", "message"]),
+    ("run_end", &["outcome", "elapsed_ms"]),
+    ("rollback_start", &["plan", "database", "to", "phases"]),
+    ("step_undo", &["phase", "step", "label", "inverse"]),
+    ("step_undone", &["phase", "step", "label", "elapsed_ms"]),
+    ("error", &["exit_code", "message"]),
+    ("verify_result", &["result"]),
+];
+
+/// Every stdout line is one JSON object whose `event` is documented and has its fields.
+fn check_ndjson(stdout: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for line in stdout.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let event = value
+            .get("event")
+            .and_then(|e| e.as_str())
+            .unwrap_or_else(|| panic!("no `event` in {line}"));
+        let (_, fields) = EVENTS
+            .iter()
+            .find(|(name, _)| *name == event)
+            .unwrap_or_else(|| panic!("undocumented event `{event}` in {line}"));
+        for field in *fields {
+            assert!(
+                value.get(field).is_some(),
+                "`{event}` lacks `{field}`: {line}"
+            );
+        }
+        seen.push(event.to_string());
+    }
+    seen
+}
+
+#[test]
+fn ndjson_events_follow_the_documented_schema() {
+    let db = TestDb::sqlite();
+    let plan = quickstart_path();
+    let output = common::phased_cmd()
+        .args([
+            "run",
+            &plan,
+            "--format",
+            "json",
+            "--until",
+            "switch",
+            "--database",
+            &db.url(),
+        ])
+        .output()
+        .expect("phased run");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let seen = check_ndjson(&stdout_of(&output));
+    for expected in [
+        "run_start",
+        "phase_start",
+        "step_start",
+        "step_end",
+        "backfill_progress",
+        "phase_end",
+        "run_end",
+    ] {
+        assert!(
+            seen.iter().any(|e| e == expected),
+            "no {expected} in {seen:?}"
+        );
+    }
+    // Resumed: skipped phases; then a rollback's events; then a failure's error event.
+    let output = common::phased_cmd()
+        .args([
+            "run",
+            &plan,
+            "--format",
+            "json",
+            "--until",
+            "switch",
+            "--database",
+            &db.url(),
+        ])
+        .output()
+        .expect("phased run");
+    assert!(check_ndjson(&stdout_of(&output)).contains(&"phase_skipped".to_string()));
+    let output = common::phased_cmd()
+        .args([
+            "rollback",
+            &plan,
+            "--yes",
+            "--format",
+            "json",
+            "--database",
+            &db.url(),
+        ])
+        .output()
+        .expect("phased rollback");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let seen = check_ndjson(&stdout_of(&output));
+    assert_eq!(seen.first().map(String::as_str), Some("rollback_start"));
+    assert!(seen.contains(&"step_undone".to_string()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let failing = write_plan(&dir, FAILING_PLAN);
+    let output = common::phased_cmd()
+        .args(["run", "--format", "json", "--database", &db.url()])
+        .arg(&failing)
+        .output()
+        .expect("phased run");
+    assert_eq!(output.status.code(), Some(1));
+    let seen = check_ndjson(&stdout_of(&output));
+    assert!(seen.contains(&"step_failed".to_string()));
+    assert_eq!(seen.last().map(String::as_str), Some("error"));
+    // Verify's result is an event too.
+    let output = common::phased_cmd()
+        .args([
+            "verify",
+            &plan,
+            "--format",
+            "json",
+            "--database",
+            &TestDb::sqlite().url(),
+        ])
+        .output()
+        .expect("phased verify");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_eq!(
+        check_ndjson(&stdout_of(&output)).last().map(String::as_str),
+        Some("verify_result")
+    );
 }

@@ -199,7 +199,10 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
     if let Some(file) = &args.junit {
         let xml = super::junit::render(loaded.plan.id(), &recorder.events, result.as_ref().err());
         if let Err(e) = std::fs::write(file, xml) {
-            eprintln!("error: cannot write the JUnit report {}: {e}", file.display());
+            eprintln!(
+                "error: cannot write the JUnit report {}: {e}",
+                file.display()
+            );
         }
     }
     match result {
@@ -405,7 +408,9 @@ async fn rollback(cli: &Cli, args: &RollbackArgs) -> u8 {
             with_target!(&mut target, t => t.describe())
         );
         if !std::io::stdin().is_terminal() {
-            eprintln!("error: rollback changes the schema: confirm with --yes when not on a terminal");
+            eprintln!(
+                "error: rollback changes the schema: confirm with --yes when not on a terminal"
+            );
             return exit::INVALID;
         }
         if !confirm(&question) {

@@ -81,11 +81,13 @@ pub fn render(plan: &str, events: &[Event], error: Option<&EngineError>) -> Stri
                 failure: (!ok).then(|| (format!("gate not met: {detail}"), detail.clone())),
                 ..Case::default()
             }),
-            Event::StepEnd { step, elapsed_ms } => suite(&mut suites, &step.phase).cases.push(Case {
-                name: format!("#{} {}", step.step, step.label),
-                seconds: *elapsed_ms as f64 / 1000.0,
-                ..Case::default()
-            }),
+            Event::StepEnd { step, elapsed_ms } => {
+                suite(&mut suites, &step.phase).cases.push(Case {
+                    name: format!("#{} {}", step.step, step.label),
+                    seconds: *elapsed_ms as f64 / 1000.0,
+                    ..Case::default()
+                })
+            }
             Event::StepSkipped { step, reason } => {
                 suite(&mut suites, &step.phase).cases.push(Case {
                     name: format!("#{} {}", step.step, step.label),
@@ -223,7 +225,10 @@ mod tests {
             },
         ];
         let xml = render("p", &events, None);
-        assert!(xml.contains("<testsuite name=\"expand\" tests=\"1\" failures=\"1\""), "{xml}");
+        assert!(
+            xml.contains("<testsuite name=\"expand\" tests=\"1\" failures=\"1\""),
+            "{xml}"
+        );
         assert!(xml.contains("name=\"#2 sql &lt;bad&gt;\""), "{xml}");
         assert!(xml.contains("SQL: SELEC 1 &amp; 2"), "{xml}");
     }

@@ -195,12 +195,7 @@ impl Reporter for HumanReporter {
                 to.as_ref()
                     .map(|p| format!("to phase {p}"))
                     .unwrap_or_else(|| "to the start".to_string()),
-                phases
-                    .iter()
-                    .rev()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(" → ")
+                phases.iter().rev().cloned().collect::<Vec<_>>().join(" → ")
             )),
             Event::StepUndo { step, inverse } => self.line(format!(
                 "  ↶ {}#{} {}: {}",

@@ -97,13 +97,10 @@ fn selected<'p>(
 /// A backfill's key as the plan knows it: `key:`, else the primary key of a table it creates,
 /// else `id`; with the declared types where the plan has them.
 fn key_from_plan(plan: &Plan, b: &Backfill) -> (Vec<String>, Vec<String>) {
-    let created = plan
-        .phases()
-        .flat_map(|p| p.steps())
-        .find_map(|s| match s {
-            Step::CreateTable(t) if t.name == b.table => Some(t),
-            _ => None,
-        });
+    let created = plan.phases().flat_map(|p| p.steps()).find_map(|s| match s {
+        Step::CreateTable(t) if t.name == b.table => Some(t),
+        _ => None,
+    });
     let columns: Vec<String> = if !b.key.is_empty() {
         b.key.clone()
     } else {
@@ -142,7 +139,10 @@ fn render_plan(
     let steps = selected(plan, phase)?;
     let mut out = String::new();
     let _ = writeln!(out, "{header}");
-    let _ = writeln!(out, "-- nothing below has been run; `phased run` would send it in this order.");
+    let _ = writeln!(
+        out,
+        "-- nothing below has been run; `phased run` would send it in this order."
+    );
     if let Some(drift) = find_drift(plan, records) {
         let _ = writeln!(out, "-- WARNING: {drift}; `phased run` refuses to start.");
     }
@@ -163,7 +163,12 @@ fn render_plan(
             }
         }
         if status == StepStatus::Done {
-            let _ = writeln!(out, "\n-- step {} {}: done, skipped", step.id(), def.label());
+            let _ = writeln!(
+                out,
+                "\n-- step {} {}: done, skipped",
+                step.id(),
+                def.label()
+            );
             continue;
         }
         pending += 1;

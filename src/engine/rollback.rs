@@ -77,7 +77,10 @@ fn added_by_plan(plan: &Plan) -> (HashSet<(String, String)>, HashSet<String>) {
 pub fn inverse_of(plan: &Plan, def: &Step, status: StepStatus, dialect: Dialect) -> Inverse {
     let done = status == StepStatus::Done;
     // A failed or interrupted step whose work is one transaction left nothing behind.
-    let atomic = matches!(render_step(def, dialect).as_deref(), Ok([Unit::Transaction(_)]));
+    let atomic = matches!(
+        render_step(def, dialect).as_deref(),
+        Ok([Unit::Transaction(_)])
+    );
     if !done && (atomic || matches!(def, Step::Flag(_))) {
         return Inverse::Nothing("its transaction never committed".to_string());
     }
@@ -116,10 +119,7 @@ pub fn inverse_of(plan: &Plan, def: &Step, status: StepStatus, dialect: Dialect)
             let recreate = plan
                 .phases()
                 .flat_map(|p| p.steps())
-                .filter_map(|s| match s {
-                    Step::DualWrite(w) if w.table == d.table => Some(s),
-                    _ => None,
-                })
+                .filter(|s| matches!(s, Step::DualWrite(w) if w.table == d.table))
                 .last();
             match recreate.map(|s| render_step(s, dialect)) {
                 Some(Ok(units)) => Inverse::Units(units),
@@ -142,12 +142,12 @@ pub fn irreversible_steps(plan: &Plan) -> Vec<(StepRef, String)> {
     plan.step_refs()
         .into_iter()
         .filter(|(s, _)| plan.phases.value[s.phase_index].value.kind() != PhaseKind::Contract)
-        .filter_map(|(s, def)| {
-            match inverse_of(plan, def, StepStatus::Done, Dialect::Postgres) {
+        .filter_map(
+            |(s, def)| match inverse_of(plan, def, StepStatus::Done, Dialect::Postgres) {
                 Inverse::Irreversible(why) => Some((s, why)),
                 _ => None,
-            }
-        })
+            },
+        )
         .collect()
 }
 
@@ -210,14 +210,17 @@ async fn rollback_locked<T: Target>(
 
     // What a completed contract phase removed is gone: only a backup brings it back.
     for (index, phase) in plan.phases().enumerate().skip(start) {
-        let phase_steps: Vec<_> = steps.iter().filter(|(s, _)| s.phase_index == index).collect();
+        let phase_steps: Vec<_> = steps
+            .iter()
+            .filter(|(s, _)| s.phase_index == index)
+            .collect();
         let complete = phase_steps
             .iter()
             .all(|(s, _)| status_of(&records, s) == StepStatus::Done);
         if phase.kind() == PhaseKind::Contract && complete {
-            let (last, def) = phase_steps
-                .last()
-                .ok_or_else(|| EngineError::Usage(format!("phase `{}` has no steps", phase.name())))?;
+            let (last, def) = phase_steps.last().ok_or_else(|| {
+                EngineError::Usage(format!("phase `{}` has no steps", phase.name()))
+            })?;
             return Err(EngineError::Irreversible {
                 step: last.id(),
                 label: def.label(),
@@ -237,7 +240,11 @@ async fn rollback_locked<T: Target>(
         plan: plan.id().to_string(),
         database: target.describe(),
         to: options.to.clone(),
-        phases: plan.phases().skip(start).map(|p| p.name().to_string()).collect(),
+        phases: plan
+            .phases()
+            .skip(start)
+            .map(|p| p.name().to_string())
+            .collect(),
     });
     let mut undone = Vec::new();
     for (step, def) in steps.iter().rev().filter(|(s, _)| s.phase_index >= start) {
@@ -270,9 +277,7 @@ async fn rollback_locked<T: Target>(
         };
         match &inverse {
             Inverse::Nothing(_) => {
-                target
-                    .set_step_status(&key, StepStatus::RolledBack)
-                    .await?;
+                target.set_step_status(&key, StepStatus::RolledBack).await?;
             }
             Inverse::Units(units) => {
                 let timeouts = timeouts_for(plan, def);
@@ -330,7 +335,9 @@ async fn rollback_locked<T: Target>(
             }
             Inverse::Command(argv) => {
                 let Step::Command(c) = def else {
-                    return Err(EngineError::Usage("command inverse of a non-command step".into()));
+                    return Err(EngineError::Usage(
+                        "command inverse of a non-command step".into(),
+                    ));
                 };
                 if let Err(e) = command::run_argv(argv, c, &loaded.base_dir, reporter).await {
                     reporter.emit(&Event::StepFailed {
@@ -340,9 +347,7 @@ async fn rollback_locked<T: Target>(
                     });
                     return Err(fail(e, &undone));
                 }
-                target
-                    .set_step_status(&key, StepStatus::RolledBack)
-                    .await?;
+                target.set_step_status(&key, StepStatus::RolledBack).await?;
             }
             Inverse::Irreversible(_) => unreachable!("handled above"),
         }

@@ -85,16 +85,16 @@ pub async fn verify<T: Target>(
         .step_refs()
         .into_iter()
         .filter(|(s, _)| s.phase_index < first_contract)
-        .filter_map(|(s, def)| {
-            match inverse_of(plan, def, StepStatus::Done, scratch.dialect()) {
+        .filter_map(
+            |(s, def)| match inverse_of(plan, def, StepStatus::Done, scratch.dialect()) {
                 Inverse::Irreversible(reason) => Some(IrreversibleStep {
                     step: s.id(),
                     label: def.label(),
                     reason,
                 }),
                 _ => None,
-            }
-        })
+            },
+        )
         .collect();
     if !irreversible.is_empty() {
         return Ok(VerifyOutcome::Irreversible {

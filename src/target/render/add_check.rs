@@ -2,7 +2,7 @@
 //! a separate transaction under SHARE UPDATE EXCLUSIVE, which lets reads and writes go on.
 //! SQLite cannot add a constraint in place: the table is rebuilt.
 
-use super::{ident, RenderError, Dialect, TableChange, Unit};
+use super::{ident, Dialect, RenderError, TableChange, Unit};
 use crate::plan::AddCheck;
 
 pub fn render(step: &AddCheck, dialect: Dialect) -> Vec<Unit> {

@@ -1,7 +1,7 @@
 //! `add_foreign_key`: PostgreSQL adds it `NOT VALID` (SHARE ROW EXCLUSIVE on both tables, briefly),
 //! then validates separately (SHARE UPDATE EXCLUSIVE / ROW SHARE: writes go on). SQLite rebuilds.
 
-use super::{ident, RenderError, ident_list, Dialect, TableChange, Unit};
+use super::{ident, ident_list, Dialect, RenderError, TableChange, Unit};
 use crate::plan::AddForeignKey;
 
 /// `FOREIGN KEY (…) REFERENCES t (…) [ON DELETE …] [ON UPDATE …]`

@@ -150,18 +150,18 @@ pub fn render_step_down(step: &Step, dialect: Dialect) -> Result<Vec<Unit>, Rend
         Step::Sql(s) => sql::render_down(s)?,
         Step::DropTable(_) => return lost("dropped a table and its rows"),
         Step::DropColumn(_) => return lost("dropped a column and its values"),
-        Step::DropIndex(_) => return lost("dropped an index whose definition the plan does not hold"),
+        Step::DropIndex(_) => {
+            return lost("dropped an index whose definition the plan does not hold")
+        }
         Step::DropDualWrite(_) => {
             return Err(RenderError(
                 "`drop_dual_write` is undone by re-creating the plan's `dual_write`".to_string(),
             ))
         }
-        Step::Migrations(_) => {
-            return Err(RenderError(
-                "`migrations` cannot be rolled back by `phased rollback`; use `phased db downgrade`"
-                    .to_string(),
-            ))
-        }
+        Step::Migrations(_) => return Err(RenderError(
+            "`migrations` cannot be rolled back by `phased rollback`; use `phased db downgrade`"
+                .to_string(),
+        )),
         Step::Backfill(_) | Step::Flag(_) | Step::Command(_) => {
             return Err(RenderError(format!(
                 "`{}` is undone by the engine, not by SQL",
@@ -215,7 +215,9 @@ mod tests {
         let table = step("create_table: { name: t, columns: [{ name: id, type: int }] }");
         assert_eq!(
             render_step_down(&table, Dialect::Sqlite).ok(),
-            Some(vec![Unit::Transaction(vec!["DROP TABLE IF EXISTS \"t\"".into()])])
+            Some(vec![Unit::Transaction(vec![
+                "DROP TABLE IF EXISTS \"t\"".into()
+            ])])
         );
         let check = step("add_check: { table: t, name: t_pos, expression: \"c > 0\" }");
         assert!(render_step_down(&check, Dialect::Postgres).is_ok());
@@ -230,10 +232,14 @@ mod tests {
             Some(vec![Unit::Transaction(vec!["DROP VIEW v".into()])])
         );
         let without = step("sql: \"UPDATE t SET c = 1\"");
-        let err = render_step_down(&without, Dialect::Postgres).err().map(|e| e.0);
+        let err = render_step_down(&without, Dialect::Postgres)
+            .err()
+            .map(|e| e.0);
         assert!(err.is_some_and(|e| e.contains("no `down`")));
         let drop = step("drop_column: { table: t, name: c }");
-        let err = render_step_down(&drop, Dialect::Postgres).err().map(|e| e.0);
+        let err = render_step_down(&drop, Dialect::Postgres)
+            .err()
+            .map(|e| e.0);
         assert!(err.is_some_and(|e| e.contains("phased restore")));
     }
 }

@@ -2,7 +2,7 @@
 //! EXCLUSIVE scan), then `SET NOT NULL` uses the validated check to skip its own scan, and the
 //! helper check is dropped. SQLite rebuilds the table.
 
-use super::{ident, RenderError, Dialect, TableChange, Unit};
+use super::{ident, Dialect, RenderError, TableChange, Unit};
 use crate::plan::SetNotNull;
 
 /// The helper check's name.
