@@ -937,3 +937,137 @@ fn ndjson_events_follow_the_documented_schema() {
         Some("verify_result")
     );
 }
+
+// ─── rollback: the engine-driven inverses, and resuming ──────────────────────────────────────
+
+/// A backfill of a column that existed before the plan runs its `down`; a command runs its
+/// `down` program; a flag that existed before gets its old value back.
+async fn rollback_runs_down_sql_down_commands_and_restores_flags(db: TestDb) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("flag-service.txt");
+    db.execute("CREATE TABLE users (id integer PRIMARY KEY, name text, name_upper text)")
+        .await;
+    db.execute("INSERT INTO users (id, name) VALUES (1, 'ada'), (2, 'bob')")
+        .await;
+    set_flag(&db, "upper_names", "off").await;
+    let yaml = format!(
+        "plan: engine-inverses\nphases:\n  - name: migrate\n    kind: migrate\n    steps:\n      \
+         - backfill: {{ table: users, set: {{ name_upper: \"upper(name)\" }}, batch_size: 1, down: \"UPDATE users SET name_upper = NULL\" }}\n  \
+         - name: switch\n    kind: switch-flag\n    steps:\n      \
+         - flag: {{ name: upper_names, value: \"on\" }}\n      \
+         - command: {{ run: [sh, -c, \"echo on > {m}\"], down: [sh, -c, \"echo off > {m}\"] }}\n",
+        m = marker.display()
+    );
+    let loaded = common::plan_in(&yaml, dir.path());
+    assert_eq!(loaded.report.warnings().count(), 0);
+    common::run_ok(&db, &loaded).await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM users WHERE name_upper IS NOT NULL")
+            .await,
+        2
+    );
+    assert_eq!(flag(&db, "upper_names").await.as_deref(), Some("on"));
+    assert_eq!(
+        std::fs::read_to_string(&marker).ok().as_deref(),
+        Some("on\n")
+    );
+
+    let undone = roll_back(&db, &loaded, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(undone.len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(&marker).ok().as_deref(),
+        Some("off\n")
+    );
+    assert_eq!(flag(&db, "upper_names").await.as_deref(), Some("off"));
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM users WHERE name_upper IS NOT NULL")
+            .await,
+        0
+    );
+    // Run again: the backfill starts over from its first row.
+    common::run_ok(&db, &loaded).await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM users WHERE name_upper IS NOT NULL")
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn rollback_runs_down_sql_down_commands_and_restores_flags_sqlite() {
+    rollback_runs_down_sql_down_commands_and_restores_flags(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn rollback_runs_down_sql_down_commands_and_restores_flags_postgres() {
+    rollback_runs_down_sql_down_commands_and_restores_flags(TestDb::pg().await).await;
+}
+
+/// An inverse that fails stops the rollback with the step still done; fixed, the same rollback
+/// resumes with the steps that were left.
+async fn rollback_resumes_after_a_failed_inverse(db: TestDb) {
+    let loaded = common::plan(
+        "plan: resumable\ndefaults: { retry: { attempts: 1 } }\nphases:\n  - name: expand\n    kind: expand\n    steps:\n      \
+         - create_table: { name: t, columns: [{ name: id, type: integer, primary_key: true }] }\n      \
+         - sql: { up: \"INSERT INTO t (id) VALUES (1)\", down: \"INSERT INTO rollback_log (note) VALUES ('undone')\" }\n      \
+         - add_column: { table: t, name: c, type: text }\n",
+    );
+    common::run_ok(&db, &loaded).await;
+    let err = roll_back(&db, &loaded, None).await.err();
+    let Some(EngineError::UndoFailed { step, undone, .. }) = err else {
+        panic!("expected the inverse to fail, got {err:?}");
+    };
+    assert_eq!(step, "expand#2");
+    assert_eq!(undone, vec!["expand#3 add_column t.c".to_string()]);
+    assert!(db.has_table("t").await);
+    db.execute("CREATE TABLE rollback_log (note text)").await;
+    let undone = roll_back(&db, &loaded, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        undone,
+        vec![
+            "expand#2 sql INSERT INTO t (id) VALUES (1)".to_string(),
+            "expand#1 create_table t".to_string()
+        ]
+    );
+    assert!(!db.has_table("t").await);
+    assert_eq!(db.scalar("SELECT count(*) FROM rollback_log").await, 1);
+}
+
+#[tokio::test]
+async fn rollback_resumes_after_a_failed_inverse_sqlite() {
+    rollback_resumes_after_a_failed_inverse(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn rollback_resumes_after_a_failed_inverse_postgres() {
+    rollback_resumes_after_a_failed_inverse(TestDb::pg().await).await;
+}
+
+#[test]
+fn validate_warns_about_steps_rollback_cannot_undo() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write_plan(
+        &dir,
+        "plan: warned\nphases:\n  - name: expand\n    kind: expand\n    steps:\n      \
+         - sql: \"UPDATE t SET c = 1\"\n      \
+         - command: { run: [./hook.sh] }\n",
+    );
+    let output = common::phased_cmd()
+        .args(["validate"])
+        .arg(&plan)
+        .output()
+        .expect("phased validate");
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        stdout_of(&output).contains("2 warning(s)"),
+        "{}",
+        stdout_of(&output)
+    );
+    let err = stderr_of(&output);
+    assert!(err.contains("this `sql` step has no `down`"), "{err}");
+    assert!(err.contains("this `command` step has no `down`"), "{err}");
+}
