@@ -157,6 +157,13 @@ fn render_plan(
             current_phase = Some(step.phase_index);
             let p = &plan.phases.value[step.phase_index].value;
             let _ = writeln!(out, "\n-- ═══ phase {} ({}) ═══", p.name(), p.kind());
+            if plan.backup.before.iter().any(|b| b.value == p.name()) {
+                let _ = writeln!(
+                    out,
+                    "-- a verified backup is taken before this phase starts (backup.before), into {}",
+                    plan.backup.dir.display()
+                );
+            }
             for gate in &p.gate {
                 let shown = serde_json::to_string(&gate.value).unwrap_or_default();
                 let _ = writeln!(out, "-- gate (checked before the phase starts): {shown}");
