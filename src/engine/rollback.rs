@@ -79,7 +79,7 @@ pub fn inverse_of(plan: &Plan, def: &Step, status: StepStatus, dialect: Dialect)
     // A failed or interrupted step whose work is one transaction left nothing behind.
     let atomic = matches!(
         render_step(def, dialect).as_deref(),
-        Ok([Unit::Transaction(_)])
+        Ok([Unit::Transaction(_)] | [Unit::RebuildTable { .. }])
     );
     if !done && (atomic || matches!(def, Step::Flag(_))) {
         return Inverse::Nothing("its transaction never committed".to_string());
