@@ -76,7 +76,14 @@ impl Reporter for HumanReporter {
                 "phased: plan {plan} on {database} — phases: {}",
                 phases.join(" → ")
             )),
-            Event::PhaseStart { phase, kind } => self.line(format!("\n▸ phase {phase} ({kind})")),
+            Event::PhaseStart {
+                phase,
+                kind,
+                description,
+            } => self.line(match description {
+                Some(d) => format!("\n▸ phase {phase} ({kind}): {d}"),
+                None => format!("\n▸ phase {phase} ({kind})"),
+            }),
             Event::PhaseSkipped { phase, reason } => {
                 self.line(format!("▸ phase {phase}: skipped, {reason}"))
             }

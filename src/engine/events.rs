@@ -25,6 +25,7 @@ pub enum Event {
     PhaseStart {
         phase: String,
         kind: String,
+        description: Option<String>,
     },
     PhaseSkipped {
         phase: String,

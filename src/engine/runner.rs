@@ -181,6 +181,7 @@ async fn run_locked<T: Target>(
         reporter.emit(&Event::PhaseStart {
             phase: phase.name().to_string(),
             kind: phase.kind().to_string(),
+            description: phase.description.clone(),
         });
         for (step, def) in phase_steps {
             let id = step_id(step, def);
@@ -217,7 +218,7 @@ async fn run_locked<T: Target>(
         });
     }
     reporter.emit(&Event::RunEnd {
-        outcome: "done".to_string(),
+        outcome: format!("plan {} done", plan.id()),
         elapsed_ms: millis(started.elapsed()),
     });
     Ok(())
