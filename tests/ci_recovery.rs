@@ -785,7 +785,7 @@ fn junit_report_of_an_unmet_gate() {
 /// The events docs/ci.md documents, each with the fields it always has.
 const EVENTS: &[(&str, &[&str])] = &[
     ("run_start", &["plan", "database", "phases"]),
-    ("phase_start", &["phase", "kind"]),
+    ("phase_start", &["phase", "kind", "description"]),
     ("phase_skipped", &["phase", "reason"]),
     ("phase_end", &["phase", "elapsed_ms"]),
     ("gate_result", &["phase", "condition", "ok", "detail"]),

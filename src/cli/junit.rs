@@ -217,6 +217,7 @@ mod tests {
             Event::PhaseStart {
                 phase: "expand".into(),
                 kind: "expand".into(),
+                description: None,
             },
             Event::StepFailed {
                 step,

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::diagnostic::{Finding, PlanReport};
+use super::diagnostic::{Finding, PlanReport, Severity};
 use super::model::{Plan, Step};
 use super::validate;
 
@@ -51,6 +51,10 @@ pub fn parse_str(file: &str, source: &str, base_dir: &Path) -> Result<LoadedPlan
     };
     let mut findings = read_sql_files(&mut plan, base_dir);
     findings.extend(validate::validate(&plan));
+    if !findings.iter().any(|f| f.severity == Severity::Error) {
+        findings.extend(validate::reversibility(&plan));
+        findings.sort_by_key(|f| (f.line, f.column));
+    }
     let rep = report(findings);
     if rep.has_errors() {
         return Err(rep);

@@ -62,7 +62,6 @@ pub fn validate(plan: &Plan) -> Vec<Finding> {
             }
         }
     }
-    check_reversible(plan, &mut findings);
     for name in &plan.backup.before {
         if plan.phase(&name.value).is_none() && name.referenced != Location::UNKNOWN {
             findings.push(
@@ -318,10 +317,11 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
     }
 }
 
-/// Warns about steps outside contract phases that `phased rollback` (and `phased verify`) cannot
+/// Warnings for steps outside contract phases that `phased rollback` (and `phased verify`) cannot
 /// undo: contract phases are undone by restoring their backup, everything else should have an
-/// inverse.
-fn check_reversible(plan: &Plan, findings: &mut Vec<Finding>) {
+/// inverse. Advice for a plan that is otherwise valid (the loader adds it only then).
+pub fn reversibility(plan: &Plan) -> Vec<Finding> {
+    let mut findings = Vec::new();
     let mut added: HashSet<(&str, &str)> = HashSet::new();
     let mut created: HashSet<&str> = HashSet::new();
     for phase in plan.phases() {
@@ -372,6 +372,7 @@ fn check_reversible(plan: &Plan, findings: &mut Vec<Finding>) {
             }
         }
     }
+    findings
 }
 
 /// The first function call in a default that is evaluated per row or per statement.
