@@ -240,10 +240,21 @@ async fn rollback_locked<T: Target>(
         plan: plan.id().to_string(),
         database: target.describe(),
         to: options.to.clone(),
+        // The phases with something to undo.
         phases: plan
             .phases()
+            .enumerate()
             .skip(start)
-            .map(|p| p.name().to_string())
+            .filter(|(i, _)| {
+                steps.iter().any(|(s, _)| {
+                    s.phase_index == *i
+                        && !matches!(
+                            status_of(&records, s),
+                            StepStatus::Pending | StepStatus::RolledBack
+                        )
+                })
+            })
+            .map(|(_, p)| p.name().to_string())
             .collect(),
     });
     let mut undone = Vec::new();
