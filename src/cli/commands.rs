@@ -99,9 +99,10 @@ fn reporter(format: Format) -> Box<dyn Reporter> {
 /// Prints an engine error the way an operator needs it, and maps it to its exit code.
 fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
     let code = match err {
-        EngineError::StepFailed { .. } | EngineError::Drift { .. } | EngineError::Target(_) => {
-            exit::FAILED
-        }
+        EngineError::StepFailed { .. }
+        | EngineError::Drift { .. }
+        | EngineError::Target(_)
+        | EngineError::Backup { .. } => exit::FAILED,
         EngineError::GateNotMet(_) => exit::GATE,
         EngineError::LeaseHeld { .. } => exit::LOCKED,
         EngineError::Usage(_) => exit::INVALID,
@@ -136,6 +137,21 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         EngineError::Drift { step, label } => {
             eprintln!("error: drift: step {step} ({label}) is done, but its definition in the plan changed since it ran.");
             eprintln!("  Nothing was executed. Restore the step as it was and put the change in a new step (or a new plan).");
+        }
+        EngineError::Backup {
+            phase,
+            message,
+            hint,
+        } => {
+            eprintln!("\nerror: the backup before phase `{phase}` failed");
+            eprintln!("  {}", message.replace('\n', "\n  "));
+            if let Some(hint) = hint {
+                eprintln!("  hint: {hint}");
+            }
+            eprintln!(
+                "  Phase `{phase}` did not start: none of its steps ran. Fix the cause and run `phased run {}` again.",
+                plan.display()
+            );
         }
         other => eprintln!("error: {other}"),
     }
