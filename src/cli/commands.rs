@@ -20,10 +20,12 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Status { plan } => status(&cli, plan).await,
         Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
+        Command::Backups { plan } => super::backups::list(&cli, plan).await,
+        Command::Restore(args) => super::backups::restore(&cli, args).await,
     }
 }
 
-fn color() -> bool {
+pub(super) fn color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
@@ -73,7 +75,8 @@ fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
 }
 
 /// Loads the plan and opens the database, or prints why not and returns the exit code.
-async fn prepare(cli: &Cli, path: &Path) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
+pub(super) async fn prepare(
+    cli: &Cli, path: &Path) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
     let loaded = config::load_plan(path).map_err(|report| {
         eprint!("{}", report.render_for(color()));
         exit::INVALID
@@ -201,6 +204,9 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
         return exit::OK;
     }
     println!("plan {} on {}", status.plan, status.database);
+    if let Some(note) = &status.restored {
+        println!("{}", super::backups::restore_line(note));
+    }
     for phase in &status.phases {
         println!("\n{} ({}) — {}", phase.name, phase.kind, phase.status);
         for step in &phase.steps {

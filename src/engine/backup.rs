@@ -134,6 +134,17 @@ pub fn file_name(plan: &str, phase: &str, dialect: Dialect) -> String {
     format!("{}-{}-{stamp}.{ext}", file_part(plan), file_part(phase))
 }
 
+/// Where a backup came from, as a URL that works from any folder and holds no password.
+fn source_database(described: &str) -> String {
+    match DatabaseUrl::parse(described) {
+        Ok(DatabaseUrl::Sqlite(path)) => match path.canonicalize() {
+            Ok(abs) => format!("sqlite://{}", abs.display()),
+            Err(_) => described.to_string(),
+        },
+        _ => without_password(described),
+    }
+}
+
 pub fn sidecar_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_os_string();
     name.push(".json");
@@ -273,7 +284,7 @@ pub async fn take<T: Target>(
     };
     let sidecar = Sidecar {
         dialect: target.dialect().as_str().to_string(),
-        database: without_password(&target.describe()),
+        database: source_database(&target.describe()),
         tables: plan.backup.tables.clone(),
         backup: record.clone(),
     };
