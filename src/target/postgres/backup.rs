@@ -37,9 +37,9 @@ fn tool(name: &str) -> PathBuf {
 }
 
 fn install_hint(major: Option<u32>) -> String {
-    let version = major.map(|m| format!(" {m}")).unwrap_or_default();
+    let version = major.map(|m| format!(" {}", show_major(m))).unwrap_or_default();
     let package = major
-        .map(|m| format!("postgresql-client-{m}"))
+        .map(|m| format!("postgresql-client-{}", show_major(m)))
         .unwrap_or_else(|| "postgresql-client".to_string());
     format!(
         "install the PostgreSQL{version} client tools (e.g. `apt-get install {package}`), or set {BIN_ENV} to the folder holding pg_dump and pg_restore"
@@ -124,6 +124,9 @@ fn dbname_conninfo(name: &str) -> String {
     )
 }
 
+/// Major versions are compared as `major × 100` (15 → 1500), and before PostgreSQL 10, when the
+/// major version was two numbers, as `9.6` → 906.
+///
 /// The major version in `pg_dump (PostgreSQL) 15.20 (Debian …)` or `… 9.6.24`.
 pub(crate) fn parse_tool_major(output: &str) -> Option<u32> {
     let version = output
@@ -132,28 +135,27 @@ pub(crate) fn parse_tool_major(output: &str) -> Option<u32> {
     let mut parts = version.split(|c: char| !c.is_ascii_digit());
     let major: u32 = parts.next()?.parse().ok()?;
     if major < 10 {
-        // 9.6 and older: the major version is two numbers.
         let minor: u32 = parts.next()?.parse().ok()?;
         return Some(major * 100 + minor);
     }
-    Some(major)
+    Some(major * 100)
 }
 
-/// `SHOW server_version_num` (e.g. 150020) → the major version the tools must reach.
+/// `SHOW server_version_num` (e.g. 150020 or 90624) → the major version the tools must reach.
 pub(crate) fn server_major(version_num: i32) -> u32 {
     let v = version_num.max(0) as u32;
     if v >= 100_000 {
-        v / 10_000
+        v / 10_000 * 100
     } else {
         v / 100
     }
 }
 
 fn show_major(major: u32) -> String {
-    if major >= 100 {
-        format!("{}.{}", major / 100, major % 100)
+    if major % 100 == 0 {
+        (major / 100).to_string()
     } else {
-        major.to_string()
+        format!("{}.{}", major / 100, major % 100)
     }
 }
 
@@ -536,14 +538,17 @@ mod tests {
     fn reads_tool_and_server_versions() {
         assert_eq!(
             parse_tool_major("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)\n"),
-            Some(15)
+            Some(1500)
         );
         assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(906));
-        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17devel"), Some(17));
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17devel"), Some(1700));
         assert_eq!(parse_tool_major("nonsense"), None);
-        assert_eq!(server_major(150020), 15);
+        assert_eq!(server_major(150020), 1500);
         assert_eq!(server_major(90624), 906);
+        assert!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24").unwrap() < server_major(150020));
+        assert!(parse_tool_major("pg_dump (PostgreSQL) 16.1").unwrap() > server_major(150020));
         assert_eq!(show_major(906), "9.6");
+        assert_eq!(show_major(1500), "15");
     }
 
     #[test]
