@@ -8,11 +8,11 @@ use phased::engine::events::Event;
 use phased::engine::{EngineError, RunOptions};
 
 use crate::common::{
-    phased_cmd, pg_admin_url, plan_in, run, run_ok, with_database, PgDb, SqliteDb, TestDb,
+    pg_admin_url, phased_cmd, plan_in, run, run_ok, with_database, PgDb, SqliteDb, TestDb,
 };
 
-/// accounts(id, email) seeded with three rows; expand adds email_lower, backfill fills it,
-/// contract drops email (after a backup).
+/// accounts(id, email) seeded with three rows; expand adds email_lower and a dual-write trigger,
+/// backfill fills it, contract drops the trigger and email (after a backup).
 fn plan_yaml(backup: &str) -> String {
     format!(
         r#"plan: bk
@@ -34,6 +34,7 @@ phases:
     kind: expand
     steps:
       - add_column: {{ table: accounts, name: email_lower, type: text }}
+      - dual_write: {{ table: accounts, set: {{ email_lower: "lower(NEW.email)" }} }}
   - name: backfill
     kind: migrate
     steps:
@@ -41,6 +42,7 @@ phases:
   - name: contract
     kind: contract
     steps:
+      - drop_dual_write: {{ table: accounts }}
       - drop_column: {{ table: accounts, name: email }}
 "#
     )
@@ -125,7 +127,10 @@ fn new_database_like(db: &TestDb) -> TestDb {
     }
 }
 
-async fn status_of(db: &TestDb, loaded: &phased::plan::LoadedPlan) -> phased::engine::status::PlanStatus {
+async fn status_of(
+    db: &TestDb,
+    loaded: &phased::plan::LoadedPlan,
+) -> phased::engine::status::PlanStatus {
     let mut target = db.target(loaded.plan.id()).await;
     phased::with_target!(&mut target, t => phased::engine::status::status(t, &loaded.plan).await)
         .expect("status")
@@ -155,7 +160,10 @@ async fn round_trip(db: TestDb) {
     run(&db, &loaded, until("backfill"))
         .await
         .unwrap_or_else(|(e, _)| panic!("run until backfill: {e}"));
-    assert!(dir.backup_files().is_empty(), "no backup before expand phases");
+    assert!(
+        dir.backup_files().is_empty(),
+        "no backup before expand phases"
+    );
     let before = accounts(&db).await;
     assert_eq!(
         before,
@@ -174,11 +182,19 @@ async fn round_trip(db: TestDb) {
                 sha256,
                 verified,
                 ..
-            } => Some((phase.clone(), path.clone(), size_bytes, sha256.clone(), verified)),
+            } => Some((
+                phase.clone(),
+                path.clone(),
+                size_bytes,
+                sha256.clone(),
+                verified,
+            )),
             _ => None,
         })
         .expect("a BackupDone event");
-    let backup_at = events.iter().position(|e| matches!(e, Event::BackupDone { .. }));
+    let backup_at = events
+        .iter()
+        .position(|e| matches!(e, Event::BackupDone { .. }));
     let contract_at = events
         .iter()
         .position(|e| matches!(e, Event::PhaseStart { phase, .. } if phase == "contract"));
@@ -198,8 +214,9 @@ async fn round_trip(db: TestDb) {
 
     // The record matches the file.
     let mut target = db.target("bk").await;
-    let records = phased::with_target!(&mut target, t => phased::engine::backup::list(t, "bk").await)
-        .expect("list backups");
+    let records =
+        phased::with_target!(&mut target, t => phased::engine::backup::list(t, "bk").await)
+            .expect("list backups");
     drop(target);
     assert_eq!(records.len(), 1);
     let record = &records[0].record;
@@ -227,10 +244,17 @@ async fn round_trip(db: TestDb) {
     assert_eq!(note.path, path);
     assert_eq!(note.phase.as_deref(), Some("contract"));
     phased_cmd()
-        .args(["status", dir.file.to_str().unwrap(), "--database", &restored.url()])
+        .args([
+            "status",
+            dir.file.to_str().unwrap(),
+            "--database",
+            &restored.url(),
+        ])
         .assert()
         .success()
-        .stdout(predicates::str::contains(format!("from backup {path}").as_str()));
+        .stdout(predicates::str::contains(
+            format!("from backup {path}").as_str(),
+        ));
 
     // The restored database carries on: the contract runs again, behind a new backup.
     run_ok(&restored, &loaded).await;
@@ -276,13 +300,19 @@ async fn unwritable_dir(db: TestDb) {
         stderr.contains("the backup before phase `contract` failed"),
         "{stderr}"
     );
-    assert!(stderr.contains("cannot create the backup folder"), "{stderr}");
+    assert!(
+        stderr.contains("cannot create the backup folder"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint: make backup.dir"), "{stderr}");
     assert!(
         stderr.contains("Phase `contract` did not start"),
         "{stderr}"
     );
-    assert!(db.has_column("accounts", "email").await, "contract did not run");
+    assert!(
+        db.has_column("accounts", "email").await,
+        "contract did not run"
+    );
     assert_eq!(accounts(&db).await, before);
     let status = status_of(&db, &dir.loaded()).await;
     assert_eq!(phase_status(&status, "contract"), "pending");
@@ -342,7 +372,11 @@ phases:
     assert_eq!(pruned.len(), 1);
     let files = dir.backup_files();
     assert_eq!(files.len(), 2, "{files:?}");
-    assert_eq!(files_in(&dir.backups_dir()).len(), 4, "each file has its sidecar");
+    assert_eq!(
+        files_in(&dir.backups_dir()).len(),
+        4,
+        "each file has its sidecar"
+    );
     assert!(files
         .iter()
         .all(|f| !f.to_string_lossy().contains("prune-two-")));
@@ -365,7 +399,9 @@ phases:
     assert_eq!(listed.len(), 2);
     let phases: Vec<&str> = listed.iter().filter_map(|b| b["phase"].as_str()).collect();
     assert_eq!(phases, ["contract", "three"], "newest first");
-    assert!(listed.iter().all(|b| b["file_present"] == true && b["verified"] == true));
+    assert!(listed
+        .iter()
+        .all(|b| b["file_present"] == true && b["verified"] == true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,7 +476,11 @@ async fn password_role() -> &'static str {
 }
 
 fn with_password(url: &str, role: &str) -> String {
-    url.replacen("postgres://postgres@", &format!("postgres://{role}:{PASSWORD}@"), 1)
+    url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://{role}:{PASSWORD}@"),
+        1,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,17 +534,29 @@ async fn the_password_appears_in_no_output_file_name_or_pg_dump_argv() {
         ));
     };
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-    cli(s(&["run", &plan, "--until", "backfill", "--database", &url]), 0);
+    cli(
+        s(&["run", &plan, "--until", "backfill", "--database", &url]),
+        0,
+    );
     cli(s(&["run", &plan, "--database", &url, "-v"]), 0);
     cli(s(&["status", &plan, "--database", &url]), 0);
-    cli(s(&["status", &plan, "--database", &url, "--format", "json"]), 0);
+    cli(
+        s(&["status", &plan, "--database", &url, "--format", "json"]),
+        0,
+    );
     cli(s(&["backups", &plan, "--database", &url]), 0);
-    cli(s(&["backups", &plan, "--database", &url, "--format", "json"]), 0);
+    cli(
+        s(&["backups", &plan, "--database", &url, "--format", "json"]),
+        0,
+    );
     let file = backup_file();
     assert!(!file.is_empty(), "a backup was taken");
     // Without --yes on a pipe: refused, and the refusal names the database without its password.
     cli(s(&["restore", &file, "--database", &restored_url]), 2);
-    cli(s(&["restore", &file, "--database", &restored_url, "--yes"]), 0);
+    cli(
+        s(&["restore", &file, "--database", &restored_url, "--yes"]),
+        0,
+    );
     cli(s(&["status", &plan, "--database", &restored_url]), 0);
     // A failing connection error message must not leak it either.
     let wrong = with_database(&url, "no_such_database_here");
@@ -527,7 +579,10 @@ async fn the_password_appears_in_no_output_file_name_or_pg_dump_argv() {
         let content = std::fs::read(&f).unwrap();
         if name.ends_with(".json") {
             let text = String::from_utf8_lossy(&content);
-            assert!(!text.contains(PASSWORD), "sidecar holds the password: {text}");
+            assert!(
+                !text.contains(PASSWORD),
+                "sidecar holds the password: {text}"
+            );
             assert!(text.contains("phased_pw@"), "{text}");
         }
     }
@@ -544,7 +599,10 @@ async fn the_password_appears_in_no_output_file_name_or_pg_dump_argv() {
         argv.contains("pg_dump env PGPASSWORD=expected"),
         "pg_dump got the password through its environment: {argv}"
     );
-    assert!(argv.contains("pg_restore env PGPASSWORD=expected"), "{argv}");
+    assert!(
+        argv.contains("pg_restore env PGPASSWORD=expected"),
+        "{argv}"
+    );
     assert_eq!(
         accounts(&restored).await,
         "1:Ann@Example.com:ann@example.com,2:bob@example.COM:bob@example.com,3:Cy@EXAMPLE.com:cy@example.com"
@@ -629,14 +687,20 @@ async fn a_failing_pg_dump_leaves_the_phase_untouched_and_no_file() {
         .clone();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("No space left on device"), "{stderr}");
-    assert!(stderr.contains("Phase `contract` did not start"), "{stderr}");
+    assert!(
+        stderr.contains("Phase `contract` did not start"),
+        "{stderr}"
+    );
     assert!(db.has_column("accounts", "email").await);
     assert!(
         files_in(&dir.backups_dir()).is_empty(),
         "{:?}",
         files_in(&dir.backups_dir())
     );
-    assert_eq!(phase_status(&status_of(&db, &loaded).await, "contract"), "pending");
+    assert_eq!(
+        phase_status(&status_of(&db, &loaded).await, "contract"),
+        "pending"
+    );
 }
 
 /// A contract phase that failed halfway resumes behind the backup taken before it first started,
@@ -662,4 +726,67 @@ async fn a_resumed_contract_keeps_the_backup_taken_before_it_started() {
         .iter()
         .any(|e| matches!(e, Event::BackupStart { .. })));
     assert_eq!(dir.backup_files(), first, "the first backup stands");
+}
+
+/// `backup.tables`: only the listed tables (with what their triggers need) and phased's state are
+/// in the backup; restoring it into the original database brings them back and leaves every
+/// other table alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_limited_backup_restores_into_the_original_database() {
+    let db = TestDb::pg().await;
+    db.execute("CREATE TABLE other (id serial PRIMARY KEY, v text); INSERT INTO other (v) VALUES ('before')")
+        .await;
+    let dir = PlanDir::new(&plan_yaml(
+        "  before: [contract]\n  dir: backups\n  tables: [accounts]",
+    ));
+    let loaded = dir.loaded();
+    run(&db, &loaded, until("backfill"))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("{e}"));
+    let before = accounts(&db).await;
+    run_ok(&db, &loaded).await;
+    assert!(!db.has_column("accounts", "email").await);
+    db.execute("INSERT INTO other (v) VALUES ('after')").await;
+
+    let files = dir.backup_files();
+    assert_eq!(files.len(), 1);
+    let toc = std::process::Command::new(real_tool("pg_restore"))
+        .arg("--list")
+        .arg(&files[0])
+        .output()
+        .expect("pg_restore --list");
+    let toc = String::from_utf8_lossy(&toc.stdout);
+    assert!(toc.contains("TABLE DATA public accounts"), "{toc}");
+    assert!(toc.contains("TABLE DATA phased steps"), "{toc}");
+    assert!(
+        toc.contains("FUNCTION phased phased_dual_write_accounts"),
+        "{toc}"
+    );
+    assert!(!toc.contains("public other"), "{toc}");
+
+    // No --database: back into the database it was taken from, as its sidecar records.
+    phased_cmd()
+        .args(["restore", files[0].to_str().unwrap(), "--yes"])
+        .assert()
+        .success();
+    assert_eq!(accounts(&db).await, before);
+    assert_eq!(
+        db.text("SELECT string_agg(v, ',' ORDER BY id) FROM other")
+            .await
+            .as_deref(),
+        Some("before,after"),
+        "tables outside backup.tables are left alone"
+    );
+    db.execute("INSERT INTO accounts (id, email) VALUES (4, 'New@Example.com')")
+        .await;
+    assert_eq!(
+        db.text("SELECT email_lower FROM accounts WHERE id = 4")
+            .await
+            .as_deref(),
+        Some("new@example.com"),
+        "the dual-write trigger and its function are back"
+    );
+    let status = status_of(&db, &loaded).await;
+    assert_eq!(phase_status(&status, "contract"), "pending");
+    assert!(status.restored.is_some());
 }

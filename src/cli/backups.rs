@@ -69,7 +69,11 @@ pub async fn list(cli: &Cli, path: &Path) -> u8 {
             human_size(b.size_bytes),
             format!("{}ms", b.duration_ms),
             b.sha256.get(..12).unwrap_or(&b.sha256),
-            if b.verified { "verified" } else { "NOT verified" },
+            if b.verified {
+                "verified"
+            } else {
+                "NOT verified"
+            },
             if l.file_present {
                 String::new()
             } else {
@@ -195,14 +199,9 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> u8 {
                         "restored {} into {}{}",
                         restored.note.path,
                         url.redacted(),
-                        if restored.created {
-                            " (created)"
-                        } else {
-                            ""
-                        }
+                        if restored.created { " (created)" } else { "" }
                     );
-                    if let (Some(plan), Some(phase)) = (&restored.note.plan, &restored.note.phase)
-                    {
+                    if let (Some(plan), Some(phase)) = (&restored.note.plan, &restored.note.phase) {
                         println!(
                             "plan {plan} is back where it stood before phase {phase}; `phased status` on this database shows it"
                         );

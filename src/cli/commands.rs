@@ -76,7 +76,9 @@ fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
 
 /// Loads the plan and opens the database, or prints why not and returns the exit code.
 pub(super) async fn prepare(
-    cli: &Cli, path: &Path) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
+    cli: &Cli,
+    path: &Path,
+) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
     let loaded = config::load_plan(path).map_err(|report| {
         eprint!("{}", report.render_for(color()));
         exit::INVALID

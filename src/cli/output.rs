@@ -230,7 +230,11 @@ impl Reporter for HumanReporter {
                     "  ✓ backup before {phase}: {path} ({}, sha256 {}…, {}, {})",
                     indicatif::HumanBytes(*size_bytes),
                     sha256.get(..12).unwrap_or(sha256),
-                    if *verified { "verified" } else { "NOT verified" },
+                    if *verified {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    },
                     secs(*duration_ms)
                 ))
             }

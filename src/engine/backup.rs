@@ -87,8 +87,11 @@ pub async fn preflight<T: Target>(
 fn writable_dir(loaded: &LoadedPlan) -> Result<PathBuf, BackupError> {
     let dir = backup_dir(loaded);
     let io = |what: &str, e: std::io::Error| {
-        BackupError::new(format!("cannot {what} the backup folder {}: {e}", dir.display()))
-            .with_hint(dir_hint(loaded))
+        BackupError::new(format!(
+            "cannot {what} the backup folder {}: {e}",
+            dir.display()
+        ))
+        .with_hint(dir_hint(loaded))
     };
     std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
     let probe = dir.join(format!(".phased-write-test-{}", std::process::id()));
@@ -182,7 +185,10 @@ pub async fn before_phase<T: Target>(
     let plan = &loaded.plan;
     if underway {
         let existing = target.backups(Some(plan.id())).await?;
-        if let Some(b) = existing.iter().find(|b| b.phase == phase.name() && b.verified) {
+        if let Some(b) = existing
+            .iter()
+            .find(|b| b.phase == phase.name() && b.verified)
+        {
             reporter.emit(&Event::Log {
                 level: "info".to_string(),
                 message: format!(
@@ -292,8 +298,11 @@ pub async fn take<T: Target>(
         .map_err(|e| cleanup(BackupError::new(e.to_string())))?;
     std::fs::write(sidecar_path(&path), text).map_err(|e| {
         cleanup(
-            BackupError::new(format!("cannot write {}: {e}", sidecar_path(&path).display()))
-                .with_hint(dir_hint(loaded)),
+            BackupError::new(format!(
+                "cannot write {}: {e}",
+                sidecar_path(&path).display()
+            ))
+            .with_hint(dir_hint(loaded)),
         )
     })?;
     record.id = target
@@ -341,7 +350,10 @@ pub async fn prune<T: Target>(
 }
 
 /// The recorded backups of a plan, newest first, with whether each file is still there.
-pub async fn list<T: Target>(target: &mut T, plan: &str) -> Result<Vec<BackupListing>, TargetError> {
+pub async fn list<T: Target>(
+    target: &mut T,
+    plan: &str,
+) -> Result<Vec<BackupListing>, TargetError> {
     Ok(target
         .backups(Some(plan))
         .await?
@@ -405,9 +417,8 @@ pub struct Restored {
 /// so `status` can say so.
 pub async fn restore(backup: &BackupFile, url: &DatabaseUrl) -> Result<Restored, BackupError> {
     if let Some(sidecar) = &backup.sidecar {
-        let actual = sha256_file(&backup.path).map_err(|e| {
-            BackupError::new(format!("cannot read {}: {e}", backup.path.display()))
-        })?;
+        let actual = sha256_file(&backup.path)
+            .map_err(|e| BackupError::new(format!("cannot read {}: {e}", backup.path.display())))?;
         if actual != sidecar.backup.sha256 {
             return Err(BackupError::new(format!(
                 "{} changed since it was taken: its SHA-256 is {actual}, the recorded one {}",

@@ -37,7 +37,9 @@ fn tool(name: &str) -> PathBuf {
 }
 
 fn install_hint(major: Option<u32>) -> String {
-    let version = major.map(|m| format!(" {}", show_major(m))).unwrap_or_default();
+    let version = major
+        .map(|m| format!(" {}", show_major(m)))
+        .unwrap_or_default();
     let package = major
         .map(|m| format!("postgresql-client-{}", show_major(m)))
         .unwrap_or_else(|| "postgresql-client".to_string());
@@ -49,10 +51,7 @@ fn install_hint(major: Option<u32>) -> String {
 /// The libpq environment for a URL: everything the tools need to connect, password included.
 pub(crate) fn libpq_env(url: &str) -> Result<Vec<(&'static str, String)>, BackupError> {
     let config = Config::from_str(url).map_err(|e| {
-        BackupError::new(format!(
-            "cannot read the database URL {}: {e}",
-            redact(url)
-        ))
+        BackupError::new(format!("cannot read the database URL {}: {e}", redact(url)))
     })?;
     let mut env = Vec::new();
     let hosts: Vec<String> = config
@@ -98,10 +97,7 @@ pub(crate) fn libpq_env(url: &str) -> Result<Vec<(&'static str, String)>, Backup
 /// The database name of a URL.
 fn dbname(url: &str) -> Result<String, BackupError> {
     let config = Config::from_str(url).map_err(|e| {
-        BackupError::new(format!(
-            "cannot read the database URL {}: {e}",
-            redact(url)
-        ))
+        BackupError::new(format!("cannot read the database URL {}: {e}", redact(url)))
     })?;
     config
         .get_dbname()
@@ -212,9 +208,7 @@ pub async fn check_tools(conn: &Object) -> Result<(), BackupError> {
 }
 
 /// Collects a child's stderr while it runs.
-fn collect_stderr(
-    child: &mut tokio::process::Child,
-) -> tokio::task::JoinHandle<String> {
+fn collect_stderr(child: &mut tokio::process::Child) -> tokio::task::JoinHandle<String> {
     let stderr = child.stderr.take();
     tokio::spawn(async move {
         let mut text = String::new();
@@ -225,26 +219,69 @@ fn collect_stderr(
     })
 }
 
-/// Runs `pg_dump -Fc` into `file` (the whole database, or `tables` plus phased's state), calling
+/// The `pg_dump` arguments that limit a backup to `tables`.
+///
+/// `--table` alone would leave out everything that is not a table — among them the dual-write
+/// trigger functions phased keeps in schema `phased`, which the tables' triggers need. So the
+/// backup takes the schemas of the listed tables and schema `phased` whole (functions, types,
+/// sequences, the state tables) and excludes every other table, view and sequence in them.
+pub async fn selection(conn: &Object, tables: &[String]) -> Result<Vec<String>, BackupError> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = tables.iter().map(|t| ident(t)).collect();
+    let missing_sql = "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL";
+    let missing: Vec<String> = conn
+        .query(missing_sql, &[&names])
+        .await
+        .map_err(|e| BackupError::from(sql_error(e, missing_sql)))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !missing.is_empty() {
+        return Err(BackupError::new(format!(
+            "backup.tables names {}, which this database does not have",
+            missing.join(", ")
+        ))
+        .with_hint(
+            "list existing tables in backup.tables, or remove it to back up the whole database",
+        ));
+    }
+    let sql = "WITH listed AS (SELECT to_regclass(t)::oid AS oid FROM unnest($1::text[]) AS t), \
+               schemas AS (SELECT DISTINCT c.relnamespace AS oid FROM pg_class c JOIN listed l ON c.oid = l.oid \
+                           UNION SELECT oid FROM pg_namespace WHERE nspname = 'phased'), \
+               owned AS (SELECT d.objid FROM pg_depend d JOIN listed l ON d.refobjid = l.oid \
+                         WHERE d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) \
+               SELECT '--schema=' || quote_ident(n.nspname) FROM pg_namespace n WHERE n.oid IN (SELECT oid FROM schemas) \
+               UNION ALL \
+               SELECT '--exclude-table=' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE c.relnamespace IN (SELECT oid FROM schemas) AND n.nspname <> 'phased' \
+                 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') \
+                 AND c.oid NOT IN (SELECT oid FROM listed) AND c.oid NOT IN (SELECT objid FROM owned)";
+    Ok(conn
+        .query(sql, &[&names])
+        .await
+        .map_err(|e| BackupError::from(sql_error(e, sql)))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Runs `pg_dump -Fc` into `file` (the whole database, or what `selection` chose), calling
 /// `progress` with the file's size while it grows.
 pub async fn dump(
     url: &str,
     file: &Path,
-    tables: &[String],
+    selection: &[String],
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), BackupError> {
     let path = tool("pg_dump");
     let mut cmd = Command::new(&path);
     cmd.arg("--format=custom")
         .arg("--no-password")
-        .arg(format!("--file={}", file.display()));
-    if !tables.is_empty() {
-        for table in tables {
-            cmd.arg(format!("--table={}", ident(table)));
-        }
-        // The state goes with the data, so a restore brings the plan's state back with it.
-        cmd.arg("--table=phased.*");
-    }
+        .arg(format!("--file={}", file.display()))
+        .args(selection);
     cmd.envs(libpq_env(url)?)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -322,16 +359,66 @@ pub(crate) fn schemas_to_create(toc: &str) -> Vec<String> {
         // `<catalog oid> <oid> TYPE schema name owner`
         match words.get(2..5) {
             Some(["SCHEMA", "-", name]) => created.push(name.to_string()),
-            Some(["TABLE", schema, _]) if *schema != "DATA" => {
-                if !needed.contains(&schema.to_string()) {
-                    needed.push(schema.to_string());
-                }
-            }
+            Some(["TABLE", schema, _]) if *schema != "DATA" => needed.push(schema.to_string()),
             _ => {}
         }
     }
-    needed.retain(|s| !created.contains(s));
-    needed
+    let mut out: Vec<String> = Vec::new();
+    for schema in needed {
+        if !created.contains(&schema) && !out.contains(&schema) {
+            out.push(schema);
+        }
+    }
+    out
+}
+
+/// The archive's table of contents without the `SCHEMA` entries of schemas that exist.
+pub(crate) fn keep_existing_schemas(toc: &str, existing: &[String]) -> String {
+    toc.lines()
+        .filter(|line| {
+            let words: Vec<&str> = line
+                .split_once(';')
+                .map(|(_, e)| e.split_whitespace().collect())
+                .unwrap_or_default();
+            !(line.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && matches!(words.get(2..5), Some(["SCHEMA", "-", name]) if existing.iter().any(|e| e == name)))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// A file deleted when dropped.
+struct TempFile {
+    path: PathBuf,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes the list `pg_restore --use-list` reads: in the temporary folder, else next to `file`.
+fn write_restore_list(file: &Path, content: &str) -> Result<TempFile, BackupError> {
+    let mut name = std::env::temp_dir().join(format!(
+        "phased-restore-{}-{}.list",
+        std::process::id(),
+        file.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    ));
+    if std::fs::write(&name, content).is_err() {
+        let mut beside = file.as_os_str().to_os_string();
+        beside.push(".restore-list");
+        name = PathBuf::from(beside);
+        std::fs::write(&name, content).map_err(|e| {
+            BackupError::new(format!(
+                "cannot write the restore list {}: {e}",
+                name.display()
+            ))
+        })?;
+    }
+    Ok(TempFile { path: name })
 }
 
 async fn connect(config: &Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -391,7 +478,19 @@ pub async fn restore(url: &str, file: &Path) -> Result<RestoreOutcome, BackupErr
             .await
             .map_err(|e| BackupError::from(sql_error(e, &sql)))?;
     }
+    let sql = "SELECT nspname::text FROM pg_namespace";
+    let existing: Vec<String> = client
+        .query(sql, &[])
+        .await
+        .map_err(|e| BackupError::from(sql_error(e, sql)))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     drop(client);
+    // `--clean` would drop and recreate every schema in the archive, and dropping one fails as
+    // soon as it holds anything the backup does not (a table created since, or left out by
+    // backup.tables). Schemas that exist are kept; only the archive's objects are replaced.
+    let list_file = write_restore_list(file, &keep_existing_schemas(&toc, &existing))?;
 
     let path = tool("pg_restore");
     let mut cmd = Command::new(&path);
@@ -400,6 +499,7 @@ pub async fn restore(url: &str, file: &Path) -> Result<RestoreOutcome, BackupErr
         .arg("--single-transaction")
         .arg("--no-password")
         .arg(format!("--dbname={}", dbname_conninfo(&name)))
+        .arg(format!("--use-list={}", list_file.path.display()))
         .arg(file)
         .envs(libpq_env(url)?)
         .stdin(Stdio::null())
@@ -558,8 +658,20 @@ mod tests {
                    216; 1259 16391 TABLE phased steps postgres\n\
                    3340; 0 16390 TABLE DATA public accounts postgres\n";
         assert_eq!(schemas_to_create(toc), vec!["public", "phased"]);
-        let full = "5; 2615 16385 SCHEMA - phased postgres\n216; 1259 16391 TABLE phased steps postgres\n";
+        let full =
+            "5; 2615 16385 SCHEMA - phased postgres\n216; 1259 16391 TABLE phased steps postgres\n";
         assert!(schemas_to_create(full).is_empty());
+    }
+
+    #[test]
+    fn keeps_schemas_that_exist() {
+        let toc = ";\n; comment\n6; 2615 28983 SCHEMA - phased postgres\n4; 2615 2200 SCHEMA - public pg_database_owner\n\
+                   3413; 0 0 COMMENT - SCHEMA public pg_database_owner\n224; 1259 29035 TABLE public accounts postgres\n";
+        let kept = keep_existing_schemas(toc, &["public".to_string()]);
+        assert!(!kept.contains("SCHEMA - public"), "{kept}");
+        assert!(kept.contains("SCHEMA - phased"), "{kept}");
+        assert!(kept.contains("COMMENT - SCHEMA public"), "{kept}");
+        assert!(kept.contains("TABLE public accounts"), "{kept}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! PostgreSQL target: state in schema `phased`, DDL under `SET LOCAL lock_timeout`, indexes
 //! built `CONCURRENTLY` outside transactions, the runner lease as a session advisory lock.
 
-pub mod backup;
 mod backfill;
+pub mod backup;
 mod lease;
 mod state;
 
@@ -419,7 +419,8 @@ impl Target for PgTarget {
         tables: &[String],
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackupError> {
-        backup::dump(&self.url, file, tables, progress).await?;
+        let selection = backup::selection(&self.work, tables).await?;
+        backup::dump(&self.url, file, &selection, progress).await?;
         backup::list(file).await.map(|_| ())
     }
 

@@ -54,9 +54,8 @@ fn table_exists(conn: &Connection, name: &str) -> Result<bool, rusqlite::Error> 
 
 /// Runs `PRAGMA integrity_check` on a file opened read-only.
 pub fn integrity_check(file: &Path) -> Result<(), BackupError> {
-    let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
-        BackupError::new(format!("cannot open the backup {}: {e}", file.display()))
-    })?;
+    let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| BackupError::new(format!("cannot open the backup {}: {e}", file.display())))?;
     let mut stmt = conn
         .prepare("PRAGMA integrity_check")
         .map_err(|e| BackupError::new(format!("integrity_check of {}: {e}", file.display())))?;
@@ -105,18 +104,14 @@ pub fn restore(file: &Path, target: &Path) -> Result<(), BackupError> {
     integrity_check(file)?;
     let source = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| BackupError::new(format!("cannot open the backup {}: {e}", file.display())))?;
-    let mut dest = Connection::open(target).map_err(|e| {
-        BackupError::new(format!("cannot open {}: {e}", target.display()))
-    })?;
+    let mut dest = Connection::open(target)
+        .map_err(|e| BackupError::new(format!("cannot open {}: {e}", target.display())))?;
     dest.busy_timeout(Duration::from_secs(10))
         .map_err(|e| BackupError::new(e.to_string()))?;
     let size = page_size(&source);
     copy(&source, &mut dest, size, &mut |_| {}).map_err(|e| {
-        BackupError::new(format!(
-            "cannot restore into {}: {e}",
-            target.display()
-        ))
-        .with_hint("stop the processes writing to the database, then restore again")
+        BackupError::new(format!("cannot restore into {}: {e}", target.display()))
+            .with_hint("stop the processes writing to the database, then restore again")
     })?;
     Ok(())
 }
@@ -145,7 +140,8 @@ pub fn backups(conn: &Connection, plan: Option<&str>) -> Result<Vec<BackupRecord
     if !table_exists(conn, "phased_backups").map_err(|e| sql_error(e, "sqlite_schema"))? {
         return Ok(Vec::new());
     }
-    let sql = "SELECT id, plan, phase, path, size_bytes, sha256, duration_ms, verified, created_at \
+    let sql =
+        "SELECT id, plan, phase, path, size_bytes, sha256, duration_ms, verified, created_at \
                FROM phased_backups WHERE ?1 IS NULL OR plan = ?1 ORDER BY created_at DESC, id DESC";
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
     let rows = stmt

@@ -1,8 +1,8 @@
 //! SQLite target, the embedded default: state in `phased_*` tables, `busy_timeout` in the part of
 //! lock_timeout, every unit in a `BEGIN IMMEDIATE` transaction that also records the step.
 
-pub mod backup;
 mod backfill;
+pub mod backup;
 mod lease;
 mod state;
 
