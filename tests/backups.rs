@@ -211,6 +211,11 @@ async fn round_trip(db: TestDb) {
     let name = files[0].file_name().unwrap().to_string_lossy().to_string();
     assert!(name.starts_with("bk-contract-"), "{name}");
     assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), *size);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a backup is private to its owner");
+    }
 
     // The record matches the file.
     let mut target = db.target("bk").await;

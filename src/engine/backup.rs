@@ -154,6 +154,19 @@ pub fn sidecar_path(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// A backup holds every row of the database: readable by its owner only.
+fn owner_only(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot make the backup private");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 /// Hex SHA-256 of a file, read in chunks (memory stays flat whatever its size).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
@@ -267,6 +280,7 @@ pub async fn take<T: Target>(
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
+    owner_only(&path);
     let cleanup = |e: BackupError| {
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(sidecar_path(&path));
@@ -305,6 +319,7 @@ pub async fn take<T: Target>(
             .with_hint(dir_hint(loaded)),
         )
     })?;
+    owner_only(&sidecar_path(&path));
     record.id = target
         .record_backup(&record)
         .await
