@@ -706,6 +706,41 @@ async fn a_failing_pg_dump_leaves_the_phase_untouched_and_no_file() {
         phase_status(&status_of(&db, &loaded).await, "contract"),
         "pending"
     );
+
+    // Machines see it too: a backup_failed event, then the error with its hint.
+    let out = phased_cmd()
+        .env("PATH", shims.path())
+        .env_remove("PHASED_PG_BIN")
+        .args([
+            "run",
+            dir.file.to_str().unwrap(),
+            "--database",
+            &db.url(),
+            "--format",
+            "json",
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "backup_failed")
+        .expect("a backup_failed event");
+    assert_eq!(failed["phase"], "contract");
+    let error = events.last().expect("events");
+    assert_eq!(error["event"], "error");
+    assert_eq!(error["exit_code"], 1);
+    assert!(
+        error["hint"].as_str().is_some_and(|h| h.contains("room")),
+        "{error}"
+    );
+    assert!(!events.iter().any(|e| e["event"] == "phase_start"));
+    assert!(files_in(&dir.backups_dir()).is_empty());
 }
 
 /// A contract phase that failed halfway resumes behind the backup taken before it first started,

@@ -113,8 +113,14 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         EngineError::Usage(_) => exit::INVALID,
     };
     if format == Format::Json {
-        let line =
+        let mut line =
             serde_json::json!({"event": "error", "exit_code": code, "message": err.to_string()});
+        if let EngineError::Backup {
+            hint: Some(hint), ..
+        } = err
+        {
+            line["hint"] = serde_json::Value::String(hint.clone());
+        }
         println!("{line}");
     }
     match err {

@@ -238,6 +238,13 @@ impl Reporter for HumanReporter {
                     secs(*duration_ms)
                 ))
             }
+            Event::BackupFailed { phase, error } => {
+                self.end_bar();
+                self.line(format!(
+                    "  ✗ backup before {phase}: {}",
+                    error.lines().next().unwrap_or("")
+                ))
+            }
             Event::BackupPruned { path } => {
                 self.line(format!("  · pruned old backup {path} (backup.keep)"))
             }

@@ -219,9 +219,13 @@ pub async fn before_phase<T: Target>(
         message: e.message,
         hint: e.hint,
     };
-    take(target, loaded, phase.name(), reporter)
-        .await
-        .map_err(fail)?;
+    if let Err(e) = take(target, loaded, phase.name(), reporter).await {
+        reporter.emit(&Event::BackupFailed {
+            phase: phase.name().to_string(),
+            error: e.message.clone(),
+        });
+        return Err(fail(e));
+    }
     if let Some(keep) = plan.backup.keep {
         prune(target, plan.id(), keep, reporter).await?;
     }

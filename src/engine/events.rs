@@ -104,6 +104,11 @@ pub enum Event {
         duration_ms: u64,
         verified: bool,
     },
+    /// The backup could not be written or verified; the phase does not start.
+    BackupFailed {
+        phase: String,
+        error: String,
+    },
     /// An old backup was deleted to honour `backup.keep`.
     BackupPruned {
         path: String,
