@@ -1,6 +1,7 @@
 //! The databases phased deploys to. Only this module speaks SQL; the engine drives it through [`Target`].
 
 pub mod error;
+pub mod lock;
 pub mod postgres;
 pub mod render;
 pub mod sqlite;
@@ -8,6 +9,7 @@ pub mod state_schema;
 pub mod url;
 
 pub use error::TargetError;
+pub use lock::{Blocker, LockMode, TableLock};
 pub use render::{Dialect, Unit};
 pub use url::DatabaseUrl;
 
@@ -206,4 +208,9 @@ pub trait Target {
 
     /// Evaluates a query that must return one boolean.
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError>;
+
+    /// Other sessions holding, or already queued for, a lock on `table` that conflicts with
+    /// `mode` (PostgreSQL: `pg_locks` + `pg_stat_activity`). Empty when the way is clear, when
+    /// the table does not exist, and on SQLite, which cannot tell who holds its lock.
+    async fn blockers(&mut self, table: &str, mode: LockMode) -> Result<Vec<Blocker>, TargetError>;
 }

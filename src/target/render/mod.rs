@@ -99,6 +99,16 @@ pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// PostgreSQL: runs `sql` (an `ALTER TABLE … ADD CONSTRAINT name …`) only when `table` has no
+/// constraint `name` yet, so a step retried after a later unit failed picks up where it stopped.
+pub fn unless_constraint_exists(table: &str, name: &str, sql: &str) -> String {
+    format!(
+        "DO $phased$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass AND conname = {}) THEN\n    {sql};\n  END IF;\nEND\n$phased$",
+        literal(&ident(table)),
+        literal(name)
+    )
+}
+
 /// The last part of a possibly schema-qualified name.
 pub fn base_name(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)

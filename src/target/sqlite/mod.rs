@@ -261,6 +261,16 @@ impl Target for SqliteTarget {
         state::flags(&self.conn)
     }
 
+    async fn blockers(
+        &mut self,
+        _table: &str,
+        _mode: super::LockMode,
+    ) -> Result<Vec<super::Blocker>, TargetError> {
+        // SQLite has one database-wide write lock and no way to ask who holds it; busy_timeout
+        // bounds the wait instead.
+        Ok(Vec::new())
+    }
+
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {
         let value: rusqlite::types::Value = self
             .conn
