@@ -5,3 +5,4 @@ mod common;
 mod cli;
 mod engine_steps;
 mod plan_errors;
+mod online_safety;

@@ -407,15 +407,16 @@ async fn first_blocked<T: Target>(
     Ok(None)
 }
 
-/// The locks to name blockers for after a failed attempt: the needed ones, else the weaker lock
-/// the step takes on its table (an index build's SHARE UPDATE EXCLUSIVE, a backfill's ROW EXCLUSIVE).
+/// The locks to name blockers for after a failed attempt: the needed ones; for a backfill, who
+/// conflicts with its ROW EXCLUSIVE; for anything else on a table (a `CONCURRENTLY` index build
+/// or drop, which waits for every transaction that holds a lock on the table), every holder.
 fn locks_to_report(def: &Step, needed: &[TableLock]) -> Vec<TableLock> {
     if !needed.is_empty() {
         return needed.to_vec();
     }
     let mode = match def {
         Step::Backfill(_) => LockMode::RowExclusive,
-        _ => LockMode::ShareUpdateExclusive,
+        _ => LockMode::AccessExclusive,
     };
     def.table()
         .map(|table| {
