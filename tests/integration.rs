@@ -6,3 +6,4 @@ mod cli;
 mod engine_steps;
 mod plan_errors;
 mod online_safety;
+mod sqlite_rebuild;

@@ -3,7 +3,9 @@
 
 mod backfill;
 mod lease;
+mod rebuild;
 mod state;
+mod table_definition;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -157,7 +159,7 @@ impl Target for SqliteTarget {
         self.with_busy_timeout(timeouts)?;
         let last_tx = units
             .iter()
-            .rposition(|u| matches!(u, Unit::Transaction(_)))
+            .rposition(|u| matches!(u, Unit::Transaction(_) | Unit::RebuildTable { .. }))
             .filter(|&i| i + 1 == units.len());
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some(key);
@@ -171,10 +173,8 @@ impl Target for SqliteTarget {
                     .conn
                     .execute_batch(create)
                     .map_err(|e| sql_error(e, create))?,
-                Unit::RebuildTable { table, .. } => {
-                    return Err(TargetError::Unexpected(format!(
-                    "rebuilding table `{table}` (SQLite's copy-table recipe) is not supported yet"
-                )))
+                Unit::RebuildTable { table, change } => {
+                    rebuild::rebuild(&mut self.conn, table, change, done)?
                 }
             }
         }
