@@ -645,3 +645,23 @@ phases:
         1
     );
 }
+
+#[test]
+fn add_column_with_a_volatile_default_is_rejected_with_the_safe_alternative() {
+    let source = "plan: volatile
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - add_column: { table: accounts, name: created, type: timestamptz, default: \"now()\" }
+      - add_column: { table: accounts, name: token, type: uuid, default: \"gen_random_uuid()\" }
+      - add_column: { table: accounts, name: flagged, type: boolean, default: \"false\" }
+";
+    let report = match phased::plan::parse_str("volatile.yaml", source, std::path::Path::new("."))
+    {
+        Ok(_) => panic!("a volatile default must be rejected"),
+        Err(report) => report,
+    };
+    assert_eq!(report.errors().count(), 2, "the constant default is fine");
+    insta::assert_snapshot!(report.render_plain());
+}

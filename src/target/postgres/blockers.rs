@@ -8,7 +8,9 @@ use crate::target::render::ident;
 use crate::target::{Blocker, LockMode, TargetError};
 
 /// Sessions other than `ours` that hold or wait for a lock on `table` conflicting with `mode`,
-/// longest-running first. A table that does not exist has none.
+/// longest-running first. A table that does not exist has none. A routine autovacuum is not a
+/// blocker: PostgreSQL cancels it when a conflicting lock request waits on it (waiting for it to
+/// finish could take hours); an anti-wraparound one is never cancelled, so it counts.
 pub async fn find(
     conn: &Client,
     table: &str,
@@ -24,6 +26,8 @@ pub async fn find(
                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                  AND l.relation = to_regclass($1) \
                  AND l.pid IS NOT NULL AND l.pid <> pg_backend_pid() AND NOT (l.pid = ANY($2)) \
+                 AND NOT (coalesce(a.backend_type, '') = 'autovacuum worker' \
+                          AND coalesce(a.query, '') NOT LIKE '%to prevent wraparound%') \
                ORDER BY 6 DESC, l.pid";
     let rows = conn
         .query(sql, &[&ident(table), &ours])
