@@ -4,6 +4,6 @@ mod common;
 
 mod cli;
 mod engine_steps;
-mod plan_errors;
 mod online_safety;
+mod plan_errors;
 mod sqlite_rebuild;

@@ -262,7 +262,11 @@ async fn concurrent_index_timed_out_on_a_writer_leaves_invalid_index_that_the_ne
             .any(|b| b.contains(&format!("pid {writer_pid} "))),
         "the retry names the writer {writer_pid}: {events:?}"
     );
-    assert_eq!(index_validity(&db).await, vec![false], "an INVALID index is left");
+    assert_eq!(
+        index_validity(&db).await,
+        vec![false],
+        "an INVALID index is left"
+    );
 
     writer.batch_execute("COMMIT").await.expect("commit");
     run_ok(&db, &loaded).await;
@@ -371,7 +375,11 @@ async fn two_runners(db: &TestDb, held: &[&str], holder_named: impl Fn(u32) -> S
     let status = first.wait().expect("first runner");
     assert!(status.success(), "the first runner finishes");
     let ran = std::fs::read_to_string(&marker).expect("marker");
-    assert_eq!(ran.lines().count(), 1, "exactly one runner executed the step");
+    assert_eq!(
+        ran.lines().count(),
+        1,
+        "exactly one runner executed the step"
+    );
 }
 
 #[tokio::test]
@@ -379,8 +387,10 @@ async fn two_runners_on_postgres_only_one_works_the_other_exits_4() {
     let db = TestDb::pg().await;
     two_runners(
         &db,
-        &["SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'phased/lease-test'"],
+        &[
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'phased/lease-test'",
+        ],
         |_| "(phased/lease-test)".to_string(),
     )
     .await;
@@ -406,7 +416,10 @@ async fn lease_held_names_the_holder_in_process_on_postgres() {
     let mut holder = pg(&db).target("lease-direct").await;
     use phased::target::Target;
     holder.ensure_state().await.expect("state");
-    assert_eq!(holder.acquire_lease("lease-direct").await.expect("lease"), None);
+    assert_eq!(
+        holder.acquire_lease("lease-direct").await.expect("lease"),
+        None
+    );
     let loaded = plan(
         "plan: lease-direct
 phases:
@@ -568,19 +581,23 @@ async fn dual_write_keeps_old_app_rows_right(db: TestDb) {
     )
     .await;
     assert_eq!(
-        db.text("SELECT email_lower FROM accounts WHERE id = 10").await,
+        db.text("SELECT email_lower FROM accounts WHERE id = 10")
+            .await,
         Some("new@example.com".into())
     );
     assert_eq!(
-        db.text("SELECT email_lower FROM accounts WHERE id = 1").await,
+        db.text("SELECT email_lower FROM accounts WHERE id = 1")
+            .await,
         Some("ann.changed@example.com".into())
     );
     assert_eq!(
-        db.text("SELECT email_lower FROM accounts WHERE id = 11").await,
+        db.text("SELECT email_lower FROM accounts WHERE id = 11")
+            .await,
         Some("other2@example.com".into())
     );
     assert_eq!(
-        db.text("SELECT email_lower FROM accounts WHERE id = 2").await,
+        db.text("SELECT email_lower FROM accounts WHERE id = 2")
+            .await,
         None,
         "untouched old rows wait for the backfill"
     );
@@ -594,7 +611,8 @@ async fn dual_write_keeps_old_app_rows_right(db: TestDb) {
     db.execute("UPDATE accounts SET email = 'LATE@example.com' WHERE id = 2")
         .await;
     assert_eq!(
-        db.text("SELECT email_lower FROM accounts WHERE id = 2").await,
+        db.text("SELECT email_lower FROM accounts WHERE id = 2")
+            .await,
         Some("bob@example.com".into())
     );
 }
@@ -640,8 +658,10 @@ phases:
     db.execute("UPDATE t SET c = 1 WHERE id = 2").await;
     run_ok(&db, &loaded).await;
     assert_eq!(
-        db.scalar("SELECT count(*) FROM pg_constraint WHERE conname = 't_c_positive' AND convalidated")
-            .await,
+        db.scalar(
+            "SELECT count(*) FROM pg_constraint WHERE conname = 't_c_positive' AND convalidated"
+        )
+        .await,
         1
     );
 }
@@ -657,8 +677,7 @@ phases:
       - add_column: { table: accounts, name: token, type: uuid, default: \"gen_random_uuid()\" }
       - add_column: { table: accounts, name: flagged, type: boolean, default: \"false\" }
 ";
-    let report = match phased::plan::parse_str("volatile.yaml", source, std::path::Path::new("."))
-    {
+    let report = match phased::plan::parse_str("volatile.yaml", source, std::path::Path::new(".")) {
         Ok(_) => panic!("a volatile default must be rejected"),
         Err(report) => report,
     };

@@ -84,8 +84,10 @@ async fn rebuilds_keep_every_other_index_trigger_and_constraint() {
         assert!(db.has_index(index).await, "{index} survives");
     }
     assert_eq!(
-        db.scalar("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'accounts'")
-            .await,
+        db.scalar(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'accounts'"
+        )
+        .await,
         3,
         "the audit trigger and both dual_write triggers survive"
     );
@@ -118,7 +120,9 @@ async fn rebuilds_keep_every_other_index_trigger_and_constraint() {
         "defaults survive"
     );
     assert!(
-        db.scalar("SELECT id FROM accounts WHERE email = 'New@X.io'").await > 4,
+        db.scalar("SELECT id FROM accounts WHERE email = 'New@X.io'")
+            .await
+            > 4,
         "AUTOINCREMENT never reuses a key"
     );
     // Old constraints still hold…

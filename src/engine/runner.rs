@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter, StepId};
 use super::{backfill, command, gate, retry, EngineError};
 use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
-use crate::target::render::render_step;
 use crate::target::lock::locks_needed;
+use crate::target::render::render_step;
 use crate::target::{
     Blocker, LockMode, StepKey, StepRecord, StepStart, StepStatus, TableLock, Target, TargetError,
     Timeouts,

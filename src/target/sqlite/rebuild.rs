@@ -37,11 +37,13 @@ pub fn rebuild(
     let foreign_keys = pragma(conn, "foreign_keys")?;
     let legacy_alter = pragma(conn, "legacy_alter_table")?;
     let set = |conn: &Connection, sql: &str| conn.execute_batch(sql).map_err(|e| sql_error(e, sql));
-    set(conn, "PRAGMA foreign_keys = OFF; PRAGMA legacy_alter_table = ON")?;
+    set(
+        conn,
+        "PRAGMA foreign_keys = OFF; PRAGMA legacy_alter_table = ON",
+    )?;
     let result = rebuild_in_transaction(conn, table, change, done);
-    let restore = format!(
-        "PRAGMA foreign_keys = {foreign_keys}; PRAGMA legacy_alter_table = {legacy_alter}"
-    );
+    let restore =
+        format!("PRAGMA foreign_keys = {foreign_keys}; PRAGMA legacy_alter_table = {legacy_alter}");
     let restored = set(conn, &restore);
     result?;
     restored
@@ -57,7 +59,8 @@ fn rebuild_in_transaction(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
-    let read = "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE";
+    let read =
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE";
     let (name, create): (String, String) = tx
         .query_row(read, [name], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
@@ -70,7 +73,10 @@ fn rebuild_in_transaction(
 
     // Apply the change to the definition, refusing first when existing rows would violate it.
     match change {
-        TableChange::AddCheck { name: check, expression } => {
+        TableChange::AddCheck {
+            name: check,
+            expression,
+        } => {
             let violators = offending_keys(&tx, &quoted, &keys, &format!("NOT ({expression})"))?;
             if !violators.is_empty() {
                 return Err(violation(
@@ -84,7 +90,10 @@ fn rebuild_in_transaction(
                 .items
                 .push(format!("CONSTRAINT {} CHECK ({expression})", ident(check)));
         }
-        TableChange::AddForeignKey { name: fk, definition: text } => {
+        TableChange::AddForeignKey {
+            name: fk,
+            definition: text,
+        } => {
             definition
                 .items
                 .push(format!("CONSTRAINT {} {text}", ident(fk)));
@@ -109,7 +118,8 @@ fn rebuild_in_transaction(
 
     // What DROP TABLE takes with it and must be recreated: indexes and triggers (automatic
     // indexes of UNIQUE / PRIMARY KEY constraints have no SQL and come back with the table).
-    let others = "SELECT sql FROM sqlite_schema WHERE tbl_name = ?1 AND type IN ('index', 'trigger') \
+    let others =
+        "SELECT sql FROM sqlite_schema WHERE tbl_name = ?1 AND type IN ('index', 'trigger') \
                   AND sql IS NOT NULL ORDER BY type = 'trigger', rowid";
     let recreate: Vec<String> = {
         let mut stmt = tx.prepare(others).map_err(|e| sql_error(e, others))?;
@@ -145,7 +155,11 @@ fn rebuild_in_transaction(
             .map_err(|e| sql_error(e, sql))?;
     }
 
-    if let TableChange::AddForeignKey { name: fk, definition: text } = change {
+    if let TableChange::AddForeignKey {
+        name: fk,
+        definition: text,
+    } = change
+    {
         let violators = foreign_key_violations(&tx, &name, &keys)?;
         if !violators.is_empty() {
             return Err(violation(
@@ -207,7 +221,11 @@ fn copied_columns(conn: &Connection, table: &str) -> Result<String, TargetError>
         .map_err(|e| sql_error(e, sql))?
         .collect::<Result<_, _>>()
         .map_err(|e| sql_error(e, sql))?;
-    Ok(names.iter().map(|n| ident(n)).collect::<Vec<_>>().join(", "))
+    Ok(names
+        .iter()
+        .map(|n| ident(n))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// The AUTOINCREMENT counter, so the rebuilt table never reuses a key.
@@ -264,7 +282,8 @@ fn rows_as_keys<P: rusqlite::Params>(
             Ok(format!("({})", parts.join(", ")))
         })
         .map_err(|e| sql_error(e, sql))?;
-    rows.collect::<Result<_, _>>().map_err(|e| sql_error(e, sql))
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| sql_error(e, sql))
 }
 
 fn show(value: &rusqlite::types::Value) -> String {

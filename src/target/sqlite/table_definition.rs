@@ -100,7 +100,9 @@ impl TableDefinition {
             true
         });
         let (Some(open), Some(close)) = (open, close) else {
-            return Err(error("no parenthesised column list (is it `CREATE TABLE … AS SELECT`?)"));
+            return Err(error(
+                "no parenthesised column list (is it `CREATE TABLE … AS SELECT`?)",
+            ));
         };
         let mut items = Vec::new();
         let mut start = open + 1;
@@ -155,9 +157,17 @@ fn first_name(item: &str) -> Option<String> {
     // Skip leading comments.
     loop {
         if let Some(rest) = item.strip_prefix("--") {
-            item = rest.split_once('\n').map(|(_, r)| r).unwrap_or("").trim_start();
+            item = rest
+                .split_once('\n')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
         } else if let Some(rest) = item.strip_prefix("/*") {
-            item = rest.split_once("*/").map(|(_, r)| r).unwrap_or("").trim_start();
+            item = rest
+                .split_once("*/")
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
         } else {
             break;
         }
@@ -215,8 +225,15 @@ mod tests {
         assert_eq!(def.tail, "WITHOUT ROWID");
         assert!(def.without_rowid());
         let mut def = def;
-        assert_eq!(def.column_mut("a,b").map(|c| c.clone()), Some("\"a,b\" TEXT DEFAULT 'x,)'".into()));
-        assert_eq!(def.column_mut("u"), None, "a commented constraint is not a column");
+        assert_eq!(
+            def.column_mut("a,b").map(|c| c.clone()),
+            Some("\"a,b\" TEXT DEFAULT 'x,)'".into())
+        );
+        assert_eq!(
+            def.column_mut("u"),
+            None,
+            "a commented constraint is not a column"
+        );
     }
 
     #[test]
@@ -226,8 +243,14 @@ mod tests {
             "CREATE TABLE t (\"Email\" TEXT, check (length(email) > 0), [score] INT)",
         )
         .expect("parses");
-        assert_eq!(def.column_mut("email").map(|c| c.clone()), Some("\"Email\" TEXT".into()));
-        assert_eq!(def.column_mut("score").map(|c| c.clone()), Some("[score] INT".into()));
+        assert_eq!(
+            def.column_mut("email").map(|c| c.clone()),
+            Some("\"Email\" TEXT".into())
+        );
+        assert_eq!(
+            def.column_mut("score").map(|c| c.clone()),
+            Some("[score] INT".into())
+        );
         assert_eq!(def.column_mut("check"), None);
         assert!(!def.without_rowid());
         assert_eq!(
