@@ -684,3 +684,45 @@ phases:
     assert_eq!(report.errors().count(), 2, "the constant default is fine");
     insta::assert_snapshot!(report.render_plain());
 }
+
+#[tokio::test]
+async fn concurrent_index_whose_runner_was_killed_mid_build_is_repaired_by_the_next_run() {
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let pgdb = pg(&db);
+    let writer = pgdb.client().await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO items VALUES (5000, 'new');")
+        .await
+        .expect("writer");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan_path = dir.path().join("plan.yaml");
+    std::fs::write(&plan_path, index_plan(1, "2s")).expect("write plan");
+    let mut runner = std::process::Command::new(assert_cmd::cargo::cargo_bin("phased"))
+        .args(["run", "--database", &pgdb.url])
+        .arg(&plan_path)
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start phased");
+    let dba = pgdb.client().await;
+    let building = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'phased/online-index' \
+                    AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND state = 'active')";
+    wait_until(&dba, building, 30).await;
+    runner.kill().expect("kill the runner");
+    runner.wait().expect("reap the runner");
+    // The orphaned build gives up at its lock_timeout, leaving its INVALID index behind.
+    wait_until(&dba, &format!("SELECT NOT ({building})"), 30).await;
+    assert_eq!(index_validity(&db).await, vec![false]);
+    assert_eq!(
+        db.text("SELECT status FROM phased.steps WHERE plan = 'online-index'")
+            .await,
+        Some("running".into()),
+        "the killed run never recorded an outcome"
+    );
+
+    writer.batch_execute("COMMIT").await.expect("commit");
+    run_ok(&db, &plan(&index_plan(3, "2s"))).await;
+    assert_eq!(index_validity(&db).await, vec![true]);
+}
