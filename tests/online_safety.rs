@@ -289,7 +289,7 @@ async fn concurrent_index_cancelled_with_pg_cancel_backend_is_repaired_by_the_ne
         // The build is waiting for the writer: cancel it as a DBA would.
         wait_until(
             &dba,
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'phased/online-index' \
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'phased/online-index' \
              AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock')",
             30,
         )
@@ -297,7 +297,7 @@ async fn concurrent_index_cancelled_with_pg_cancel_backend_is_repaired_by_the_ne
         let cancelled: bool = dba
             .query_one(
                 "SELECT bool_or(pg_cancel_backend(pid)) FROM pg_stat_activity \
-                 WHERE application_name = 'phased/online-index' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
+                 WHERE datname = current_database() AND application_name = 'phased/online-index' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
                 &[],
             )
             .await
@@ -329,6 +329,7 @@ phases:
 }
 
 /// Two `phased run` processes on one plan: the second exits 4 naming the first, which finishes.
+/// `held` tells when the first is working on its step (and so holds the lease).
 async fn two_runners(db: &TestDb, held: &[&str], holder_named: impl Fn(u32) -> String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let marker = dir.path().join("ran.txt");
@@ -388,8 +389,8 @@ async fn two_runners_on_postgres_only_one_works_the_other_exits_4() {
     two_runners(
         &db,
         &[
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'phased/lease-test'",
+            "SELECT count(*) FROM pg_class WHERE relname = 'steps'",
+            "SELECT count(*) FROM phased.steps WHERE plan = 'lease-test' AND status = 'running'",
         ],
         |_| "(phased/lease-test)".to_string(),
     )
@@ -402,8 +403,8 @@ async fn two_runners_on_sqlite_only_one_works_the_other_exits_4() {
     two_runners(
         &db,
         &[
-            "SELECT count(*) FROM sqlite_schema WHERE name = 'phased_lease'",
-            "SELECT count(*) FROM phased_lease WHERE plan = 'lease-test'",
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'phased_steps'",
+            "SELECT count(*) FROM phased_steps WHERE plan = 'lease-test' AND status = 'running'",
         ],
         |pid| format!("phased pid {pid} "),
     )
@@ -707,7 +708,7 @@ async fn concurrent_index_whose_runner_was_killed_mid_build_is_repaired_by_the_n
         .spawn()
         .expect("start phased");
     let dba = pgdb.client().await;
-    let building = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'phased/online-index' \
+    let building = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'phased/online-index' \
                     AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND state = 'active')";
     wait_until(&dba, building, 30).await;
     runner.kill().expect("kill the runner");
