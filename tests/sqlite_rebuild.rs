@@ -25,6 +25,9 @@ const SCHEMA: &str = "
         ('A@x.io', 'a@x.io', 1, 1), ('B@x.io', 'b@x.io', 2, 2), ('C@x.io', 'c@x.io', 3, NULL);
     DELETE FROM accounts WHERE id = 3;
     INSERT INTO accounts (email, email_lower, score, parent_id) VALUES ('D@x.io', 'd@x.io', 4, 1);
+    CREATE VIEW account_emails AS SELECT id, email FROM accounts;
+    CREATE TABLE sessions (id INTEGER PRIMARY KEY, account_id INTEGER REFERENCES accounts (id) ON DELETE CASCADE);
+    INSERT INTO sessions VALUES (1, 1), (2, 4);
 ";
 
 const PLAN: &str = "
@@ -92,6 +95,16 @@ async fn rebuilds_keep_every_other_index_trigger_and_constraint() {
         "the audit trigger and both dual_write triggers survive"
     );
     assert_eq!(db.scalar("SELECT count(*) FROM parents").await, 2);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM sessions").await,
+        2,
+        "dropping the old table did not cascade to the tables that reference it"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM account_emails").await,
+        3,
+        "views over the table still work"
+    );
     assert_eq!(db.text("PRAGMA integrity_check").await, Some("ok".into()));
 
     let conn = app(&db);
@@ -152,6 +165,10 @@ async fn rebuilds_keep_every_other_index_trigger_and_constraint() {
         "UPDATE accounts SET email_lower = NULL WHERE id = 1",
         "NOT NULL",
     );
+    // Foreign keys that point at the rebuilt table still hold.
+    rejects(&conn, "INSERT INTO sessions VALUES (3, 999)", "FOREIGN KEY");
+    conn.execute_batch("INSERT INTO sessions VALUES (3, 2)")
+        .expect("a session of an existing account");
     // ON DELETE CASCADE came with the foreign key.
     conn.execute_batch("DELETE FROM parents WHERE id = 2")
         .expect("delete parent");

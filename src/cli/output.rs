@@ -157,7 +157,13 @@ impl Reporter for HumanReporter {
             }
             Event::StepFailed { step, error, sql } => {
                 self.end_bar();
-                let mut text = format!("  ✗ {}#{} {}: {error}", step.phase, step.step, step.label);
+                let mut text = format!(
+                    "  ✗ {}#{} {}: {}",
+                    step.phase,
+                    step.step,
+                    step.label,
+                    error.replace('\n', "\n    ")
+                );
                 if let Some(sql) = sql {
                     text.push_str(&format!("\n    SQL: {}", sql.replace('\n', "\n         ")));
                 }
