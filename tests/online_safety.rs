@@ -727,3 +727,73 @@ async fn concurrent_index_whose_runner_was_killed_mid_build_is_repaired_by_the_n
     run_ok(&db, &plan(&index_plan(3, "2s"))).await;
     assert_eq!(index_validity(&db).await, vec![true]);
 }
+
+#[tokio::test]
+async fn dual_write_keeps_rows_right_while_old_app_writes_during_the_backfill_on_postgres() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE accounts (id integer PRIMARY KEY, email text NOT NULL);
+         INSERT INTO accounts SELECT g, 'User' || g || '@Example.COM' FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    let loaded = plan(&dual_write_plan().replace("batch_size: 7", "batch_size: 100"));
+    run(
+        &db,
+        &loaded,
+        RunOptions {
+            until: Some("expand".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("expand");
+    // The old application keeps inserting and changing emails while the backfill walks the table.
+    let old_app = app_session(pg(&db)).await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let writes = async {
+        let mut n: i32 = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            n += 1;
+            old_app
+                .execute(
+                    "INSERT INTO accounts (id, email) VALUES ($1, $2)",
+                    &[&(100_000 + n), &format!("Late{n}@Example.COM")],
+                )
+                .await
+                .expect("old app insert");
+            old_app
+                .execute(
+                    "UPDATE accounts SET email = 'Changed' || id || '@EXAMPLE.com' WHERE id = $1",
+                    &[&(1 + (n * 37) % 3000)],
+                )
+                .await
+                .expect("old app update");
+            tokio::task::yield_now().await;
+        }
+        n
+    };
+    let backfill = async {
+        let result = run(
+            &db,
+            &loaded,
+            RunOptions {
+                until: Some("backfill".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        result
+    };
+    let (result, written) = tokio::join!(backfill, writes);
+    result.map_err(|(e, _)| e).expect("backfill");
+    assert!(written > 0, "the old app wrote during the backfill");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
+            .await,
+        0,
+        "every row, old or written meanwhile, has the right email_lower"
+    );
+    run_ok(&db, &loaded).await;
+}

@@ -210,6 +210,39 @@ mod tests {
     }
 
     #[test]
+    fn steps_name_the_locks_they_need() {
+        let step = |yaml: &str| -> Step {
+            let source = format!(
+                "plan: p\nbackup: {{ before: [] }}\nphases:\n  - name: c\n    kind: contract\n    steps:\n      - {yaml}\n"
+            );
+            match crate::plan::parse_str("p.yaml", &source, std::path::Path::new(".")) {
+                Ok(loaded) => loaded.plan.step_refs()[0].1.clone(),
+                Err(report) => panic!("{}", report.render_plain()),
+            }
+        };
+        assert_eq!(
+            locks_needed(&step("set_not_null: { table: t, column: c }")),
+            vec![TableLock {
+                table: "t".into(),
+                mode: AccessExclusive
+            }]
+        );
+        assert_eq!(
+            locks_needed(&step(
+                "add_foreign_key: { table: t, name: f, columns: [u], references: { table: u, columns: [id] } }"
+            )),
+            vec![
+                TableLock { table: "t".into(), mode: ShareRowExclusive },
+                TableLock { table: "u".into(), mode: ShareRowExclusive },
+            ]
+        );
+        assert!(
+            locks_needed(&step("create_index: { table: t, name: i, columns: [c] }")).is_empty()
+        );
+        assert!(locks_needed(&step("sql: \"SELECT 1\"")).is_empty());
+    }
+
+    #[test]
     fn only_locks_that_queue_application_traffic_need_a_look() {
         assert!(AccessExclusive.queues_application());
         assert!(ShareRowExclusive.queues_application());

@@ -66,7 +66,21 @@ impl Unit {
             Unit::Standalone(sql) | Unit::Script(sql) => sql.clone(),
             Unit::ConcurrentIndex { create, .. } => create.clone(),
             Unit::RebuildTable { table, change } => {
-                format!("-- rebuild table {table} (copy-table recipe): {change:?}")
+                let what = match change {
+                    TableChange::AddCheck { name, expression } => {
+                        format!("add CONSTRAINT {} CHECK ({expression})", ident(name))
+                    }
+                    TableChange::AddForeignKey { name, definition } => {
+                        format!("add CONSTRAINT {} {definition}", ident(name))
+                    }
+                    TableChange::SetNotNull { column } => {
+                        format!("make {} NOT NULL", ident(column))
+                    }
+                };
+                format!(
+                    "-- copy-table recipe on {}: {what}\n-- (create the new table, copy the rows, drop the old one, rename, recreate indexes and triggers, PRAGMA foreign_key_check; one transaction)",
+                    ident(table)
+                )
             }
         }
     }
