@@ -411,16 +411,16 @@ async fn two_runners_on_sqlite_only_one_works_the_other_exits_4() {
     .await;
 }
 
-#[tokio::test]
-async fn lease_held_names_the_holder_in_process_on_postgres() {
-    let db = TestDb::pg().await;
-    let mut holder = pg(&db).target("lease-direct").await;
-    use phased::target::Target;
-    holder.ensure_state().await.expect("state");
-    assert_eq!(
-        holder.acquire_lease("lease-direct").await.expect("lease"),
-        None
-    );
+/// A second runner while a first holds the lease (in this process): LeaseHeld naming the
+/// holder, and nothing executed; once released, the plan runs.
+async fn lease_held_in_process(db: TestDb, holder_named: &str) {
+    let mut holder = db.target("lease-direct").await;
+    let acquired = phased::with_target!(&mut holder, t => {
+        use phased::target::Target;
+        t.ensure_state().await.expect("state");
+        t.acquire_lease("lease-direct").await.expect("lease")
+    });
+    assert_eq!(acquired, None);
     let loaded = plan(
         "plan: lease-direct
 phases:
@@ -436,12 +436,35 @@ phases:
     match &err {
         EngineError::LeaseHeld { plan, holder } => {
             assert_eq!(plan, "lease-direct");
-            assert!(holder.contains("(phased/lease-direct)"), "{holder}");
+            assert!(holder.contains(holder_named), "{holder}");
         }
         other => panic!("expected LeaseHeld, got {other}"),
     }
-    holder.release_lease("lease-direct").await.expect("release");
+    let table = if db.is_pg() {
+        "phased.steps"
+    } else {
+        "phased_steps"
+    };
+    assert_eq!(
+        db.scalar(&format!("SELECT count(*) FROM {table}")).await,
+        0,
+        "the second runner executed nothing"
+    );
+    phased::with_target!(&mut holder, t => {
+        use phased::target::Target;
+        t.release_lease("lease-direct").await.expect("release")
+    });
     run_ok(&db, &loaded).await;
+}
+
+#[tokio::test]
+async fn lease_held_names_the_holder_in_process_on_postgres() {
+    lease_held_in_process(TestDb::pg().await, "(phased/lease-direct)").await;
+}
+
+#[tokio::test]
+async fn lease_held_names_the_holder_in_process_on_sqlite() {
+    lease_held_in_process(TestDb::sqlite(), "another runner in this process").await;
 }
 
 /// Keeps writing through `client` until `stop` is set: inserts of complete rows and updates.
