@@ -295,3 +295,36 @@ phases:
         Some("1a,3c".into())
     );
 }
+
+#[tokio::test]
+async fn set_not_null_on_a_column_already_not_null_is_done_without_a_rebuild() {
+    let db = TestDb::sqlite();
+    db.execute(SCHEMA).await;
+    let before = db
+        .text("SELECT sql FROM sqlite_schema WHERE name = 'accounts'")
+        .await;
+    run_ok(
+        &db,
+        &plan(
+            "plan: already
+backup: { before: [] }
+phases:
+  - name: contract
+    kind: contract
+    steps:
+      - set_not_null: { table: accounts, column: email }
+",
+        ),
+    )
+    .await;
+    assert_eq!(
+        db.text("SELECT sql FROM sqlite_schema WHERE name = 'accounts'")
+            .await,
+        before
+    );
+    assert_eq!(
+        db.text("SELECT status FROM phased_steps WHERE plan = 'already'")
+            .await,
+        Some("done".into())
+    );
+}

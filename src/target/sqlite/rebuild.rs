@@ -99,6 +99,17 @@ fn rebuild_in_transaction(
                 .push(format!("CONSTRAINT {} {text}", ident(fk)));
         }
         TableChange::SetNotNull { column } => {
+            let already = "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2 COLLATE NOCASE AND \"notnull\"";
+            let n: i64 = tx
+                .query_row(already, [&name, column], |r| r.get(0))
+                .map_err(|e| sql_error(e, already))?;
+            if n > 0 {
+                // Nothing to rebuild: the column is NOT NULL already.
+                if let Some(key) = done {
+                    state::mark_done(&tx, key)?;
+                }
+                return tx.commit().map_err(|e| sql_error(e, "COMMIT"));
+            }
             let violators =
                 offending_keys(&tx, &quoted, &keys, &format!("{} IS NULL", ident(column)))?;
             if !violators.is_empty() {

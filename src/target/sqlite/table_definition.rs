@@ -173,6 +173,7 @@ fn first_name(item: &str) -> Option<String> {
         }
     }
     let first = item.chars().next()?;
+    // A quoted name is a column, whatever it spells.
     let name = match first {
         '"' | '`' | '[' => {
             let close = if first == '[' { ']' } else { first };
@@ -240,7 +241,7 @@ mod tests {
     fn finds_columns_by_name_not_constraints() {
         let mut def = TableDefinition::parse(
             "t",
-            "CREATE TABLE t (\"Email\" TEXT, check (length(email) > 0), [score] INT)",
+            "CREATE TABLE t (\"Email\" TEXT, check (length(email) > 0), [score] INT, \"check\" INT)",
         )
         .expect("parses");
         assert_eq!(
@@ -251,11 +252,15 @@ mod tests {
             def.column_mut("score").map(|c| c.clone()),
             Some("[score] INT".into())
         );
-        assert_eq!(def.column_mut("check"), None);
+        assert_eq!(
+            def.column_mut("check").map(|c| c.clone()),
+            Some("\"check\" INT".into()),
+            "a quoted name is a column, even when it spells a keyword"
+        );
         assert!(!def.without_rowid());
         assert_eq!(
             def.render("\"t2\""),
-            "CREATE TABLE \"t2\" (\n  \"Email\" TEXT,\n  check (length(email) > 0),\n  [score] INT\n)"
+            "CREATE TABLE \"t2\" (\n  \"Email\" TEXT,\n  check (length(email) > 0),\n  [score] INT,\n  \"check\" INT\n)"
         );
     }
 
