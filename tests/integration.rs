@@ -5,4 +5,6 @@ mod common;
 mod backups;
 mod cli;
 mod engine_steps;
+mod online_safety;
 mod plan_errors;
+mod sqlite_rebuild;

@@ -3,6 +3,7 @@
 
 mod backfill;
 pub mod backup;
+mod blockers;
 mod lease;
 mod state;
 
@@ -28,6 +29,8 @@ pub struct PgTarget {
     work: Object,
     /// The connection holding the plan's advisory lock, while it is held.
     lease: Option<Object>,
+    /// The backend pid of the lease connection (not a blocker: it only holds an advisory lock).
+    lease_pid: Option<i32>,
     url: String,
     key_types: std::collections::HashMap<String, Vec<String>>,
 }
@@ -102,6 +105,7 @@ impl PgTarget {
             pool,
             work,
             lease: None,
+            lease_pid: None,
             url: url.to_string(),
             key_types: Default::default(),
         })
@@ -246,6 +250,13 @@ impl Target for PgTarget {
         let conn = self.connection().await?;
         match lease::try_acquire(&conn, plan).await? {
             None => {
+                let sql = "SELECT pg_backend_pid()";
+                let pid: i32 = conn
+                    .query_one(sql, &[])
+                    .await
+                    .map_err(|e| sql_error(e, sql))?
+                    .get(0);
+                self.lease_pid = Some(pid);
                 self.lease = Some(conn);
                 Ok(None)
             }
@@ -254,6 +265,7 @@ impl Target for PgTarget {
     }
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
+        self.lease_pid = None;
         if let Some(conn) = self.lease.take() {
             lease::release(&conn, plan).await?;
         }
@@ -395,6 +407,15 @@ impl Target for PgTarget {
 
     async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError> {
         state::flags(&self.work).await
+    }
+
+    async fn blockers(
+        &mut self,
+        table: &str,
+        mode: super::LockMode,
+    ) -> Result<Vec<super::Blocker>, TargetError> {
+        let ours: Vec<i32> = self.lease_pid.into_iter().collect();
+        blockers::find(&self.work, table, mode, &ours).await
     }
 
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {
