@@ -8,10 +8,12 @@ use phased::target::Target;
 
 use crate::common::{self, TestDb};
 
-fn quickstart() -> LoadedPlan {
-    let path = common::repo_root().join("plans/quickstart.yaml");
-    match phased::plan::load(&path) {
-        Ok(p) => p,
+/// The quickstart plan, copied into a temporary folder so the backup its contract phase takes
+/// lands there, not in the repository.
+fn quickstart() -> (tempfile::TempDir, LoadedPlan) {
+    let (dir, path) = quickstart_copy();
+    match phased::plan::load(std::path::Path::new(&path)) {
+        Ok(p) => (dir, p),
         Err(report) => panic!("{}", report.render_plain()),
     }
 }
@@ -62,7 +64,7 @@ async fn until(db: &TestDb, loaded: &LoadedPlan, phase: &str) {
 /// Every phase before the contract, run and then rolled back to the start, leaves the schema as
 /// it found it.
 async fn rollback_from_every_phase_restores_the_schema(make: impl AsyncFn() -> TestDb) {
-    let loaded = quickstart();
+    let (_plan_dir, loaded) = quickstart();
     for phase in ["setup", "expand", "backfill", "switch"] {
         let db = make().await;
         let before = snapshot(&db, "quickstart").await;
@@ -107,7 +109,7 @@ async fn rollback_from_every_phase_restores_the_schema_postgres() {
 /// `--to` keeps the named phase; a rolled-back flag returns to its earlier value; running again
 /// redoes the undone phases, the backfill from its first row.
 async fn rollback_to_a_phase_then_run_again(db: TestDb) {
-    let loaded = quickstart();
+    let (_plan_dir, loaded) = quickstart();
     set_flag(&db, "read_email_lower", "false").await;
     until(&db, &loaded, "switch").await;
     let undone = roll_back(&db, &loaded, Some("expand"))
@@ -153,7 +155,7 @@ async fn rollback_to_a_phase_then_run_again_postgres() {
 #[tokio::test]
 async fn rollback_refuses_to_go_past_a_completed_contract() {
     let db = TestDb::sqlite();
-    let loaded = quickstart();
+    let (_plan_dir, loaded) = quickstart();
     common::run_ok(&db, &loaded).await;
     let err = roll_back(&db, &loaded, Some("switch")).await.err();
     let Some(EngineError::Irreversible { reason, undone, .. }) = err else {
@@ -199,11 +201,14 @@ async fn rollback_stops_at_a_step_without_inverse() {
 
 // ─── CLI: dry run ────────────────────────────────────────────────────────────────────────────
 
-fn quickstart_path() -> String {
-    common::repo_root()
-        .join("plans/quickstart.yaml")
-        .display()
-        .to_string()
+/// A copy of plans/quickstart.yaml in its own temporary folder (backups go beside it).
+fn quickstart_copy() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("quickstart.yaml");
+    std::fs::copy(common::repo_root().join("plans/quickstart.yaml"), &path)
+        .expect("copy the quickstart plan");
+    let path = path.display().to_string();
+    (dir, path)
 }
 
 fn stdout_of(output: &std::process::Output) -> String {
@@ -289,7 +294,8 @@ fn plan_offline_prints_the_exact_sqlite_sql() {
 
 /// Against a database: done steps are skipped, pending ones shown, and nothing is written.
 async fn plan_shows_only_pending_steps_and_writes_nothing(db: TestDb) {
-    let loaded = quickstart();
+    let (_qs_dir, qs) = quickstart_copy();
+    let (_plan_dir, loaded) = quickstart();
     until(&db, &loaded, "expand").await;
     let before = snapshot(&db, "quickstart").await;
     let count_state = match &db {
@@ -298,7 +304,7 @@ async fn plan_shows_only_pending_steps_and_writes_nothing(db: TestDb) {
     };
     let rows_before = db.scalar(count_state).await;
     let output = common::phased_cmd()
-        .args(["plan", &quickstart_path(), "--database", &db.url()])
+        .args(["plan", &qs, "--database", &db.url()])
         .output()
         .expect("phased plan");
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
@@ -334,10 +340,11 @@ async fn plan_shows_only_pending_steps_and_writes_nothing_postgres() {
 
 #[test]
 fn plan_does_not_create_a_missing_sqlite_file() {
+    let (_qs_dir, qs) = quickstart_copy();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("absent.db");
     let output = common::phased_cmd()
-        .args(["plan", &quickstart_path(), "--database"])
+        .args(["plan", &qs, "--database"])
         .arg(format!("sqlite://{}", path.display()))
         .output()
         .expect("phased plan");
@@ -513,8 +520,9 @@ fn run_cli(db: &TestDb, plan: &std::path::Path, extra: &[&str]) -> std::process:
 
 #[test]
 fn exit_0_when_the_run_is_done() {
+    let (_qs_dir, qs) = quickstart_copy();
     let db = TestDb::sqlite();
-    let output = run_cli(&db, std::path::Path::new(&quickstart_path()), &[]);
+    let output = run_cli(&db, std::path::Path::new(&qs), &[]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
 }
 
@@ -540,6 +548,7 @@ async fn exit_1_when_a_step_fails_postgres() {
 
 #[test]
 fn exit_2_for_an_invalid_plan_or_usage() {
+    let (_qs_dir, qs) = quickstart_copy();
     let db = TestDb::sqlite();
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = write_plan(
@@ -550,11 +559,7 @@ fn exit_2_for_an_invalid_plan_or_usage() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
     assert!(stderr_of(&output).contains("destructive"));
     // An unknown phase is a usage error too, and nothing is created.
-    let output = run_cli(
-        &db,
-        std::path::Path::new(&quickstart_path()),
-        &["--phase", "nope"],
-    );
+    let output = run_cli(&db, std::path::Path::new(&qs), &["--phase", "nope"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
     assert!(stderr_of(&output).contains("has no phase `nope`"));
 }
@@ -650,8 +655,9 @@ async fn exit_4_when_another_runner_holds_the_lease_postgres() {
 
 #[test]
 fn rollback_needs_yes_off_a_terminal() {
+    let (_qs_dir, qs) = quickstart_copy();
     let db = TestDb::sqlite();
-    let plan = quickstart_path();
+    let plan = qs.clone();
     let output = run_cli(&db, std::path::Path::new(&plan), &["--until", "expand"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     let output = common::phased_cmd()
@@ -691,12 +697,13 @@ fn junit(path: &std::path::Path) -> String {
 
 #[test]
 fn junit_report_of_a_successful_run() {
+    let (_qs_dir, qs) = quickstart_copy();
     let db = TestDb::sqlite();
     let dir = tempfile::tempdir().expect("temp dir");
     let report = dir.path().join("junit.xml");
     let output = run_cli(
         &db,
-        std::path::Path::new(&quickstart_path()),
+        std::path::Path::new(&qs),
         &["--junit", &report.display().to_string()],
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
@@ -711,9 +718,14 @@ fn junit_report_of_a_successful_run() {
         suites,
         ["setup", "expand", "backfill", "switch", "contract"]
     );
-    let cases = doc.descendants().filter(|n| n.has_tag_name("testcase"));
-    // 9 steps and 2 gate conditions, none failed.
-    assert_eq!(cases.count(), 11);
+    let cases: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .filter_map(|n| n.attribute("name"))
+        .collect();
+    // 9 steps, 2 gate conditions and the backup before the contract, none failed.
+    assert_eq!(cases.len(), 12, "{cases:?}");
+    assert!(cases.iter().any(|c| c.starts_with("backup ")), "{cases:?}");
     assert_eq!(
         doc.descendants()
             .filter(|n| n.has_tag_name("failure"))
@@ -793,7 +805,15 @@ const EVENTS: &[(&str, &[&str])] = &[
     ("step_skipped", &["phase", "step", "label", "reason"]),
     (
         "step_retry",
-        &["phase", "step", "label", "attempt", "error", "wait_ms"],
+        &[
+            "phase", "step", "label", "attempt", "error", "wait_ms", "blockers",
+        ],
+    ),
+    (
+        "step_waiting",
+        &[
+            "phase", "step", "label", "attempt", "table", "lock", "blockers", "wait_ms",
+        ],
     ),
     ("step_end", &["phase", "step", "label", "elapsed_ms"]),
     ("step_failed", &["phase", "step", "label", "error", "sql"]),
@@ -815,6 +835,21 @@ const EVENTS: &[(&str, &[&str])] = &[
     ("rollback_start", &["plan", "database", "to", "phases"]),
     ("step_undo", &["phase", "step", "label", "inverse"]),
     ("step_undone", &["phase", "step", "label", "elapsed_ms"]),
+    ("backup_start", &["phase", "path"]),
+    ("backup_progress", &["phase", "bytes"]),
+    (
+        "backup_done",
+        &[
+            "phase",
+            "path",
+            "size_bytes",
+            "sha256",
+            "duration_ms",
+            "verified",
+        ],
+    ),
+    ("backup_failed", &["phase", "error"]),
+    ("backup_pruned", &["path"]),
     ("error", &["exit_code", "message"]),
     ("verify_result", &["result"]),
 ];
@@ -846,8 +881,9 @@ fn check_ndjson(stdout: &str) -> Vec<String> {
 
 #[test]
 fn ndjson_events_follow_the_documented_schema() {
+    let (_qs_dir, qs) = quickstart_copy();
     let db = TestDb::sqlite();
-    let plan = quickstart_path();
+    let plan = qs.clone();
     let output = common::phased_cmd()
         .args([
             "run",

@@ -2,7 +2,10 @@
 
 mod common;
 
+mod backups;
 mod ci_recovery;
 mod cli;
 mod engine_steps;
+mod online_safety;
 mod plan_errors;
+mod sqlite_rebuild;

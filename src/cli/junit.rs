@@ -1,5 +1,5 @@
 //! `run --junit FILE`: a JUnit XML report CI systems display — one `testsuite` per phase, one
-//! `testcase` per step (and per gate condition), the error as the failure text. The writer is
+//! `testcase` per step (and per gate condition and backup), the error as the failure text. The writer is
 //! hand-written: the format is small, and escaping is the only subtle part.
 
 use std::fmt::Write as _;
@@ -79,6 +79,21 @@ pub fn render(plan: &str, events: &[Event], error: Option<&EngineError>) -> Stri
             } => suite(&mut suites, phase).cases.push(Case {
                 name: format!("gate: {condition}"),
                 failure: (!ok).then(|| (format!("gate not met: {detail}"), detail.clone())),
+                ..Case::default()
+            }),
+            Event::BackupDone {
+                phase,
+                path,
+                duration_ms,
+                ..
+            } => suite(&mut suites, phase).cases.push(Case {
+                name: format!("backup {path}"),
+                seconds: *duration_ms as f64 / 1000.0,
+                ..Case::default()
+            }),
+            Event::BackupFailed { phase, error } => suite(&mut suites, phase).cases.push(Case {
+                name: format!("backup before {phase}"),
+                failure: Some((first_line(error), error.clone())),
                 ..Case::default()
             }),
             Event::StepEnd { step, elapsed_ms } => {

@@ -116,14 +116,42 @@ impl Reporter for HumanReporter {
                 attempt,
                 error,
                 wait_ms,
-            } => self.line(format!(
-                "  ↻ {}#{} {}: attempt {attempt} failed ({}); retrying in {}",
-                step.phase,
-                step.step,
-                step.label,
-                error.lines().next().unwrap_or(""),
-                secs(*wait_ms)
-            )),
+                blockers,
+            } => {
+                let mut text = format!(
+                    "  ↻ {}#{} {}: attempt {attempt} failed ({}); retrying in {}",
+                    step.phase,
+                    step.step,
+                    step.label,
+                    error.lines().next().unwrap_or(""),
+                    secs(*wait_ms)
+                );
+                for blocker in blockers {
+                    text.push_str(&format!("\n      blocked by {blocker}"));
+                }
+                self.line(text)
+            }
+            Event::StepWaiting {
+                step,
+                attempt,
+                table,
+                lock,
+                blockers,
+                wait_ms,
+            } => {
+                let mut text = format!(
+                    "  ⏸ {}#{} {}: not queueing for {lock} on {table} (attempt {attempt}): {} session(s) hold conflicting locks; looking again in {}",
+                    step.phase,
+                    step.step,
+                    step.label,
+                    blockers.len(),
+                    secs(*wait_ms)
+                );
+                for blocker in blockers {
+                    text.push_str(&format!("\n      held by {blocker}"));
+                }
+                self.line(text)
+            }
             Event::StepEnd { step, elapsed_ms } => {
                 self.end_bar();
                 self.line(format!(
@@ -136,7 +164,13 @@ impl Reporter for HumanReporter {
             }
             Event::StepFailed { step, error, sql } => {
                 self.end_bar();
-                let mut text = format!("  ✗ {}#{} {}: {error}", step.phase, step.step, step.label);
+                let mut text = format!(
+                    "  ✗ {}#{} {}: {}",
+                    step.phase,
+                    step.step,
+                    step.label,
+                    error.replace('\n', "\n    ")
+                );
                 if let Some(sql) = sql {
                     text.push_str(&format!("\n    SQL: {}", sql.replace('\n', "\n         ")));
                 }
@@ -224,6 +258,62 @@ impl Reporter for HumanReporter {
             } => {
                 self.end_bar();
                 self.line(format!("\n{outcome} in {}", secs(*elapsed_ms)))
+            }
+            Event::BackupStart { phase, path } => {
+                self.end_bar();
+                if self.terminal {
+                    let span = tracing::info_span!("phased_progress");
+                    span.pb_set_style(
+                        &ProgressStyle::with_template(
+                            "  {spinner} {msg}: {bytes} written ({bytes_per_sec}, {elapsed})",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    span.pb_set_message(&format!("backup before {phase}"));
+                    span.pb_start();
+                    self.bar = Some((span, format!("backup:{phase}")));
+                } else {
+                    self.line(format!("  backup before {phase} → {path}"));
+                }
+            }
+            Event::BackupProgress { phase, bytes } => {
+                if let Some((span, id)) = &self.bar {
+                    if id == &format!("backup:{phase}") {
+                        span.pb_set_position(*bytes);
+                        span.pb_tick();
+                    }
+                }
+            }
+            Event::BackupDone {
+                phase,
+                path,
+                size_bytes,
+                sha256,
+                duration_ms,
+                verified,
+            } => {
+                self.end_bar();
+                self.line(format!(
+                    "  ✓ backup before {phase}: {path} ({}, sha256 {}…, {}, {})",
+                    indicatif::HumanBytes(*size_bytes),
+                    sha256.get(..12).unwrap_or(sha256),
+                    if *verified {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    },
+                    secs(*duration_ms)
+                ))
+            }
+            Event::BackupFailed { phase, error } => {
+                self.end_bar();
+                self.line(format!(
+                    "  ✗ backup before {phase}: {}",
+                    error.lines().next().unwrap_or("")
+                ))
+            }
+            Event::BackupPruned { path } => {
+                self.line(format!("  · pruned old backup {path} (backup.keep)"))
             }
         }
     }

@@ -57,6 +57,19 @@ pub enum Event {
         attempt: u32,
         error: String,
         wait_ms: u64,
+        /// The sessions holding conflicting locks when the attempt failed (PostgreSQL).
+        blockers: Vec<String>,
+    },
+    /// Look before you queue: other sessions hold locks the step's statement would queue behind
+    /// (making application queries queue behind it in turn), so phased waits without asking.
+    StepWaiting {
+        #[serde(flatten)]
+        step: StepId,
+        attempt: u32,
+        table: String,
+        lock: String,
+        blockers: Vec<String>,
+        wait_ms: u64,
     },
     StepEnd {
         #[serde(flatten)]
@@ -104,6 +117,34 @@ pub enum Event {
         #[serde(flatten)]
         step: StepId,
         elapsed_ms: u64,
+    },
+    /// A backup before a phase starts being written.
+    BackupStart {
+        phase: String,
+        path: String,
+    },
+    /// Bytes of the backup written so far.
+    BackupProgress {
+        phase: String,
+        bytes: u64,
+    },
+    /// The backup is written, verified and recorded.
+    BackupDone {
+        phase: String,
+        path: String,
+        size_bytes: u64,
+        sha256: String,
+        duration_ms: u64,
+        verified: bool,
+    },
+    /// The backup could not be written or verified; the phase does not start.
+    BackupFailed {
+        phase: String,
+        error: String,
+    },
+    /// An old backup was deleted to honour `backup.keep`.
+    BackupPruned {
+        path: String,
     },
 }
 

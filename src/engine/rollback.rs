@@ -305,6 +305,7 @@ async fn rollback_locked<T: Target>(
                                 attempt,
                                 error: e.to_string(),
                                 wait_ms: millis(wait),
+                                blockers: Vec::new(),
                             });
                             tokio::time::sleep(wait).await;
                         }

@@ -1,6 +1,8 @@
 //! The databases phased deploys to. Only this module speaks SQL; the engine drives it through [`Target`].
 
+pub mod backup;
 pub mod error;
+pub mod lock;
 pub mod postgres;
 pub mod render;
 pub mod scratch;
@@ -9,10 +11,14 @@ pub mod state_schema;
 pub mod url;
 
 pub use error::TargetError;
+pub use lock::{Blocker, LockMode, TableLock};
 pub use render::{Dialect, Unit};
 pub use url::DatabaseUrl;
 
+use std::path::Path;
 use std::time::Duration;
+
+use backup::{BackupError, BackupRecord, RestoreNote};
 
 /// Status of one step as stored in the target's state tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -245,4 +251,37 @@ pub trait Target {
         table: &str,
         columns: &[String],
     ) -> Result<Vec<String>, TargetError>;
+
+    /// Checks, before anything runs, that a backup can be written (PostgreSQL: `pg_dump` and
+    /// `pg_restore` are there and not older than the server).
+    async fn check_backup_tools(&mut self) -> Result<(), BackupError>;
+
+    /// Writes a backup of the database (PostgreSQL: or only `tables`, with phased's state) to
+    /// `file` and verifies it reads back; `progress` gets the bytes written so far.
+    async fn write_backup(
+        &mut self,
+        file: &Path,
+        tables: &[String],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackupError>;
+
+    /// Records a verified backup in the state; returns its id.
+    async fn record_backup(&mut self, backup: &BackupRecord) -> Result<i64, TargetError>;
+
+    /// The recorded backups of a plan (of every plan when `None`), newest first.
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError>;
+
+    /// Deletes a backup's record (the engine deletes its file).
+    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError>;
+
+    /// Notes in the state that the database was restored from a backup.
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError>;
+
+    /// The last restore noted in the state.
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError>;
+
+    /// Other sessions holding, or already queued for, a lock on `table` that conflicts with
+    /// `mode` (PostgreSQL: `pg_locks` + `pg_stat_activity`). Empty when the way is clear, when
+    /// the table does not exist, and on SQLite, which cannot tell who holds its lock.
+    async fn blockers(&mut self, table: &str, mode: LockMode) -> Result<Vec<Blocker>, TargetError>;
 }

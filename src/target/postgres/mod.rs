@@ -2,6 +2,8 @@
 //! built `CONCURRENTLY` outside transactions, the runner lease as a session advisory lock.
 
 mod backfill;
+pub mod backup;
+mod blockers;
 mod lease;
 mod snapshot;
 mod state;
@@ -15,6 +17,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::render::{literal, Dialect, Unit};
 use super::url::redact;
 use super::{
@@ -29,6 +32,8 @@ pub struct PgTarget {
     work: Object,
     /// The connection holding the plan's advisory lock, while it is held.
     lease: Option<Object>,
+    /// The backend pid of the lease connection (not a blocker: it only holds an advisory lock).
+    lease_pid: Option<i32>,
     url: String,
     key_types: std::collections::HashMap<String, Vec<String>>,
 }
@@ -103,6 +108,7 @@ impl PgTarget {
             pool,
             work,
             lease: None,
+            lease_pid: None,
             url: url.to_string(),
             key_types: Default::default(),
         })
@@ -283,6 +289,13 @@ impl Target for PgTarget {
         let conn = self.connection().await?;
         match lease::try_acquire(&conn, plan).await? {
             None => {
+                let sql = "SELECT pg_backend_pid()";
+                let pid: i32 = conn
+                    .query_one(sql, &[])
+                    .await
+                    .map_err(|e| sql_error(e, sql))?
+                    .get(0);
+                self.lease_pid = Some(pid);
                 self.lease = Some(conn);
                 Ok(None)
             }
@@ -291,6 +304,7 @@ impl Target for PgTarget {
     }
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
+        self.lease_pid = None;
         if let Some(conn) = self.lease.take() {
             lease::release(&conn, plan).await?;
         }
@@ -411,6 +425,15 @@ impl Target for PgTarget {
         state::flags(&self.work).await
     }
 
+    async fn blockers(
+        &mut self,
+        table: &str,
+        mode: super::LockMode,
+    ) -> Result<Vec<super::Blocker>, TargetError> {
+        let ours: Vec<i32> = self.lease_pid.into_iter().collect();
+        blockers::find(&self.work, table, mode, &ours).await
+    }
+
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {
         let row = self
             .work
@@ -480,5 +503,40 @@ impl Target for PgTarget {
         columns: &[String],
     ) -> Result<Vec<String>, TargetError> {
         backfill::key_types(&self.work, table, columns).await
+    }
+
+    async fn check_backup_tools(&mut self) -> Result<(), BackupError> {
+        backup::check_tools(&self.work).await
+    }
+
+    async fn write_backup(
+        &mut self,
+        file: &std::path::Path,
+        tables: &[String],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackupError> {
+        let selection = backup::selection(&self.work, tables).await?;
+        backup::dump(&self.url, file, &selection, progress).await?;
+        backup::list(file).await.map(|_| ())
+    }
+
+    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, TargetError> {
+        backup::record(&self.work, record).await
+    }
+
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
+        backup::backups(&self.work, plan).await
+    }
+
+    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError> {
+        backup::forget(&self.work, id).await
+    }
+
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError> {
+        backup::record_restore(&self.work, note).await
+    }
+
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError> {
+        backup::last_restore(&self.work).await
     }
 }

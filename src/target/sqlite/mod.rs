@@ -2,15 +2,19 @@
 //! lock_timeout, every unit in a `BEGIN IMMEDIATE` transaction that also records the step.
 
 mod backfill;
+pub mod backup;
 mod lease;
+mod rebuild;
 mod snapshot;
 mod state;
+mod table_definition;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::render::{ident, Dialect, Unit};
 use super::{
     BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
@@ -115,7 +119,7 @@ impl SqliteTarget {
         self.with_busy_timeout(timeouts)?;
         let last_tx = units
             .iter()
-            .rposition(|u| matches!(u, Unit::Transaction(_)))
+            .rposition(|u| matches!(u, Unit::Transaction(_) | Unit::RebuildTable { .. }))
             .filter(|&i| i + 1 == units.len());
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some((key, status));
@@ -129,10 +133,16 @@ impl SqliteTarget {
                     .conn
                     .execute_batch(create)
                     .map_err(|e| sql_error(e, create))?,
-                Unit::RebuildTable { table, .. } => {
-                    return Err(TargetError::Unexpected(format!(
-                    "rebuilding table `{table}` (SQLite's copy-table recipe) is not supported yet"
-                )))
+                Unit::RebuildTable { table, change } => {
+                    // The rebuild records "done" in its own transaction; any other status is
+                    // recorded right after it.
+                    let in_tx = done
+                        .filter(|(_, st)| *st == StepStatus::Done)
+                        .map(|(k, _)| k);
+                    rebuild::rebuild(&mut self.conn, table, change, in_tx)?;
+                    if let Some((k, st)) = done.filter(|(_, st)| *st != StepStatus::Done) {
+                        state::mark(&self.conn, k, st)?;
+                    }
                 }
             }
         }
@@ -274,6 +284,16 @@ impl Target for SqliteTarget {
         state::flags(&self.conn)
     }
 
+    async fn blockers(
+        &mut self,
+        _table: &str,
+        _mode: super::LockMode,
+    ) -> Result<Vec<super::Blocker>, TargetError> {
+        // SQLite has one database-wide write lock and no way to ask who holds it; busy_timeout
+        // bounds the wait instead.
+        Ok(Vec::new())
+    }
+
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {
         let value: rusqlite::types::Value = self
             .conn
@@ -356,5 +376,43 @@ impl Target for SqliteTarget {
             })?);
         }
         Ok(types)
+    }
+
+    async fn check_backup_tools(&mut self) -> Result<(), BackupError> {
+        Ok(())
+    }
+
+    async fn write_backup(
+        &mut self,
+        file: &Path,
+        tables: &[String],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackupError> {
+        if !tables.is_empty() {
+            tracing::warn!(
+                "backup.tables applies to PostgreSQL only; the SQLite backup holds the whole database"
+            );
+        }
+        backup::write(&self.conn, file, progress)
+    }
+
+    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, TargetError> {
+        backup::record(&self.conn, record)
+    }
+
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
+        backup::backups(&self.conn, plan)
+    }
+
+    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError> {
+        backup::forget(&self.conn, id)
+    }
+
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError> {
+        backup::record_restore(&self.conn, note)
+    }
+
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError> {
+        backup::last_restore(&self.conn)
     }
 }
