@@ -4,6 +4,7 @@
 mod backfill;
 mod lease;
 mod state;
+mod versions;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use super::{
     BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
     StepStatus, Target, TargetError, Timeouts,
 };
+use super::{MigrationRun, VersionState};
 
 /// A connection pool to one PostgreSQL database, plus the connection that holds the lease.
 pub struct PgTarget {
@@ -405,5 +407,29 @@ impl Target for PgTarget {
         row.try_get::<_, Option<bool>>(0)
             .map(|v| v.unwrap_or(false))
             .map_err(|_| TargetError::Unexpected(format!("`{sql}` did not return a boolean")))
+    }
+
+    async fn version_state(&mut self) -> Result<VersionState, TargetError> {
+        self.read_versions().await
+    }
+
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+        self.run_one_migration(run).await
+    }
+
+    async fn stamp_versions(
+        &mut self,
+        applied: &[(String, String)],
+        heads: &[String],
+    ) -> Result<(), TargetError> {
+        self.replace_versions(applied, heads).await
+    }
+
+    async fn set_step_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: &str,
+    ) -> Result<(), TargetError> {
+        self.write_checkpoint(key, checkpoint).await
     }
 }

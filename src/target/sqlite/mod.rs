@@ -4,6 +4,7 @@
 mod backfill;
 mod lease;
 mod state;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use super::{
     BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
     StepStatus, Target, TargetError, Timeouts,
 };
+use super::{MigrationRun, VersionState};
 
 /// One SQLite database file.
 pub struct SqliteTarget {
@@ -273,5 +275,29 @@ impl Target for SqliteTarget {
                 "`{sql}` did not return a boolean (got {other:?})"
             ))),
         }
+    }
+
+    async fn version_state(&mut self) -> Result<VersionState, TargetError> {
+        self.read_versions()
+    }
+
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+        self.run_one_migration(run)
+    }
+
+    async fn stamp_versions(
+        &mut self,
+        applied: &[(String, String)],
+        heads: &[String],
+    ) -> Result<(), TargetError> {
+        self.replace_versions(applied, heads)
+    }
+
+    async fn set_step_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: &str,
+    ) -> Result<(), TargetError> {
+        self.write_checkpoint(key, checkpoint)
     }
 }
