@@ -3,6 +3,7 @@
 pub mod args;
 pub mod commands;
 pub mod config;
+pub mod db;
 pub mod output;
 
 use std::process::ExitCode;
