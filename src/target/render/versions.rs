@@ -65,8 +65,8 @@ pub fn script_text(dialect: Dialect, run: &MigrationRun<'_>) -> String {
         Dialect::Postgres => "BEGIN;\n",
         Dialect::Sqlite => "BEGIN IMMEDIATE;\n",
     });
+    set(&mut out, "LOCAL ");
     if run.transactional {
-        set(&mut out, "LOCAL ");
         if !script.is_empty() {
             out.push_str(script);
             out.push('\n');
@@ -110,6 +110,7 @@ mod tests {
              CREATE INDEX CONCURRENTLY i ON t (x);\n\
              RESET lock_timeout;\nRESET statement_timeout;\n\
              BEGIN;\n\
+             SET LOCAL lock_timeout = '2000ms';\nSET LOCAL statement_timeout = '0ms';\n\
              INSERT INTO phased.migrations (revision, checksum) VALUES ('cc03', 'abc');\n\
              DELETE FROM phased.version_heads;\n\
              INSERT INTO phased.version_heads (revision) VALUES ('cc03');\n\
