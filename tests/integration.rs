@@ -4,4 +4,5 @@ mod common;
 
 mod cli;
 mod engine_steps;
+mod migrations;
 mod plan_errors;
