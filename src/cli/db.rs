@@ -46,7 +46,7 @@ enum Direction {
 #[derive(Debug, thiserror::Error)]
 enum DbError {
     #[error(transparent)]
-    Version(#[from] VersionError),
+    Version(Box<VersionError>),
     /// The database URL is unusable.
     #[error("{0}")]
     Usage(String),
@@ -55,23 +55,33 @@ enum DbError {
     Io(String),
 }
 
+impl From<VersionError> for DbError {
+    fn from(e: VersionError) -> Self {
+        DbError::Version(Box::new(e))
+    }
+}
+
 impl From<MigrationError> for DbError {
     fn from(e: MigrationError) -> Self {
-        DbError::Version(VersionError::Migrations(e))
+        VersionError::Migrations(e).into()
     }
 }
 
 impl From<TargetError> for DbError {
     fn from(e: TargetError) -> Self {
-        DbError::Version(VersionError::Target(e))
+        VersionError::Target(e).into()
     }
 }
 
 fn report(err: &DbError, format: Format) -> u8 {
     let code = match err {
-        DbError::Usage(_) | DbError::Version(VersionError::Migrations(_)) => exit::INVALID,
-        DbError::Version(VersionError::LeaseHeld { .. }) => exit::LOCKED,
-        DbError::Io(_) | DbError::Version(_) => exit::FAILED,
+        DbError::Usage(_) => exit::INVALID,
+        DbError::Version(v) => match **v {
+            VersionError::Migrations(_) => exit::INVALID,
+            VersionError::LeaseHeld { .. } => exit::LOCKED,
+            _ => exit::FAILED,
+        },
+        DbError::Io(_) => exit::FAILED,
     };
     if format == Format::Json {
         println!(
@@ -79,8 +89,12 @@ fn report(err: &DbError, format: Format) -> u8 {
             serde_json::json!({"event": "error", "exit_code": code, "message": err.to_string()})
         );
     }
-    match err {
-        DbError::Version(VersionError::Drift(items)) => {
+    let version = match err {
+        DbError::Version(v) => Some(&**v),
+        _ => None,
+    };
+    match version {
+        Some(VersionError::Drift(items)) => {
             eprintln!(
                 "error: drift: applied migrations no longer match their files. Nothing was run."
             );
@@ -89,7 +103,7 @@ fn report(err: &DbError, format: Format) -> u8 {
             }
             eprintln!("  Restore the applied files as they were and put changes in a new revision (`phased db new`);\n  if the edit is intended (e.g. a comment), record the new checksums with `phased db stamp`.");
         }
-        DbError::Version(VersionError::Failed {
+        Some(VersionError::Failed {
             revision,
             direction,
             error,
@@ -108,7 +122,7 @@ fn report(err: &DbError, format: Format) -> u8 {
             }
             eprintln!("  {revision} is not recorded. Fix the cause and run the command again; `phased db current` shows where the database stands.");
         }
-        other => eprintln!("error: {other}"),
+        _ => eprintln!("error: {err}"),
     }
     code
 }

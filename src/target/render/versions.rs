@@ -66,11 +66,9 @@ pub fn script_text(dialect: Dialect, run: &MigrationRun<'_>) -> String {
         Dialect::Sqlite => "BEGIN IMMEDIATE;\n",
     });
     set(&mut out, "LOCAL ");
-    if run.transactional {
-        if !script.is_empty() {
-            out.push_str(script);
-            out.push('\n');
-        }
+    if run.transactional && !script.is_empty() {
+        out.push_str(script);
+        out.push('\n');
     }
     for sql in bookkeeping(dialect, run) {
         out.push_str(&sql);
