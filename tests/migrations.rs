@@ -788,3 +788,79 @@ async fn plan_step_refuses_on_drift_without_running() {
     );
     assert!(!db.has_table("orders").await);
 }
+
+#[tokio::test]
+async fn new_starts_a_history_then_revises_its_head() {
+    let db = TestDb::sqlite();
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path().join("migrations");
+    let first = db_ok(&db, &dir, &["new", "-m", "create widgets"]);
+    assert!(first.contains("revises <base>"), "{first}");
+    let first_rev = first.split("(revision ").nth(1).unwrap()[..12].to_string();
+    let second = db_ok(&db, &dir, &["new", "-m", "add widget colour"]);
+    assert!(
+        second.contains(&format!("revises {first_rev})")),
+        "{second}"
+    );
+    let history = db_ok(&db, &dir, &["history"]);
+    assert_eq!(history.lines().count(), 2, "{history}");
+    assert!(
+        history.ends_with(&format!("<base> -> {first_rev}, create widgets\n")),
+        "{history}"
+    );
+    // Empty templates apply and undo cleanly.
+    assert!(db_ok(&db, &dir, &["upgrade"]).ends_with("(head)\n"));
+    assert_eq!(db_ok(&db, &dir, &["downgrade", "base"]), "<base>\n");
+}
+
+#[tokio::test]
+async fn json_output_for_machines() {
+    let db = TestDb::sqlite();
+    let dir = examples_dir();
+    let out = phased_cmd()
+        .args(["--format", "json", "db", "upgrade", "8d3e", "--dir"])
+        .arg(&dir)
+        .arg("--database")
+        .arg(db.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert_eq!(lines[0]["event"], "migration");
+    assert_eq!(lines[0]["revision"], INITIAL);
+    assert_eq!(
+        lines[2],
+        serde_json::json!({"event": "done", "heads": [ORDERS]})
+    );
+}
+
+#[tokio::test]
+async fn malformed_files_and_unknown_revisions_are_usage_errors() {
+    let db = TestDb::sqlite();
+    let folder = copy_examples(&[]);
+    let dir = folder.path();
+    let unknown = db_cmd(&db, dir, &["upgrade", "zz99"]);
+    assert_eq!(unknown.code, 2);
+    assert_eq!(
+        unknown.stderr,
+        "error: no revision matches `zz99`; `phased db history` lists them\n"
+    );
+    std::fs::write(
+        dir.join("bad.sql"),
+        "-- revision: bad1\n-- revises: none\n-- transactionl: false\n-- migrate:up\n",
+    )
+    .unwrap();
+    let bad = db_cmd(&db, dir, &["upgrade"]);
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr
+            .contains("bad.sql:3: unknown header key `transactionl`"),
+        "{}",
+        bad.stderr
+    );
+    assert_eq!(current(&db, &examples_dir()), vec!["<base>"]);
+}
