@@ -662,7 +662,7 @@ async fn lock_timeouts_are_retried_until_the_lock_is_free_on_postgres() {
 async fn lease_is_exclusive(db: TestDb) {
     use phased::target::Target;
     let dir = examples_dir();
-    let key = phased::cli::db::lease_key(&dir);
+    let key = phased::engine::migrations::lease_key(&dir);
     let mut holder = db.target("other").await;
     let held = phased::with_target!(&mut holder, t => { t.ensure_state().await.unwrap(); t.acquire_lease(&key).await.unwrap() });
     assert!(held.is_none(), "the test takes the lease first");
@@ -863,4 +863,52 @@ async fn malformed_files_and_unknown_revisions_are_usage_errors() {
         bad.stderr
     );
     assert_eq!(current(&db, &examples_dir()), vec!["<base>"]);
+}
+
+async fn plan_step_waits_for_no_one(db: TestDb) {
+    use phased::target::Target;
+    let loaded = phased::plan::load(&repo_root().join("plans/migrations.yaml"))
+        .unwrap_or_else(|r| panic!("{}", r.render_plain()));
+    // `phased db …` on the same folder (keyed by its name) holds the lease.
+    let key = phased::engine::migrations::lease_key(Path::new("migrations"));
+    let mut holder = db.target("other").await;
+    phased::with_target!(&mut holder, t => t.ensure_state().await.unwrap());
+    if db.is_pg() {
+        phased::with_target!(&mut holder, t => assert!(t.acquire_lease(&key).await.unwrap().is_none()));
+    } else {
+        // On SQLite the lease is a row naming a live process: pid 1 on this host stands in for
+        // the other runner (this test's own pid would count as a stale lease of ours).
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        db.execute(&format!(
+            "INSERT INTO phased_lease (plan, pid, host) VALUES ('{key}', 1, '{}')",
+            host.trim()
+        ))
+        .await;
+    }
+    let (err, _) = crate::common::run(&db, &loaded, Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("another runner is applying the migrations in db:migrations"),
+        "{err}"
+    );
+    assert!(!db.has_table("customers").await);
+    if db.is_pg() {
+        phased::with_target!(&mut holder, t => t.release_lease(&key).await.unwrap());
+    } else {
+        db.execute("DELETE FROM phased_lease WHERE pid = 1").await;
+    }
+    crate::common::run_ok(&db, &loaded).await;
+    assert!(db.has_table("orders").await);
+}
+
+#[tokio::test]
+async fn plan_step_is_refused_while_db_commands_hold_the_folder_on_sqlite() {
+    plan_step_waits_for_no_one(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn plan_step_is_refused_while_db_commands_hold_the_folder_on_postgres() {
+    plan_step_waits_for_no_one(TestDb::pg().await).await;
 }

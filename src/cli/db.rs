@@ -1,8 +1,6 @@
 //! `phased db …`: Alembic-style versioned migrations. Resolve the folder, the database and the
 //! revision asked for; refuse on drift before anything runs; then run under the `db:<dir>` lease.
 
-use std::path::Path;
-
 use rand::Rng;
 
 use super::args::{Cli, DbAction, DbArgs, Format};
@@ -136,11 +134,6 @@ fn timeouts(args: &DbArgs) -> Timeouts {
         lock_timeout: args.lock_timeout.0,
         statement_timeout: std::time::Duration::ZERO,
     }
-}
-
-/// The lease key of a migrations folder.
-pub fn lease_key(dir: &Path) -> String {
-    format!("db:{}", dir.display())
 }
 
 async fn open(cli: &Cli) -> Result<AnyTarget, DbError> {
@@ -353,7 +346,7 @@ async fn migrate(
     let history = load(args)?;
     let spec = Spec::parse(revision)?;
     let mut target = open(cli).await?;
-    let key = lease_key(&args.dir);
+    let key = engine::lease_key(&args.dir);
     let timeouts = timeouts(args);
     let format = cli.format;
     with_target!(&mut target, t => {
@@ -459,7 +452,7 @@ async fn stamp(cli: &Cli, args: &DbArgs, revision: &str) -> Result<(), DbError> 
         .collect();
     let heads = history.heads_of(&set);
     let mut target = open(cli).await?;
-    let key = lease_key(&args.dir);
+    let key = engine::lease_key(&args.dir);
     with_target!(&mut target, t => {
         t.ensure_state().await?;
         if let Some(holder) = t.acquire_lease(&key).await? {

@@ -283,6 +283,21 @@ pub enum Progress<'a> {
     },
 }
 
+/// The single-runner lease of a migrations folder: `db:` and the folder's name, so that
+/// `phased db upgrade --dir migrations` and a plan's `migrations: { dir: ../migrations }` (or an
+/// absolute path) exclude each other.
+pub fn lease_key(dir: &std::path::Path) -> String {
+    let name = dir
+        .components()
+        .rev()
+        .find_map(|c| match c {
+            std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| dir.display().to_string());
+    format!("db:{name}")
+}
+
 fn step_error(e: impl std::fmt::Display) -> TargetError {
     TargetError::Unexpected(e.to_string())
 }
@@ -291,6 +306,27 @@ fn step_error(e: impl std::fmt::Display) -> TargetError {
 /// its first attempt only, so retries and resumes keep the original), then upgrades to `to`.
 /// A failed migration's error is returned as is, so the runner retries lock timeouts.
 pub async fn run_step<T: Target>(
+    target: &mut T,
+    base_dir: &std::path::Path,
+    step: &crate::plan::Migrations,
+    key: &crate::target::StepKey,
+    checkpoint: &mut Option<String>,
+    timeouts: Timeouts,
+) -> Result<(), TargetError> {
+    let key_name = lease_key(&step.dir);
+    if let Some(holder) = target.acquire_lease(&key_name).await? {
+        return Err(step_error(VersionError::LeaseHeld {
+            key: key_name,
+            holder: holder.description,
+        }));
+    }
+    let result = run_step_locked(target, base_dir, step, key, checkpoint, timeouts).await;
+    let released = target.release_lease(&key_name).await;
+    result?;
+    released
+}
+
+async fn run_step_locked<T: Target>(
     target: &mut T,
     base_dir: &std::path::Path,
     step: &crate::plan::Migrations,
@@ -342,12 +378,39 @@ pub async fn rollback_step<T: Target>(
 ) -> Result<(), VersionError> {
     let before = heads_before(checkpoint)?;
     let history = crate::migrations::load(&base_dir.join(&step.dir))?;
-    let state = checked_state(target, &history).await?;
-    let keep = path::closure(&history, &before);
-    let moves = path::down_to(&history, &applied(&state), &keep);
-    let prepared = prepare(&history, moves, target.dialect())?;
-    for p in &prepared {
-        tracing::info!("running {}", p.describe());
+    let key = lease_key(&step.dir);
+    if let Some(holder) = target.acquire_lease(&key).await? {
+        return Err(VersionError::LeaseHeld {
+            key,
+            holder: holder.description,
+        });
     }
-    apply(target, &prepared, timeouts, retry, &mut |_| {}).await
+    let result = async {
+        let state = checked_state(target, &history).await?;
+        let keep = path::closure(&history, &before);
+        let moves = path::down_to(&history, &applied(&state), &keep);
+        let prepared = prepare(&history, moves, target.dialect())?;
+        for p in &prepared {
+            tracing::info!("running {}", p.describe());
+        }
+        apply(target, &prepared, timeouts, retry, &mut |_| {}).await
+    }
+    .await;
+    let released = target.release_lease(&key).await;
+    result?;
+    Ok(released?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_key;
+    use std::path::Path;
+
+    #[test]
+    fn the_lease_is_keyed_by_the_folder_name() {
+        assert_eq!(lease_key(Path::new("migrations")), "db:migrations");
+        assert_eq!(lease_key(Path::new("../migrations/")), "db:migrations");
+        assert_eq!(lease_key(Path::new("/srv/app/migrations")), "db:migrations");
+        assert_eq!(lease_key(Path::new("db/versions")), "db:versions");
+    }
 }

@@ -26,8 +26,9 @@ pub struct PgTarget {
     pool: Pool,
     /// The connection that runs step work and state writes (kept for the whole run).
     work: Object,
-    /// The connection holding the plan's advisory lock, while it is held.
-    lease: Option<Object>,
+    /// The connections holding advisory-lock leases, by key (a plan's, and `db:<dir>` while a
+    /// `migrations` step runs inside it).
+    leases: std::collections::HashMap<String, Object>,
     url: String,
     key_types: std::collections::HashMap<String, Vec<String>>,
 }
@@ -101,7 +102,7 @@ impl PgTarget {
         Ok(Self {
             pool,
             work,
-            lease: None,
+            leases: Default::default(),
             url: url.to_string(),
             key_types: Default::default(),
         })
@@ -243,10 +244,13 @@ impl Target for PgTarget {
     }
 
     async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+        if self.leases.contains_key(plan) {
+            return Ok(None);
+        }
         let conn = self.connection().await?;
         match lease::try_acquire(&conn, plan).await? {
             None => {
-                self.lease = Some(conn);
+                self.leases.insert(plan.to_string(), conn);
                 Ok(None)
             }
             Some(holder) => Ok(Some(holder)),
@@ -254,7 +258,7 @@ impl Target for PgTarget {
     }
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
-        if let Some(conn) = self.lease.take() {
+        if let Some(conn) = self.leases.remove(plan) {
             lease::release(&conn, plan).await?;
         }
         Ok(())
