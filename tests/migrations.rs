@@ -225,7 +225,7 @@ async fn relative_steps_and_base(db: TestDb) {
     assert!(
         ambiguous
             .stderr
-            .contains(&format!("could go to {ORDERS_INDEX} or {EMAILS}")),
+            .contains(&format!("could apply {ORDERS_INDEX} or {EMAILS}")),
         "{}",
         ambiguous.stderr
     );

@@ -49,8 +49,13 @@ pub enum MigrationError {
     )]
     MultipleHeads { heads: Vec<String> },
     /// A relative move (`+N` / `-N`) has more than one way to go.
-    #[error("`{spec}` is ambiguous: from here it could go to {}; name the revision instead", options.join(" or "))]
-    AmbiguousStep { spec: String, options: Vec<String> },
+    #[error("`{spec}` is ambiguous: from here it could {verb} {}; name the revision instead", options.join(" or "))]
+    AmbiguousStep {
+        spec: String,
+        /// `apply` or `undo`.
+        verb: &'static str,
+        options: Vec<String>,
+    },
     /// A relative move goes past the end of the history.
     #[error("`{spec}` goes past the {end}: only {available} step(s) are possible")]
     OutOfRange {

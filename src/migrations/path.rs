@@ -145,6 +145,7 @@ fn relative_up(
             many => {
                 return Err(MigrationError::AmbiguousStep {
                     spec: spec.to_string(),
+                    verb: "apply",
                     options: many.iter().map(|s| s.to_string()).collect(),
                 })
             }
@@ -195,6 +196,7 @@ pub fn downgrade(
                     many => {
                         return Err(MigrationError::AmbiguousStep {
                             spec: spec.to_string(),
+                            verb: "undo",
                             options: many.to_vec(),
                         })
                     }
