@@ -103,12 +103,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
     // The section being read: (is_up, dialect), with its lines.
     let mut section: Option<(bool, Option<Dialect>, usize)> = None;
     let mut body: Vec<&str> = Vec::new();
+    // Lines of sections PostgreSQL would run that build or drop something CONCURRENTLY.
+    let mut concurrent: Vec<usize> = Vec::new();
 
     let normalised = text.replace("\r\n", "\n").replace('\r', "\n");
     let flush = |section: Option<(bool, Option<Dialect>, usize)>,
                  body: &mut Vec<&str>,
                  up: &mut Script,
-                 down: &mut Option<Script>|
+                 down: &mut Option<Script>,
+                 concurrent: &mut Vec<usize>|
      -> Result<(), MigrationError> {
         let Some((is_up, dialect, line)) = section else {
             return Ok(());
@@ -131,7 +134,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
                 ),
             ));
         }
-        *slot = Some(body.join("\n").trim().to_string());
+        let sql = body.join("\n").trim().to_string();
+        if dialect != Some(Dialect::Sqlite) && mentions_concurrently(&sql) {
+            concurrent.push(line);
+        }
+        *slot = Some(sql);
         body.clear();
         Ok(())
     };
@@ -144,7 +151,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
             .map(str::trim)
             .and_then(|c| c.strip_prefix("migrate:"))
         {
-            flush(section.take(), &mut body, &mut up, &mut down)?;
+            flush(
+                section.take(),
+                &mut body,
+                &mut up,
+                &mut down,
+                &mut concurrent,
+            )?;
             let mut words = marker.split_whitespace();
             let is_up = match words.next() {
                 Some("up") => true,
@@ -259,7 +272,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
             }
         }
     }
-    flush(section.take(), &mut body, &mut up, &mut down)?;
+    flush(
+        section.take(),
+        &mut body,
+        &mut up,
+        &mut down,
+        &mut concurrent,
+    )?;
 
     let last = normalised.lines().count().max(1);
     let revision =
@@ -276,6 +295,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
     if up.is_empty() {
         return Err(err(last, "missing `-- migrate:up` section".to_string()));
     }
+    if let (true, Some(&line)) = (transactional, concurrent.first()) {
+        return Err(err(
+            line,
+            "this section runs CONCURRENTLY, which PostgreSQL refuses inside a transaction: add `-- transactional: false` to the header".to_string(),
+        ));
+    }
     Ok(Migration {
         revision,
         revises,
@@ -286,6 +311,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
         down,
         path: path.to_path_buf(),
         checksum: checksum(text),
+    })
+}
+
+/// Does the SQL (outside comments) use `CONCURRENTLY`?
+fn mentions_concurrently(sql: &str) -> bool {
+    super::statements::split(sql).iter().any(|statement| {
+        statement
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .any(|l| l.to_ascii_uppercase().contains("CONCURRENTLY"))
     })
 }
 
@@ -388,6 +423,27 @@ mod tests {
         assert!(e.to_string().contains("missing `-- revision: ID`"), "{e}");
         let e = p("-- revision: a1\n-- revises: none\n").unwrap_err();
         assert!(e.to_string().contains("missing `-- migrate:up`"), "{e}");
+    }
+
+    #[test]
+    fn concurrently_needs_transactional_false() {
+        let text = "-- revision: a1\n-- revises: none\n-- migrate:up\n-- not CONCURRENTLY in a comment\nSELECT 1;\n-- migrate:up postgres\nCREATE INDEX CONCURRENTLY i ON t (x);\n";
+        let e = p(text).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("m.sql:6: this section runs CONCURRENTLY"),
+            "{e}"
+        );
+        let ok = text.replace(
+            "-- revises: none\n",
+            "-- revises: none\n-- transactional: false\n",
+        );
+        assert!(!p(&ok).unwrap().transactional);
+        // A comment alone does not count.
+        assert!(p(
+            "-- revision: a1\n-- revises: none\n-- migrate:up\n-- CONCURRENTLY later\nSELECT 1;\n"
+        )
+        .is_ok());
     }
 
     #[test]
