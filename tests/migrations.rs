@@ -912,3 +912,30 @@ async fn plan_step_is_refused_while_db_commands_hold_the_folder_on_sqlite() {
 async fn plan_step_is_refused_while_db_commands_hold_the_folder_on_postgres() {
     plan_step_waits_for_no_one(TestDb::pg().await).await;
 }
+
+#[test]
+fn validate_checks_the_migrations_folder_and_target() {
+    let folder = copy_examples(&[MERGE]);
+    let plan_dir = tempfile::tempdir().unwrap();
+    let plan = plan_dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "plan: m\nphases:\n  - name: m\n    kind: migrate\n    steps:\n      - migrations: {{ dir: {}, to: head }}\n",
+            folder.path().display()
+        ),
+    )
+    .unwrap();
+    let out = phased_cmd().arg("validate").arg(&plan).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plan.yaml:6:9: error: migrations `to: head`: there are several heads"),
+        "{stderr}"
+    );
+    phased_cmd()
+        .arg("validate")
+        .arg(repo_root().join("plans/migrations.yaml"))
+        .assert()
+        .success();
+}
