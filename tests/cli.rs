@@ -1,1 +1,213 @@
+//! The binary end to end: validate, run, status --format json, exit codes.
 
+use predicates::prelude::*;
+
+use crate::common::{phased_cmd, repo_root, PgDb, SqliteDb};
+
+#[test]
+fn validate_accepts_the_example_plans() {
+    let mut cmd = phased_cmd();
+    cmd.arg("validate");
+    for entry in std::fs::read_dir(repo_root().join("plans")).expect("plans/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            cmd.arg(path);
+        }
+    }
+    cmd.assert()
+        .success()
+        .stdout(predicate::str::contains("quickstart.yaml: ok"));
+}
+
+#[test]
+fn validate_rejects_a_bad_plan_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "plan: bad\nphases:\n  - name: e\n    kind: expand\n    steps:\n      - drop_table: { name: t }\n",
+    )
+    .expect("write");
+    phased_cmd()
+        .arg("validate")
+        .arg(&path)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "bad.yaml:6:9: error: `drop_table` is destructive",
+        ))
+        .stdout(predicate::str::contains("invalid — 1 error(s)"));
+}
+
+#[test]
+fn usage_error_exits_2() {
+    phased_cmd().arg("run").assert().code(2);
+    phased_cmd().args(["frobnicate"]).assert().code(2);
+}
+
+fn quickstart() -> std::path::PathBuf {
+    repo_root().join("plans/quickstart.yaml")
+}
+
+#[test]
+fn quickstart_runs_on_the_default_sqlite_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    phased_cmd()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(quickstart())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "✓ contract#2 drop_column accounts.email",
+        ));
+    let db = dir.path().join("phased.db");
+    assert!(db.exists(), "the default database is sqlite://phased.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let (rows, filled): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(email_lower) FROM accounts",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("query");
+    assert_eq!((rows, filled), (5000, 5000));
+    let old: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('accounts') WHERE name = 'email'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("query");
+    assert_eq!(old, 0, "the old column is gone");
+    let sample: String = conn
+        .query_row("SELECT email_lower FROM accounts WHERE id = 42", [], |r| {
+            r.get(0)
+        })
+        .expect("query");
+    assert_eq!(sample, "user42@example.com");
+
+    // A second run is a no-op.
+    phased_cmd()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(quickstart())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "phase contract: skipped, already done",
+        ));
+
+    // status --format json: valid JSON, every step done.
+    let out = phased_cmd()
+        .current_dir(dir.path())
+        .args(["status", "--format", "json"])
+        .arg(quickstart())
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let status: serde_json::Value = serde_json::from_slice(&out).expect("status is JSON");
+    let steps: Vec<&serde_json::Value> = status["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .flat_map(|p| p["steps"].as_array().expect("steps"))
+        .collect();
+    assert_eq!(steps.len(), 9);
+    assert!(steps.iter().all(|s| s["status"] == "done"), "{status:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_runs_on_postgres() {
+    let db = PgDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    phased_cmd()
+        .current_dir(dir.path())
+        .args(["run", "--database", &db.url])
+        .arg(quickstart())
+        .assert()
+        .success();
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(email_lower), count(*) FILTER (WHERE email_lower = 'user42@example.com') FROM accounts",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (5000, 5000, 1)
+    );
+    let old: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'email'",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(old, 0);
+    // DATABASE_URL works as well as --database, and the second run is a no-op.
+    phased_cmd()
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .arg("run")
+        .arg(quickstart())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "phase setup: skipped, already done",
+        ));
+}
+
+#[test]
+fn a_failing_step_exits_1_and_a_fixed_rerun_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = SqliteDb::new();
+    let path = dir.path().join("p.yaml");
+    let write = |sql: &str| {
+        std::fs::write(
+            &path,
+            format!("plan: p\nphases:\n  - name: e\n    kind: expand\n    steps:\n      - create_table: {{ name: t, columns: [ {{ name: id, type: integer, primary_key: true }} ] }}\n      - sql: \"{sql}\"\n"),
+        )
+        .expect("write")
+    };
+    write("INSERT INTO nope VALUES (1)");
+    phased_cmd()
+        .args(["run", "--database", &db.url()])
+        .arg(&path)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "step e#2 (sql INSERT INTO nope VALUES (1)) failed",
+        ))
+        .stderr(predicate::str::contains("no such table: nope"))
+        .stderr(predicate::str::contains("again to resume"));
+    write("INSERT INTO t VALUES (1)");
+    phased_cmd()
+        .args(["run", "--database", &db.url()])
+        .arg(&path)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "e#1 create_table t — skipped, already done",
+        ));
+}
+
+#[test]
+fn a_bad_database_url_is_a_usage_error_without_the_password() {
+    phased_cmd()
+        .args(["run", "--database", "mysql://app:hunter2@db/x"])
+        .arg(quickstart())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("mysql://app:***@db/x"))
+        .stderr(predicate::str::contains("hunter2").not());
+}

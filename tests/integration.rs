@@ -2,6 +2,7 @@
 
 mod common;
 
+mod backups;
 mod cli;
 mod engine_steps;
 mod migrations;

@@ -1,1 +1,148 @@
+//! Rendered errors for bad plans: each names file:line:column, says what was expected, and shows
+//! the source line with a caret. Snapshots in tests/snapshots/.
 
+use std::path::Path;
+
+fn errors(yaml: &str) -> String {
+    match phased::plan::parse_str("plan.yaml", yaml, Path::new("tests")) {
+        Ok(_) => panic!("the plan was accepted, but it is invalid:\n{yaml}"),
+        Err(report) => report.render_plain(),
+    }
+}
+
+const HEAD: &str = "plan: demo\nphases:\n";
+
+fn with_phases(phases: &str) -> String {
+    format!("{HEAD}{phases}")
+}
+
+#[test]
+fn yaml_syntax_error() {
+    insta::assert_snapshot!(errors("plan: demo\nphases: [\n  - name: x\n"));
+}
+
+#[test]
+fn unknown_top_level_key() {
+    insta::assert_snapshot!(errors(
+        "plan: demo\ndescripton: typo\nphases:\n  - name: e\n    kind: expand\n    steps:\n      - drop_index: { name: i }\n"
+    ));
+}
+
+#[test]
+fn unknown_step_field() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - add_column: { table: t, nme: c, type: text }\n"
+    )));
+}
+
+#[test]
+fn missing_field() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - add_column: { table: t, name: c }\n"
+    )));
+}
+
+#[test]
+fn wrong_type() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: m\n    kind: migrate\n    steps:\n      - backfill: { table: t, set: { c: \"1\" }, batch_size: lots }\n"
+    )));
+}
+
+#[test]
+fn unknown_step_kind() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - add_colum: { table: t, name: c, type: text }\n"
+    )));
+}
+
+#[test]
+fn unknown_phase_kind() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expnad\n    steps:\n      - sql: SELECT 1\n"
+    )));
+}
+
+#[test]
+fn bad_duration() {
+    insta::assert_snapshot!(errors(
+        "plan: demo\ndefaults:\n  lock_timeout: 2 seconds\nphases:\n  - name: e\n    kind: expand\n    steps:\n      - sql: SELECT 1\n"
+    ));
+}
+
+#[test]
+fn duplicate_phase_names() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - sql: SELECT 1\n  - name: e\n    kind: contract\n    steps:\n      - sql: SELECT 2\n"
+    )));
+}
+
+#[test]
+fn empty_phase() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps: []\n"
+    )));
+}
+
+#[test]
+fn destructive_step_outside_contract() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - drop_column: { table: t, name: c }\n"
+    )));
+}
+
+#[test]
+fn backfill_outside_migrate() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - backfill: { table: t, set: { c: \"1\" } }\n"
+    )));
+}
+
+#[test]
+fn flag_outside_switch_flag() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: m\n    kind: migrate\n    steps:\n      - flag: { name: f, value: true }\n"
+    )));
+}
+
+#[test]
+fn sql_file_missing() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - sql: { file: no/such/file.sql }\n"
+    )));
+}
+
+#[test]
+fn gate_refers_to_later_phase() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    gate:\n      - phase_done: c\n    steps:\n      - sql: SELECT 1\n  - name: c\n    kind: contract\n    steps:\n      - sql: SELECT 2\n"
+    )));
+}
+
+#[test]
+fn volatile_default_on_existing_table() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - add_column: { table: t, name: created, type: timestamptz, default: \"now()\" }\n"
+    )));
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let out = errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - drop_table: { name: old }\n      - flag: { name: f, value: true }\n  - name: e\n    kind: migrate\n    steps: []\n",
+    ));
+    assert_eq!(out.matches("error:").count(), 4, "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn valid_example_plans_pass() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/plans")).expect("plans/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            if let Err(report) = phased::plan::load(&path) {
+                panic!("{} is invalid:\n{}", path.display(), report.render_plain());
+            }
+        }
+    }
+}

@@ -55,6 +55,19 @@ pub enum Command {
     },
     /// Alembic-style versioned migrations: one SQL file per revision in a folder.
     Db(DbArgs),
+    /// List the recorded backups of a plan, newest first.
+    Backups { plan: PathBuf },
+    /// Restore a backup into the database it was taken from, or the one given with --database.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file (as listed by `phased backups PLAN`).
+    pub backup: PathBuf,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

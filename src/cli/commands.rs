@@ -21,10 +21,12 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
         Command::Db(args) => super::db::execute(&cli, args).await,
+        Command::Backups { plan } => super::backups::list(&cli, plan).await,
+        Command::Restore(args) => super::backups::restore(&cli, args).await,
     }
 }
 
-fn color() -> bool {
+pub(super) fn color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
@@ -74,7 +76,10 @@ fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
 }
 
 /// Loads the plan and opens the database, or prints why not and returns the exit code.
-async fn prepare(cli: &Cli, path: &Path) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
+pub(super) async fn prepare(
+    cli: &Cli,
+    path: &Path,
+) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
     let loaded = config::load_plan(path).map_err(|report| {
         eprint!("{}", report.render_for(color()));
         exit::INVALID
@@ -100,16 +105,23 @@ fn reporter(format: Format) -> Box<dyn Reporter> {
 /// Prints an engine error the way an operator needs it, and maps it to its exit code.
 fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
     let code = match err {
-        EngineError::StepFailed { .. } | EngineError::Drift { .. } | EngineError::Target(_) => {
-            exit::FAILED
-        }
+        EngineError::StepFailed { .. }
+        | EngineError::Drift { .. }
+        | EngineError::Target(_)
+        | EngineError::Backup { .. } => exit::FAILED,
         EngineError::GateNotMet(_) => exit::GATE,
         EngineError::LeaseHeld { .. } => exit::LOCKED,
         EngineError::Usage(_) => exit::INVALID,
     };
     if format == Format::Json {
-        let line =
+        let mut line =
             serde_json::json!({"event": "error", "exit_code": code, "message": err.to_string()});
+        if let EngineError::Backup {
+            hint: Some(hint), ..
+        } = err
+        {
+            line["hint"] = serde_json::Value::String(hint.clone());
+        }
         println!("{line}");
     }
     match err {
@@ -137,6 +149,21 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         EngineError::Drift { step, label } => {
             eprintln!("error: drift: step {step} ({label}) is done, but its definition in the plan changed since it ran.");
             eprintln!("  Nothing was executed. Restore the step as it was and put the change in a new step (or a new plan).");
+        }
+        EngineError::Backup {
+            phase,
+            message,
+            hint,
+        } => {
+            eprintln!("\nerror: the backup before phase `{phase}` failed");
+            eprintln!("  {}", message.replace('\n', "\n  "));
+            if let Some(hint) = hint {
+                eprintln!("  hint: {hint}");
+            }
+            eprintln!(
+                "  Phase `{phase}` did not start: none of its steps ran. Fix the cause and run `phased run {}` again.",
+                plan.display()
+            );
         }
         other => eprintln!("error: {other}"),
     }
@@ -186,6 +213,9 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
         return exit::OK;
     }
     println!("plan {} on {}", status.plan, status.database);
+    if let Some(note) = &status.restored {
+        println!("{}", super::backups::restore_line(note));
+    }
     for phase in &status.phases {
         println!("\n{} ({}) — {}", phase.name, phase.kind, phase.status);
         for step in &phase.steps {

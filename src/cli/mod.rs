@@ -1,6 +1,7 @@
 //! The command line: parse → resolve → execute, and the mapping of outcomes to exit codes.
 
 pub mod args;
+pub mod backups;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -76,7 +76,14 @@ impl Reporter for HumanReporter {
                 "phased: plan {plan} on {database} — phases: {}",
                 phases.join(" → ")
             )),
-            Event::PhaseStart { phase, kind } => self.line(format!("\n▸ phase {phase} ({kind})")),
+            Event::PhaseStart {
+                phase,
+                kind,
+                description,
+            } => self.line(match description {
+                Some(d) => format!("\n▸ phase {phase} ({kind}): {d}"),
+                None => format!("\n▸ phase {phase} ({kind})"),
+            }),
             Event::PhaseSkipped { phase, reason } => {
                 self.line(format!("▸ phase {phase}: skipped, {reason}"))
             }
@@ -191,6 +198,62 @@ impl Reporter for HumanReporter {
             } => {
                 self.end_bar();
                 self.line(format!("\n{outcome} in {}", secs(*elapsed_ms)))
+            }
+            Event::BackupStart { phase, path } => {
+                self.end_bar();
+                if self.terminal {
+                    let span = tracing::info_span!("phased_progress");
+                    span.pb_set_style(
+                        &ProgressStyle::with_template(
+                            "  {spinner} {msg}: {bytes} written ({bytes_per_sec}, {elapsed})",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    span.pb_set_message(&format!("backup before {phase}"));
+                    span.pb_start();
+                    self.bar = Some((span, format!("backup:{phase}")));
+                } else {
+                    self.line(format!("  backup before {phase} → {path}"));
+                }
+            }
+            Event::BackupProgress { phase, bytes } => {
+                if let Some((span, id)) = &self.bar {
+                    if id == &format!("backup:{phase}") {
+                        span.pb_set_position(*bytes);
+                        span.pb_tick();
+                    }
+                }
+            }
+            Event::BackupDone {
+                phase,
+                path,
+                size_bytes,
+                sha256,
+                duration_ms,
+                verified,
+            } => {
+                self.end_bar();
+                self.line(format!(
+                    "  ✓ backup before {phase}: {path} ({}, sha256 {}…, {}, {})",
+                    indicatif::HumanBytes(*size_bytes),
+                    sha256.get(..12).unwrap_or(sha256),
+                    if *verified {
+                        "verified"
+                    } else {
+                        "NOT verified"
+                    },
+                    secs(*duration_ms)
+                ))
+            }
+            Event::BackupFailed { phase, error } => {
+                self.end_bar();
+                self.line(format!(
+                    "  ✗ backup before {phase}: {}",
+                    error.lines().next().unwrap_or("")
+                ))
+            }
+            Event::BackupPruned { path } => {
+                self.line(format!("  · pruned old backup {path} (backup.keep)"))
             }
         }
     }

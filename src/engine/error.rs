@@ -32,4 +32,12 @@ pub enum EngineError {
     /// The database failed outside a step (state tables, lease).
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// The backup a phase must be preceded by could not be taken; the phase did not start.
+    #[error("backup before phase `{phase}` failed: {message}")]
+    Backup {
+        phase: String,
+        message: String,
+        /// What to fix.
+        hint: Option<String>,
+    },
 }

@@ -25,6 +25,7 @@ pub enum Event {
     PhaseStart {
         phase: String,
         kind: String,
+        description: Option<String>,
     },
     PhaseSkipped {
         phase: String,
@@ -84,6 +85,34 @@ pub enum Event {
     RunEnd {
         outcome: String,
         elapsed_ms: u64,
+    },
+    /// A backup before a phase starts being written.
+    BackupStart {
+        phase: String,
+        path: String,
+    },
+    /// Bytes of the backup written so far.
+    BackupProgress {
+        phase: String,
+        bytes: u64,
+    },
+    /// The backup is written, verified and recorded.
+    BackupDone {
+        phase: String,
+        path: String,
+        size_bytes: u64,
+        sha256: String,
+        duration_ms: u64,
+        verified: bool,
+    },
+    /// The backup could not be written or verified; the phase does not start.
+    BackupFailed {
+        phase: String,
+        error: String,
+    },
+    /// An old backup was deleted to honour `backup.keep`.
+    BackupPruned {
+        path: String,
     },
 }
 

@@ -2,6 +2,7 @@
 //! in the target so any run can be resumed, inspected or gated.
 
 pub mod backfill;
+pub mod backup;
 pub mod command;
 pub mod error;
 pub mod events;

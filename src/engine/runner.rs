@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
-use super::{backfill, command, gate, retry, EngineError};
+use super::{backfill, backup, command, gate, retry, EngineError};
 use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
 use crate::target::render::render_step;
 use crate::target::{StepKey, StepRecord, StepStart, StepStatus, Target, TargetError, Timeouts};
@@ -154,6 +154,17 @@ async fn run_locked<T: Target>(
         )));
     }
 
+    // A phase preceded by a backup: check the tools and the folder before anything runs.
+    if let Some(phase_index) = range.clone().find(|&i| {
+        backup::wanted_before(plan, &plan.phases.value[i].value)
+            && steps
+                .iter()
+                .any(|(s, _)| s.phase_index == i && !is_done(&records, s))
+    }) {
+        let name = plan.phases.value[phase_index].value.name();
+        backup::preflight(target, loaded, name).await?;
+    }
+
     reporter.emit(&Event::RunStart {
         plan: plan.id().to_string(),
         database: target.describe(),
@@ -177,10 +188,19 @@ async fn run_locked<T: Target>(
             continue;
         }
         gate::check_phase(target, plan, phase, reporter).await?;
+        if backup::wanted_before(plan, phase) {
+            let underway = phase_steps.iter().any(|(s, _)| {
+                records
+                    .get(&(s.phase.clone(), s.index as i32))
+                    .is_some_and(|r| r.status != StepStatus::Pending)
+            });
+            backup::before_phase(target, loaded, phase, underway, reporter).await?;
+        }
         let phase_started = Instant::now();
         reporter.emit(&Event::PhaseStart {
             phase: phase.name().to_string(),
             kind: phase.kind().to_string(),
+            description: phase.description.clone(),
         });
         for (step, def) in phase_steps {
             let id = step_id(step, def);
@@ -217,7 +237,7 @@ async fn run_locked<T: Target>(
         });
     }
     reporter.emit(&Event::RunEnd {
-        outcome: "done".to_string(),
+        outcome: format!("plan {} done", plan.id()),
         elapsed_ms: millis(started.elapsed()),
     });
     Ok(())

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use super::runner::load_records;
 use crate::plan::Plan;
+use crate::target::backup::RestoreNote;
 use crate::target::{StepStatus, Target, TargetError};
 
 #[derive(Debug, Clone, Serialize)]
@@ -11,6 +12,8 @@ pub struct PlanStatus {
     pub plan: String,
     pub database: String,
     pub phases: Vec<PhaseStatus>,
+    /// The database was restored from a backup (its state is the backup's).
+    pub restored: Option<RestoreNote>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,5 +98,6 @@ pub async fn status<T: Target>(target: &mut T, plan: &Plan) -> Result<PlanStatus
         plan: plan.id().to_string(),
         database: target.describe(),
         phases,
+        restored: target.last_restore().await?,
     })
 }

@@ -38,7 +38,7 @@ impl PlanDuration {
         let value: f64 = number.parse().map_err(|_| {
             format!("`{text}` is not a duration: expected a number then a unit, e.g. `2s`")
         })?;
-        let millis_per_unit = match unit {
+        let millis_per_unit = match unit.trim() {
             "ms" => 1.0,
             "s" => 1_000.0,
             "m" | "min" => 60_000.0,

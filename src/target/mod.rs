@@ -1,5 +1,6 @@
 //! The databases phased deploys to. Only this module speaks SQL; the engine drives it through [`Target`].
 
+pub mod backup;
 pub mod error;
 pub mod postgres;
 pub mod render;
@@ -11,7 +12,10 @@ pub use error::TargetError;
 pub use render::{Dialect, Unit};
 pub use url::DatabaseUrl;
 
+use std::path::Path;
 use std::time::Duration;
+
+use backup::{BackupError, BackupRecord, RestoreNote};
 
 /// Status of one step as stored in the target's state tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -240,6 +244,34 @@ pub trait Target {
 
     /// Evaluates a query that must return one boolean.
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError>;
+
+    /// Checks, before anything runs, that a backup can be written (PostgreSQL: `pg_dump` and
+    /// `pg_restore` are there and not older than the server).
+    async fn check_backup_tools(&mut self) -> Result<(), BackupError>;
+
+    /// Writes a backup of the database (PostgreSQL: or only `tables`, with phased's state) to
+    /// `file` and verifies it reads back; `progress` gets the bytes written so far.
+    async fn write_backup(
+        &mut self,
+        file: &Path,
+        tables: &[String],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackupError>;
+
+    /// Records a verified backup in the state; returns its id.
+    async fn record_backup(&mut self, backup: &BackupRecord) -> Result<i64, TargetError>;
+
+    /// The recorded backups of a plan (of every plan when `None`), newest first.
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError>;
+
+    /// Deletes a backup's record (the engine deletes its file).
+    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError>;
+
+    /// Notes in the state that the database was restored from a backup.
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError>;
+
+    /// The last restore noted in the state.
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError>;
 
     /// The applied versioned migrations and the version heads (empty before the state tables exist).
     async fn version_state(&mut self) -> Result<VersionState, TargetError>;

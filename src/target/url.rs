@@ -67,9 +67,55 @@ pub fn redact(url: &str) -> String {
     out
 }
 
+/// The URL with any password left out entirely (to record where a backup came from).
+pub fn without_password(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map(|i| rest_start + i)
+            .unwrap_or(out.len());
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon..rest_start + at, "");
+            }
+        }
+    }
+    if let Some((base, query)) = out.split_once('?') {
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.starts_with("password="))
+            .collect();
+        out = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_passwords_out() {
+        assert_eq!(
+            without_password("postgres://app:s3cret@db:5432/prod"),
+            "postgres://app@db:5432/prod"
+        );
+        assert_eq!(
+            without_password("postgres://db/prod?user=a&password=x&sslmode=require"),
+            "postgres://db/prod?user=a&sslmode=require"
+        );
+        assert_eq!(
+            without_password("postgres://db/prod?password=x"),
+            "postgres://db/prod"
+        );
+    }
 
     #[test]
     fn redacts_passwords() {

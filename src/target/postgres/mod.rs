@@ -2,6 +2,7 @@
 //! built `CONCURRENTLY` outside transactions, the runner lease as a session advisory lock.
 
 mod backfill;
+pub mod backup;
 mod lease;
 mod state;
 mod versions;
@@ -13,6 +14,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::render::{literal, Dialect, Unit};
 use super::url::redact;
 use super::{
@@ -411,6 +413,41 @@ impl Target for PgTarget {
         row.try_get::<_, Option<bool>>(0)
             .map(|v| v.unwrap_or(false))
             .map_err(|_| TargetError::Unexpected(format!("`{sql}` did not return a boolean")))
+    }
+
+    async fn check_backup_tools(&mut self) -> Result<(), BackupError> {
+        backup::check_tools(&self.work).await
+    }
+
+    async fn write_backup(
+        &mut self,
+        file: &std::path::Path,
+        tables: &[String],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackupError> {
+        let selection = backup::selection(&self.work, tables).await?;
+        backup::dump(&self.url, file, &selection, progress).await?;
+        backup::list(file).await.map(|_| ())
+    }
+
+    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, TargetError> {
+        backup::record(&self.work, record).await
+    }
+
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
+        backup::backups(&self.work, plan).await
+    }
+
+    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError> {
+        backup::forget(&self.work, id).await
+    }
+
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError> {
+        backup::record_restore(&self.work, note).await
+    }
+
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError> {
+        backup::last_restore(&self.work).await
     }
 
     async fn version_state(&mut self) -> Result<VersionState, TargetError> {

@@ -2,6 +2,7 @@
 //! lock_timeout, every unit in a `BEGIN IMMEDIATE` transaction that also records the step.
 
 mod backfill;
+pub mod backup;
 mod lease;
 mod state;
 mod versions;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
+use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::render::{ident, Dialect, Unit};
 use super::{
     BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
@@ -275,6 +277,44 @@ impl Target for SqliteTarget {
                 "`{sql}` did not return a boolean (got {other:?})"
             ))),
         }
+    }
+
+    async fn check_backup_tools(&mut self) -> Result<(), BackupError> {
+        Ok(())
+    }
+
+    async fn write_backup(
+        &mut self,
+        file: &Path,
+        tables: &[String],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackupError> {
+        if !tables.is_empty() {
+            tracing::warn!(
+                "backup.tables applies to PostgreSQL only; the SQLite backup holds the whole database"
+            );
+        }
+        backup::write(&self.conn, file, progress)
+    }
+
+    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, TargetError> {
+        backup::record(&self.conn, record)
+    }
+
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
+        backup::backups(&self.conn, plan)
+    }
+
+    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError> {
+        backup::forget(&self.conn, id)
+    }
+
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError> {
+        backup::record_restore(&self.conn, note)
+    }
+
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError> {
+        backup::last_restore(&self.conn)
     }
 
     async fn version_state(&mut self) -> Result<VersionState, TargetError> {
