@@ -6,4 +6,6 @@ mod backups;
 mod cli;
 mod engine_steps;
 mod migrations;
+mod online_safety;
 mod plan_errors;
+mod sqlite_rebuild;

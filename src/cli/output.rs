@@ -116,14 +116,42 @@ impl Reporter for HumanReporter {
                 attempt,
                 error,
                 wait_ms,
-            } => self.line(format!(
-                "  ↻ {}#{} {}: attempt {attempt} failed ({}); retrying in {}",
-                step.phase,
-                step.step,
-                step.label,
-                error.lines().next().unwrap_or(""),
-                secs(*wait_ms)
-            )),
+                blockers,
+            } => {
+                let mut text = format!(
+                    "  ↻ {}#{} {}: attempt {attempt} failed ({}); retrying in {}",
+                    step.phase,
+                    step.step,
+                    step.label,
+                    error.lines().next().unwrap_or(""),
+                    secs(*wait_ms)
+                );
+                for blocker in blockers {
+                    text.push_str(&format!("\n      blocked by {blocker}"));
+                }
+                self.line(text)
+            }
+            Event::StepWaiting {
+                step,
+                attempt,
+                table,
+                lock,
+                blockers,
+                wait_ms,
+            } => {
+                let mut text = format!(
+                    "  ⏸ {}#{} {}: not queueing for {lock} on {table} (attempt {attempt}): {} session(s) hold conflicting locks; looking again in {}",
+                    step.phase,
+                    step.step,
+                    step.label,
+                    blockers.len(),
+                    secs(*wait_ms)
+                );
+                for blocker in blockers {
+                    text.push_str(&format!("\n      held by {blocker}"));
+                }
+                self.line(text)
+            }
             Event::StepEnd { step, elapsed_ms } => {
                 self.end_bar();
                 self.line(format!(
@@ -136,7 +164,13 @@ impl Reporter for HumanReporter {
             }
             Event::StepFailed { step, error, sql } => {
                 self.end_bar();
-                let mut text = format!("  ✗ {}#{} {}: {error}", step.phase, step.step, step.label);
+                let mut text = format!(
+                    "  ✗ {}#{} {}: {}",
+                    step.phase,
+                    step.step,
+                    step.label,
+                    error.replace('\n', "\n    ")
+                );
                 if let Some(sql) = sql {
                     text.push_str(&format!("\n    SQL: {}", sql.replace('\n', "\n         ")));
                 }

@@ -57,6 +57,19 @@ pub enum Event {
         attempt: u32,
         error: String,
         wait_ms: u64,
+        /// The sessions holding conflicting locks when the attempt failed (PostgreSQL).
+        blockers: Vec<String>,
+    },
+    /// Look before you queue: other sessions hold locks the step's statement would queue behind
+    /// (making application queries queue behind it in turn), so phased waits without asking.
+    StepWaiting {
+        #[serde(flatten)]
+        step: StepId,
+        attempt: u32,
+        table: String,
+        lock: String,
+        blockers: Vec<String>,
+        wait_ms: u64,
     },
     StepEnd {
         #[serde(flatten)]

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter, StepId};
 use super::{backfill, backup, command, gate, retry, EngineError};
 use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
+use crate::target::lock::locks_needed;
 use crate::target::render::render_step;
-use crate::target::{StepKey, StepRecord, StepStart, StepStatus, Target, TargetError, Timeouts};
+use crate::target::{
+    Blocker, LockMode, StepKey, StepRecord, StepStart, StepStatus, TableLock, Target, TargetError,
+    Timeouts,
+};
 
 /// Which phases to run, and how.
 #[derive(Debug, Clone, Default)]
@@ -273,6 +277,10 @@ pub(crate) fn timeouts_for(plan: &Plan, def: &Step) -> Timeouts {
 }
 
 /// Runs one step with bounded retries on lock timeouts, deadlocks and serialization failures.
+///
+/// Before each attempt it looks before it queues: while other sessions hold locks on the step's
+/// table that its statement would queue behind (and application queries would then queue behind
+/// phased), it waits and looks again instead of attempting. Those waits use the same retry budget.
 async fn run_step<T: Target>(
     target: &mut T,
     loaded: &LoadedPlan,
@@ -286,6 +294,8 @@ async fn run_step<T: Target>(
     let key = key_of(plan, step);
     let label = def.label();
     let policy = plan.defaults.retry;
+    let allowed = policy.attempts.max(1);
+    let needed = locks_needed(def);
     let mut attempt = 0u32;
     // A backfill resumes from its checkpoint, even across attempts.
     let mut checkpoint = record.and_then(|r| r.checkpoint.clone());
@@ -303,6 +313,44 @@ async fn run_step<T: Target>(
             step: step_id(step, def),
             attempt,
         });
+        if let Some((lock, blockers)) = first_blocked(target, &needed).await? {
+            let lines: Vec<String> = blockers.iter().map(ToString::to_string).collect();
+            let message = format!(
+                "not attempted: {} other session(s) hold locks on `{}` that conflict with the {} lock this step needs; \
+                 queueing behind them would make application queries queue behind phased{}",
+                blockers.len(),
+                lock.table,
+                lock.mode,
+                blocked_by(&lines)
+            );
+            if attempt < allowed {
+                let wait = retry::backoff(&policy, attempt);
+                reporter.emit(&Event::StepWaiting {
+                    step: step_id(step, def),
+                    attempt,
+                    table: lock.table.clone(),
+                    lock: lock.mode.to_string(),
+                    blockers: lines,
+                    wait_ms: millis(wait),
+                });
+                target.fail_step(&key, &message).await?;
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let message = format!(
+                "{message}\ngave up after {attempt} attempt(s) (retry.attempts); run again once they are gone"
+            );
+            target.fail_step(&key, &message).await?;
+            reporter.emit(&Event::StepFailed {
+                step: step_id(step, def),
+                error: message.clone(),
+                sql: None,
+            });
+            return Err(StepFailure::Failed {
+                error: message,
+                sql: None,
+            });
+        }
         let result = execute(
             target,
             loaded,
@@ -318,18 +366,34 @@ async fn run_step<T: Target>(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        let message = error.to_string();
-        if error.is_retryable() && attempt < policy.attempts.max(1) {
+        let mut message = error.to_string();
+        let mut lines = Vec::new();
+        if error.is_retryable() {
+            // Who was in the way (best effort: a failure to look must not hide the real error).
+            for lock in locks_to_report(def, &needed) {
+                if let Ok(found) = target.blockers(&lock.table, lock.mode).await {
+                    lines.extend(found.iter().map(ToString::to_string));
+                }
+            }
+            message.push_str(&blocked_by(&lines));
+        }
+        if error.is_retryable() && attempt < allowed {
             let wait = retry::backoff(&policy, attempt);
             reporter.emit(&Event::StepRetry {
                 step: step_id(step, def),
                 attempt,
                 error: message.clone(),
                 wait_ms: millis(wait),
+                blockers: lines,
             });
             target.fail_step(&key, &message).await?;
             tokio::time::sleep(wait).await;
             continue;
+        }
+        if error.is_retryable() {
+            message.push_str(&format!(
+                "\ngave up after {attempt} attempt(s) (retry.attempts)"
+            ));
         }
         let sql = error.sql().map(str::to_string);
         let recorded = match &sql {
@@ -347,6 +411,49 @@ async fn run_step<T: Target>(
             sql,
         });
     }
+}
+
+/// The first needed lock that other sessions stand in the way of, with who they are.
+async fn first_blocked<T: Target>(
+    target: &mut T,
+    needed: &[TableLock],
+) -> Result<Option<(TableLock, Vec<Blocker>)>, TargetError> {
+    for lock in needed {
+        let found = target.blockers(&lock.table, lock.mode).await?;
+        if !found.is_empty() {
+            return Ok(Some((lock.clone(), found)));
+        }
+    }
+    Ok(None)
+}
+
+/// The locks to name blockers for after a failed attempt: the needed ones; for a backfill, who
+/// conflicts with its ROW EXCLUSIVE; for anything else on a table (a `CONCURRENTLY` index build
+/// or drop, which waits for every transaction that holds a lock on the table), every holder.
+fn locks_to_report(def: &Step, needed: &[TableLock]) -> Vec<TableLock> {
+    if !needed.is_empty() {
+        return needed.to_vec();
+    }
+    let mode = match def {
+        Step::Backfill(_) => LockMode::RowExclusive,
+        _ => LockMode::AccessExclusive,
+    };
+    def.table()
+        .map(|table| {
+            vec![TableLock {
+                table: table.to_string(),
+                mode,
+            }]
+        })
+        .unwrap_or_default()
+}
+
+/// `\nblocked by …` lines, for messages and the recorded last_error.
+fn blocked_by(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("\n  blocked by {l}"))
+        .collect()
 }
 
 /// One attempt at a step.

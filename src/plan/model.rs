@@ -349,6 +349,30 @@ impl Step {
         }
     }
 
+    /// The existing table the step changes, when there is one (look-before-you-queue and lock
+    /// reports use it). `create_table` makes a new table that nobody can hold a lock on yet;
+    /// `sql`, `migrations`, `flag` and `command` steps do not say which tables they touch.
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            Step::DropTable(s) => Some(&s.name),
+            Step::AddColumn(s) => Some(&s.table),
+            Step::DropColumn(s) => Some(&s.table),
+            Step::CreateIndex(s) => Some(&s.table),
+            Step::DropIndex(s) => s.table.as_deref(),
+            Step::AddCheck(s) => Some(&s.table),
+            Step::AddForeignKey(s) => Some(&s.table),
+            Step::SetNotNull(s) => Some(&s.table),
+            Step::DualWrite(s) => Some(&s.table),
+            Step::DropDualWrite(s) => Some(&s.table),
+            Step::Backfill(s) => Some(&s.table),
+            Step::CreateTable(_)
+            | Step::Flag(_)
+            | Step::Sql(_)
+            | Step::Migrations(_)
+            | Step::Command(_) => None,
+        }
+    }
+
     /// The step's own statement_timeout override, if it has one.
     pub fn statement_timeout(&self) -> Option<PlanDuration> {
         match self {

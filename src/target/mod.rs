@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod error;
+pub mod lock;
 pub mod postgres;
 pub mod render;
 pub mod sqlite;
@@ -9,6 +10,7 @@ pub mod state_schema;
 pub mod url;
 
 pub use error::TargetError;
+pub use lock::{Blocker, LockMode, TableLock};
 pub use render::{Dialect, Unit};
 pub use url::DatabaseUrl;
 
@@ -272,6 +274,11 @@ pub trait Target {
 
     /// The last restore noted in the state.
     async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError>;
+
+    /// Other sessions holding, or already queued for, a lock on `table` that conflicts with
+    /// `mode` (PostgreSQL: `pg_locks` + `pg_stat_activity`). Empty when the way is clear, when
+    /// the table does not exist, and on SQLite, which cannot tell who holds its lock.
+    async fn blockers(&mut self, table: &str, mode: LockMode) -> Result<Vec<Blocker>, TargetError>;
 
     /// The applied versioned migrations and the version heads (empty before the state tables exist).
     async fn version_state(&mut self) -> Result<VersionState, TargetError>;

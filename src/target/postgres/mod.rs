@@ -3,6 +3,7 @@
 
 mod backfill;
 pub mod backup;
+mod blockers;
 mod lease;
 mod state;
 mod versions;
@@ -29,8 +30,9 @@ pub struct PgTarget {
     /// The connection that runs step work and state writes (kept for the whole run).
     work: Object,
     /// The connections holding advisory-lock leases, by key (a plan's, and `db:<dir>` while a
-    /// `migrations` step runs inside it).
-    leases: std::collections::HashMap<String, Object>,
+    /// `migrations` step runs inside it), with their backend pids (not blockers: they only
+    /// hold advisory locks).
+    leases: std::collections::HashMap<String, (Object, i32)>,
     url: String,
     key_types: std::collections::HashMap<String, Vec<String>>,
 }
@@ -252,7 +254,13 @@ impl Target for PgTarget {
         let conn = self.connection().await?;
         match lease::try_acquire(&conn, plan).await? {
             None => {
-                self.leases.insert(plan.to_string(), conn);
+                let sql = "SELECT pg_backend_pid()";
+                let pid: i32 = conn
+                    .query_one(sql, &[])
+                    .await
+                    .map_err(|e| sql_error(e, sql))?
+                    .get(0);
+                self.leases.insert(plan.to_string(), (conn, pid));
                 Ok(None)
             }
             Some(holder) => Ok(Some(holder)),
@@ -260,7 +268,7 @@ impl Target for PgTarget {
     }
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
-        if let Some(conn) = self.leases.remove(plan) {
+        if let Some((conn, _)) = self.leases.remove(plan) {
             lease::release(&conn, plan).await?;
         }
         Ok(())
@@ -401,6 +409,15 @@ impl Target for PgTarget {
 
     async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError> {
         state::flags(&self.work).await
+    }
+
+    async fn blockers(
+        &mut self,
+        table: &str,
+        mode: super::LockMode,
+    ) -> Result<Vec<super::Blocker>, TargetError> {
+        let ours: Vec<i32> = self.leases.values().map(|(_, pid)| *pid).collect();
+        blockers::find(&self.work, table, mode, &ours).await
     }
 
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {

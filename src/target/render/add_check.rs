@@ -2,17 +2,21 @@
 //! a separate transaction under SHARE UPDATE EXCLUSIVE, which lets reads and writes go on.
 //! SQLite cannot add a constraint in place: the table is rebuilt.
 
-use super::{ident, Dialect, TableChange, Unit};
+use super::{ident, unless_constraint_exists, Dialect, TableChange, Unit};
 use crate::plan::AddCheck;
 
 pub fn render(step: &AddCheck, dialect: Dialect) -> Vec<Unit> {
     match dialect {
         Dialect::Postgres => vec![
-            Unit::Transaction(vec![format!(
-                "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID",
-                ident(&step.table),
-                ident(&step.name),
-                step.expression
+            Unit::Transaction(vec![unless_constraint_exists(
+                &step.table,
+                &step.name,
+                &format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID",
+                    ident(&step.table),
+                    ident(&step.name),
+                    step.expression
+                ),
             )]),
             Unit::Transaction(vec![format!(
                 "ALTER TABLE {} VALIDATE CONSTRAINT {}",

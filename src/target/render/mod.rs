@@ -67,7 +67,21 @@ impl Unit {
             Unit::Standalone(sql) | Unit::Script(sql) => sql.clone(),
             Unit::ConcurrentIndex { create, .. } => create.clone(),
             Unit::RebuildTable { table, change } => {
-                format!("-- rebuild table {table} (copy-table recipe): {change:?}")
+                let what = match change {
+                    TableChange::AddCheck { name, expression } => {
+                        format!("add CONSTRAINT {} CHECK ({expression})", ident(name))
+                    }
+                    TableChange::AddForeignKey { name, definition } => {
+                        format!("add CONSTRAINT {} {definition}", ident(name))
+                    }
+                    TableChange::SetNotNull { column } => {
+                        format!("make {} NOT NULL", ident(column))
+                    }
+                };
+                format!(
+                    "-- copy-table recipe on {}: {what}\n-- (create the new table, copy the rows, drop the old one, rename, recreate indexes and triggers, PRAGMA foreign_key_check; one transaction)",
+                    ident(table)
+                )
             }
         }
     }
@@ -98,6 +112,16 @@ pub fn ident_list(names: &[String]) -> String {
 /// A string literal (for catalog lookups that cannot take bind parameters, e.g. `regclass`).
 pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// PostgreSQL: runs `sql` (an `ALTER TABLE … ADD CONSTRAINT name …`) only when `table` has no
+/// constraint `name` yet, so a step retried after a later unit failed picks up where it stopped.
+pub fn unless_constraint_exists(table: &str, name: &str, sql: &str) -> String {
+    format!(
+        "DO $phased$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass AND conname = {}) THEN\n    {sql};\n  END IF;\nEND\n$phased$",
+        literal(&ident(table)),
+        literal(name)
+    )
 }
 
 /// The last part of a possibly schema-qualified name.

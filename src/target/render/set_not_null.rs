@@ -2,7 +2,7 @@
 //! EXCLUSIVE scan), then `SET NOT NULL` uses the validated check to skip its own scan, and the
 //! helper check is dropped. SQLite rebuilds the table.
 
-use super::{ident, Dialect, TableChange, Unit};
+use super::{ident, unless_constraint_exists, Dialect, TableChange, Unit};
 use crate::plan::SetNotNull;
 
 /// The helper check's name.
@@ -14,11 +14,16 @@ pub fn helper_name(table: &str, column: &str) -> String {
 pub fn render(step: &SetNotNull, dialect: Dialect) -> Vec<Unit> {
     let table = ident(&step.table);
     let column = ident(&step.column);
-    let check = ident(&helper_name(&step.table, &step.column));
+    let helper = helper_name(&step.table, &step.column);
+    let check = ident(&helper);
     match dialect {
         Dialect::Postgres => vec![
-            Unit::Transaction(vec![format!(
-                "ALTER TABLE {table} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID"
+            Unit::Transaction(vec![unless_constraint_exists(
+                &step.table,
+                &helper,
+                &format!(
+                    "ALTER TABLE {table} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID"
+                ),
             )]),
             Unit::Transaction(vec![format!(
                 "ALTER TABLE {table} VALIDATE CONSTRAINT {check}"

@@ -18,6 +18,26 @@ fn process_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Leases held by this process, by database file and plan: a row with our own pid is only stale
+/// when no runner in this process holds it (two runners can share a process, e.g. in tests or
+/// when phased is used as a library).
+static HELD_HERE: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn held_key(conn: &Connection, plan: &str) -> (String, String) {
+    let file = conn.path().unwrap_or("").to_string();
+    let file = std::fs::canonicalize(&file)
+        .map(|p| p.display().to_string())
+        .unwrap_or(file);
+    (file, plan.to_string())
+}
+
+fn held_here(key: &(String, String)) -> bool {
+    HELD_HERE
+        .lock()
+        .map(|held| held.contains(key))
+        .unwrap_or(false)
+}
+
 pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
     let me = std::process::id();
     let here = host();
@@ -30,10 +50,15 @@ pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHold
         .optional()
         .map_err(|e| sql_error(e, read))?;
     if let Some((pid, host, since)) = holder {
-        let stale = host == here && (!process_alive(pid) || pid == me);
+        let stale = host == here
+            && (!process_alive(pid) || (pid == me && !held_here(&held_key(&tx, plan))));
         if !stale {
             return Ok(Some(LeaseHolder {
-                description: format!("phased pid {pid} on {host}, since {since}"),
+                description: if pid == me {
+                    format!("another runner in this process (pid {pid}) on {host}, since {since}")
+                } else {
+                    format!("phased pid {pid} on {host}, since {since}")
+                },
             }));
         }
         tracing::info!(pid, host = %host, "taking over a stale lease from a runner that is gone");
@@ -43,6 +68,9 @@ pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHold
     tx.execute(write, params![plan, me, here])
         .map_err(|e| sql_error(e, write))?;
     tx.commit().map_err(|e| sql_error(e, "COMMIT"))?;
+    if let Ok(mut held) = HELD_HERE.lock() {
+        held.push(held_key(conn, plan));
+    }
     Ok(None)
 }
 
@@ -50,5 +78,9 @@ pub fn release(conn: &Connection, plan: &str) -> Result<(), TargetError> {
     let sql = "DELETE FROM phased_lease WHERE plan = ?1 AND pid = ?2";
     conn.execute(sql, params![plan, std::process::id()])
         .map_err(|e| sql_error(e, sql))?;
+    let key = held_key(conn, plan);
+    if let Ok(mut held) = HELD_HERE.lock() {
+        held.retain(|k| *k != key);
+    }
     Ok(())
 }

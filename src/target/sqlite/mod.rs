@@ -4,7 +4,9 @@
 mod backfill;
 pub mod backup;
 mod lease;
+mod rebuild;
 mod state;
+mod table_definition;
 mod versions;
 
 use std::path::{Path, PathBuf};
@@ -161,7 +163,7 @@ impl Target for SqliteTarget {
         self.with_busy_timeout(timeouts)?;
         let last_tx = units
             .iter()
-            .rposition(|u| matches!(u, Unit::Transaction(_)))
+            .rposition(|u| matches!(u, Unit::Transaction(_) | Unit::RebuildTable { .. }))
             .filter(|&i| i + 1 == units.len());
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some(key);
@@ -175,10 +177,8 @@ impl Target for SqliteTarget {
                     .conn
                     .execute_batch(create)
                     .map_err(|e| sql_error(e, create))?,
-                Unit::RebuildTable { table, .. } => {
-                    return Err(TargetError::Unexpected(format!(
-                    "rebuilding table `{table}` (SQLite's copy-table recipe) is not supported yet"
-                )))
+                Unit::RebuildTable { table, change } => {
+                    rebuild::rebuild(&mut self.conn, table, change, done)?
                 }
             }
         }
@@ -263,6 +263,16 @@ impl Target for SqliteTarget {
 
     async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError> {
         state::flags(&self.conn)
+    }
+
+    async fn blockers(
+        &mut self,
+        _table: &str,
+        _mode: super::LockMode,
+    ) -> Result<Vec<super::Blocker>, TargetError> {
+        // SQLite has one database-wide write lock and no way to ask who holds it; busy_timeout
+        // bounds the wait instead.
+        Ok(Vec::new())
     }
 
     async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {

@@ -1,0 +1,271 @@
+//! A table's `CREATE TABLE` text as SQLite stores it in `sqlite_schema`, split into its column
+//! and constraint definitions so the copy-table recipe can change one and write the rest back
+//! exactly as they were. Pure text work: quotes, brackets and comments are respected.
+
+/// `CREATE TABLE name (` … items … `) tail`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDefinition {
+    /// Column definitions and table constraints, as written (trimmed).
+    pub items: Vec<String>,
+    /// What follows the closing parenthesis (`WITHOUT ROWID`, `STRICT`), as written.
+    pub tail: String,
+}
+
+/// Why a stored definition cannot be rebuilt.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the definition of table `{table}`: {reason}")]
+pub struct DefinitionError {
+    pub table: String,
+    pub reason: String,
+}
+
+/// Byte ranges of the text outside quotes and comments, with the parenthesis depth at each byte.
+fn scan(sql: &str, mut visit: impl FnMut(usize, char, usize) -> bool) {
+    let bytes: Vec<(usize, char)> = sql.char_indices().collect();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let (at, c) = bytes[i];
+        let next = bytes.get(i + 1).map(|&(_, c)| c);
+        match c {
+            '\'' | '"' | '`' | '[' => {
+                let close = if c == '[' { ']' } else { c };
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i].1 == close {
+                        // A doubled quote is an escaped one (not for brackets).
+                        if close != ']' && bytes.get(i + 1).map(|&(_, c)| c) == Some(close) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            '-' if next == Some('-') => {
+                while i < bytes.len() && bytes[i].1 != '\n' {
+                    i += 1;
+                }
+            }
+            '/' if next == Some('*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i].1 == '*' && bytes[i + 1].1 == '/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            '(' => {
+                if !visit(at, c, depth) {
+                    return;
+                }
+                depth += 1;
+            }
+            ')' => {
+                depth = depth.saturating_sub(1);
+                if !visit(at, c, depth) {
+                    return;
+                }
+            }
+            _ => {
+                if !visit(at, c, depth) {
+                    return;
+                }
+            }
+        }
+        i += 1;
+    }
+}
+
+impl TableDefinition {
+    /// Splits a stored `CREATE TABLE` statement.
+    pub fn parse(table: &str, sql: &str) -> Result<Self, DefinitionError> {
+        let error = |reason: &str| DefinitionError {
+            table: table.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut open = None;
+        let mut close = None;
+        let mut commas = Vec::new();
+        scan(sql, |at, c, depth| {
+            match (c, depth) {
+                ('(', 0) if open.is_none() => open = Some(at),
+                (')', 0) if open.is_some() => {
+                    close = Some(at);
+                    return false;
+                }
+                (',', 1) if open.is_some() => commas.push(at),
+                _ => {}
+            }
+            true
+        });
+        let (Some(open), Some(close)) = (open, close) else {
+            return Err(error(
+                "no parenthesised column list (is it `CREATE TABLE … AS SELECT`?)",
+            ));
+        };
+        let mut items = Vec::new();
+        let mut start = open + 1;
+        for comma in commas.into_iter().chain(std::iter::once(close)) {
+            let item = sql[start..comma].trim();
+            if item.is_empty() {
+                return Err(error("an empty column definition"));
+            }
+            items.push(item.to_string());
+            start = comma + 1;
+        }
+        Ok(Self {
+            items,
+            tail: sql[close + 1..].trim().to_string(),
+        })
+    }
+
+    /// `CREATE TABLE <name> (…) tail` with the items as they now are.
+    pub fn render(&self, quoted_name: &str) -> String {
+        let mut sql = format!(
+            "CREATE TABLE {quoted_name} (\n  {}\n)",
+            self.items.join(",\n  ")
+        );
+        if !self.tail.is_empty() {
+            sql.push(' ');
+            sql.push_str(&self.tail);
+        }
+        sql
+    }
+
+    /// Is the table stored without rowids?
+    pub fn without_rowid(&self) -> bool {
+        let tail = self.tail.to_ascii_uppercase();
+        tail.split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w == ["WITHOUT", "ROWID"])
+    }
+
+    /// The column definition of `column` (names compare as SQLite does: ASCII case-insensitive).
+    pub fn column_mut(&mut self, column: &str) -> Option<&mut String> {
+        self.items
+            .iter_mut()
+            .find(|item| first_name(item).is_some_and(|n| n.eq_ignore_ascii_case(column)))
+    }
+}
+
+/// The column name an item starts with; None for table constraints.
+fn first_name(item: &str) -> Option<String> {
+    let mut item = item.trim_start();
+    // Skip leading comments.
+    loop {
+        if let Some(rest) = item.strip_prefix("--") {
+            item = rest
+                .split_once('\n')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
+        } else if let Some(rest) = item.strip_prefix("/*") {
+            item = rest
+                .split_once("*/")
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
+        } else {
+            break;
+        }
+    }
+    let first = item.chars().next()?;
+    // A quoted name is a column, whatever it spells.
+    let name = match first {
+        '"' | '`' | '[' => {
+            let close = if first == '[' { ']' } else { first };
+            let mut name = String::new();
+            let mut chars = item[1..].chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == close {
+                    if close != ']' && chars.peek() == Some(&close) {
+                        chars.next();
+                        name.push(c);
+                        continue;
+                    }
+                    return Some(name);
+                }
+                name.push(c);
+            }
+            return None;
+        }
+        _ => item
+            .split(|c: char| c.is_whitespace() || c == '(')
+            .next()
+            .unwrap_or("")
+            .to_string(),
+    };
+    let keyword = ["CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"]
+        .iter()
+        .any(|k| name.eq_ignore_ascii_case(k));
+    (!keyword).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_columns_and_constraints_respecting_quotes_and_parentheses() {
+        let sql = "CREATE TABLE \"we(ird\" (id INTEGER PRIMARY KEY, \"a,b\" TEXT DEFAULT 'x,)', \
+                   n NUMERIC(10, 2) CHECK (n > 0), -- a comment, with (parens\n \
+                   CONSTRAINT u UNIQUE (\"a,b\", n)) WITHOUT ROWID";
+        let def = TableDefinition::parse("we(ird", sql).expect("parses");
+        assert_eq!(
+            def.items,
+            vec![
+                "id INTEGER PRIMARY KEY",
+                "\"a,b\" TEXT DEFAULT 'x,)'",
+                "n NUMERIC(10, 2) CHECK (n > 0)",
+                "-- a comment, with (parens\n CONSTRAINT u UNIQUE (\"a,b\", n)",
+            ]
+        );
+        assert_eq!(def.tail, "WITHOUT ROWID");
+        assert!(def.without_rowid());
+        let mut def = def;
+        assert_eq!(
+            def.column_mut("a,b").map(|c| c.clone()),
+            Some("\"a,b\" TEXT DEFAULT 'x,)'".into())
+        );
+        assert_eq!(
+            def.column_mut("u"),
+            None,
+            "a commented constraint is not a column"
+        );
+    }
+
+    #[test]
+    fn finds_columns_by_name_not_constraints() {
+        let mut def = TableDefinition::parse(
+            "t",
+            "CREATE TABLE t (\"Email\" TEXT, check (length(email) > 0), [score] INT, \"check\" INT)",
+        )
+        .expect("parses");
+        assert_eq!(
+            def.column_mut("email").map(|c| c.clone()),
+            Some("\"Email\" TEXT".into())
+        );
+        assert_eq!(
+            def.column_mut("score").map(|c| c.clone()),
+            Some("[score] INT".into())
+        );
+        assert_eq!(
+            def.column_mut("check").map(|c| c.clone()),
+            Some("\"check\" INT".into()),
+            "a quoted name is a column, even when it spells a keyword"
+        );
+        assert!(!def.without_rowid());
+        assert_eq!(
+            def.render("\"t2\""),
+            "CREATE TABLE \"t2\" (\n  \"Email\" TEXT,\n  check (length(email) > 0),\n  [score] INT,\n  \"check\" INT\n)"
+        );
+    }
+
+    #[test]
+    fn rejects_create_table_as_select() {
+        assert!(TableDefinition::parse("t", "CREATE TABLE t AS SELECT 1").is_err());
+    }
+}

@@ -1,0 +1,822 @@
+//! Online safety against real sessions: phased waits instead of queueing behind a lock holder,
+//! names who blocks it, repairs an INVALID index, lets only one runner work on a plan, keeps
+//! writers flowing during constraint steps on a big table, and keeps dual-written rows right.
+//!
+//! Bounds on how long application sessions may wait are enforced by the database itself: the
+//! "application" sessions run under their own `lock_timeout` (phased's plus a margin), so a
+//! statement that waited longer would fail with SQLSTATE 55P03 and fail the test.
+
+use std::time::Duration;
+
+use phased::engine::{EngineError, Event, RunOptions};
+use tokio_postgres::Client;
+
+use crate::common::{phased_cmd, plan, run, run_ok, PgDb, TestDb};
+
+/// phased's lock_timeout in these tests, and the margin application sessions get on top of it.
+const LOCK_TIMEOUT_MS: u64 = 500;
+const MARGIN_MS: u64 = 1000;
+
+fn pg(db: &TestDb) -> &PgDb {
+    match db {
+        TestDb::Pg(db) => db,
+        TestDb::Sqlite(_) => panic!("a PostgreSQL test database was expected"),
+    }
+}
+
+async fn backend_pid(client: &Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pg_backend_pid")
+        .get(0)
+}
+
+/// An application session whose statements may wait at most lock_timeout + margin for a lock.
+async fn app_session(db: &PgDb) -> Client {
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "SET application_name = 'old-app'; SET lock_timeout = '{}ms'",
+            LOCK_TIMEOUT_MS + MARGIN_MS
+        ))
+        .await
+        .expect("configure the application session");
+    client
+}
+
+/// Waits until `sql` (one boolean, on the state tables) holds; panics after `secs` seconds.
+async fn wait_until(client: &Client, sql: &str, secs: u64) {
+    for _ in 0..secs * 20 {
+        let ok: Option<bool> = client
+            .query_opt(sql, &[])
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get(0));
+        if ok == Some(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {sql}");
+}
+
+fn add_column_plan(attempts: u32) -> String {
+    format!(
+        "plan: online-add-column
+defaults:
+  lock_timeout: {LOCK_TIMEOUT_MS}ms
+  retry: {{ attempts: {attempts}, backoff: 100ms, max_backoff: 300ms }}
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - add_column: {{ table: items, name: note, type: text }}
+"
+    )
+}
+
+async fn items_table(db: &TestDb) {
+    db.execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn access_share_holder_makes_phased_wait_without_queueing_readers() {
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let pgdb = pg(&db);
+    // The long report: ACCESS SHARE on items in an open transaction.
+    let report = pgdb.client().await;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM items;")
+        .await
+        .expect("open the report's transaction");
+    let report_pid = backend_pid(&report).await;
+    let reader = app_session(pgdb).await;
+    let observer = pgdb.client().await;
+    let loaded = plan(&add_column_plan(40));
+
+    let app = async {
+        // phased has looked and found the report in its way…
+        wait_until(
+            &observer,
+            "SELECT EXISTS (SELECT 1 FROM phased.steps WHERE last_error LIKE 'not attempted%')",
+            30,
+        )
+        .await;
+        // …and meanwhile readers are served: none waits past lock_timeout + margin (their own
+        // lock_timeout would fail them).
+        for _ in 0..20 {
+            reader
+                .query_one("SELECT count(*) FROM items WHERE id < 100", &[])
+                .await
+                .expect("a reader waited longer than lock_timeout + margin");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        report.batch_execute("COMMIT").await.expect("commit report");
+    };
+    let (result, ()) = tokio::join!(run(&db, &loaded, RunOptions::default()), app);
+    let events = match result {
+        Ok(events) => events,
+        Err((e, _)) => panic!("the step should succeed once the report commits: {e}"),
+    };
+    assert!(db.has_column("items", "note").await);
+    let waits: Vec<&Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepWaiting { blockers, lock, .. } => {
+                assert_eq!(lock, "ACCESS EXCLUSIVE");
+                Some(blockers)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!waits.is_empty(), "phased should have waited: {events:?}");
+    assert!(
+        waits[0][0].contains(&format!("pid {report_pid} ")),
+        "the wait names the report's pid {report_pid}: {:?}",
+        waits[0]
+    );
+    // Looking first means phased never queued, so it never timed out on the lock.
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::StepRetry { .. })),
+        "phased queued for the lock instead of waiting: {events:?}"
+    );
+}
+
+#[tokio::test]
+async fn retries_exhausted_fail_with_exit_1_and_status_names_the_blocker() {
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let pgdb = pg(&db);
+    let report = pgdb.client().await;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM items;")
+        .await
+        .expect("open the report's transaction");
+    let report_pid = backend_pid(&report).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan_path = dir.path().join("plan.yaml");
+    std::fs::write(&plan_path, add_column_plan(3)).expect("write plan");
+
+    let output = phased_cmd()
+        .args(["run", "--database", &pgdb.url])
+        .arg(&plan_path)
+        .output()
+        .expect("run phased");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("blocked by pid {report_pid} ")),
+        "the failure names the blocker: {stderr}"
+    );
+    assert!(!db.has_column("items", "note").await);
+
+    let status = phased_cmd()
+        .args(["status", "--database", &pgdb.url])
+        .arg(&plan_path)
+        .output()
+        .expect("phased status");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("failed"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("blocked by pid {report_pid} ")),
+        "status shows the blocker: {stdout}"
+    );
+
+    // Once the report is gone, the same command resumes and finishes.
+    report.batch_execute("COMMIT").await.expect("commit");
+    phased_cmd()
+        .args(["run", "--database", &pgdb.url])
+        .arg(&plan_path)
+        .assert()
+        .success();
+    assert!(db.has_column("items", "note").await);
+}
+
+fn index_plan(attempts: u32, lock_timeout: &str) -> String {
+    format!(
+        "plan: online-index
+defaults:
+  lock_timeout: {lock_timeout}
+  retry: {{ attempts: {attempts}, backoff: 50ms, max_backoff: 100ms }}
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - create_index: {{ table: items, name: items_name_idx, columns: [name] }}
+"
+    )
+}
+
+async fn index_validity(db: &TestDb) -> Vec<bool> {
+    let client = pg(db).client().await;
+    client
+        .query(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'items_name_idx'",
+            &[],
+        )
+        .await
+        .expect("pg_index")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_index_timed_out_on_a_writer_leaves_invalid_index_that_the_next_run_repairs() {
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let pgdb = pg(&db);
+    // A writer in an open transaction: CREATE INDEX CONCURRENTLY must wait for it after creating
+    // the (still invalid) index, and its lock_timeout gives up.
+    let writer = pgdb.client().await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO items VALUES (5000, 'new');")
+        .await
+        .expect("writer");
+    let writer_pid = backend_pid(&writer).await;
+    let loaded = plan(&index_plan(2, "300ms"));
+    let (err, events) = run(&db, &loaded, RunOptions::default())
+        .await
+        .expect_err("the build cannot finish while the writer is open");
+    assert!(matches!(err, EngineError::StepFailed { .. }), "{err}");
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    let retry_blockers: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepRetry { blockers, .. } => Some(blockers),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        retry_blockers
+            .iter()
+            .any(|b| b.contains(&format!("pid {writer_pid} "))),
+        "the retry names the writer {writer_pid}: {events:?}"
+    );
+    assert_eq!(
+        index_validity(&db).await,
+        vec![false],
+        "an INVALID index is left"
+    );
+
+    writer.batch_execute("COMMIT").await.expect("commit");
+    run_ok(&db, &loaded).await;
+    assert_eq!(index_validity(&db).await, vec![true], "rebuilt and valid");
+}
+
+#[tokio::test]
+async fn concurrent_index_cancelled_with_pg_cancel_backend_is_repaired_by_the_next_run() {
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let pgdb = pg(&db);
+    let writer = pgdb.client().await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO items VALUES (5000, 'new');")
+        .await
+        .expect("writer");
+    let dba = pgdb.client().await;
+    let loaded = plan(&index_plan(1, "30s"));
+    let cancel = async {
+        // The build is waiting for the writer: cancel it as a DBA would.
+        wait_until(
+            &dba,
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'phased/online-index' \
+             AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock')",
+            30,
+        )
+        .await;
+        let cancelled: bool = dba
+            .query_one(
+                "SELECT bool_or(pg_cancel_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'phased/online-index' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
+                &[],
+            )
+            .await
+            .expect("cancel")
+            .get(0);
+        assert!(cancelled);
+    };
+    let (result, ()) = tokio::join!(run(&db, &loaded, RunOptions::default()), cancel);
+    let (err, _) = result.expect_err("the cancelled build fails the step");
+    assert!(err.to_string().contains("57014"), "{err}");
+    assert_eq!(index_validity(&db).await, vec![false]);
+
+    writer.batch_execute("COMMIT").await.expect("commit");
+    run_ok(&db, &loaded).await;
+    assert_eq!(index_validity(&db).await, vec![true]);
+}
+
+fn lease_plan(marker: &std::path::Path) -> String {
+    format!(
+        "plan: lease-test
+phases:
+  - name: work
+    kind: expand
+    steps:
+      - command: {{ run: [sh, -c, 'echo ran >> \"{}\"; sleep 3'] }}
+",
+        marker.display()
+    )
+}
+
+/// Two `phased run` processes on one plan: the second exits 4 naming the first, which finishes.
+/// `held` tells when the first is working on its step (and so holds the lease).
+async fn two_runners(db: &TestDb, held: &[&str], holder_named: impl Fn(u32) -> String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("ran.txt");
+    let plan_path = dir.path().join("plan.yaml");
+    std::fs::write(&plan_path, lease_plan(&marker)).expect("write plan");
+    let url = db.url();
+    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("phased"))
+        .args(["run", "--database", &url])
+        .arg(&plan_path)
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the first runner");
+    let mut holding = false;
+    for _ in 0..200 {
+        let mut all = true;
+        for sql in held {
+            if db.scalar(sql).await == 0 {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            holding = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(holding, "the first runner never took the lease");
+
+    let second = phased_cmd()
+        .args(["run", "--database", &url])
+        .arg(&plan_path)
+        .output()
+        .expect("second runner");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(4), "stderr: {stderr}");
+    assert!(
+        stderr.contains("another runner is working on plan `lease-test`")
+            && stderr.contains(&holder_named(first.id())),
+        "the second runner names the holder: {stderr}"
+    );
+    let status = first.wait().expect("first runner");
+    assert!(status.success(), "the first runner finishes");
+    let ran = std::fs::read_to_string(&marker).expect("marker");
+    assert_eq!(
+        ran.lines().count(),
+        1,
+        "exactly one runner executed the step"
+    );
+}
+
+#[tokio::test]
+async fn two_runners_on_postgres_only_one_works_the_other_exits_4() {
+    let db = TestDb::pg().await;
+    two_runners(
+        &db,
+        &[
+            "SELECT count(*) FROM pg_class WHERE relname = 'steps'",
+            "SELECT count(*) FROM phased.steps WHERE plan = 'lease-test' AND status = 'running'",
+        ],
+        |_| "(phased/lease-test)".to_string(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn two_runners_on_sqlite_only_one_works_the_other_exits_4() {
+    let db = TestDb::sqlite();
+    two_runners(
+        &db,
+        &[
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'phased_steps'",
+            "SELECT count(*) FROM phased_steps WHERE plan = 'lease-test' AND status = 'running'",
+        ],
+        |pid| format!("phased pid {pid} "),
+    )
+    .await;
+}
+
+/// A second runner while a first holds the lease (in this process): LeaseHeld naming the
+/// holder, and nothing executed; once released, the plan runs.
+async fn lease_held_in_process(db: TestDb, holder_named: &str) {
+    let mut holder = db.target("lease-direct").await;
+    let acquired = phased::with_target!(&mut holder, t => {
+        use phased::target::Target;
+        t.ensure_state().await.expect("state");
+        t.acquire_lease("lease-direct").await.expect("lease")
+    });
+    assert_eq!(acquired, None);
+    let loaded = plan(
+        "plan: lease-direct
+phases:
+  - name: p
+    kind: switch-flag
+    steps:
+      - flag: { name: f, value: true }
+",
+    );
+    let (err, _) = run(&db, &loaded, RunOptions::default())
+        .await
+        .expect_err("the lease is held");
+    match &err {
+        EngineError::LeaseHeld { plan, holder } => {
+            assert_eq!(plan, "lease-direct");
+            assert!(holder.contains(holder_named), "{holder}");
+        }
+        other => panic!("expected LeaseHeld, got {other}"),
+    }
+    let table = if db.is_pg() {
+        "phased.steps"
+    } else {
+        "phased_steps"
+    };
+    assert_eq!(
+        db.scalar(&format!("SELECT count(*) FROM {table}")).await,
+        0,
+        "the second runner executed nothing"
+    );
+    phased::with_target!(&mut holder, t => {
+        use phased::target::Target;
+        t.release_lease("lease-direct").await.expect("release")
+    });
+    run_ok(&db, &loaded).await;
+}
+
+#[tokio::test]
+async fn lease_held_names_the_holder_in_process_on_postgres() {
+    lease_held_in_process(TestDb::pg().await, "(phased/lease-direct)").await;
+}
+
+#[tokio::test]
+async fn lease_held_names_the_holder_in_process_on_sqlite() {
+    lease_held_in_process(TestDb::sqlite(), "another runner in this process").await;
+}
+
+/// Keeps writing through `client` until `stop` is set: inserts of complete rows and updates.
+/// Every statement runs under lock_timeout + margin, so a longer wait fails it.
+async fn keep_writing(
+    client: &Client,
+    first_id: i64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<u64, String> {
+    let mut id = first_id;
+    let mut writes = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        client
+            .execute(
+                "INSERT INTO orders (id, customer_id, note) VALUES ($1, 1, 'live')",
+                &[&id],
+            )
+            .await
+            .map_err(|e| format!("insert {id}: {e}"))?;
+        client
+            .execute(
+                "UPDATE orders SET note = 'touched' WHERE id = $1",
+                &[&(id - first_id + 1)],
+            )
+            .await
+            .map_err(|e| format!("update: {e}"))?;
+        id += 1;
+        writes += 2;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(writes)
+}
+
+#[tokio::test]
+async fn constraint_steps_on_200k_rows_never_block_writers_past_lock_timeout() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE customers (id bigint PRIMARY KEY);
+         INSERT INTO customers SELECT g FROM generate_series(1, 1000) g;
+         CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, note text);
+         INSERT INTO orders SELECT g, 1 + g % 1000, 'old' FROM generate_series(1, 200000) g;",
+    )
+    .await;
+    let pgdb = pg(&db);
+    let loaded = plan(&format!(
+        "plan: big-constraints
+defaults:
+  lock_timeout: {LOCK_TIMEOUT_MS}ms
+  retry: {{ attempts: 30, backoff: 50ms, max_backoff: 500ms }}
+backup: {{ before: [] }}
+phases:
+  - name: contract
+    kind: contract
+    steps:
+      - set_not_null: {{ table: orders, column: note }}
+      - add_foreign_key: {{ table: orders, name: orders_customer_fk, columns: [customer_id], references: {{ table: customers, columns: [id] }} }}
+      - add_check: {{ table: orders, name: orders_note_nonempty, expression: \"note <> ''\" }}
+"
+    ));
+    let writer_a = app_session(pgdb).await;
+    let writer_b = app_session(pgdb).await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let work = async {
+        let result = run(&db, &loaded, RunOptions::default()).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        result
+    };
+    let (result, a, b) = tokio::join!(
+        work,
+        keep_writing(&writer_a, 1_000_000, &stop),
+        keep_writing(&writer_b, 2_000_000, &stop)
+    );
+    if let Err((e, _)) = result {
+        panic!("the constraint steps fail: {e}");
+    }
+    let a = a.expect("writer A was blocked past lock_timeout + margin");
+    let b = b.expect("writer B was blocked past lock_timeout + margin");
+    assert!(a > 0 && b > 0, "both writers wrote during the run");
+    let not_null = db
+        .scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'note' AND is_nullable = 'NO'")
+        .await;
+    assert_eq!(not_null, 1);
+    let valid = db
+        .scalar("SELECT count(*) FROM pg_constraint WHERE conname IN ('orders_customer_fk', 'orders_note_nonempty') AND convalidated")
+        .await;
+    assert_eq!(valid, 2);
+    let helper = db
+        .scalar("SELECT count(*) FROM pg_constraint WHERE conname = 'orders_note_not_null'")
+        .await;
+    assert_eq!(helper, 0, "the helper check is dropped");
+}
+
+fn dual_write_plan() -> &'static str {
+    "plan: dual-write
+backup: { before: [] }
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - add_column: { table: accounts, name: email_lower, type: text }
+      - dual_write: { table: accounts, set: { email_lower: \"lower(NEW.email)\" } }
+  - name: backfill
+    kind: migrate
+    steps:
+      - backfill: { table: accounts, set: { email_lower: \"lower(email)\" }, where: \"email_lower IS NULL\", batch_size: 7 }
+  - name: contract
+    kind: contract
+    steps:
+      - drop_dual_write: { table: accounts }
+      - set_not_null: { table: accounts, column: email_lower }
+"
+}
+
+async fn dual_write_keeps_old_app_rows_right(db: TestDb) {
+    db.execute(
+        "CREATE TABLE accounts (id integer PRIMARY KEY, email text NOT NULL);
+         INSERT INTO accounts (id, email) VALUES (1, 'Ann@Example.com'), (2, 'BOB@example.com'), (3, 'cy@EXAMPLE.com');",
+    )
+    .await;
+    let loaded = plan(dual_write_plan());
+    run(
+        &db,
+        &loaded,
+        RunOptions {
+            until: Some("expand".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("expand");
+    // The old application knows nothing of email_lower: it inserts and updates through email.
+    db.execute(
+        "INSERT INTO accounts (id, email) VALUES (10, 'New@Example.COM');
+         INSERT INTO accounts (id, email) VALUES (11, 'Other@Example.com');
+         UPDATE accounts SET email = 'Ann.Changed@Example.com' WHERE id = 1;
+         UPDATE accounts SET email = 'OTHER2@example.com' WHERE id = 11;",
+    )
+    .await;
+    assert_eq!(
+        db.text("SELECT email_lower FROM accounts WHERE id = 10")
+            .await,
+        Some("new@example.com".into())
+    );
+    assert_eq!(
+        db.text("SELECT email_lower FROM accounts WHERE id = 1")
+            .await,
+        Some("ann.changed@example.com".into())
+    );
+    assert_eq!(
+        db.text("SELECT email_lower FROM accounts WHERE id = 11")
+            .await,
+        Some("other2@example.com".into())
+    );
+    assert_eq!(
+        db.text("SELECT email_lower FROM accounts WHERE id = 2")
+            .await,
+        None,
+        "untouched old rows wait for the backfill"
+    );
+    run_ok(&db, &loaded).await;
+    let wrong = db
+        .scalar("SELECT count(*) FROM accounts WHERE email_lower IS NULL OR email_lower <> lower(email)")
+        .await;
+    assert_eq!(wrong, 0);
+    assert_eq!(db.scalar("SELECT count(*) FROM accounts").await, 5);
+    // After drop_dual_write the old columns no longer feed the new one.
+    db.execute("UPDATE accounts SET email = 'LATE@example.com' WHERE id = 2")
+        .await;
+    assert_eq!(
+        db.text("SELECT email_lower FROM accounts WHERE id = 2")
+            .await,
+        Some("bob@example.com".into())
+    );
+}
+
+#[tokio::test]
+async fn dual_write_keeps_rows_written_through_old_columns_right_on_postgres() {
+    dual_write_keeps_old_app_rows_right(TestDb::pg().await).await;
+}
+
+#[tokio::test]
+async fn dual_write_keeps_rows_written_through_old_columns_right_on_sqlite() {
+    dual_write_keeps_old_app_rows_right(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn failed_validate_is_retried_without_re_adding_the_constraint() {
+    // A step whose NOT VALID constraint was added by an earlier attempt picks up from there.
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE t (id bigint PRIMARY KEY, c integer);
+         INSERT INTO t VALUES (1, 5), (2, -1);",
+    )
+    .await;
+    let loaded = plan(
+        "plan: check-retry
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - add_check: { table: t, name: t_c_positive, expression: \"c > 0\" }
+",
+    );
+    let (err, _) = run(&db, &loaded, RunOptions::default())
+        .await
+        .expect_err("a violating row fails VALIDATE");
+    assert!(err.to_string().contains("t_c_positive"), "{err}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_constraint WHERE conname = 't_c_positive' AND NOT convalidated")
+            .await,
+        1,
+        "the NOT VALID constraint stays, enforcing new rows"
+    );
+    db.execute("UPDATE t SET c = 1 WHERE id = 2").await;
+    run_ok(&db, &loaded).await;
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM pg_constraint WHERE conname = 't_c_positive' AND convalidated"
+        )
+        .await,
+        1
+    );
+}
+
+#[test]
+fn add_column_with_a_volatile_default_is_rejected_with_the_safe_alternative() {
+    let source = "plan: volatile
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - add_column: { table: accounts, name: created, type: timestamptz, default: \"now()\" }
+      - add_column: { table: accounts, name: token, type: uuid, default: \"gen_random_uuid()\" }
+      - add_column: { table: accounts, name: flagged, type: boolean, default: \"false\" }
+";
+    let report = match phased::plan::parse_str("volatile.yaml", source, std::path::Path::new(".")) {
+        Ok(_) => panic!("a volatile default must be rejected"),
+        Err(report) => report,
+    };
+    assert_eq!(report.errors().count(), 2, "the constant default is fine");
+    insta::assert_snapshot!(report.render_plain());
+}
+
+#[tokio::test]
+async fn concurrent_index_whose_runner_was_killed_mid_build_is_repaired_by_the_next_run() {
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let pgdb = pg(&db);
+    let writer = pgdb.client().await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO items VALUES (5000, 'new');")
+        .await
+        .expect("writer");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan_path = dir.path().join("plan.yaml");
+    std::fs::write(&plan_path, index_plan(1, "2s")).expect("write plan");
+    let mut runner = std::process::Command::new(assert_cmd::cargo::cargo_bin("phased"))
+        .args(["run", "--database", &pgdb.url])
+        .arg(&plan_path)
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start phased");
+    let dba = pgdb.client().await;
+    let building = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'phased/online-index' \
+                    AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND state = 'active')";
+    wait_until(&dba, building, 30).await;
+    runner.kill().expect("kill the runner");
+    runner.wait().expect("reap the runner");
+    // The orphaned build gives up at its lock_timeout, leaving its INVALID index behind.
+    wait_until(&dba, &format!("SELECT NOT ({building})"), 30).await;
+    assert_eq!(index_validity(&db).await, vec![false]);
+    assert_eq!(
+        db.text("SELECT status FROM phased.steps WHERE plan = 'online-index'")
+            .await,
+        Some("running".into()),
+        "the killed run never recorded an outcome"
+    );
+
+    writer.batch_execute("COMMIT").await.expect("commit");
+    run_ok(&db, &plan(&index_plan(3, "2s"))).await;
+    assert_eq!(index_validity(&db).await, vec![true]);
+}
+
+#[tokio::test]
+async fn dual_write_keeps_rows_right_while_old_app_writes_during_the_backfill_on_postgres() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE accounts (id integer PRIMARY KEY, email text NOT NULL);
+         INSERT INTO accounts SELECT g, 'User' || g || '@Example.COM' FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    let loaded = plan(&dual_write_plan().replace("batch_size: 7", "batch_size: 100"));
+    run(
+        &db,
+        &loaded,
+        RunOptions {
+            until: Some("expand".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("expand");
+    // The old application keeps inserting and changing emails while the backfill walks the table.
+    let old_app = app_session(pg(&db)).await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let writes = async {
+        let mut n: i32 = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            n += 1;
+            old_app
+                .execute(
+                    "INSERT INTO accounts (id, email) VALUES ($1, $2)",
+                    &[&(100_000 + n), &format!("Late{n}@Example.COM")],
+                )
+                .await
+                .expect("old app insert");
+            old_app
+                .execute(
+                    "UPDATE accounts SET email = 'Changed' || id || '@EXAMPLE.com' WHERE id = $1",
+                    &[&(1 + (n * 37) % 3000)],
+                )
+                .await
+                .expect("old app update");
+            tokio::task::yield_now().await;
+        }
+        n
+    };
+    let backfill = async {
+        let result = run(
+            &db,
+            &loaded,
+            RunOptions {
+                until: Some("backfill".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        result
+    };
+    let (result, written) = tokio::join!(backfill, writes);
+    result.map_err(|(e, _)| e).expect("backfill");
+    assert!(written > 0, "the old app wrote during the backfill");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
+            .await,
+        0,
+        "every row, old or written meanwhile, has the right email_lower"
+    );
+    run_ok(&db, &loaded).await;
+}
