@@ -5,6 +5,7 @@ mod common;
 mod backups;
 mod cli;
 mod engine_steps;
+mod migrations;
 mod online_safety;
 mod plan_errors;
 mod sqlite_rebuild;

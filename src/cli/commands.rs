@@ -20,6 +20,7 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Status { plan } => status(&cli, plan).await,
         Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
+        Command::Db(args) => super::db::execute(&cli, args).await,
         Command::Backups { plan } => super::backups::list(&cli, plan).await,
         Command::Restore(args) => super::backups::restore(&cli, args).await,
     }

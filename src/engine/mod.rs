@@ -7,6 +7,7 @@ pub mod command;
 pub mod error;
 pub mod events;
 pub mod gate;
+pub mod migrations;
 pub mod retry;
 pub mod runner;
 pub mod status;

@@ -14,6 +14,7 @@ mod drop_table;
 mod dual_write;
 mod set_not_null;
 mod sql;
+pub mod versions;
 
 use crate::plan::Step;
 
