@@ -2,5 +2,6 @@
 
 pub mod cli;
 pub mod engine;
+pub mod migrations;
 pub mod plan;
 pub mod target;

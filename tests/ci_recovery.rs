@@ -630,25 +630,38 @@ async fn exit_4_when_another_runner_holds_the_lease_sqlite() {
     assert!(!db.has_table("t").await);
 }
 
+/// Also a regression test: the same plan running on another database of the server (its advisory
+/// lock has the same key there) made naming the holder fail with "unexpected number of rows".
 #[tokio::test]
 async fn exit_4_when_another_runner_holds_the_lease_postgres() {
     let db = TestDb::pg().await;
-    let TestDb::Pg(pg) = &db else { unreachable!() };
+    let other = TestDb::pg().await;
+    let (TestDb::Pg(pg), TestDb::Pg(other_pg)) = (&db, &other) else {
+        unreachable!()
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = write_plan(&dir, GATED_PLAN);
+    let key = phased::target::postgres::lease_key("gated");
+    let elsewhere = other_pg.client().await;
+    elsewhere
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .expect("take the plan's advisory lock on another database");
     let holder = pg.client().await;
     holder
-        .execute(
-            "SELECT pg_advisory_lock($1)",
-            &[&phased::target::postgres::lease_key("gated")],
-        )
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
         .await
         .expect("take the plan's advisory lock");
     let output = run_cli(&db, &plan, &[]);
     assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
-    assert!(stderr_of(&output).contains("another runner is working on plan `gated`"));
+    let err = stderr_of(&output);
+    assert!(
+        err.contains("another runner is working on plan `gated`: pid "),
+        "{err}"
+    );
     assert!(!db.has_table("t").await);
     drop(holder);
+    drop(elsewhere);
 }
 
 // ─── CLI: rollback ───────────────────────────────────────────────────────────────────────────

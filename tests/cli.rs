@@ -49,13 +49,20 @@ fn quickstart() -> std::path::PathBuf {
     repo_root().join("plans/quickstart.yaml")
 }
 
+/// A copy of the quickstart in `dir`, so its backups land there and not in the repository.
+fn quickstart_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let copy = dir.join("quickstart.yaml");
+    std::fs::copy(quickstart(), &copy).expect("copy the quickstart plan");
+    copy
+}
+
 #[test]
 fn quickstart_runs_on_the_default_sqlite_database() {
     let dir = tempfile::tempdir().expect("tempdir");
     phased_cmd()
         .current_dir(dir.path())
         .arg("run")
-        .arg(quickstart())
+        .arg(quickstart_in(dir.path()))
         .assert()
         .success()
         .stderr(predicate::str::contains(
@@ -91,7 +98,7 @@ fn quickstart_runs_on_the_default_sqlite_database() {
     phased_cmd()
         .current_dir(dir.path())
         .arg("run")
-        .arg(quickstart())
+        .arg(quickstart_in(dir.path()))
         .assert()
         .success()
         .stderr(predicate::str::contains(
@@ -102,7 +109,7 @@ fn quickstart_runs_on_the_default_sqlite_database() {
     let out = phased_cmd()
         .current_dir(dir.path())
         .args(["status", "--format", "json"])
-        .arg(quickstart())
+        .arg(quickstart_in(dir.path()))
         .assert()
         .success()
         .get_output()
@@ -126,7 +133,7 @@ async fn quickstart_runs_on_postgres() {
     phased_cmd()
         .current_dir(dir.path())
         .args(["run", "--database", &db.url])
-        .arg(quickstart())
+        .arg(quickstart_in(dir.path()))
         .assert()
         .success();
     let client = db.client().await;
@@ -159,7 +166,7 @@ async fn quickstart_runs_on_postgres() {
         .current_dir(dir.path())
         .env("DATABASE_URL", &db.url)
         .arg("run")
-        .arg(quickstart())
+        .arg(quickstart_in(dir.path()))
         .assert()
         .success()
         .stderr(predicate::str::contains(

@@ -6,6 +6,7 @@ mod backups;
 mod ci_recovery;
 mod cli;
 mod engine_steps;
+mod migrations;
 mod online_safety;
 mod plan_errors;
 mod sqlite_rebuild;

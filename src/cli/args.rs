@@ -59,6 +59,8 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<FlagsAction>,
     },
+    /// Alembic-style versioned migrations: one SQL file per revision in a folder.
+    Db(DbArgs),
     /// List the recorded backups of a plan, newest first.
     Backups { plan: PathBuf },
     /// Restore a backup into the database it was taken from, or the one given with --database.
@@ -126,4 +128,61 @@ pub struct RollbackArgs {
 pub enum FlagsAction {
     /// Set a flag: phased flags set NAME VALUE
     Set { name: String, value: String },
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// The migrations folder.
+    #[arg(long, global = true, default_value = "migrations")]
+    pub dir: PathBuf,
+    /// lock_timeout each migration runs under (SQLite: busy_timeout); lock timeouts are retried.
+    #[arg(long, global = true, default_value = "2s", value_parser = crate::plan::PlanDuration::parse)]
+    pub lock_timeout: crate::plan::PlanDuration,
+    #[command(subcommand)]
+    pub action: DbAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Write a new migration file revising the current head.
+    New {
+        /// What the migration does (also the file name's slug).
+        #[arg(short, long)]
+        message: String,
+    },
+    /// Apply migrations up to a revision: head (default), heads, REV (or a unique prefix), +N.
+    Upgrade {
+        #[arg(default_value = "head", allow_hyphen_values = true)]
+        revision: String,
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        sql: bool,
+    },
+    /// Undo migrations down to a revision: -N (default -1), REV (or a unique prefix), base.
+    Downgrade {
+        #[arg(default_value = "-1", allow_hyphen_values = true)]
+        revision: String,
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        sql: bool,
+    },
+    /// Show the revision(s) the database is at.
+    Current,
+    /// List the revisions, newest first: `parent -> rev (head), message`.
+    History,
+    /// List the heads of the revision graph.
+    Heads,
+    /// Write a merge revision joining two (or more) branches.
+    Merge {
+        #[arg(short, long)]
+        message: String,
+        /// The revisions to join (ids or unique prefixes).
+        #[arg(required = true, num_args = 2..)]
+        revisions: Vec<String>,
+    },
+    /// Record the database as being at a revision without running anything (for recovery).
+    Stamp {
+        /// A revision (or unique prefix), head, heads or base.
+        revision: String,
+    },
 }

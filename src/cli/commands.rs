@@ -23,6 +23,7 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Rollback(args) => rollback(&cli, args).await,
         Command::Plan(args) => dry_run(&cli, args).await,
         Command::Verify { plan } => verify(&cli, plan).await,
+        Command::Db(args) => super::db::execute(&cli, args).await,
         Command::Backups { plan } => super::backups::list(&cli, plan).await,
         Command::Restore(args) => super::backups::restore(&cli, args).await,
     }

@@ -4,6 +4,7 @@ pub mod args;
 pub mod backups;
 pub mod commands;
 pub mod config;
+pub mod db;
 pub mod junit;
 pub mod output;
 

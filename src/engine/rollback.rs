@@ -32,6 +32,8 @@ pub enum Inverse {
     Flag { name: String },
     /// Run the command step's `down`.
     Command(Vec<String>),
+    /// Downgrade the versioned migrations to the revisions recorded before the step ran.
+    Migrations,
     /// No inverse: rollback stops here.
     Irreversible(String),
 }
@@ -48,6 +50,9 @@ impl Inverse {
                 .join("; "),
             Inverse::Flag { name } => format!("put flag `{name}` back to its previous value"),
             Inverse::Command(argv) => format!("run {}", argv.join(" ")),
+            Inverse::Migrations => {
+                "downgrade the migrations to the revisions recorded before the step".to_string()
+            }
             Inverse::Irreversible(why) => format!("irreversible: {why}"),
         }
     }
@@ -107,6 +112,8 @@ pub fn inverse_of(plan: &Plan, def: &Step, status: StepStatus, dialect: Dialect)
         Step::Flag(f) => Inverse::Flag {
             name: f.name.clone(),
         },
+        // Partly applied or done, the downgrade goes back to where the step started.
+        Step::Migrations(_) => Inverse::Migrations,
         Step::Command(c) if !done => Inverse::Nothing(format!(
             "`{}` failed; its `down` only runs for a command that succeeded",
             c.run.join(" ")
@@ -358,6 +365,41 @@ async fn rollback_locked<T: Target>(
                         sql: None,
                     });
                     return Err(fail(e, &undone));
+                }
+                target.set_step_status(&key, StepStatus::RolledBack).await?;
+            }
+            Inverse::Migrations => {
+                let Step::Migrations(m) = def else {
+                    return Err(EngineError::Usage(
+                        "migrations inverse of another step".into(),
+                    ));
+                };
+                let checkpoint = records
+                    .get(&(step.phase.clone(), step.index as i32))
+                    .and_then(|r| r.checkpoint.as_deref());
+                let policy = plan.defaults.retry;
+                if let Err(e) = super::migrations::rollback_step(
+                    target,
+                    &loaded.base_dir,
+                    m,
+                    checkpoint,
+                    timeouts_for(plan, def),
+                    Some(&policy),
+                )
+                .await
+                {
+                    reporter.emit(&Event::StepFailed {
+                        step: id.clone(),
+                        error: e.to_string(),
+                        sql: None,
+                    });
+                    return Err(EngineError::UndoFailed {
+                        step: step.id(),
+                        label: def.label(),
+                        error: e.to_string(),
+                        sql: None,
+                        undone,
+                    });
                 }
                 target.set_step_status(&key, StepStatus::RolledBack).await?;
             }

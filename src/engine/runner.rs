@@ -502,9 +502,10 @@ async fn execute<T: Target>(
             command::run(c, &loaded.base_dir, reporter).await?;
             target.finish_step(key).await
         }
-        Step::Migrations(_) => Err(TargetError::Unexpected(
-            "the `migrations` step is not supported by this build yet".to_string(),
-        )),
+        Step::Migrations(m) => {
+            super::migrations::run_step(target, &loaded.base_dir, m, key, checkpoint, timeouts)
+                .await
+        }
         _ => {
             let units = render_step(def, target.dialect())
                 .map_err(|e| TargetError::Unexpected(e.to_string()))?;

@@ -50,6 +50,7 @@ pub fn parse_str(file: &str, source: &str, base_dir: &Path) -> Result<LoadedPlan
         Err(err) => return Err(report(vec![syntax_finding(&err)])),
     };
     let mut findings = read_sql_files(&mut plan, base_dir);
+    findings.extend(check_migration_folders(&plan, base_dir));
     findings.extend(validate::validate(&plan));
     if !findings.iter().any(|f| f.severity == Severity::Error) {
         findings.extend(validate::reversibility(&plan));
@@ -142,6 +143,66 @@ fn read_sql_files(plan: &mut Plan, base_dir: &Path) -> Vec<Finding> {
                 if let Some(file) = &sql.down_file {
                     sql.down_file_text = read(file, "down_file", at, &mut findings);
                 }
+            }
+        }
+    }
+    findings
+}
+
+/// Reads the folders of `migrations` steps, so a malformed file or a `to` that names no revision
+/// is reported by `phased validate` with the step's location. A folder that cannot be read is
+/// only a warning: it may be created by an earlier step of the deployment.
+fn check_migration_folders(plan: &Plan, base_dir: &Path) -> Vec<Finding> {
+    use crate::migrations::{self, MigrationError, Spec};
+    let mut findings = Vec::new();
+    for phase in &plan.phases.value {
+        for step in &phase.value.steps.value {
+            let Step::Migrations(m) = &step.value else {
+                continue;
+            };
+            let at = step.referenced;
+            let dir = base_dir.join(&m.dir);
+            let history = match migrations::load(&dir) {
+                Ok(h) => h,
+                Err(MigrationError::Folder { message, .. }) => {
+                    findings.push(
+                        Finding::warning(
+                            at,
+                            format!(
+                                "migrations folder `{}` cannot be read: {message}",
+                                m.dir.display()
+                            ),
+                        )
+                        .with_help(format!(
+                            "paths are relative to the plan's folder ({})",
+                            base_dir.display()
+                        )),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    findings.push(Finding::error(
+                        at,
+                        format!("migrations folder `{}`: {e}", m.dir.display()),
+                    ));
+                    continue;
+                }
+            };
+            let resolved = Spec::parse(&m.to).and_then(|spec| match spec {
+                Spec::Revision(name) => history.resolve(&name).map(|_| ()),
+                Spec::Head if history.heads().len() > 1 => Err(MigrationError::MultipleHeads {
+                    heads: history.heads().iter().map(|s| s.to_string()).collect(),
+                }),
+                Spec::Base | Spec::Relative(_) => Err(MigrationError::Usage(format!(
+                    "`to: {spec}` is not a target a plan can upgrade to: use head, heads or a revision"
+                ))),
+                _ => Ok(()),
+            });
+            if let Err(e) = resolved {
+                findings.push(
+                    Finding::error(at, format!("migrations `to: {}`: {e}", m.to))
+                        .with_help("`phased db history` lists the revisions"),
+                );
             }
         }
     }

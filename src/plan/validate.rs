@@ -246,9 +246,10 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
                                 ),
                             )
                             .with_help(format!(
-                                "`{func}` is evaluated per row, so PostgreSQL rewrites the whole table under an \
-                                 ACCESS EXCLUSIVE lock (and SQLite cannot add it at all); add the column without \
-                                 a default, fill it with a `backfill` step, and set the default for new rows with a `sql` step"
+                                "{}; SQLite refuses a non-constant default in ADD COLUMN altogether. Add the column \
+                                 without a default, fill it with a `backfill` step, and set the default for new rows \
+                                 with a `sql` step",
+                                default_cost(func)
                             )),
                         );
                     }
@@ -361,10 +362,6 @@ pub fn reversibility(plan: &Plan) -> Vec<Finding> {
                         "add `down: \"UPDATE … SET …\"` that restores the old values, or backfill into a column the plan adds",
                     ))
                 }
-                Step::Migrations(_) => Some((
-                    "`phased rollback` does not undo a `migrations` step",
-                    "downgrade with `phased db downgrade`",
-                )),
                 _ => None,
             };
             if let Some((message, help)) = why {
@@ -373,6 +370,32 @@ pub fn reversibility(plan: &Plan) -> Vec<Finding> {
         }
     }
     findings
+}
+
+/// What a non-constant default costs on PostgreSQL when the column is added to a live table.
+fn default_cost(func: &str) -> String {
+    // Stable functions (the transaction's timestamp) are evaluated once since PostgreSQL 11: no
+    // rewrite, but every existing row gets the deploy's time. Volatile ones force a rewrite.
+    const ONCE: &[&str] = &[
+        "now",
+        "transaction_timestamp",
+        "statement_timestamp",
+        "current_timestamp",
+        "localtimestamp",
+        "current_time",
+        "current_date",
+    ];
+    if ONCE.contains(&func) {
+        format!(
+            "`{func}` is evaluated once when the column is added, so every existing row would get the time of \
+             the deploy instead of a value of its own"
+        )
+    } else {
+        format!(
+            "`{func}` is volatile: PostgreSQL evaluates it per row and rewrites the whole table under an \
+             ACCESS EXCLUSIVE lock, blocking every query for as long as that takes"
+        )
+    }
 }
 
 /// The first function call in a default that is evaluated per row or per statement.

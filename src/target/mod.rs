@@ -136,6 +136,40 @@ pub struct FlagRecord {
     pub plan: Option<String>,
 }
 
+/// A versioned migration recorded as applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppliedMigration {
+    pub revision: String,
+    /// The file's checksum when it was applied (line endings normalised).
+    pub checksum: String,
+    /// RFC 3339, UTC.
+    pub applied_at: String,
+}
+
+/// What the version tables hold: every applied revision, and the current heads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VersionState {
+    pub applied: Vec<AppliedMigration>,
+    pub heads: Vec<String>,
+}
+
+/// One versioned migration to run and record (or undo and forget).
+#[derive(Debug, Clone)]
+pub struct MigrationRun<'a> {
+    pub revision: &'a str,
+    pub checksum: &'a str,
+    /// True to apply and record the revision, false to undo it and forget it.
+    pub up: bool,
+    /// The SQL of this direction for the target's dialect, as written in the file.
+    pub script: &'a str,
+    /// False: the script runs statement by statement outside any transaction, and is recorded
+    /// right after (a failure in between leaves it unrecorded; such scripts must be re-runnable).
+    pub transactional: bool,
+    /// The version heads once this migration is recorded.
+    pub heads_after: &'a [String],
+    pub timeouts: Timeouts,
+}
+
 /// The operations the engine needs from a database. One implementation per dialect.
 #[allow(async_fn_in_trait)]
 pub trait Target {
@@ -284,4 +318,27 @@ pub trait Target {
     /// `mode` (PostgreSQL: `pg_locks` + `pg_stat_activity`). Empty when the way is clear, when
     /// the table does not exist, and on SQLite, which cannot tell who holds its lock.
     async fn blockers(&mut self, table: &str, mode: LockMode) -> Result<Vec<Blocker>, TargetError>;
+
+    /// The applied versioned migrations and the version heads (empty before the state tables exist).
+    async fn version_state(&mut self) -> Result<VersionState, TargetError>;
+
+    /// Runs one migration's script under the lock timeout and records it (or, going down,
+    /// forgets it) together with the new version heads, in one transaction; a non-transactional
+    /// script runs first and is recorded right after.
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError>;
+
+    /// Replaces the version records without running anything (`phased db stamp`): `applied` is
+    /// (revision, checksum) pairs.
+    async fn stamp_versions(
+        &mut self,
+        applied: &[(String, String)],
+        heads: &[String],
+    ) -> Result<(), TargetError>;
+
+    /// Stores a step's checkpoint text (a `migrations` step records the heads it started from).
+    async fn set_step_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: &str,
+    ) -> Result<(), TargetError>;
 }

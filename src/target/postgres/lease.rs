@@ -27,13 +27,15 @@ pub async fn try_acquire(conn: &Client, plan: &str) -> Result<Option<LeaseHolder
     if got {
         return Ok(None);
     }
-    // A bigint advisory key shows in pg_locks as classid (high half) / objid (low half), objsubid 1.
+    // A bigint advisory key shows in pg_locks as classid (high half) / objid (low half), objsubid 1;
+    // advisory locks belong to a database, and the same plan may be running on another one.
     let classid = (key >> 32) as u32;
     let objid = (key & 0xffff_ffff) as u32;
     let who = "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'), \
                to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-               WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 AND l.granted";
+               WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
     let row = conn
         .query_opt(who, &[&classid, &objid])
         .await

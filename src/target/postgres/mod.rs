@@ -7,6 +7,7 @@ mod blockers;
 mod lease;
 mod snapshot;
 mod state;
+mod versions;
 
 pub use lease::key as lease_key;
 
@@ -24,16 +25,17 @@ use super::{
     BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
     StepStatus, Target, TargetError, Timeouts,
 };
+use super::{MigrationRun, VersionState};
 
 /// A connection pool to one PostgreSQL database, plus the connection that holds the lease.
 pub struct PgTarget {
     pool: Pool,
     /// The connection that runs step work and state writes (kept for the whole run).
     work: Object,
-    /// The connection holding the plan's advisory lock, while it is held.
-    lease: Option<Object>,
-    /// The backend pid of the lease connection (not a blocker: it only holds an advisory lock).
-    lease_pid: Option<i32>,
+    /// The connections holding advisory-lock leases, by key (a plan's, and `db:<dir>` while a
+    /// `migrations` step runs inside it), with their backend pids (not blockers: they only
+    /// hold advisory locks).
+    leases: std::collections::HashMap<String, (Object, i32)>,
     url: String,
     key_types: std::collections::HashMap<String, Vec<String>>,
 }
@@ -107,8 +109,7 @@ impl PgTarget {
         Ok(Self {
             pool,
             work,
-            lease: None,
-            lease_pid: None,
+            leases: Default::default(),
             url: url.to_string(),
             key_types: Default::default(),
         })
@@ -286,6 +287,9 @@ impl Target for PgTarget {
     }
 
     async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+        if self.leases.contains_key(plan) {
+            return Ok(None);
+        }
         let conn = self.connection().await?;
         match lease::try_acquire(&conn, plan).await? {
             None => {
@@ -295,8 +299,7 @@ impl Target for PgTarget {
                     .await
                     .map_err(|e| sql_error(e, sql))?
                     .get(0);
-                self.lease_pid = Some(pid);
-                self.lease = Some(conn);
+                self.leases.insert(plan.to_string(), (conn, pid));
                 Ok(None)
             }
             Some(holder) => Ok(Some(holder)),
@@ -304,8 +307,7 @@ impl Target for PgTarget {
     }
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
-        self.lease_pid = None;
-        if let Some(conn) = self.lease.take() {
+        if let Some((conn, _)) = self.leases.remove(plan) {
             lease::release(&conn, plan).await?;
         }
         Ok(())
@@ -430,7 +432,7 @@ impl Target for PgTarget {
         table: &str,
         mode: super::LockMode,
     ) -> Result<Vec<super::Blocker>, TargetError> {
-        let ours: Vec<i32> = self.lease_pid.into_iter().collect();
+        let ours: Vec<i32> = self.leases.values().map(|(_, pid)| *pid).collect();
         blockers::find(&self.work, table, mode, &ours).await
     }
 
@@ -538,5 +540,29 @@ impl Target for PgTarget {
 
     async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError> {
         backup::last_restore(&self.work).await
+    }
+
+    async fn version_state(&mut self) -> Result<VersionState, TargetError> {
+        self.read_versions().await
+    }
+
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+        self.run_one_migration(run).await
+    }
+
+    async fn stamp_versions(
+        &mut self,
+        applied: &[(String, String)],
+        heads: &[String],
+    ) -> Result<(), TargetError> {
+        self.replace_versions(applied, heads).await
+    }
+
+    async fn set_step_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: &str,
+    ) -> Result<(), TargetError> {
+        self.write_checkpoint(key, checkpoint).await
     }
 }

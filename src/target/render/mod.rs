@@ -14,6 +14,7 @@ mod drop_table;
 mod dual_write;
 mod set_not_null;
 mod sql;
+pub mod versions;
 
 use crate::plan::Step;
 
@@ -182,11 +183,7 @@ pub fn render_step_down(step: &Step, dialect: Dialect) -> Result<Vec<Unit>, Rend
                 "`drop_dual_write` is undone by re-creating the plan's `dual_write`".to_string(),
             ))
         }
-        Step::Migrations(_) => return Err(RenderError(
-            "`migrations` cannot be rolled back by `phased rollback`; use `phased db downgrade`"
-                .to_string(),
-        )),
-        Step::Backfill(_) | Step::Flag(_) | Step::Command(_) => {
+        Step::Backfill(_) | Step::Flag(_) | Step::Command(_) | Step::Migrations(_) => {
             return Err(RenderError(format!(
                 "`{}` is undone by the engine, not by SQL",
                 step.kind_name()

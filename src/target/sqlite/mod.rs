@@ -8,6 +8,7 @@ mod rebuild;
 mod snapshot;
 mod state;
 mod table_definition;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use super::{
     BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
     StepStatus, Target, TargetError, Timeouts,
 };
+use super::{MigrationRun, VersionState};
 
 /// One SQLite database file.
 pub struct SqliteTarget {
@@ -414,5 +416,29 @@ impl Target for SqliteTarget {
 
     async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError> {
         backup::last_restore(&self.conn)
+    }
+
+    async fn version_state(&mut self) -> Result<VersionState, TargetError> {
+        self.read_versions()
+    }
+
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+        self.run_one_migration(run)
+    }
+
+    async fn stamp_versions(
+        &mut self,
+        applied: &[(String, String)],
+        heads: &[String],
+    ) -> Result<(), TargetError> {
+        self.replace_versions(applied, heads)
+    }
+
+    async fn set_step_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: &str,
+    ) -> Result<(), TargetError> {
+        self.write_checkpoint(key, checkpoint)
     }
 }

@@ -1,0 +1,479 @@
+//! `phased db …`: Alembic-style versioned migrations. Resolve the folder, the database and the
+//! revision asked for; refuse on drift before anything runs; then run under the `db:<dir>` lease.
+
+use rand::Rng;
+
+use super::args::{Cli, DbAction, DbArgs, Format};
+use super::config::{self, AnyTarget};
+use super::exit;
+use crate::engine::migrations::{self as engine, Progress, Request, VersionError};
+use crate::migrations::{self, file, path, History, MigrationError, Spec};
+use crate::plan::RetryPolicy;
+use crate::target::{Target, TargetError, Timeouts, VersionState};
+use crate::with_target;
+
+/// Runs a `db` subcommand and returns the exit code.
+pub async fn execute(cli: &Cli, args: &DbArgs) -> u8 {
+    let result = match &args.action {
+        DbAction::New { message } => new(cli, args, message),
+        DbAction::Merge { message, revisions } => merge(cli, args, message, revisions),
+        DbAction::History => history(cli, args),
+        DbAction::Heads => heads(cli, args),
+        DbAction::Current => current(cli, args).await,
+        DbAction::Upgrade { revision, sql } => {
+            migrate(cli, args, revision, *sql, Direction::Up).await
+        }
+        DbAction::Downgrade { revision, sql } => {
+            migrate(cli, args, revision, *sql, Direction::Down).await
+        }
+        DbAction::Stamp { revision } => stamp(cli, args, revision).await,
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(err) => report(&err, cli.format),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// Why a `db` command stopped.
+#[derive(Debug, thiserror::Error)]
+enum DbError {
+    #[error(transparent)]
+    Version(Box<VersionError>),
+    /// The database URL is unusable.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing a new migration file failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<VersionError> for DbError {
+    fn from(e: VersionError) -> Self {
+        DbError::Version(Box::new(e))
+    }
+}
+
+impl From<MigrationError> for DbError {
+    fn from(e: MigrationError) -> Self {
+        VersionError::Migrations(e).into()
+    }
+}
+
+impl From<TargetError> for DbError {
+    fn from(e: TargetError) -> Self {
+        VersionError::Target(e).into()
+    }
+}
+
+fn report(err: &DbError, format: Format) -> u8 {
+    let code = match err {
+        DbError::Usage(_) => exit::INVALID,
+        DbError::Version(v) => match **v {
+            VersionError::Migrations(_) => exit::INVALID,
+            VersionError::LeaseHeld { .. } => exit::LOCKED,
+            _ => exit::FAILED,
+        },
+        DbError::Io(_) => exit::FAILED,
+    };
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "error", "exit_code": code, "message": err.to_string()})
+        );
+    }
+    let version = match err {
+        DbError::Version(v) => Some(&**v),
+        _ => None,
+    };
+    match version {
+        Some(VersionError::Drift(items)) => {
+            eprintln!(
+                "error: drift: applied migrations no longer match their files. Nothing was run."
+            );
+            for item in items {
+                eprintln!("  - {item}");
+            }
+            eprintln!("  Restore the applied files as they were and put changes in a new revision (`phased db new`);\n  if the edit is intended (e.g. a comment), record the new checksums with `phased db stamp`.");
+        }
+        Some(VersionError::Failed {
+            revision,
+            direction,
+            error,
+            completed,
+        }) => {
+            eprintln!("error: {direction} of {revision} failed");
+            eprintln!("  {}", error.to_string().replace('\n', "\n  "));
+            if let Some(sql) = error.sql() {
+                eprintln!("  while running:\n    {}", sql.replace('\n', "\n    "));
+            }
+            if !completed.is_empty() {
+                eprintln!(
+                    "  completed and recorded before it: {}",
+                    completed.join(", ")
+                );
+            }
+            eprintln!("  {revision} is not recorded. Fix the cause and run the command again; `phased db current` shows where the database stands.");
+        }
+        _ => eprintln!("error: {err}"),
+    }
+    code
+}
+
+fn load(args: &DbArgs) -> Result<History, DbError> {
+    Ok(migrations::load(&args.dir)?)
+}
+
+fn timeouts(args: &DbArgs) -> Timeouts {
+    Timeouts {
+        lock_timeout: args.lock_timeout.0,
+        statement_timeout: std::time::Duration::ZERO,
+    }
+}
+
+async fn open(cli: &Cli) -> Result<AnyTarget, DbError> {
+    let url = config::database_url(cli.database.as_deref()).map_err(DbError::Usage)?;
+    Ok(config::open(&url, "db").await?)
+}
+
+/// `rev (head)` for a file head, `rev` otherwise; `<base>` when nothing is applied.
+fn head_lines(history: &History, heads: &[String]) -> Vec<String> {
+    if heads.is_empty() {
+        return vec!["<base>".to_string()];
+    }
+    let file_heads = history.heads();
+    heads
+        .iter()
+        .map(|h| {
+            if file_heads.contains(&h.as_str()) {
+                format!("{h} (head)")
+            } else {
+                h.clone()
+            }
+        })
+        .collect()
+}
+
+fn now_utc() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn new_revision_id() -> String {
+    let bytes: [u8; 6] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a new migration file and prints its path.
+fn write_revision(
+    cli: &Cli,
+    args: &DbArgs,
+    revises: &[String],
+    message: &str,
+) -> Result<(), DbError> {
+    let now = now_utc();
+    let created = now
+        .format(&time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
+        .map_err(|e| DbError::Io(e.to_string()))?;
+    let stamp = now
+        .format(&time::macros::format_description!(
+            "[year][month][day]_[hour][minute]"
+        ))
+        .map_err(|e| DbError::Io(e.to_string()))?;
+    let revision = new_revision_id();
+    let path = args.dir.join(file::file_name(&stamp, &revision, message));
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| DbError::Io(format!("cannot create {}: {e}", args.dir.display())))?;
+    let text = file::template(&revision, revises, message, &created);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|e| DbError::Io(format!("cannot write {}: {e}", path.display())))?;
+    match cli.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"revision": revision, "revises": revises, "path": path.display().to_string()})
+        ),
+        Format::Human => println!(
+            "created {} (revision {revision}, revises {})",
+            path.display(),
+            if revises.is_empty() {
+                "<base>".to_string()
+            } else {
+                revises.join(", ")
+            }
+        ),
+    }
+    Ok(())
+}
+
+fn new(cli: &Cli, args: &DbArgs, message: &str) -> Result<(), DbError> {
+    let history = if args.dir.exists() {
+        load(args)?
+    } else {
+        History::new(Vec::new())?
+    };
+    let revises: Vec<String> = match history.heads().as_slice() {
+        [] => Vec::new(),
+        [one] => vec![one.to_string()],
+        many => {
+            return Err(MigrationError::MultipleHeads {
+                heads: many.iter().map(|s| s.to_string()).collect(),
+            }
+            .into())
+        }
+    };
+    write_revision(cli, args, &revises, message)
+}
+
+fn merge(cli: &Cli, args: &DbArgs, message: &str, revisions: &[String]) -> Result<(), DbError> {
+    let history = load(args)?;
+    let mut revises: Vec<String> = Vec::new();
+    for name in revisions {
+        let id = history.resolve(name)?.revision.clone();
+        if revises.contains(&id) {
+            return Err(MigrationError::Usage(format!("{id} is named twice")).into());
+        }
+        revises.push(id);
+    }
+    for (i, a) in revises.iter().enumerate() {
+        for b in &revises[i + 1..] {
+            if history.ancestors_inclusive(b).contains(a)
+                || history.ancestors_inclusive(a).contains(b)
+            {
+                return Err(MigrationError::Usage(format!(
+                    "{a} and {b} are on the same branch (one revises the other): there is nothing to merge"
+                ))
+                .into());
+            }
+        }
+    }
+    write_revision(cli, args, &revises, message)
+}
+
+fn history(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
+    let history = load(args)?;
+    let heads = history.heads();
+    let mut rows = Vec::new();
+    for m in history.in_order().rev() {
+        let parents = if m.revises.is_empty() {
+            "<base>".to_string()
+        } else {
+            m.revises.join(", ")
+        };
+        let mut marks = String::new();
+        if heads.contains(&m.revision.as_str()) {
+            marks.push_str(" (head)");
+        }
+        if history.children(&m.revision).len() > 1 {
+            marks.push_str(" (branchpoint)");
+        }
+        if m.is_merge() {
+            marks.push_str(" (mergepoint)");
+        }
+        match cli.format {
+            Format::Json => rows.push(serde_json::json!({
+                "revision": m.revision, "revises": m.revises, "message": m.message,
+                "created": m.created, "transactional": m.transactional,
+                "head": heads.contains(&m.revision.as_str()), "file": m.path.display().to_string(),
+            })),
+            Format::Human => println!("{parents} -> {}{marks}, {}", m.revision, m.message),
+        }
+    }
+    if cli.format == Format::Json {
+        println!("{}", serde_json::Value::Array(rows));
+    }
+    Ok(())
+}
+
+fn heads(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
+    let history = load(args)?;
+    let heads = history.heads();
+    match cli.format {
+        Format::Json => println!("{}", serde_json::json!({ "heads": heads })),
+        Format::Human => {
+            for h in heads {
+                let message = history.get(h).map(|m| m.message.as_str()).unwrap_or("");
+                println!("{h} (head), {message}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn current(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
+    let history = load(args)?;
+    let mut target = open(cli).await?;
+    let state: VersionState = with_target!(&mut target, t => t.version_state().await)?;
+    let heads = history.heads_of(&engine::applied(&state));
+    let drift = engine::find_drift(&history, &state);
+    match cli.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "heads": heads,
+                "applied": state.applied,
+                "drift": drift.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        ),
+        Format::Human => {
+            for line in head_lines(&history, &heads) {
+                println!("{line}");
+            }
+            for item in &drift {
+                eprintln!("warning: drift: {item}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn migrate(
+    cli: &Cli,
+    args: &DbArgs,
+    revision: &str,
+    sql_only: bool,
+    direction: Direction,
+) -> Result<(), DbError> {
+    let history = load(args)?;
+    let spec = Spec::parse(revision)?;
+    let mut target = open(cli).await?;
+    let key = engine::lease_key(&args.dir);
+    let timeouts = timeouts(args);
+    let format = cli.format;
+    with_target!(&mut target, t => {
+        if sql_only {
+            let state = engine::checked_state(t, &history).await?;
+            let request = match direction {
+                Direction::Up => Request::Upgrade(&spec),
+                Direction::Down => Request::Downgrade(&spec),
+            };
+            let moves = engine::moves_for(&history, &state, request)?;
+            let prepared = engine::prepare(&history, moves, t.dialect())?;
+            print!("{}", engine::sql_text(&prepared, t.dialect(), timeouts));
+            Ok(())
+        } else {
+            t.ensure_state().await?;
+            if let Some(holder) = t.acquire_lease(&key).await? {
+                return Err(VersionError::LeaseHeld { key, holder: holder.description }.into());
+            }
+            let result = migrate_locked(t, &history, &spec, direction, timeouts, format).await;
+            let released = t.release_lease(&key).await;
+            result?;
+            released?;
+            Ok(())
+        }
+    })
+}
+
+async fn migrate_locked<T: Target>(
+    target: &mut T,
+    history: &History,
+    spec: &Spec,
+    direction: Direction,
+    timeouts: Timeouts,
+    format: Format,
+) -> Result<(), DbError> {
+    let state = engine::checked_state(target, history).await?;
+    let request = match direction {
+        Direction::Up => Request::Upgrade(spec),
+        Direction::Down => Request::Downgrade(spec),
+    };
+    let moves = engine::moves_for(history, &state, request)?;
+    let prepared = engine::prepare(history, moves, target.dialect())?;
+    if prepared.is_empty() && format == Format::Human {
+        eprintln!("nothing to do");
+    }
+    let retry = RetryPolicy::default();
+    let mut on_event = |event: Progress<'_>| match (event, format) {
+        (Progress::Start(p), Format::Human) => eprintln!("Running {}", p.describe()),
+        (Progress::Start(p), Format::Json) => println!(
+            "{}",
+            serde_json::json!({"event": "migration", "direction": p.step.direction.as_str(),
+                "revision": p.migration.revision, "message": p.migration.message,
+                "transactional": p.migration.transactional})
+        ),
+        (
+            Progress::Retry {
+                prepared,
+                attempt,
+                error,
+                wait_ms,
+            },
+            Format::Human,
+        ) => eprintln!(
+            "  {} attempt {attempt} failed ({error}); retrying in {wait_ms}ms",
+            prepared.migration.revision
+        ),
+        (
+            Progress::Retry {
+                prepared,
+                attempt,
+                error,
+                wait_ms,
+            },
+            Format::Json,
+        ) => println!(
+            "{}",
+            serde_json::json!({"event": "migration_retry", "revision": prepared.migration.revision,
+                "attempt": attempt, "error": error.to_string(), "wait_ms": wait_ms})
+        ),
+    };
+    engine::apply(target, &prepared, timeouts, Some(&retry), &mut on_event).await?;
+    let state = target.version_state().await?;
+    let heads = history.heads_of(&engine::applied(&state));
+    match format {
+        Format::Json => println!("{}", serde_json::json!({"event": "done", "heads": heads})),
+        Format::Human => {
+            for line in head_lines(history, &heads) {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn stamp(cli: &Cli, args: &DbArgs, revision: &str) -> Result<(), DbError> {
+    let history = load(args)?;
+    let spec = Spec::parse(revision)?;
+    let set = path::stamp(&history, &spec)?;
+    let applied: Vec<(String, String)> = history
+        .in_order()
+        .filter(|m| set.contains(&m.revision))
+        .map(|m| (m.revision.clone(), m.checksum.clone()))
+        .collect();
+    let heads = history.heads_of(&set);
+    let mut target = open(cli).await?;
+    let key = engine::lease_key(&args.dir);
+    with_target!(&mut target, t => {
+        t.ensure_state().await?;
+        if let Some(holder) = t.acquire_lease(&key).await? {
+            return Err(VersionError::LeaseHeld { key, holder: holder.description }.into());
+        }
+        let result = t.stamp_versions(&applied, &heads).await;
+        let released = t.release_lease(&key).await;
+        result?;
+        released?;
+        Ok::<(), DbError>(())
+    })?;
+    match cli.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"event": "stamped", "heads": heads})
+        ),
+        Format::Human => {
+            for line in head_lines(&history, &heads) {
+                println!("stamped {line}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! Driving versioned migrations against a target: the drift check before anything runs, then
+//! one migration at a time, each recorded with its checksum in its own transaction, retried on
+//! lock timeouts like plan steps. Used by `phased db …` and by the plan's `migrations` step.
+
+use std::collections::BTreeSet;
+
+use crate::migrations::path::{self, applied_set};
+use crate::migrations::{Direction, History, Migration, MigrationError, Move, Spec};
+use crate::plan::RetryPolicy;
+use crate::target::render::versions::script_text;
+use crate::target::{MigrationRun, Target, TargetError, Timeouts, VersionState};
+
+/// Why migrations did not run (or stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    /// The files, or the revision asked for, are not usable.
+    #[error(transparent)]
+    Migrations(#[from] MigrationError),
+    /// Applied migrations whose file changed or disappeared since.
+    #[error("drift: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Drift(Vec<Drift>),
+    /// Another runner holds the migrations' lease.
+    #[error("another runner is applying the migrations in {key}: {holder}")]
+    LeaseHeld { key: String, holder: String },
+    /// A migration failed; the ones before it stay applied and recorded.
+    #[error("{direction} of {revision} failed: {error}")]
+    Failed {
+        revision: String,
+        direction: &'static str,
+        error: TargetError,
+        /// Moves completed before the failure, as `upgrade a1`.
+        completed: Vec<String>,
+    },
+    /// The database failed outside a migration (state tables, lease).
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
+/// An applied migration that no longer matches the folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// The file was edited after the migration was applied.
+    Edited { revision: String, file: String },
+    /// No file declares the applied revision any more.
+    Missing { revision: String },
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::Edited { revision, file } => write!(
+                f,
+                "revision {revision} was applied, but {file} has been edited since (its checksum changed)"
+            ),
+            Drift::Missing { revision } => write!(
+                f,
+                "revision {revision} is applied, but no file in the folder declares it any more"
+            ),
+        }
+    }
+}
+
+/// Applied migrations whose file changed or disappeared, in history order.
+pub fn find_drift(history: &History, state: &VersionState) -> Vec<Drift> {
+    let mut out = Vec::new();
+    for applied in &state.applied {
+        match history.get(&applied.revision) {
+            None => out.push(Drift::Missing {
+                revision: applied.revision.clone(),
+            }),
+            Some(m) if m.checksum != applied.checksum => out.push(Drift::Edited {
+                revision: applied.revision.clone(),
+                file: m.path.display().to_string(),
+            }),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// The applied revisions as a set.
+pub fn applied(state: &VersionState) -> BTreeSet<String> {
+    applied_set(state.applied.iter().map(|a| a.revision.as_str()))
+}
+
+/// Reads the version state and refuses on drift.
+pub async fn checked_state<T: Target>(
+    target: &mut T,
+    history: &History,
+) -> Result<VersionState, VersionError> {
+    let state = target.version_state().await?;
+    let drift = find_drift(history, &state);
+    if !drift.is_empty() {
+        return Err(VersionError::Drift(drift));
+    }
+    Ok(state)
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    Upgrade(&'a Spec),
+    Downgrade(&'a Spec),
+}
+
+/// The moves a request needs from the given state.
+pub fn moves_for(
+    history: &History,
+    state: &VersionState,
+    request: Request<'_>,
+) -> Result<Vec<Move>, MigrationError> {
+    let applied = applied(state);
+    match request {
+        Request::Upgrade(spec) => path::upgrade(history, &applied, spec),
+        Request::Downgrade(spec) => path::downgrade(history, &applied, spec),
+    }
+}
+
+/// One move with everything needed to run it.
+pub struct Prepared<'h> {
+    pub migration: &'h Migration,
+    pub step: Move,
+    pub script: &'h str,
+}
+
+impl Prepared<'_> {
+    pub fn run(&self, timeouts: Timeouts) -> MigrationRun<'_> {
+        MigrationRun {
+            revision: &self.migration.revision,
+            checksum: &self.migration.checksum,
+            up: self.step.direction == Direction::Up,
+            script: self.script,
+            transactional: self.migration.transactional,
+            heads_after: &self.step.heads_after,
+            timeouts,
+        }
+    }
+
+    /// `Running upgrade bb02 -> cc03, add index` (Alembic's wording).
+    pub fn describe(&self) -> String {
+        let m = self.migration;
+        let parents = if m.revises.is_empty() {
+            "<base>".to_string()
+        } else {
+            m.revises.join(", ")
+        };
+        let arrow = match self.step.direction {
+            Direction::Up => format!("{parents} -> {}", m.revision),
+            Direction::Down => format!("{} -> {parents}", m.revision),
+        };
+        let mut text = format!("{} {arrow}, {}", self.step.direction.as_str(), m.message);
+        if !m.transactional {
+            text.push_str(" (not in a transaction)");
+        }
+        text
+    }
+}
+
+/// Looks up every move's SQL for the dialect before anything runs, so a missing down section
+/// is found before the first migration is undone.
+pub fn prepare<'h>(
+    history: &'h History,
+    moves: Vec<Move>,
+    dialect: crate::target::Dialect,
+) -> Result<Vec<Prepared<'h>>, MigrationError> {
+    moves
+        .into_iter()
+        .map(|step| {
+            let migration = history
+                .get(&step.revision)
+                .ok_or_else(|| MigrationError::UnknownRevision(step.revision.clone()))?;
+            let script = match step.direction {
+                Direction::Up => migration.up.for_dialect(dialect).ok_or_else(|| {
+                    MigrationError::MissingSql(format!(
+                        "revision {} has no `-- migrate:up` SQL for {} ({})",
+                        migration.revision,
+                        dialect.as_str(),
+                        migration.path.display()
+                    ))
+                })?,
+                Direction::Down => migration
+                    .down
+                    .as_ref()
+                    .ok_or_else(|| {
+                        MigrationError::MissingSql(format!(
+                            "revision {} has no `-- migrate:down` section, so it cannot be undone ({})",
+                            migration.revision,
+                            migration.path.display()
+                        ))
+                    })?
+                    .for_dialect(dialect)
+                    .ok_or_else(|| {
+                        MigrationError::MissingSql(format!(
+                            "revision {} has no `-- migrate:down` SQL for {} ({})",
+                            migration.revision,
+                            dialect.as_str(),
+                            migration.path.display()
+                        ))
+                    })?,
+            };
+            Ok(Prepared {
+                migration,
+                step,
+                script,
+            })
+        })
+        .collect()
+}
+
+/// The SQL the moves would run, for `--sql`.
+pub fn sql_text(
+    prepared: &[Prepared<'_>],
+    dialect: crate::target::Dialect,
+    timeouts: Timeouts,
+) -> String {
+    let mut out = String::new();
+    for p in prepared {
+        out.push_str(&format!("-- Running {}\n", p.describe()));
+        out.push_str(&script_text(dialect, &p.run(timeouts)));
+        out.push('\n');
+    }
+    out
+}
+
+/// Runs prepared moves in order. With a retry policy each migration is retried on lock
+/// timeouts; without one the first error is returned as is (the plan step retries itself).
+pub async fn apply<T: Target>(
+    target: &mut T,
+    prepared: &[Prepared<'_>],
+    timeouts: Timeouts,
+    retry: Option<&RetryPolicy>,
+    on_event: &mut dyn FnMut(Progress<'_>),
+) -> Result<(), VersionError> {
+    let mut completed = Vec::new();
+    for p in prepared {
+        on_event(Progress::Start(p));
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match target.run_migration(&p.run(timeouts)).await {
+                Ok(()) => break,
+                Err(error) => {
+                    let attempts = retry.map(|r| r.attempts.max(1)).unwrap_or(1);
+                    if error.is_retryable() && attempt < attempts {
+                        if let Some(policy) = retry {
+                            let wait = super::retry::backoff(policy, attempt);
+                            on_event(Progress::Retry {
+                                prepared: p,
+                                attempt,
+                                error: &error,
+                                wait_ms: super::runner::millis(wait),
+                            });
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                    }
+                    return Err(VersionError::Failed {
+                        revision: p.migration.revision.clone(),
+                        direction: p.step.direction.as_str(),
+                        error,
+                        completed,
+                    });
+                }
+            }
+        }
+        completed.push(format!(
+            "{} {}",
+            p.step.direction.as_str(),
+            p.migration.revision
+        ));
+    }
+    Ok(())
+}
+
+/// What [`apply`] reports as it goes.
+pub enum Progress<'a> {
+    Start(&'a Prepared<'a>),
+    Retry {
+        prepared: &'a Prepared<'a>,
+        attempt: u32,
+        error: &'a TargetError,
+        wait_ms: u64,
+    },
+}
+
+/// The single-runner lease of a migrations folder: `db:` and the folder's name, so that
+/// `phased db upgrade --dir migrations` and a plan's `migrations: { dir: ../migrations }` (or an
+/// absolute path) exclude each other.
+pub fn lease_key(dir: &std::path::Path) -> String {
+    let name = dir
+        .components()
+        .rev()
+        .find_map(|c| match c {
+            std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| dir.display().to_string());
+    format!("db:{name}")
+}
+
+fn step_error(e: impl std::fmt::Display) -> TargetError {
+    TargetError::Unexpected(e.to_string())
+}
+
+/// The plan's `migrations` step: records the heads it starts from in the step's checkpoint (on
+/// its first attempt only, so retries and resumes keep the original), then upgrades to `to`.
+/// A failed migration's error is returned as is, so the runner retries lock timeouts.
+pub async fn run_step<T: Target>(
+    target: &mut T,
+    base_dir: &std::path::Path,
+    step: &crate::plan::Migrations,
+    key: &crate::target::StepKey,
+    checkpoint: &mut Option<String>,
+    timeouts: Timeouts,
+) -> Result<(), TargetError> {
+    let key_name = lease_key(&step.dir);
+    if let Some(holder) = target.acquire_lease(&key_name).await? {
+        return Err(step_error(VersionError::LeaseHeld {
+            key: key_name,
+            holder: holder.description,
+        }));
+    }
+    let result = run_step_locked(target, base_dir, step, key, checkpoint, timeouts).await;
+    let released = target.release_lease(&key_name).await;
+    result?;
+    released
+}
+
+async fn run_step_locked<T: Target>(
+    target: &mut T,
+    base_dir: &std::path::Path,
+    step: &crate::plan::Migrations,
+    key: &crate::target::StepKey,
+    checkpoint: &mut Option<String>,
+    timeouts: Timeouts,
+) -> Result<(), TargetError> {
+    let history = crate::migrations::load(&base_dir.join(&step.dir)).map_err(step_error)?;
+    let spec = Spec::parse(&step.to).map_err(step_error)?;
+    let state = checked_state(target, &history).await.map_err(step_error)?;
+    if checkpoint.is_none() {
+        let before = history.heads_of(&applied(&state));
+        let text = serde_json::to_string(&before).map_err(step_error)?;
+        target.set_step_checkpoint(key, &text).await?;
+        *checkpoint = Some(text);
+    }
+    let moves = moves_for(&history, &state, Request::Upgrade(&spec)).map_err(step_error)?;
+    let prepared = prepare(&history, moves, target.dialect()).map_err(step_error)?;
+    for p in &prepared {
+        tracing::info!("running {}", p.describe());
+    }
+    match apply(target, &prepared, timeouts, None, &mut |_| {}).await {
+        Ok(()) => target.finish_step(key).await,
+        Err(VersionError::Failed { error, .. }) | Err(VersionError::Target(error)) => Err(error),
+        Err(other) => Err(step_error(other)),
+    }
+}
+
+/// The heads a `migrations` step started from, as recorded in its checkpoint.
+pub fn heads_before(checkpoint: Option<&str>) -> Result<Vec<String>, TargetError> {
+    let text = checkpoint.ok_or_else(|| {
+        step_error("the migrations step has no recorded starting revision, so it cannot be rolled back automatically; use `phased db downgrade`")
+    })?;
+    serde_json::from_str(text).map_err(|e| {
+        step_error(format!(
+            "the migrations step's checkpoint `{text}` is unreadable: {e}"
+        ))
+    })
+}
+
+/// Rolls a `migrations` step back: downgrades to the heads recorded before it ran.
+pub async fn rollback_step<T: Target>(
+    target: &mut T,
+    base_dir: &std::path::Path,
+    step: &crate::plan::Migrations,
+    checkpoint: Option<&str>,
+    timeouts: Timeouts,
+    retry: Option<&RetryPolicy>,
+) -> Result<(), VersionError> {
+    let before = heads_before(checkpoint)?;
+    let history = crate::migrations::load(&base_dir.join(&step.dir))?;
+    let key = lease_key(&step.dir);
+    if let Some(holder) = target.acquire_lease(&key).await? {
+        return Err(VersionError::LeaseHeld {
+            key,
+            holder: holder.description,
+        });
+    }
+    let result = async {
+        let state = checked_state(target, &history).await?;
+        let keep = path::closure(&history, &before);
+        let moves = path::down_to(&history, &applied(&state), &keep);
+        let prepared = prepare(&history, moves, target.dialect())?;
+        for p in &prepared {
+            tracing::info!("running {}", p.describe());
+        }
+        apply(target, &prepared, timeouts, retry, &mut |_| {}).await
+    }
+    .await;
+    let released = target.release_lease(&key).await;
+    result?;
+    Ok(released?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_key;
+    use std::path::Path;
+
+    #[test]
+    fn the_lease_is_keyed_by_the_folder_name() {
+        assert_eq!(lease_key(Path::new("migrations")), "db:migrations");
+        assert_eq!(lease_key(Path::new("../migrations/")), "db:migrations");
+        assert_eq!(lease_key(Path::new("/srv/app/migrations")), "db:migrations");
+        assert_eq!(lease_key(Path::new("db/versions")), "db:versions");
+    }
+}
