@@ -120,7 +120,7 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub to: Option<String>,
     /// Do not ask for confirmation (required when stdin is not a terminal).
-    #[arg(long)]
+    #[arg(short, long)]
     pub yes: bool,
 }
 
