@@ -1120,3 +1120,58 @@ fn validate_warns_about_steps_rollback_cannot_undo() {
     assert!(err.contains("this `sql` step has no `down`"), "{err}");
     assert!(err.contains("this `command` step has no `down`"), "{err}");
 }
+
+/// A `migrations` step shows the SQL of each pending migration, counting the steps before it as
+/// applied (offline) or reading the version state (online).
+async fn plan_shows_the_sql_of_pending_migrations(db: TestDb) {
+    let path = common::repo_root().join("plans/migrations.yaml");
+    let path = path.display().to_string();
+    let offline = common::phased_cmd()
+        .args([
+            "plan",
+            &path,
+            "--offline",
+            "--dialect",
+            if db.is_pg() { "postgres" } else { "sqlite" },
+        ])
+        .args(["--phase", "data"])
+        .output()
+        .expect("phased plan");
+    assert_eq!(offline.status.code(), Some(0), "{}", stderr_of(&offline));
+    let text = stdout_of(&offline);
+    assert!(
+        text.contains("-- Running upgrade 8d3e5b1a0c27 -> b7a2c4e9d315"),
+        "{text}"
+    );
+    assert!(!text.contains("<base> -> "), "{text}");
+    let loaded = match phased::plan::load(std::path::Path::new(&path)) {
+        Ok(p) => p,
+        Err(report) => panic!("{}", report.render_plain()),
+    };
+    until(&db, &loaded, "schema").await;
+    let online = common::phased_cmd()
+        .args(["plan", &path, "--database", &db.url()])
+        .output()
+        .expect("phased plan");
+    assert_eq!(online.status.code(), Some(0), "{}", stderr_of(&online));
+    let text = stdout_of(&online);
+    assert!(
+        text.contains("-- step schema#1 migrations ../migrations to 8d3e5b1a0c27: done, skipped"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-- Running upgrade 8d3e5b1a0c27 -> b7a2c4e9d315"),
+        "{text}"
+    );
+    assert!(!text.contains("<base> -> "), "{text}");
+}
+
+#[tokio::test]
+async fn plan_shows_the_sql_of_pending_migrations_sqlite() {
+    plan_shows_the_sql_of_pending_migrations(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn plan_shows_the_sql_of_pending_migrations_postgres() {
+    plan_shows_the_sql_of_pending_migrations(TestDb::pg().await).await;
+}

@@ -10,10 +10,55 @@ use super::runner::{find_drift, load_records, timeouts_for, Records};
 use super::EngineError;
 use crate::plan::{Backfill, BatchSize, LoadedPlan, Plan, Step, StepRef};
 use crate::target::render::{self, backfill, ident, literal, render_step, Dialect, Unit};
-use crate::target::{StepStatus, Target, Timeouts};
+use crate::target::{AppliedMigration, StepStatus, Target, Timeouts, VersionState};
 
 /// A backfill's key columns and their types, by table.
 type Keys = HashMap<String, (Vec<String>, Vec<String>)>;
+
+/// The SQL of each pending `migrations` step (or why it cannot be shown), by (phase, index).
+type MigrationTexts = HashMap<(usize, usize), Result<String, String>>;
+
+/// Works out what each pending `migrations` step would run: from the database's version state
+/// (empty offline), with the steps before it in the plan taken as applied.
+fn migration_texts(
+    loaded: &LoadedPlan,
+    dialect: Dialect,
+    records: &Records,
+    mut state: VersionState,
+) -> MigrationTexts {
+    use super::migrations::{moves_for, prepare, sql_text, Request};
+    let plan = &loaded.plan;
+    let mut texts = MigrationTexts::new();
+    for (step, def) in plan.step_refs() {
+        let Step::Migrations(m) = def else { continue };
+        let done = records
+            .get(&(step.phase.clone(), step.index as i32))
+            .is_some_and(|r| r.status == StepStatus::Done);
+        if done {
+            continue; // already part of the database's version state
+        }
+        let result = (|| -> Result<String, String> {
+            let history = crate::migrations::load(&loaded.base_dir.join(&m.dir))
+                .map_err(|e| e.to_string())?;
+            let spec = crate::migrations::Spec::parse(&m.to).map_err(|e| e.to_string())?;
+            let moves =
+                moves_for(&history, &state, Request::Upgrade(&spec)).map_err(|e| e.to_string())?;
+            let prepared = prepare(&history, moves, dialect).map_err(|e| e.to_string())?;
+            let text = sql_text(&prepared, dialect, timeouts_for(plan, def));
+            for p in &prepared {
+                state.applied.push(AppliedMigration {
+                    revision: p.migration.revision.clone(),
+                    checksum: p.migration.checksum.clone(),
+                    applied_at: String::new(),
+                });
+                state.heads = p.step.heads_after.clone();
+            }
+            Ok(text)
+        })();
+        texts.insert((step.phase_index, step.index), result);
+    }
+    texts
+}
 
 /// The dry run against a database: its dialect, its recorded state, its tables' keys.
 pub async fn dry_run<T: Target>(
@@ -47,7 +92,17 @@ pub async fn dry_run<T: Target>(
         target.describe(),
         target.dialect().as_str()
     );
-    render_plan(loaded, target.dialect(), &records, phase, &keys, header)
+    let state = target.version_state().await?;
+    let migrations = migration_texts(loaded, target.dialect(), &records, state);
+    render_plan(
+        loaded,
+        target.dialect(),
+        &records,
+        phase,
+        &keys,
+        &migrations,
+        header,
+    )
 }
 
 /// The dry run without a database: every step is pending, keys come from the plan.
@@ -69,7 +124,9 @@ pub fn dry_run_offline(
         plan.id(),
         dialect.as_str()
     );
-    render_plan(loaded, dialect, &Records::new(), phase, &keys, header)
+    let records = Records::new();
+    let migrations = migration_texts(loaded, dialect, &records, VersionState::default());
+    render_plan(loaded, dialect, &records, phase, &keys, &migrations, header)
 }
 
 /// The steps of the chosen phase (all phases when None).
@@ -133,6 +190,7 @@ fn render_plan(
     records: &Records,
     phase: Option<&str>,
     keys: &Keys,
+    migrations: &MigrationTexts,
     header: String,
 ) -> Result<String, EngineError> {
     let plan = &loaded.plan;
@@ -248,10 +306,24 @@ fn render_plan(
             Step::Migrations(m) => {
                 let _ = writeln!(
                     out,
-                    "-- applies the versioned migrations in {} up to {}",
+                    "-- applies the versioned migrations in {} up to {}; the revisions the database is at\n\
+                     -- before are kept in the step's checkpoint (for rollback)",
                     m.dir.display(),
                     m.to
                 );
+                match migrations.get(&(step.phase_index, step.index)) {
+                    Some(Ok(text)) if text.trim().is_empty() => {
+                        let _ = writeln!(out, "-- nothing to apply: already at {}", m.to);
+                    }
+                    Some(Ok(text)) => {
+                        let _ = write!(out, "{text}");
+                    }
+                    Some(Err(e)) => {
+                        let _ = writeln!(out, "-- cannot show its SQL: {e}");
+                    }
+                    None => {}
+                }
+                let _ = writeln!(out, "{}", done_comment(plan, step, dialect, false));
             }
             _ => match render_step(def, dialect) {
                 Ok(units) => render_units(&mut out, plan, step, &units, dialect, timeouts),
