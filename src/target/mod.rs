@@ -1,0 +1,209 @@
+//! The databases phased deploys to. Only this module speaks SQL; the engine drives it through [`Target`].
+
+pub mod error;
+pub mod postgres;
+pub mod render;
+pub mod sqlite;
+pub mod state_schema;
+pub mod url;
+
+pub use error::TargetError;
+pub use render::{Dialect, Unit};
+pub use url::DatabaseUrl;
+
+use std::time::Duration;
+
+/// Status of one step as stored in the target's state tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    RolledBack,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Done => "done",
+            StepStatus::Failed => "failed",
+            StepStatus::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "running" => StepStatus::Running,
+            "done" => StepStatus::Done,
+            "failed" => StepStatus::Failed,
+            "rolled_back" => StepStatus::RolledBack,
+            _ => StepStatus::Pending,
+        }
+    }
+}
+
+/// Identifies a step's state row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepKey {
+    pub plan: String,
+    pub phase: String,
+    /// 0-based index in the phase.
+    pub index: i32,
+}
+
+/// One step's recorded state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepRecord {
+    pub phase: String,
+    pub index: i32,
+    pub kind: String,
+    pub label: String,
+    pub checksum: String,
+    pub status: StepStatus,
+    pub attempts: i32,
+    /// RFC 3339, UTC.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub last_error: Option<String>,
+    /// Backfill checkpoint: JSON array of the last key's values.
+    pub checkpoint: Option<String>,
+    pub rows_done: i64,
+    pub rows_total: Option<i64>,
+}
+
+/// What a step starting is recorded with.
+#[derive(Debug, Clone)]
+pub struct StepStart<'a> {
+    pub key: &'a StepKey,
+    pub kind: &'a str,
+    pub label: &'a str,
+    pub checksum: &'a str,
+}
+
+/// Timeouts a unit of work runs under.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    pub lock_timeout: Duration,
+    /// Zero: none.
+    pub statement_timeout: Duration,
+}
+
+/// Who holds a plan's single-runner lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub description: String,
+}
+
+/// A backfill's next batch: which rows, what to set, where the last batch stopped.
+#[derive(Debug, Clone)]
+pub struct BatchRequest<'a> {
+    pub key: &'a StepKey,
+    pub table: &'a str,
+    pub key_columns: &'a [String],
+    pub set: &'a [(String, String)],
+    pub predicate: Option<&'a str>,
+    /// JSON array of the last processed key, or None to start at the beginning.
+    pub after: Option<&'a str>,
+    pub limit: u64,
+    pub timeouts: Timeouts,
+}
+
+/// What one committed batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub rows: u64,
+    /// JSON array of the batch's last key; None when no rows were left.
+    pub last_key: Option<String>,
+}
+
+/// A flag in the flag store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FlagRecord {
+    pub name: String,
+    pub value: String,
+    pub updated_at: String,
+    pub plan: Option<String>,
+}
+
+/// The operations the engine needs from a database. One implementation per dialect.
+#[allow(async_fn_in_trait)]
+pub trait Target {
+    fn dialect(&self) -> Dialect;
+
+    /// Where this target points, with any password removed.
+    fn describe(&self) -> String;
+
+    /// Creates or upgrades the state tables.
+    async fn ensure_state(&mut self) -> Result<(), TargetError>;
+
+    /// Takes the plan's single-runner lease, or says who holds it.
+    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, TargetError>;
+
+    async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError>;
+
+    /// Every recorded step of a plan (none when the state tables do not exist yet).
+    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, TargetError>;
+
+    /// Records an attempt starting: status running, attempts + 1.
+    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), TargetError>;
+
+    /// Records a failed attempt.
+    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), TargetError>;
+
+    /// Records a step as done (for work that could not share its transaction).
+    async fn finish_step(&mut self, key: &StepKey) -> Result<(), TargetError>;
+
+    /// Sets a step's status directly (rollback bookkeeping).
+    async fn set_step_status(
+        &mut self,
+        key: &StepKey,
+        status: StepStatus,
+    ) -> Result<(), TargetError>;
+
+    /// Runs a step's units in order. The last transactional unit also marks the step done,
+    /// in the same transaction; when the last unit cannot be transactional the step is marked
+    /// done right after it.
+    async fn apply(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+    ) -> Result<(), TargetError>;
+
+    /// Runs one backfill batch and commits it with the checkpoint.
+    async fn backfill_batch(
+        &mut self,
+        batch: &BatchRequest<'_>,
+    ) -> Result<BatchOutcome, TargetError>;
+
+    /// Rows a backfill will visit (an estimate on PostgreSQL).
+    async fn count_rows(
+        &mut self,
+        table: &str,
+        predicate: Option<&str>,
+    ) -> Result<i64, TargetError>;
+
+    /// Records the expected total of a backfill.
+    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), TargetError>;
+
+    /// The primary key columns of a table, in key order (SQLite falls back to rowid).
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, TargetError>;
+
+    /// Sets a flag and, when a step is given, marks it done in the same transaction.
+    async fn set_flag(
+        &mut self,
+        name: &str,
+        value: &str,
+        plan: Option<&str>,
+        step: Option<&StepKey>,
+    ) -> Result<(), TargetError>;
+
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError>;
+
+    /// Evaluates a query that must return one boolean.
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError>;
+}

@@ -1,0 +1,65 @@
+//! The single-runner lease: a session-level advisory lock keyed by the plan, taken with
+//! `pg_try_advisory_lock` (never waiting), released when the run ends or its connection dies.
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use super::sql_error;
+use crate::target::{LeaseHolder, TargetError};
+
+/// The advisory lock key of a plan: the first 8 bytes of sha256("phased:" + plan).
+pub fn key(plan: &str) -> i64 {
+    let digest = Sha256::digest(format!("phased:{plan}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// Takes the lease, or returns who holds it.
+pub async fn try_acquire(conn: &Client, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+    let key = key(plan);
+    let sql = "SELECT pg_try_advisory_lock($1)";
+    let got: bool = conn
+        .query_one(sql, &[&key])
+        .await
+        .map_err(|e| sql_error(e, sql))?
+        .get(0);
+    if got {
+        return Ok(None);
+    }
+    // A bigint advisory key shows in pg_locks as classid (high half) / objid (low half), objsubid 1.
+    let classid = (key >> 32) as u32;
+    let objid = (key & 0xffff_ffff) as u32;
+    let who = "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'), \
+               to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+               WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 AND l.granted";
+    let row = conn
+        .query_opt(who, &[&classid, &objid])
+        .await
+        .map_err(|e| sql_error(e, who))?;
+    let description = match row {
+        Some(r) => {
+            let pid: i32 = r.get(0);
+            let app: String = r.get(1);
+            let addr: String = r.get(2);
+            let since: Option<String> = r.get(3);
+            format!(
+                "pid {pid} ({app}) from {addr}, connected since {}",
+                since.unwrap_or_else(|| "an unknown time".into())
+            )
+        }
+        None => {
+            "another session (it has just released it or is not visible to this user)".to_string()
+        }
+    };
+    Ok(Some(LeaseHolder { description }))
+}
+
+pub async fn release(conn: &Client, plan: &str) -> Result<(), TargetError> {
+    let sql = "SELECT pg_advisory_unlock($1)";
+    conn.query_one(sql, &[&key(plan)])
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! PostgreSQL target: state in schema `phased`, DDL under `SET LOCAL lock_timeout`, indexes
+//! built `CONCURRENTLY` outside transactions, the runner lease as a session advisory lock.
+
+mod backfill;
+mod lease;
+mod state;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::render::{literal, Dialect, Unit};
+use super::url::redact;
+use super::{
+    BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
+    StepStatus, Target, TargetError, Timeouts,
+};
+
+/// A connection pool to one PostgreSQL database, plus the connection that holds the lease.
+pub struct PgTarget {
+    pool: Pool,
+    /// The connection that runs step work and state writes (kept for the whole run).
+    work: Object,
+    /// The connection holding the plan's advisory lock, while it is held.
+    lease: Option<Object>,
+    url: String,
+    key_types: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// Renders `Duration` as a PostgreSQL interval string in milliseconds.
+pub(crate) fn pg_millis(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// Maps a driver error to a [`TargetError`], keeping the statement and classifying retries.
+pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> TargetError {
+    let code = err.code().cloned();
+    let retryable = matches!(
+        code,
+        Some(SqlState::LOCK_NOT_AVAILABLE)
+            | Some(SqlState::T_R_DEADLOCK_DETECTED)
+            | Some(SqlState::T_R_SERIALIZATION_FAILURE)
+    );
+    let message = match err.as_db_error() {
+        Some(db) => {
+            let mut m = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                m.push_str(&format!("\nDETAIL: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                m.push_str(&format!("\nHINT: {hint}"));
+            }
+            m
+        }
+        None => err.to_string(),
+    };
+    TargetError::Sql {
+        message,
+        code: code.map(|c| c.code().to_string()),
+        sql: sql.to_string(),
+        retryable,
+    }
+}
+
+impl PgTarget {
+    /// Connects to `url`; every connection announces itself as `phased/<plan>`.
+    pub async fn connect(url: &str, application: &str) -> Result<Self, TargetError> {
+        let connect_error = |message: String| TargetError::Connect {
+            target: redact(url),
+            message,
+        };
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| connect_error(format!("invalid URL: {e}")))?;
+        config.application_name(application);
+        config.connect_timeout(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .build()
+            .map_err(|e| connect_error(e.to_string()))?;
+        let work = pool
+            .get()
+            .await
+            .map_err(|e| connect_error(pool_error_message(e)))?;
+        Ok(Self {
+            pool,
+            work,
+            lease: None,
+            url: url.to_string(),
+            key_types: Default::default(),
+        })
+    }
+
+    /// Another connection from the pool (for a second session's work).
+    pub(crate) async fn connection(&self) -> Result<Object, TargetError> {
+        self.pool.get().await.map_err(|e| TargetError::Connect {
+            target: redact(&self.url),
+            message: pool_error_message(e),
+        })
+    }
+
+    /// The connection step work runs on.
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.work
+    }
+
+    async fn run_transaction(
+        &mut self,
+        statements: &[String],
+        timeouts: Timeouts,
+        done: Option<&StepKey>,
+    ) -> Result<(), TargetError> {
+        let tx = self
+            .work
+            .transaction()
+            .await
+            .map_err(|e| sql_error(e, "BEGIN"))?;
+        let set = set_local(timeouts);
+        tx.batch_execute(&set)
+            .await
+            .map_err(|e| sql_error(e, &set))?;
+        for sql in statements {
+            tx.batch_execute(sql).await.map_err(|e| sql_error(e, sql))?;
+        }
+        if let Some(key) = done {
+            state::mark_done(&tx, key).await?;
+        }
+        tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
+    }
+
+    /// Runs SQL outside a transaction with session-level timeouts, then resets them, since a
+    /// pooled connection keeps its `SET`s.
+    async fn run_standalone(&mut self, sql: &str, timeouts: Timeouts) -> Result<(), TargetError> {
+        let set = format!(
+            "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
+            pg_millis(timeouts.lock_timeout),
+            pg_millis(timeouts.statement_timeout)
+        );
+        self.work
+            .batch_execute(&set)
+            .await
+            .map_err(|e| sql_error(e, &set))?;
+        let result = self
+            .work
+            .simple_query(sql)
+            .await
+            .map_err(|e| sql_error(e, sql));
+        let reset = "RESET lock_timeout; RESET statement_timeout";
+        let reset_result = self.work.batch_execute(reset).await;
+        result?;
+        reset_result.map_err(|e| sql_error(e, reset))?;
+        Ok(())
+    }
+
+    /// Builds an index concurrently; an INVALID leftover of a failed build is dropped first.
+    async fn concurrent_index(
+        &mut self,
+        name: &str,
+        create: &str,
+        timeouts: Timeouts,
+    ) -> Result<(), TargetError> {
+        let lookup = "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)";
+        let quoted = super::render::ident(name);
+        let valid: Option<bool> = self
+            .work
+            .query_opt(lookup, &[&quoted])
+            .await
+            .map_err(|e| sql_error(e, lookup))?
+            .map(|row| row.get(0));
+        match valid {
+            Some(true) => {
+                tracing::info!(index = name, "index already exists and is valid");
+                return Ok(());
+            }
+            Some(false) => {
+                tracing::warn!(
+                    index = name,
+                    "found an INVALID index left by an earlier failed build; dropping it concurrently"
+                );
+                let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {quoted}");
+                self.run_standalone(&drop, timeouts).await?;
+            }
+            None => {}
+        }
+        self.run_standalone(create, timeouts).await
+    }
+}
+
+fn pool_error_message(err: deadpool_postgres::PoolError) -> String {
+    match err {
+        deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text = format!("{text}: {s}");
+                    source = s.source();
+                }
+                text
+            }
+        },
+        other => other.to_string(),
+    }
+}
+
+/// `SET LOCAL` for a transaction's timeouts (holds behind PgBouncer in transaction mode).
+pub(crate) fn set_local(timeouts: Timeouts) -> String {
+    format!(
+        "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'",
+        pg_millis(timeouts.lock_timeout),
+        pg_millis(timeouts.statement_timeout)
+    )
+}
+
+impl Target for PgTarget {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn describe(&self) -> String {
+        redact(&self.url)
+    }
+
+    async fn ensure_state(&mut self) -> Result<(), TargetError> {
+        state::ensure(&mut self.work).await
+    }
+
+    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+        let conn = self.connection().await?;
+        match lease::try_acquire(&conn, plan).await? {
+            None => {
+                self.lease = Some(conn);
+                Ok(None)
+            }
+            Some(holder) => Ok(Some(holder)),
+        }
+    }
+
+    async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
+        if let Some(conn) = self.lease.take() {
+            lease::release(&conn, plan).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+        state::load_steps(&self.work, plan).await
+    }
+
+    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), TargetError> {
+        state::begin_step(&self.work, step).await
+    }
+
+    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), TargetError> {
+        state::fail_step(&self.work, key, error).await
+    }
+
+    async fn finish_step(&mut self, key: &StepKey) -> Result<(), TargetError> {
+        state::mark_done(&self.work, key).await
+    }
+
+    async fn set_step_status(
+        &mut self,
+        key: &StepKey,
+        status: StepStatus,
+    ) -> Result<(), TargetError> {
+        state::set_status(&self.work, key, status).await
+    }
+
+    async fn apply(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+    ) -> Result<(), TargetError> {
+        let last_tx = units
+            .iter()
+            .rposition(|u| matches!(u, Unit::Transaction(_)))
+            .filter(|&i| i + 1 == units.len());
+        for (i, unit) in units.iter().enumerate() {
+            let done = (Some(i) == last_tx).then_some(key);
+            match unit {
+                Unit::Transaction(stmts) => self.run_transaction(stmts, timeouts, done).await?,
+                Unit::Standalone(sql) | Unit::Script(sql) => {
+                    self.run_standalone(sql, timeouts).await?
+                }
+                Unit::ConcurrentIndex { name, create } => {
+                    self.concurrent_index(name, create, timeouts).await?
+                }
+                Unit::RebuildTable { .. } => {
+                    return Err(TargetError::Unexpected(
+                        "the copy-table recipe is for SQLite only".to_string(),
+                    ))
+                }
+            }
+        }
+        if last_tx.is_none() {
+            state::mark_done(&self.work, key).await?;
+        }
+        Ok(())
+    }
+
+    async fn backfill_batch(
+        &mut self,
+        batch: &BatchRequest<'_>,
+    ) -> Result<BatchOutcome, TargetError> {
+        let types = match self.key_types.get(batch.table) {
+            Some(t) => t.clone(),
+            None => {
+                let t = backfill::key_types(&self.work, batch.table, batch.key_columns).await?;
+                self.key_types.insert(batch.table.to_string(), t.clone());
+                t
+            }
+        };
+        backfill::run_batch(&mut self.work, batch, &types).await
+    }
+
+    async fn count_rows(
+        &mut self,
+        table: &str,
+        predicate: Option<&str>,
+    ) -> Result<i64, TargetError> {
+        let sql = format!(
+            "SELECT count(*) FROM {}{}",
+            super::render::ident(table),
+            predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default()
+        );
+        let row = self
+            .work
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| sql_error(e, &sql))?;
+        Ok(row.get(0))
+    }
+
+    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), TargetError> {
+        state::set_rows_total(&self.work, key, total).await
+    }
+
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, TargetError> {
+        let sql = format!(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = {}::regclass AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            literal(&super::render::ident(table))
+        );
+        let rows = self
+            .work
+            .query(&sql, &[])
+            .await
+            .map_err(|e| sql_error(e, &sql))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn set_flag(
+        &mut self,
+        name: &str,
+        value: &str,
+        plan: Option<&str>,
+        step: Option<&StepKey>,
+    ) -> Result<(), TargetError> {
+        let tx = self
+            .work
+            .transaction()
+            .await
+            .map_err(|e| sql_error(e, "BEGIN"))?;
+        let sql = "INSERT INTO phased.flags (name, value, updated_at, plan) VALUES ($1, $2, now(), $3) \
+                   ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now(), plan = EXCLUDED.plan";
+        tx.execute(sql, &[&name, &value, &plan])
+            .await
+            .map_err(|e| sql_error(e, sql))?;
+        if let Some(key) = step {
+            state::mark_done(&tx, key).await?;
+        }
+        tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
+    }
+
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError> {
+        state::flags(&self.work).await
+    }
+
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {
+        let row = self
+            .work
+            .query_opt(sql, &[])
+            .await
+            .map_err(|e| sql_error(e, sql))?;
+        let row = row.ok_or_else(|| TargetError::Unexpected(format!("`{sql}` returned no row")))?;
+        row.try_get::<_, Option<bool>>(0)
+            .map(|v| v.unwrap_or(false))
+            .map_err(|_| TargetError::Unexpected(format!("`{sql}` did not return a boolean")))
+    }
+}

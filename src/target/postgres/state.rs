@@ -1,0 +1,197 @@
+//! The `phased` schema: created and upgraded by version, read and written with bound values.
+
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::Object;
+
+use super::sql_error;
+use crate::target::state_schema::POSTGRES;
+use crate::target::{FlagRecord, StepKey, StepRecord, StepStart, StepStatus, TargetError};
+
+/// Timestamps as RFC 3339 UTC text.
+const TS: &str = "YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"";
+
+/// Creates the schema and applies every state version not yet recorded, under a transaction-level
+/// advisory lock so two first runs do not race.
+pub async fn ensure(conn: &mut Object) -> Result<(), TargetError> {
+    let tx = conn
+        .transaction()
+        .await
+        .map_err(|e| sql_error(e, "BEGIN"))?;
+    let setup = "SELECT pg_advisory_xact_lock(7368034869211301); \
+                 CREATE SCHEMA IF NOT EXISTS phased; \
+                 CREATE TABLE IF NOT EXISTS phased.meta (key text PRIMARY KEY, value text NOT NULL)";
+    tx.batch_execute(setup)
+        .await
+        .map_err(|e| sql_error(e, setup))?;
+    let read = "SELECT value FROM phased.meta WHERE key = 'schema_version'";
+    let current: i64 = tx
+        .query_opt(read, &[])
+        .await
+        .map_err(|e| sql_error(e, read))?
+        .and_then(|row| row.get::<_, String>(0).parse().ok())
+        .unwrap_or(0);
+    let known = POSTGRES.len() as i64;
+    if current > known {
+        return Err(TargetError::Unexpected(format!(
+            "the phased state in this database is at version {current}, newer than this phased understands ({known}); upgrade phased"
+        )));
+    }
+    for (i, statements) in POSTGRES.iter().enumerate().skip(current as usize) {
+        for sql in *statements {
+            tx.batch_execute(sql).await.map_err(|e| sql_error(e, sql))?;
+        }
+        let version = (i + 1).to_string();
+        let write = "INSERT INTO phased.meta (key, value) VALUES ('schema_version', $1) \
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
+        tx.execute(write, &[&version])
+            .await
+            .map_err(|e| sql_error(e, write))?;
+    }
+    tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
+}
+
+pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+    let exists = "SELECT to_regclass('phased.steps') IS NOT NULL";
+    let present: bool = conn
+        .query_one(exists, &[])
+        .await
+        .map_err(|e| sql_error(e, exists))?
+        .get(0);
+    if !present {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT phase, step_index, kind, label, checksum, status, attempts, \
+         to_char(started_at AT TIME ZONE 'UTC', '{TS}'), to_char(finished_at AT TIME ZONE 'UTC', '{TS}'), \
+         last_error, checkpoint, rows_done, rows_total \
+         FROM phased.steps WHERE plan = $1 ORDER BY phase, step_index"
+    );
+    let rows = conn
+        .query(&sql, &[&plan])
+        .await
+        .map_err(|e| sql_error(e, &sql))?;
+    Ok(rows
+        .iter()
+        .map(|r| StepRecord {
+            phase: r.get(0),
+            index: r.get(1),
+            kind: r.get(2),
+            label: r.get(3),
+            checksum: r.get(4),
+            status: StepStatus::parse(r.get(5)),
+            attempts: r.get(6),
+            started_at: r.get(7),
+            finished_at: r.get(8),
+            last_error: r.get(9),
+            checkpoint: r.get(10),
+            rows_done: r.get(11),
+            rows_total: r.get(12),
+        })
+        .collect())
+}
+
+pub async fn begin_step(conn: &Object, step: &StepStart<'_>) -> Result<(), TargetError> {
+    let sql = "INSERT INTO phased.steps (plan, phase, step_index, kind, label, checksum, status, attempts, started_at, finished_at, last_error, updated_at) \
+               VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, now(), NULL, NULL, now()) \
+               ON CONFLICT (plan, phase, step_index) DO UPDATE SET kind = EXCLUDED.kind, label = EXCLUDED.label, \
+               checksum = EXCLUDED.checksum, status = 'running', attempts = phased.steps.attempts + 1, \
+               started_at = now(), finished_at = NULL, updated_at = now()";
+    conn.execute(
+        sql,
+        &[
+            &step.key.plan,
+            &step.key.phase,
+            &step.key.index,
+            &step.kind,
+            &step.label,
+            &step.checksum,
+        ],
+    )
+    .await
+    .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}
+
+pub async fn fail_step(conn: &Object, key: &StepKey, error: &str) -> Result<(), TargetError> {
+    let sql = "UPDATE phased.steps SET status = 'failed', last_error = $4, finished_at = now(), updated_at = now() \
+               WHERE plan = $1 AND phase = $2 AND step_index = $3";
+    conn.execute(sql, &[&key.plan, &key.phase, &key.index, &error])
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}
+
+pub async fn mark_done<C: GenericClient>(conn: &C, key: &StepKey) -> Result<(), TargetError> {
+    let sql = "UPDATE phased.steps SET status = 'done', last_error = NULL, finished_at = now(), updated_at = now() \
+               WHERE plan = $1 AND phase = $2 AND step_index = $3";
+    conn.execute(sql, &[&key.plan, &key.phase, &key.index])
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}
+
+pub async fn set_status(
+    conn: &Object,
+    key: &StepKey,
+    status: StepStatus,
+) -> Result<(), TargetError> {
+    let sql = "UPDATE phased.steps SET status = $4, updated_at = now() \
+               WHERE plan = $1 AND phase = $2 AND step_index = $3";
+    conn.execute(sql, &[&key.plan, &key.phase, &key.index, &status.as_str()])
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}
+
+pub async fn set_rows_total(conn: &Object, key: &StepKey, total: i64) -> Result<(), TargetError> {
+    let sql = "UPDATE phased.steps SET rows_total = $4, updated_at = now() \
+               WHERE plan = $1 AND phase = $2 AND step_index = $3";
+    conn.execute(sql, &[&key.plan, &key.phase, &key.index, &total])
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}
+
+/// Records a backfill batch's checkpoint, in the batch's own transaction.
+pub async fn checkpoint<C: GenericClient>(
+    conn: &C,
+    key: &StepKey,
+    last_key: &str,
+    rows: i64,
+) -> Result<(), TargetError> {
+    let sql =
+        "UPDATE phased.steps SET checkpoint = $4, rows_done = rows_done + $5, updated_at = now() \
+               WHERE plan = $1 AND phase = $2 AND step_index = $3";
+    conn.execute(sql, &[&key.plan, &key.phase, &key.index, &last_key, &rows])
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}
+
+pub async fn flags(conn: &Object) -> Result<Vec<FlagRecord>, TargetError> {
+    let exists = "SELECT to_regclass('phased.flags') IS NOT NULL";
+    let present: bool = conn
+        .query_one(exists, &[])
+        .await
+        .map_err(|e| sql_error(e, exists))?
+        .get(0);
+    if !present {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT name, value, to_char(updated_at AT TIME ZONE 'UTC', '{TS}'), plan FROM phased.flags ORDER BY name"
+    );
+    let rows = conn
+        .query(&sql, &[])
+        .await
+        .map_err(|e| sql_error(e, &sql))?;
+    Ok(rows
+        .iter()
+        .map(|r| FlagRecord {
+            name: r.get(0),
+            value: r.get(1),
+            updated_at: r.get(2),
+            plan: r.get(3),
+        })
+        .collect())
+}

@@ -1,0 +1,47 @@
+//! `add_foreign_key`: PostgreSQL adds it `NOT VALID` (SHARE ROW EXCLUSIVE on both tables, briefly),
+//! then validates separately (SHARE UPDATE EXCLUSIVE / ROW SHARE: writes go on). SQLite rebuilds.
+
+use super::{ident, ident_list, Dialect, TableChange, Unit};
+use crate::plan::AddForeignKey;
+
+/// `FOREIGN KEY (…) REFERENCES t (…) [ON DELETE …] [ON UPDATE …]`
+pub fn definition(step: &AddForeignKey) -> String {
+    let mut def = format!(
+        "FOREIGN KEY ({}) REFERENCES {} ({})",
+        ident_list(&step.columns),
+        ident(&step.references.table),
+        ident_list(&step.references.columns)
+    );
+    if let Some(action) = step.on_delete {
+        def.push_str(&format!(" ON DELETE {}", action.as_sql()));
+    }
+    if let Some(action) = step.on_update {
+        def.push_str(&format!(" ON UPDATE {}", action.as_sql()));
+    }
+    def
+}
+
+pub fn render(step: &AddForeignKey, dialect: Dialect) -> Vec<Unit> {
+    match dialect {
+        Dialect::Postgres => vec![
+            Unit::Transaction(vec![format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
+                ident(&step.table),
+                ident(&step.name),
+                definition(step)
+            )]),
+            Unit::Transaction(vec![format!(
+                "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+                ident(&step.table),
+                ident(&step.name)
+            )]),
+        ],
+        Dialect::Sqlite => vec![Unit::RebuildTable {
+            table: step.table.clone(),
+            change: TableChange::AddForeignKey {
+                name: step.name.clone(),
+                definition: definition(step),
+            },
+        }],
+    }
+}

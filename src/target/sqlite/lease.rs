@@ -1,0 +1,54 @@
+//! The single-runner lease on SQLite: a row in `phased_lease`, taken in an immediate transaction.
+//! A row whose process is gone (same host, no such pid) is stale and taken over, so a killed
+//! runner never leaves the plan stuck.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::sql_error;
+use crate::target::{LeaseHolder, TargetError};
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".to_string())
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+    let me = std::process::id();
+    let here = host();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+    let read = "SELECT pid, host, since FROM phased_lease WHERE plan = ?1";
+    let holder: Option<(u32, String, String)> = tx
+        .query_row(read, [plan], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()
+        .map_err(|e| sql_error(e, read))?;
+    if let Some((pid, host, since)) = holder {
+        let stale = host == here && (!process_alive(pid) || pid == me);
+        if !stale {
+            return Ok(Some(LeaseHolder {
+                description: format!("phased pid {pid} on {host}, since {since}"),
+            }));
+        }
+        tracing::info!(pid, host = %host, "taking over a stale lease from a runner that is gone");
+    }
+    let write = "INSERT INTO phased_lease (plan, pid, host, since) VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+                 ON CONFLICT (plan) DO UPDATE SET pid = excluded.pid, host = excluded.host, since = excluded.since";
+    tx.execute(write, params![plan, me, here])
+        .map_err(|e| sql_error(e, write))?;
+    tx.commit().map_err(|e| sql_error(e, "COMMIT"))?;
+    Ok(None)
+}
+
+pub fn release(conn: &Connection, plan: &str) -> Result<(), TargetError> {
+    let sql = "DELETE FROM phased_lease WHERE plan = ?1 AND pid = ?2";
+    conn.execute(sql, params![plan, std::process::id()])
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! SQLite target, the embedded default: state in `phased_*` tables, `busy_timeout` in the part of
+//! lock_timeout, every unit in a `BEGIN IMMEDIATE` transaction that also records the step.
+
+mod backfill;
+mod lease;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use super::render::{ident, Dialect, Unit};
+use super::{
+    BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
+    StepStatus, Target, TargetError, Timeouts,
+};
+
+/// One SQLite database file.
+pub struct SqliteTarget {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Maps a rusqlite error to a [`TargetError`]; a busy or locked database is worth retrying.
+pub(crate) fn sql_error(err: rusqlite::Error, sql: &str) -> TargetError {
+    let (code, retryable) = match &err {
+        rusqlite::Error::SqliteFailure(e, _) => (
+            Some(format!("{:?}", e.code)),
+            matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+        ),
+        _ => (None, false),
+    };
+    TargetError::Sql {
+        message: err.to_string(),
+        code,
+        sql: sql.to_string(),
+        retryable,
+    }
+}
+
+impl SqliteTarget {
+    /// Opens (creating if needed) the database file.
+    pub fn open(path: &Path) -> Result<Self, TargetError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| TargetError::Connect {
+            target: format!("sqlite://{}", path.display()),
+            message: e.to_string(),
+        })?;
+        conn.busy_timeout(Duration::from_secs(2))
+            .map_err(|e| sql_error(e, "PRAGMA busy_timeout"))?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The open connection (for the engine's tests and backups).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with_busy_timeout(&self, timeouts: Timeouts) -> Result<(), TargetError> {
+        let wait = if timeouts.lock_timeout.is_zero() {
+            Duration::from_secs(2)
+        } else {
+            timeouts.lock_timeout
+        };
+        self.conn
+            .busy_timeout(wait)
+            .map_err(|e| sql_error(e, "PRAGMA busy_timeout"))
+    }
+
+    fn run_transaction(
+        &mut self,
+        statements: &[String],
+        done: Option<&StepKey>,
+    ) -> Result<(), TargetError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+        for sql in statements {
+            tx.execute_batch(sql).map_err(|e| sql_error(e, sql))?;
+        }
+        if let Some(key) = done {
+            state::mark_done(&tx, key)?;
+        }
+        tx.commit().map_err(|e| sql_error(e, "COMMIT"))
+    }
+}
+
+impl Target for SqliteTarget {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    async fn ensure_state(&mut self) -> Result<(), TargetError> {
+        state::ensure(&mut self.conn)
+    }
+
+    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+        lease::try_acquire(&mut self.conn, plan)
+    }
+
+    async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
+        lease::release(&self.conn, plan)
+    }
+
+    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+        state::load_steps(&self.conn, plan)
+    }
+
+    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), TargetError> {
+        state::begin_step(&self.conn, step)
+    }
+
+    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), TargetError> {
+        state::fail_step(&self.conn, key, error)
+    }
+
+    async fn finish_step(&mut self, key: &StepKey) -> Result<(), TargetError> {
+        state::mark_done(&self.conn, key)
+    }
+
+    async fn set_step_status(
+        &mut self,
+        key: &StepKey,
+        status: StepStatus,
+    ) -> Result<(), TargetError> {
+        state::set_status(&self.conn, key, status)
+    }
+
+    async fn apply(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+    ) -> Result<(), TargetError> {
+        self.with_busy_timeout(timeouts)?;
+        let last_tx = units
+            .iter()
+            .rposition(|u| matches!(u, Unit::Transaction(_)))
+            .filter(|&i| i + 1 == units.len());
+        for (i, unit) in units.iter().enumerate() {
+            let done = (Some(i) == last_tx).then_some(key);
+            match unit {
+                Unit::Transaction(stmts) => self.run_transaction(stmts, done)?,
+                Unit::Standalone(sql) | Unit::Script(sql) => self
+                    .conn
+                    .execute_batch(sql)
+                    .map_err(|e| sql_error(e, sql))?,
+                Unit::ConcurrentIndex { create, .. } => self
+                    .conn
+                    .execute_batch(create)
+                    .map_err(|e| sql_error(e, create))?,
+                Unit::RebuildTable { table, .. } => {
+                    return Err(TargetError::Unexpected(format!(
+                    "rebuilding table `{table}` (SQLite's copy-table recipe) is not supported yet"
+                )))
+                }
+            }
+        }
+        if last_tx.is_none() {
+            state::mark_done(&self.conn, key)?;
+        }
+        Ok(())
+    }
+
+    async fn backfill_batch(
+        &mut self,
+        batch: &BatchRequest<'_>,
+    ) -> Result<BatchOutcome, TargetError> {
+        self.with_busy_timeout(batch.timeouts)?;
+        backfill::run_batch(&mut self.conn, batch)
+    }
+
+    async fn count_rows(
+        &mut self,
+        table: &str,
+        predicate: Option<&str>,
+    ) -> Result<i64, TargetError> {
+        let sql = format!(
+            "SELECT count(*) FROM {}{}",
+            ident(table),
+            predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default()
+        );
+        self.conn
+            .query_row(&sql, [], |r| r.get(0))
+            .map_err(|e| sql_error(e, &sql))
+    }
+
+    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), TargetError> {
+        state::set_rows_total(&self.conn, key, total)
+    }
+
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, TargetError> {
+        let sql = "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk";
+        let mut stmt = self.conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
+        let keys = stmt
+            .query_map([super::render::base_name(table)], |r| r.get::<_, String>(0))
+            .map_err(|e| sql_error(e, sql))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sql_error(e, sql))?;
+        if keys.is_empty() {
+            let exists = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1";
+            let n: i64 = self
+                .conn
+                .query_row(exists, [super::render::base_name(table)], |r| r.get(0))
+                .map_err(|e| sql_error(e, exists))?;
+            if n == 0 {
+                return Err(TargetError::Unexpected(format!(
+                    "table `{table}` does not exist"
+                )));
+            }
+            return Ok(vec!["rowid".to_string()]);
+        }
+        Ok(keys)
+    }
+
+    async fn set_flag(
+        &mut self,
+        name: &str,
+        value: &str,
+        plan: Option<&str>,
+        step: Option<&StepKey>,
+    ) -> Result<(), TargetError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+        let sql = "INSERT INTO phased_flags (name, value, updated_at, plan) \
+                   VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?3) \
+                   ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, plan = excluded.plan";
+        tx.execute(sql, rusqlite::params![name, value, plan])
+            .map_err(|e| sql_error(e, sql))?;
+        if let Some(key) = step {
+            state::mark_done(&tx, key)?;
+        }
+        tx.commit().map_err(|e| sql_error(e, "COMMIT"))
+    }
+
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError> {
+        state::flags(&self.conn)
+    }
+
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {
+        let value: rusqlite::types::Value = self
+            .conn
+            .query_row(sql, [], |r| r.get(0))
+            .map_err(|e| sql_error(e, sql))?;
+        match value {
+            rusqlite::types::Value::Integer(i) => Ok(i != 0),
+            rusqlite::types::Value::Null => Ok(false),
+            other => Err(TargetError::Unexpected(format!(
+                "`{sql}` did not return a boolean (got {other:?})"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The `phased_*` tables: created and upgraded by version, read and written with bound values.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::sql_error;
+use crate::target::state_schema::SQLITE;
+use crate::target::{FlagRecord, StepKey, StepRecord, StepStart, StepStatus, TargetError};
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+pub fn ensure(conn: &mut Connection) -> Result<(), TargetError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+    let setup =
+        "CREATE TABLE IF NOT EXISTS phased_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)";
+    tx.execute_batch(setup).map_err(|e| sql_error(e, setup))?;
+    let read = "SELECT value FROM phased_meta WHERE key = 'schema_version'";
+    let current: usize = tx
+        .query_row(read, [], |r| r.get::<_, String>(0))
+        .optional()
+        .map_err(|e| sql_error(e, read))?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if current > SQLITE.len() {
+        return Err(TargetError::Unexpected(format!(
+            "the phased state in this database is at version {current}, newer than this phased understands ({}); upgrade phased",
+            SQLITE.len()
+        )));
+    }
+    for (i, statements) in SQLITE.iter().enumerate().skip(current) {
+        for sql in *statements {
+            tx.execute_batch(sql).map_err(|e| sql_error(e, sql))?;
+        }
+        let write = "INSERT INTO phased_meta (key, value) VALUES ('schema_version', ?1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        tx.execute(write, [(i + 1).to_string()])
+            .map_err(|e| sql_error(e, write))?;
+    }
+    tx.commit().map_err(|e| sql_error(e, "COMMIT"))
+}
+
+fn table_exists(conn: &Connection, name: &str) -> Result<bool, TargetError> {
+    let sql = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1";
+    let n: i64 = conn
+        .query_row(sql, [name], |r| r.get(0))
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(n > 0)
+}
+
+pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+    if !table_exists(conn, "phased_steps")? {
+        return Ok(Vec::new());
+    }
+    let sql = "SELECT phase, step_index, kind, label, checksum, status, attempts, started_at, finished_at, \
+               last_error, checkpoint, rows_done, rows_total FROM phased_steps WHERE plan = ?1 ORDER BY phase, step_index";
+    let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
+    let rows = stmt
+        .query_map([plan], |r| {
+            Ok(StepRecord {
+                phase: r.get(0)?,
+                index: r.get(1)?,
+                kind: r.get(2)?,
+                label: r.get(3)?,
+                checksum: r.get(4)?,
+                status: StepStatus::parse(&r.get::<_, String>(5)?),
+                attempts: r.get(6)?,
+                started_at: r.get(7)?,
+                finished_at: r.get(8)?,
+                last_error: r.get(9)?,
+                checkpoint: r.get(10)?,
+                rows_done: r.get(11)?,
+                rows_total: r.get(12)?,
+            })
+        })
+        .map_err(|e| sql_error(e, sql))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sql_error(e, sql))
+}
+
+pub fn begin_step(conn: &Connection, step: &StepStart<'_>) -> Result<(), TargetError> {
+    let sql = format!(
+        "INSERT INTO phased_steps (plan, phase, step_index, kind, label, checksum, status, attempts, started_at, finished_at, last_error, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', 1, {NOW}, NULL, NULL, {NOW}) \
+         ON CONFLICT (plan, phase, step_index) DO UPDATE SET kind = excluded.kind, label = excluded.label, \
+         checksum = excluded.checksum, status = 'running', attempts = phased_steps.attempts + 1, \
+         started_at = {NOW}, finished_at = NULL, updated_at = {NOW}"
+    );
+    conn.execute(
+        &sql,
+        params![
+            step.key.plan,
+            step.key.phase,
+            step.key.index,
+            step.kind,
+            step.label,
+            step.checksum
+        ],
+    )
+    .map_err(|e| sql_error(e, &sql))?;
+    Ok(())
+}
+
+pub fn fail_step(conn: &Connection, key: &StepKey, error: &str) -> Result<(), TargetError> {
+    let sql = format!(
+        "UPDATE phased_steps SET status = 'failed', last_error = ?4, finished_at = {NOW}, updated_at = {NOW} \
+         WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
+    );
+    conn.execute(&sql, params![key.plan, key.phase, key.index, error])
+        .map_err(|e| sql_error(e, &sql))?;
+    Ok(())
+}
+
+pub fn mark_done(conn: &Connection, key: &StepKey) -> Result<(), TargetError> {
+    let sql = format!(
+        "UPDATE phased_steps SET status = 'done', last_error = NULL, finished_at = {NOW}, updated_at = {NOW} \
+         WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
+    );
+    conn.execute(&sql, params![key.plan, key.phase, key.index])
+        .map_err(|e| sql_error(e, &sql))?;
+    Ok(())
+}
+
+pub fn set_status(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), TargetError> {
+    let sql = format!(
+        "UPDATE phased_steps SET status = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
+    );
+    conn.execute(
+        &sql,
+        params![key.plan, key.phase, key.index, status.as_str()],
+    )
+    .map_err(|e| sql_error(e, &sql))?;
+    Ok(())
+}
+
+pub fn set_rows_total(conn: &Connection, key: &StepKey, total: i64) -> Result<(), TargetError> {
+    let sql = format!(
+        "UPDATE phased_steps SET rows_total = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
+    );
+    conn.execute(&sql, params![key.plan, key.phase, key.index, total])
+        .map_err(|e| sql_error(e, &sql))?;
+    Ok(())
+}
+
+/// Records a backfill batch's checkpoint, inside the batch's transaction.
+pub fn checkpoint(
+    conn: &Connection,
+    key: &StepKey,
+    last_key: &str,
+    rows: i64,
+) -> Result<(), TargetError> {
+    let sql = format!(
+        "UPDATE phased_steps SET checkpoint = ?4, rows_done = rows_done + ?5, updated_at = {NOW} \
+         WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
+    );
+    conn.execute(
+        &sql,
+        params![key.plan, key.phase, key.index, last_key, rows],
+    )
+    .map_err(|e| sql_error(e, &sql))?;
+    Ok(())
+}
+
+pub fn flags(conn: &Connection) -> Result<Vec<FlagRecord>, TargetError> {
+    if !table_exists(conn, "phased_flags")? {
+        return Ok(Vec::new());
+    }
+    let sql = "SELECT name, value, updated_at, plan FROM phased_flags ORDER BY name";
+    let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(FlagRecord {
+                name: r.get(0)?,
+                value: r.get(1)?,
+                updated_at: r.get(2)?,
+                plan: r.get(3)?,
+            })
+        })
+        .map_err(|e| sql_error(e, sql))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sql_error(e, sql))
+}
