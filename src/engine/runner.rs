@@ -283,6 +283,7 @@ async fn run_step<T: Target>(
             step: step_id(step, def),
             attempt,
         });
+        let checkpoint_before = checkpoint.clone();
         let result = execute(
             target,
             loaded,
@@ -299,6 +300,11 @@ async fn run_step<T: Target>(
             Err(e) => e,
         };
         let message = error.to_string();
+        // A backfill that moved its checkpoint before failing made progress: its retry budget
+        // starts again, so hours of batches are not cut short by a few scattered lock timeouts.
+        if error.is_retryable() && checkpoint != checkpoint_before {
+            attempt = 1;
+        }
         if error.is_retryable() && attempt < policy.attempts.max(1) {
             let wait = retry::backoff(&policy, attempt);
             reporter.emit(&Event::StepRetry {

@@ -274,4 +274,24 @@ impl Target for SqliteTarget {
             ))),
         }
     }
+
+    async fn backfill_key(
+        &mut self,
+        table: &str,
+        key: &[String],
+    ) -> Result<Vec<String>, TargetError> {
+        backfill::resolve_key(&self.conn, table, key)
+    }
+
+    async fn backfill_remaining(
+        &mut self,
+        batch: &BatchRequest<'_>,
+    ) -> Result<i64, TargetError> {
+        self.with_busy_timeout(batch.timeouts)?;
+        backfill::count_remaining(&self.conn, batch)
+    }
+
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, TargetError> {
+        Ok(None)
+    }
 }
