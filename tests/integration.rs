@@ -2,6 +2,7 @@
 
 mod common;
 
+mod backfill;
 mod cli;
 mod engine_steps;
 mod plan_errors;

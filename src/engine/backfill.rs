@@ -39,7 +39,12 @@ pub fn next_auto_size(size: u64, took: Duration, target: Duration) -> u64 {
 
 /// The sleep after a batch of `rows` rows that took `took`: the fixed `pause`, or longer when
 /// needed to keep under `max_rows_per_second` (0: no cap).
-pub fn pause_after(rows: u64, took: Duration, pause: Duration, max_rows_per_second: u64) -> Duration {
+pub fn pause_after(
+    rows: u64,
+    took: Duration,
+    pause: Duration,
+    max_rows_per_second: u64,
+) -> Duration {
     if max_rows_per_second == 0 {
         return pause;
     }
@@ -60,7 +65,10 @@ impl PauseReason {
     pub fn describe(&self) -> String {
         match self {
             PauseReason::ThrottleFile(path) => {
-                format!("throttle file {} exists; remove it to resume", path.display())
+                format!(
+                    "throttle file {} exists; remove it to resume",
+                    path.display()
+                )
             }
             PauseReason::ReplicaLag { lag, max } => format!(
                 "replica lag {:.1}s exceeds max_replica_lag {:.1}s",
@@ -153,7 +161,9 @@ impl Walk<'_> {
                 }
                 return Ok(());
             };
-            let stale = self.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY * 10);
+            let stale = self
+                .last_report
+                .is_none_or(|t| t.elapsed() >= REPORT_EVERY * 10);
             if announced.as_ref().is_none_or(|a| !a.same_kind(&reason)) || stale {
                 self.report(reporter, Some(reason.describe()));
                 announced = Some(reason.clone());
@@ -255,10 +265,7 @@ pub async fn run<T: Target>(
         *checkpoint = Some(last);
         walk.done += outcome.rows;
         walk.done_here += outcome.rows;
-        if walk
-            .last_report
-            .is_none_or(|t| t.elapsed() >= REPORT_EVERY)
-        {
+        if walk.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
             walk.report(reporter, None);
         }
         if step.batch_size == BatchSize::Auto {

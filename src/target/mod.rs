@@ -223,8 +223,7 @@ pub trait Target {
 
     /// Rows a backfill still has to visit after `batch.after` and matching its predicate
     /// (the progress total). One scan per attempt, never per batch.
-    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>)
-        -> Result<i64, TargetError>;
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError>;
 
     /// The largest replay lag among streaming replicas, or None when there are none
     /// (always None on SQLite).

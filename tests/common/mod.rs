@@ -252,9 +252,13 @@ impl TestDb {
     /// Does this table exist?
     pub async fn has_table(&self, table: &str) -> bool {
         let sql = match self {
-            TestDb::Pg(_) => format!("SELECT count(*) FROM pg_class WHERE relname = '{table}' AND relkind = 'r'"),
+            TestDb::Pg(_) => {
+                format!("SELECT count(*) FROM pg_class WHERE relname = '{table}' AND relkind = 'r'")
+            }
             TestDb::Sqlite(_) => {
-                format!("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'")
+                format!(
+                    "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'"
+                )
             }
         };
         self.scalar(&sql).await > 0
@@ -263,9 +267,13 @@ impl TestDb {
     /// Does this index exist?
     pub async fn has_index(&self, index: &str) -> bool {
         let sql = match self {
-            TestDb::Pg(_) => format!("SELECT count(*) FROM pg_class WHERE relname = '{index}' AND relkind = 'i'"),
+            TestDb::Pg(_) => {
+                format!("SELECT count(*) FROM pg_class WHERE relname = '{index}' AND relkind = 'i'")
+            }
             TestDb::Sqlite(_) => {
-                format!("SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = '{index}'")
+                format!(
+                    "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = '{index}'"
+                )
             }
         };
         self.scalar(&sql).await > 0

@@ -5,8 +5,8 @@ use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 
 use super::{set_local, sql_error, state};
-use crate::target::render::{backfill, ident, literal, Dialect};
 use crate::target::backfill_key::{check_key_columns, not_unique};
+use crate::target::render::{backfill, ident, literal, Dialect};
 use crate::target::{BatchOutcome, BatchRequest, TargetError};
 
 /// The SQL types of the key columns, for casting bound text values.
@@ -69,7 +69,10 @@ pub async fn resolve_key(
              WHERE i.indrelid = {regclass}::regclass AND i.indisprimary \
              ORDER BY array_position(i.indkey::int2[], a.attnum)"
         );
-        let rows = conn.query(&sql, &[]).await.map_err(|e| sql_error(e, &sql))?;
+        let rows = conn
+            .query(&sql, &[])
+            .await
+            .map_err(|e| sql_error(e, &sql))?;
         if rows.is_empty() {
             return Err(TargetError::Unexpected(format!(
                 "table `{table}` has no primary key for the backfill to walk; name a unique, \
@@ -142,7 +145,8 @@ pub async fn count_remaining(
 /// The largest replay lag among the streaming replicas (None without replicas). A replica
 /// that has caught up and is idle reports a NULL lag, counted as none.
 pub async fn replica_lag(conn: &Object) -> Result<Option<std::time::Duration>, TargetError> {
-    let sql = "SELECT max(COALESCE(EXTRACT(EPOCH FROM replay_lag), 0))::float8 FROM pg_stat_replication";
+    let sql =
+        "SELECT max(COALESCE(EXTRACT(EPOCH FROM replay_lag), 0))::float8 FROM pg_stat_replication";
     let seconds: Option<f64> = conn
         .query_one(sql, &[])
         .await
@@ -206,7 +210,14 @@ pub async fn run_batch(
         .await
         .map_err(|e| sql_error(e, &sql.update))?;
     let last_json = serde_json::to_string(&last).unwrap_or_default();
-    state::checkpoint(&tx, batch.key, &last_json, rows as i64, batch.rows_per_second).await?;
+    state::checkpoint(
+        &tx,
+        batch.key,
+        &last_json,
+        rows as i64,
+        batch.rows_per_second,
+    )
+    .await?;
     tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))?;
     Ok(BatchOutcome {
         rows,

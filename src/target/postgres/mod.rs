@@ -419,10 +419,7 @@ impl Target for PgTarget {
         backfill::resolve_key(&self.work, table, key).await
     }
 
-    async fn backfill_remaining(
-        &mut self,
-        batch: &BatchRequest<'_>,
-    ) -> Result<i64, TargetError> {
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError> {
         let types = self.key_types_of(batch).await?;
         backfill::count_remaining(&self.work, batch, &types).await
     }

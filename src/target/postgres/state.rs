@@ -175,8 +175,8 @@ pub async fn checkpoint<C: GenericClient>(
             &rows_per_second,
         ],
     )
-        .await
-        .map_err(|e| sql_error(e, sql))?;
+    .await
+    .map_err(|e| sql_error(e, sql))?;
     Ok(())
 }
 

@@ -283,10 +283,7 @@ impl Target for SqliteTarget {
         backfill::resolve_key(&self.conn, table, key)
     }
 
-    async fn backfill_remaining(
-        &mut self,
-        batch: &BatchRequest<'_>,
-    ) -> Result<i64, TargetError> {
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError> {
         self.with_busy_timeout(batch.timeouts)?;
         backfill::count_remaining(&self.conn, batch)
     }

@@ -157,7 +157,14 @@ pub fn checkpoint(
     );
     conn.execute(
         &sql,
-        params![key.plan, key.phase, key.index, last_key, rows, rows_per_second],
+        params![
+            key.plan,
+            key.phase,
+            key.index,
+            last_key,
+            rows,
+            rows_per_second
+        ],
     )
     .map_err(|e| sql_error(e, &sql))?;
     Ok(())
