@@ -585,7 +585,9 @@ pub struct Backfill {
     pub batch_size: BatchSize,
     #[serde(default = "Backfill::default_target_batch_time")]
     pub target_batch_time: PlanDuration,
-    #[serde(default)]
+    /// Sleep between batches (default 50ms: with the default batch time, the backfill leaves
+    /// the database to the application half the time).
+    #[serde(default = "Backfill::default_pause")]
     pub pause: PlanDuration,
     #[serde(default)]
     pub max_rows_per_second: u64,
@@ -601,8 +603,14 @@ pub struct Backfill {
 }
 
 impl Backfill {
+    /// Short batches hold their row locks briefly: an application write that meets one waits
+    /// at most about this long (measured in docs/benchmarks.md).
     fn default_target_batch_time() -> PlanDuration {
-        PlanDuration::from_millis(200)
+        PlanDuration::from_millis(50)
+    }
+
+    fn default_pause() -> PlanDuration {
+        PlanDuration::from_millis(50)
     }
 }
 
