@@ -818,3 +818,92 @@ async fn sqlite_plain_progress_ends_with_the_final_count() {
         "{stderr}"
     );
 }
+
+/// A batch that meets a lock held past `lock_timeout` fails, is retried like any step, and the
+/// retry resumes from the checkpoint: every row is touched exactly once.
+async fn lock_timeout_retries_from_the_checkpoint(db: TestDb) {
+    const ROWS: i64 = 3000;
+    seed_items(&db, ROWS).await;
+    ensure_state(&db, "locked").await;
+    let p = plan(
+        r#"
+plan: locked
+defaults:
+  lock_timeout: 100ms
+  retry: { attempts: 100, backoff: 20ms, max_backoff: 100ms }
+phases:
+  - name: backfill
+    kind: migrate
+    steps:
+      - backfill: { table: items, set: { touched: "touched + 1" }, batch_size: 100, pause: 10ms }
+"#,
+    );
+    let app = App::open(&db).await;
+    let table = steps_table(&db);
+    let pg = db.is_pg();
+    let holder = move || async move {
+        loop {
+            let sql = format!(
+                "SELECT COALESCE((SELECT max(rows_done) FROM {table} WHERE plan = 'locked'), 0)"
+            );
+            let done: i64 = match &app {
+                App::Pg(c) => c.query_one(&sql, &[]).await.expect("rows_done").get(0),
+                App::Sqlite(c) => c.query_row(&sql, [], |r| r.get(0)).expect("rows_done"),
+            };
+            if done > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // PostgreSQL: a row lock ahead of the checkpoint; SQLite: the database's write lock.
+        if pg {
+            app.exec("BEGIN; SELECT * FROM items WHERE id = 2500 FOR UPDATE")
+                .await;
+        } else {
+            app.exec("BEGIN IMMEDIATE").await;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        app.exec("COMMIT").await;
+    };
+    // The holder is another session on its own thread, as an application would be (SQLite's
+    // busy wait blocks the thread the backfill runs on).
+    let holder = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(holder())
+    });
+    let result = run(&db, &p, RunOptions::default()).await;
+    holder.join().expect("lock holder");
+    let events = result.map_err(|(e, _)| e.to_string()).expect("backfill");
+    assert!(
+        events.iter().any(|e| matches!(e, Event::StepRetry { .. })),
+        "the batch timed out on the lock and was retried"
+    );
+    assert!(
+        db.scalar(&format!(
+            "SELECT CAST(attempts AS bigint) FROM {} WHERE plan = 'locked'",
+            steps_table(&db)
+        ))
+        .await
+            > 1
+    );
+    assert_eq!(rows_done(&db, "locked").await, ROWS);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE touched <> 1")
+            .await,
+        0,
+        "no batch ran twice, none was skipped"
+    );
+}
+
+#[tokio::test]
+async fn pg_lock_timeout_retries_from_the_checkpoint() {
+    lock_timeout_retries_from_the_checkpoint(TestDb::pg().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_lock_timeout_retries_from_the_checkpoint() {
+    lock_timeout_retries_from_the_checkpoint(TestDb::sqlite()).await;
+}
