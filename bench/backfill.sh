@@ -10,7 +10,7 @@
 # Usage:  cargo build --release && bench/backfill.sh
 # Env:    PGHOST PGPORT PGUSER (default 127.0.0.1 5432 postgres), PHASED (the binary),
 #         SIZES ("100000 1000000 5000000"), RATE (workload tx/s, 200), CLIENTS (4),
-#         BASELINE_SECS (30), OUT (bench/out), THROTTLE (extra backfill options for (a), e.g.
+#         BASELINE_SECS (60), REPEATS (3: runs per size, the median is reported), OUT (bench/out), THROTTLE (extra backfill options for (a), e.g.
 #         ", pause: 10ms"; empty = the default throttle)
 # Prints a markdown summary on stdout; raw pgbench logs stay in $OUT.
 set -euo pipefail
@@ -21,9 +21,10 @@ PHASED="${PHASED:-$PWD/target/release/phased}"
 SIZES="${SIZES-100000 1000000 5000000}"
 RATE="${RATE:-200}"
 CLIENTS="${CLIENTS:-4}"
-BASELINE_SECS="${BASELINE_SECS:-30}"
+BASELINE_SECS="${BASELINE_SECS:-60}"
 OUT="${OUT:-$PWD/bench/out}"
 THROTTLE="${THROTTLE:-}"
+REPEATS="${REPEATS:-3}"
 DB=phased_bench
 URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
 BENCH="$PWD/bench"
@@ -33,6 +34,8 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 sql() { psql -X -q -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
 now() { date +%s.%N; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+range() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }'; }
 
 fresh_db() {
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
@@ -96,28 +99,36 @@ EOF
   echo "$OUT/$1.yaml"
 }
 
-log "PostgreSQL: $(psql -X -At -d postgres -c 'SHOW server_version'); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "PostgreSQL $(psql -X -At -d postgres -c 'SHOW server_version') (shared_buffers $(psql -X -At -d postgres -c 'SHOW shared_buffers'), max_wal_size $(psql -X -At -d postgres -c 'SHOW max_wal_size')); $(nproc) cores; load average at start $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
 fresh_db
 
 # (b) + (c): plain UPDATE vs unthrottled backfill, per size. Unthrottled = `pause: 0s` (batch_size
 # auto toward the default 50ms, no rate cap) and no trigger: the backfill's own cost only.
-echo "| rows | plain UPDATE (s) | UPDATE rows/s | backfill (s) | backfill rows/s | backfill ÷ UPDATE | µs/row | peak RSS (MB) |"
+echo "Each size: $REPEATS runs of each, alternating, on a fresh table each time; median (min–max)."
+echo
+echo "| rows | plain UPDATE (s) | UPDATE rows/s | backfill (s) | backfill rows/s | backfill ÷ UPDATE speed | backfill µs/row | peak RSS of phased (MB) |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in $SIZES; do
-  log "size $n: plain UPDATE"
-  fresh_table "$n"
-  start=$(now); sql -c "UPDATE accounts SET email_lower = lower(email) WHERE email_lower IS NULL"; end=$(now)
-  upd=$(echo "$end - $start" | bc)
-  log "size $n: backfill"
-  fresh_table "$n"
-  plan=$(plan_file "size-$n" ", pause: 0s")
-  sed -i '/name: expand/,/dual_write/d' "$plan"
-  read -r secs rss < <(run_plan "$plan" backfill)
-  left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
-  [ "$left" = 0 ] || { echo "backfill left $left rows wrong" >&2; exit 1; }
-  printf "| %d | %.2f | %.0f | %.2f | %.0f | %.2f | %.2f | %.1f |\n" "$n" "$upd" "$(echo "$n / $upd" | bc -l)" \
-    "$secs" "$(echo "$n / $secs" | bc -l)" "$(echo "$upd / $secs" | bc -l)" "$(echo "$secs * 1000000 / $n" | bc -l)" \
-    "$(echo "$rss / 1024" | bc -l)"
+  : >"$OUT/upd-$n"; : >"$OUT/bf-$n"; : >"$OUT/rss-$n"
+  for r in $(seq "$REPEATS"); do
+    log "size $n, run $r: plain UPDATE (load $(cut -d' ' -f1 /proc/loadavg))"
+    fresh_table "$n"
+    start=$(now); sql -c "UPDATE accounts SET email_lower = lower(email) WHERE email_lower IS NULL"; end=$(now)
+    echo "$end - $start" | bc >>"$OUT/upd-$n"
+    log "size $n, run $r: backfill (load $(cut -d' ' -f1 /proc/loadavg))"
+    fresh_table "$n"
+    plan=$(plan_file "size-$n" ", pause: 0s")
+    sed -i '/name: expand/,/dual_write/d' "$plan"
+    read -r secs rss < <(run_plan "$plan" backfill)
+    left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
+    [ "$left" = 0 ] || { echo "backfill left $left rows wrong" >&2; exit 1; }
+    echo "$secs" >>"$OUT/bf-$n"; echo "$rss" >>"$OUT/rss-$n"
+  done
+  upd=$(median <"$OUT/upd-$n"); bf=$(median <"$OUT/bf-$n"); rss=$(sort -g "$OUT/rss-$n" | tail -1)
+  printf "| %d | %.2f (%s) | %.0f | %.2f (%s) | %.0f | %.2f | %.2f | %.1f |\n" "$n" "$upd" "$(range <"$OUT/upd-$n")" \
+    "$(echo "$n / $upd" | bc -l)" "$bf" "$(range <"$OUT/bf-$n")" "$(echo "$n / $bf" | bc -l)" \
+    "$(echo "$upd / $bf" | bc -l)" "$(echo "$bf * 1000000 / $n" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
 done
 
 # (a): the workload before and during a backfill with the default throttle, on 1M rows, with the
@@ -144,14 +155,20 @@ d_end=$(cat "$OUT/backfill.end")
 [ "$(cat "$OUT/backfill.rc")" = 0 ] || { echo "backfill failed" >&2; exit 1; }
 read -r d_n d_p50 d_p99 d_max d_failed < <(stats during "$d_start" "$d_end")
 d_secs=$(echo "$d_end - $d_start" | bc)
+log "workload: baseline again, after the backfill"
+a_start=$(now); workload "$BASELINE_SECS" after; a_end=$(now)
+read -r a_n a_p50 a_p99 a_max a_failed < <(stats after "$a_start" "$a_end")
 left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
 aborted=$(grep -c -i "aborted\|error" "$OUT/pgbench.out" || true)
 
+echo
+echo "Workload: pgbench -R $RATE -c $CLIENTS, 50% point reads, 30% point updates, 20% inserts, on 1,000,000 rows with the dual_write trigger; latency counted from the scheduled start; load average now $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 echo "| workload at $RATE tx/s, $CLIENTS clients | transactions | p50 (ms) | p99 (ms) | max (ms) | failed |"
 echo "|---|---:|---:|---:|---:|---:|"
 echo "| before the backfill (${BASELINE_SECS}s) | $b_n | $b_p50 | $b_p99 | $b_max | $b_failed |"
 printf "| during the backfill (%.1fs, %s) | %s | %s | %s | %s | %s |\n" "$d_secs" "${THROTTLE:-default throttle}" "$d_n" "$d_p50" "$d_p99" "$d_max" "$d_failed"
+echo "| after the backfill (${BASELINE_SECS}s) | $a_n | $a_p50 | $a_p99 | $a_max | $a_failed |"
 echo
-echo "p99 during ÷ before: $(echo "scale=2; $d_p99 / $b_p99" | bc); rows left wrong after the backfill: $left;" \
+echo "p99 during ÷ before: $(echo "scale=2; $d_p99 / $b_p99" | bc); during ÷ after: $(echo "scale=2; $d_p99 / $a_p99" | bc); rows left wrong after the backfill: $left;" \
   "pgbench error/abort lines: $aborted"
