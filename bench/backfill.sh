@@ -103,8 +103,9 @@ echo "PostgreSQL $(psql -X -At -d postgres -c 'SHOW server_version') (shared_buf
 echo
 fresh_db
 
-# (b) + (c): plain UPDATE vs unthrottled backfill, per size. Unthrottled = `pause: 0s` (batch_size
-# auto toward the default 50ms, no rate cap) and no trigger: the backfill's own cost only.
+# (b) + (c): plain UPDATE vs unthrottled backfill, per size. Unthrottled = `pause: 0s,
+# target_batch_time: 200ms` (batch_size auto, no pause, no rate cap) and no trigger: the
+# backfill's own cost only.
 echo "Each size: $REPEATS runs of each, alternating, on a fresh table each time; median (min–max)."
 echo
 echo "| rows | plain UPDATE (s) | UPDATE rows/s | backfill (s) | backfill rows/s | backfill ÷ UPDATE speed | backfill µs/row | peak RSS of phased (MB) |"
@@ -118,7 +119,7 @@ for n in $SIZES; do
     echo "$end - $start" | bc >>"$OUT/upd-$n"
     log "size $n, run $r: backfill (load $(cut -d' ' -f1 /proc/loadavg))"
     fresh_table "$n"
-    plan=$(plan_file "size-$n" ", pause: 0s")
+    plan=$(plan_file "size-$n" ", pause: 0s, target_batch_time: 200ms")
     sed -i '/name: expand/,/dual_write/d' "$plan"
     read -r secs rss < <(run_plan "$plan" backfill)
     left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")

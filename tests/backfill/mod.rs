@@ -251,7 +251,13 @@ async fn sqlite_killed_mid_backfill_resumes_from_the_checkpoint() {
     killed_mid_backfill_resumes_from_the_checkpoint(TestDb::sqlite()).await;
 }
 
+/// A one-step backfill plan with small batches (and a short pause unless `extra` sets one).
 fn backfill_plan(table: &str, set: &str, extra: &str) -> String {
+    let extra = if extra.contains("pause:") {
+        extra.to_string()
+    } else {
+        format!("          pause: 5ms\n{extra}")
+    };
     format!(
         r#"
 plan: fill
