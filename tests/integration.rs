@@ -2,6 +2,7 @@
 
 mod common;
 
+mod backfill;
 mod backups;
 mod ci_recovery;
 mod cli;

@@ -281,6 +281,14 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
             if let Some(done) = step.rows_done {
                 let total = step.rows_total.map(|t| format!("/{t}")).unwrap_or_default();
                 line.push_str(&format!("  {done}{total} rows"));
+                if let Some(rate) = step.rows_per_second {
+                    line.push_str(&format!(", {rate:.0} rows/s"));
+                }
+                if let Some(checkpoint) = &step.checkpoint {
+                    if step.status != crate::target::StepStatus::Done {
+                        line.push_str(&format!(", checkpoint key {checkpoint}"));
+                    }
+                }
             }
             if let Some(finished) = &step.finished_at {
                 line.push_str(&format!("  at {finished}"));

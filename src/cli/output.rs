@@ -29,6 +29,9 @@ pub struct HumanReporter {
     terminal: bool,
     bar: Option<(Span, String)>,
     last_plain_progress: Option<Instant>,
+    /// The latest progress line not printed yet (plain output prints every few seconds, and
+    /// always the last one before the step's end).
+    pending_plain: Option<String>,
 }
 
 impl HumanReporter {
@@ -37,6 +40,7 @@ impl HumanReporter {
             terminal: std::io::stderr().is_terminal(),
             bar: None,
             last_plain_progress: None,
+            pending_plain: None,
         }
     }
 
@@ -47,6 +51,9 @@ impl HumanReporter {
     fn end_bar(&mut self) {
         if let Some((span, _)) = self.bar.take() {
             drop(span);
+        }
+        if let Some(line) = self.pending_plain.take() {
+            self.line(line);
         }
     }
 }
@@ -193,15 +200,20 @@ impl Reporter for HumanReporter {
                     if self.bar.as_ref().map(|(_, i)| i != &id).unwrap_or(true) {
                         self.end_bar();
                         let span = tracing::info_span!("phased_progress");
+                        // indicatif templates treat braces as keys: the label is escaped.
+                        let prefix = format!("{id} {}", step.label)
+                            .replace('{', "{{")
+                            .replace('}', "}}");
+                        let template = format!(
+                            "  {{spinner}} {prefix} [{{bar:30}}] {{human_pos}}/{{human_len}} rows, eta {{eta}} — {{msg}}"
+                        );
                         span.pb_set_style(
-                            &ProgressStyle::with_template(
-                                "  {spinner} {prefix} [{bar:30}] {pos}/{len} rows, eta {eta} — {msg}",
-                            )
-                            .unwrap_or_else(|_| ProgressStyle::default_bar())
-                            .progress_chars("=> "),
+                            &ProgressStyle::with_template(&template)
+                                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                                .progress_chars("=> "),
                         );
                         span.pb_set_length(rows_total.unwrap_or(0));
-                        span.pb_set_message(&step.label);
+                        span.pb_set_position(*rows_done);
                         span.pb_start();
                         self.bar = Some((span, id));
                     }
@@ -211,17 +223,21 @@ impl Reporter for HumanReporter {
                         span.pb_set_message(&status);
                     }
                 } else {
+                    let total = rows_total.map(|t| format!("/{t}")).unwrap_or_default();
+                    let line = format!(
+                        "    {}#{} {}: {rows_done}{total} rows ({status})",
+                        step.phase, step.step, step.label
+                    );
                     let due = self
                         .last_plain_progress
                         .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
                         || paused.is_some();
                     if due {
-                        let total = rows_total.map(|t| format!("/{t}")).unwrap_or_default();
-                        self.line(format!(
-                            "    {}#{} {}: {rows_done}{total} rows ({status})",
-                            step.phase, step.step, step.label
-                        ));
+                        self.pending_plain = None;
+                        self.line(line);
                         self.last_plain_progress = Some(Instant::now());
+                    } else {
+                        self.pending_plain = Some(line);
                     }
                 }
             }

@@ -1,7 +1,10 @@
 //! The backfill loop: keyset batches committed with their checkpoint, sized toward a target
-//! batch time, throttled by pause, rows-per-second cap and a throttle file.
+//! batch time, throttled by pause, rows-per-second cap, replica lag and a throttle file.
+//!
+//! Memory stays flat: the loop holds one key (the checkpoint) at a time, never a list of keys;
+//! each batch finds its own upper bound in the database and updates the rows in between.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
@@ -9,12 +12,20 @@ use crate::plan::{Backfill, BatchSize};
 use crate::target::{BatchRequest, StepKey, Target, TargetError, Timeouts};
 
 /// Batch size bounds for `batch_size: auto`.
-pub(crate) const AUTO_START: u64 = 1_000;
-const AUTO_MIN: u64 = 10;
-const AUTO_MAX: u64 = 100_000;
+pub const AUTO_START: u64 = 1_000;
+pub const AUTO_MIN: u64 = 10;
+pub const AUTO_MAX: u64 = 100_000;
+
+/// How often progress events are emitted (and a paused backfill re-announces why).
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// How often a paused backfill looks again at the throttle file.
+const FILE_POLL: Duration = Duration::from_millis(200);
+/// How often the replica lag is read: before a batch at most this often, and while paused on it.
+const LAG_POLL: Duration = Duration::from_secs(1);
 
 /// Next batch size after a batch of `size` rows took `took`, aiming at `target`.
-/// Grows by at most 2× when fast; shrinks at once in proportion when slow.
+/// Grows by at most 2× when fast; shrinks at once in proportion when slow (down to a tenth),
+/// the way pt-online-schema-change's chunk-time does.
 pub fn next_auto_size(size: u64, took: Duration, target: Duration) -> u64 {
     let took = took.as_secs_f64().max(0.000_1);
     let ratio = target.as_secs_f64() / took;
@@ -26,6 +37,150 @@ pub fn next_auto_size(size: u64, took: Duration, target: Duration) -> u64 {
     ((size as f64 * factor) as u64).clamp(AUTO_MIN, AUTO_MAX)
 }
 
+/// The sleep after a batch of `rows` rows that took `took`: the fixed `pause`, or longer when
+/// needed to keep under `max_rows_per_second` (0: no cap).
+pub fn pause_after(
+    rows: u64,
+    took: Duration,
+    pause: Duration,
+    max_rows_per_second: u64,
+) -> Duration {
+    if max_rows_per_second == 0 {
+        return pause;
+    }
+    let min_time = Duration::from_secs_f64(rows as f64 / max_rows_per_second as f64);
+    pause.max(min_time.saturating_sub(took))
+}
+
+/// Why a backfill is paused between batches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PauseReason {
+    /// The operator's throttle file exists.
+    ThrottleFile(PathBuf),
+    /// A streaming replica lags more than `max_replica_lag`.
+    ReplicaLag { lag: Duration, max: Duration },
+}
+
+impl PauseReason {
+    pub fn describe(&self) -> String {
+        match self {
+            PauseReason::ThrottleFile(path) => {
+                format!(
+                    "throttle file {} exists; remove it to resume",
+                    path.display()
+                )
+            }
+            PauseReason::ReplicaLag { lag, max } => format!(
+                "replica lag {:.1}s exceeds max_replica_lag {:.1}s",
+                lag.as_secs_f64(),
+                max.as_secs_f64()
+            ),
+        }
+    }
+
+    fn same_kind(&self, other: &PauseReason) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// Whether a replica's lag calls for a pause.
+pub fn lag_exceeds(lag: Option<Duration>, max: Option<Duration>) -> Option<PauseReason> {
+    match (lag, max) {
+        (Some(lag), Some(max)) if lag > max => Some(PauseReason::ReplicaLag { lag, max }),
+        _ => None,
+    }
+}
+
+/// One attempt of a backfill step, with what it needs to report and throttle.
+struct Walk<'a> {
+    id: &'a StepId,
+    step: &'a Backfill,
+    throttle_file: Option<&'a Path>,
+    total: u64,
+    /// Rows done, including earlier runs and attempts (from the state).
+    done: u64,
+    /// Rows done by this attempt, and since when, for the rate.
+    done_here: u64,
+    started: Instant,
+    size: u64,
+    last_report: Option<Instant>,
+    last_lag_check: Option<(Instant, Option<Duration>)>,
+}
+
+impl Walk<'_> {
+    fn rate(&self) -> f64 {
+        self.done_here as f64 / self.started.elapsed().as_secs_f64().max(0.001)
+    }
+
+    fn report(&mut self, reporter: &mut dyn Reporter, paused: Option<String>) {
+        reporter.emit(&Event::BackfillProgress {
+            step: self.id.clone(),
+            rows_done: self.done,
+            rows_total: Some(self.total.max(self.done)),
+            batch_size: self.size,
+            rows_per_second: if paused.is_some() { 0.0 } else { self.rate() },
+            paused,
+        });
+        self.last_report = Some(Instant::now());
+    }
+
+    async fn pause_reason<T: Target>(
+        &mut self,
+        target: &mut T,
+    ) -> Result<Option<PauseReason>, TargetError> {
+        if let Some(file) = self.throttle_file {
+            if file.exists() {
+                return Ok(Some(PauseReason::ThrottleFile(file.to_path_buf())));
+            }
+        }
+        let Some(max) = self.step.max_replica_lag.map(|d| d.0) else {
+            return Ok(None);
+        };
+        let lag = match self.last_lag_check {
+            Some((at, lag)) if at.elapsed() < LAG_POLL => lag,
+            _ => {
+                let lag = target.replica_lag().await?;
+                self.last_lag_check = Some((Instant::now(), lag));
+                lag
+            }
+        };
+        Ok(lag_exceeds(lag, Some(max)))
+    }
+
+    /// Waits while the throttle file exists or a replica lags too much, saying why.
+    async fn wait_while_throttled<T: Target>(
+        &mut self,
+        target: &mut T,
+        reporter: &mut dyn Reporter,
+    ) -> Result<(), TargetError> {
+        let mut announced: Option<PauseReason> = None;
+        loop {
+            let Some(reason) = self.pause_reason(target).await? else {
+                if announced.is_some() {
+                    self.report(reporter, None);
+                }
+                return Ok(());
+            };
+            let stale = self
+                .last_report
+                .is_none_or(|t| t.elapsed() >= REPORT_EVERY * 10);
+            if announced.as_ref().is_none_or(|a| !a.same_kind(&reason)) || stale {
+                self.report(reporter, Some(reason.describe()));
+                announced = Some(reason.clone());
+            }
+            let poll = match reason {
+                PauseReason::ThrottleFile(_) => FILE_POLL,
+                PauseReason::ReplicaLag { .. } => LAG_POLL,
+            };
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
+/// Runs (or resumes) a backfill. The checkpoint and rows done are read from the state at the
+/// start of every attempt, so a retry or a run after a crash continues from the last batch the
+/// database committed — never from a batch whose commit was lost on the way back. `checkpoint`
+/// is kept up to date for the runner, which treats a moved checkpoint as progress.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<T: Target>(
     target: &mut T,
@@ -37,63 +192,70 @@ pub async fn run<T: Target>(
     id: &StepId,
     reporter: &mut dyn Reporter,
 ) -> Result<(), TargetError> {
-    let key_columns = if step.key.is_empty() {
-        target.primary_key(&step.table).await?
-    } else {
-        step.key.clone()
-    };
-    if key_columns.is_empty() {
-        return Err(TargetError::Unexpected(format!(
-            "table `{}` has no primary key to walk; name a unique, not-null column set with `key: [...]`",
-            step.table
-        )));
-    }
+    let record = target
+        .load_steps(&key.plan)
+        .await?
+        .into_iter()
+        .find(|r| r.phase == key.phase && r.index == key.index);
+    *checkpoint = record.as_ref().and_then(|r| r.checkpoint.clone());
+    let rows_before = record
+        .as_ref()
+        .map(|r| u64::try_from(r.rows_done).unwrap_or(0))
+        .unwrap_or(0);
+
+    let key_columns = target.backfill_key(&step.table, &step.key).await?;
     let set: Vec<(String, String)> = step
         .set
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let total = target
-        .count_rows(&step.table, step.predicate.as_deref())
-        .await?;
-    let rows_before = checkpoint.as_ref().map(|_| 0).unwrap_or(0);
-    target.set_rows_total(key, total).await?;
-    let mut size = match step.batch_size {
-        BatchSize::Auto => AUTO_START,
-        BatchSize::Fixed(n) => n,
+    let base = BatchRequest {
+        key,
+        table: &step.table,
+        key_columns: &key_columns,
+        set: &set,
+        predicate: step.predicate.as_deref(),
+        after: None,
+        limit: 0,
+        timeouts,
+        rows_per_second: 0.0,
     };
-    let mut done: u64 = rows_before;
-    let started = Instant::now();
-    let mut last_report = Instant::now() - Duration::from_secs(10);
+    let remaining = target
+        .backfill_remaining(&BatchRequest {
+            after: checkpoint.as_deref(),
+            ..base.clone()
+        })
+        .await?;
+    let total = rows_before + u64::try_from(remaining).unwrap_or(0);
+    target
+        .set_rows_total(key, i64::try_from(total).unwrap_or(i64::MAX))
+        .await?;
+
+    let mut walk = Walk {
+        id,
+        step,
+        throttle_file,
+        total,
+        done: rows_before,
+        done_here: 0,
+        started: Instant::now(),
+        size: match step.batch_size {
+            BatchSize::Auto => AUTO_START,
+            BatchSize::Fixed(n) => n.max(1),
+        },
+        last_report: None,
+        last_lag_check: None,
+    };
+    walk.report(reporter, None);
     loop {
-        if let Some(file) = throttle_file {
-            let mut announced = false;
-            while file.exists() {
-                if !announced {
-                    reporter.emit(&Event::BackfillProgress {
-                        step: id.clone(),
-                        rows_done: done,
-                        rows_total: u64::try_from(total).ok(),
-                        batch_size: size,
-                        rows_per_second: 0.0,
-                        paused: Some(format!("throttle file {} exists", file.display())),
-                    });
-                    announced = true;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        walk.wait_while_throttled(target, reporter).await?;
         let batch_started = Instant::now();
         let outcome = target
             .backfill_batch(&BatchRequest {
-                key,
-                table: &step.table,
-                key_columns: &key_columns,
-                set: &set,
-                predicate: step.predicate.as_deref(),
                 after: checkpoint.as_deref(),
-                limit: size,
-                timeouts,
+                limit: walk.size,
+                rows_per_second: walk.rate(),
+                ..base.clone()
             })
             .await?;
         let took = batch_started.elapsed();
@@ -101,41 +263,21 @@ pub async fn run<T: Target>(
             break;
         };
         *checkpoint = Some(last);
-        done += outcome.rows;
-        let elapsed = started.elapsed().as_secs_f64().max(0.001);
-        let rate = done as f64 / elapsed;
-        if last_report.elapsed() >= Duration::from_millis(500) {
-            reporter.emit(&Event::BackfillProgress {
-                step: id.clone(),
-                rows_done: done,
-                rows_total: u64::try_from(total).ok(),
-                batch_size: size,
-                rows_per_second: rate,
-                paused: None,
-            });
-            last_report = Instant::now();
+        walk.done += outcome.rows;
+        walk.done_here += outcome.rows;
+        if walk.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            walk.report(reporter, None);
         }
         if step.batch_size == BatchSize::Auto {
-            size = next_auto_size(size, took, step.target_batch_time.0);
+            walk.size = next_auto_size(walk.size, took, step.target_batch_time.0);
         }
-        let mut pause = step.pause.0;
-        if step.max_rows_per_second > 0 {
-            let min_time =
-                Duration::from_secs_f64(outcome.rows as f64 / step.max_rows_per_second as f64);
-            pause = pause.max(min_time.saturating_sub(took));
-        }
+        let pause = pause_after(outcome.rows, took, step.pause.0, step.max_rows_per_second);
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
     }
-    reporter.emit(&Event::BackfillProgress {
-        step: id.clone(),
-        rows_done: done,
-        rows_total: u64::try_from(total).ok(),
-        batch_size: size,
-        rows_per_second: done as f64 / started.elapsed().as_secs_f64().max(0.001),
-        paused: None,
-    });
+    walk.total = walk.done;
+    walk.report(reporter, None);
     target.finish_step(key).await
 }
 
@@ -158,6 +300,34 @@ mod tests {
         assert_eq!(
             next_auto_size(20, Duration::from_secs(10), target),
             AUTO_MIN
+        );
+        assert_eq!(
+            next_auto_size(AUTO_MAX, Duration::from_millis(1), target),
+            AUTO_MAX
+        );
+    }
+
+    #[test]
+    fn rate_cap_stretches_the_pause() {
+        let ms = Duration::from_millis;
+        // 1000 rows at 1000 rows/s must take a second: 100ms of work, 900ms of sleep.
+        assert_eq!(pause_after(1000, ms(100), ms(10), 1000), ms(900));
+        // The fixed pause wins when it is longer than the cap needs.
+        assert_eq!(pause_after(10, ms(100), ms(50), 1000), ms(50));
+        // No cap: the fixed pause only.
+        assert_eq!(pause_after(1000, ms(1), ms(5), 0), ms(5));
+    }
+
+    #[test]
+    fn replica_lag_pauses_only_above_the_maximum() {
+        let s = Duration::from_secs;
+        assert_eq!(lag_exceeds(Some(s(3)), Some(s(10))), None);
+        assert_eq!(lag_exceeds(None, Some(s(10))), None);
+        assert_eq!(lag_exceeds(Some(s(30)), None), None);
+        let reason = lag_exceeds(Some(s(12)), Some(s(10))).expect("pauses");
+        assert_eq!(
+            reason.describe(),
+            "replica lag 12.0s exceeds max_replica_lag 10.0s"
         );
     }
 }

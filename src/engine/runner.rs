@@ -351,6 +351,7 @@ async fn run_step<T: Target>(
                 sql: None,
             });
         }
+        let checkpoint_before = checkpoint.clone();
         let result = execute(
             target,
             loaded,
@@ -376,6 +377,11 @@ async fn run_step<T: Target>(
                 }
             }
             message.push_str(&blocked_by(&lines));
+        }
+        // A backfill that moved its checkpoint before failing made progress: its retry budget
+        // starts again, so hours of batches are not cut short by a few scattered lock timeouts.
+        if error.is_retryable() && checkpoint != checkpoint_before {
+            attempt = 1;
         }
         if error.is_retryable() && attempt < allowed {
             let wait = retry::backoff(&policy, attempt);

@@ -40,6 +40,8 @@ pub struct StepStatusView {
     pub rows_done: Option<i64>,
     pub rows_total: Option<i64>,
     pub checkpoint: Option<String>,
+    /// A backfill's rate as of its last committed batch.
+    pub rows_per_second: Option<f64>,
 }
 
 pub async fn status<T: Target>(target: &mut T, plan: &Plan) -> Result<PlanStatus, TargetError> {
@@ -69,6 +71,9 @@ pub async fn status<T: Target>(target: &mut T, plan: &Plan) -> Result<PlanStatus
                     checkpoint: record
                         .filter(|_| is_backfill)
                         .and_then(|r| r.checkpoint.clone()),
+                    rows_per_second: record
+                        .filter(|_| is_backfill)
+                        .and_then(|r| r.rows_per_second),
                 }
             })
             .collect();

@@ -1,5 +1,6 @@
 //! The databases phased deploys to. Only this module speaks SQL; the engine drives it through [`Target`].
 
+pub mod backfill_key;
 pub mod backup;
 pub mod error;
 pub mod lock;
@@ -80,6 +81,8 @@ pub struct StepRecord {
     pub checkpoint: Option<String>,
     pub rows_done: i64,
     pub rows_total: Option<i64>,
+    /// Backfill rate (rows per second) as of its last committed batch.
+    pub rows_per_second: Option<f64>,
 }
 
 /// What a step starting is recorded with.
@@ -117,6 +120,8 @@ pub struct BatchRequest<'a> {
     pub after: Option<&'a str>,
     pub limit: u64,
     pub timeouts: Timeouts,
+    /// The backfill's rate so far, recorded with the checkpoint for `phased status`.
+    pub rows_per_second: f64,
 }
 
 /// What one committed batch did.
@@ -341,4 +346,21 @@ pub trait Target {
         key: &StepKey,
         checkpoint: &str,
     ) -> Result<(), TargetError>;
+
+    /// The columns a backfill walks. A `key` named in the plan is checked: its columns exist,
+    /// are NOT NULL and a unique index covers them. Without one, the primary key (SQLite: the
+    /// rowid when there is none); PostgreSQL refuses a table without a primary key.
+    async fn backfill_key(
+        &mut self,
+        table: &str,
+        key: &[String],
+    ) -> Result<Vec<String>, TargetError>;
+
+    /// Rows a backfill still has to visit after `batch.after` and matching its predicate
+    /// (the progress total). One scan per attempt, never per batch.
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError>;
+
+    /// The largest replay lag among streaming replicas, or None when there are none
+    /// (always None on SQLite).
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, TargetError>;
 }

@@ -50,6 +50,8 @@ pub const POSTGRES: &[&[&str]] = &[
             revision text PRIMARY KEY
         )",
     ],
+    // 2: a backfill's rate, saved with its checkpoint.
+    &["ALTER TABLE phased.steps ADD COLUMN IF NOT EXISTS rows_per_second double precision"],
 ];
 
 /// SQLite: tables prefixed `phased_`.
@@ -106,4 +108,6 @@ pub const SQLITE: &[&[&str]] = &[
             since TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
         )",
     ],
+    // 2: a backfill's rate, saved with its checkpoint.
+    &["ALTER TABLE phased_steps ADD COLUMN rows_per_second REAL"],
 ];

@@ -5,6 +5,7 @@ use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 
 use super::{set_local, sql_error, state};
+use crate::target::backfill_key::{check_key_columns, not_unique};
 use crate::target::render::{backfill, ident, literal, Dialect};
 use crate::target::{BatchOutcome, BatchRequest, TargetError};
 
@@ -33,17 +34,133 @@ pub async fn key_types(
     Ok(types)
 }
 
+/// Parses a checkpoint (a JSON array of the key's values as text).
+fn parse_after(batch: &BatchRequest<'_>) -> Result<Option<Vec<String>>, TargetError> {
+    match batch.after {
+        Some(json) => Ok(Some(serde_json::from_str(json).map_err(|e| {
+            TargetError::Unexpected(format!("unreadable backfill checkpoint {json}: {e}"))
+        })?)),
+        None => Ok(None),
+    }
+}
+
+/// The key a backfill walks: the plan's `key`, checked, or the primary key.
+pub async fn resolve_key(
+    conn: &Object,
+    table: &str,
+    key: &[String],
+) -> Result<Vec<String>, TargetError> {
+    let regclass = literal(&ident(table));
+    let exists = "SELECT to_regclass($1) IS NOT NULL";
+    let present: bool = conn
+        .query_one(exists, &[&ident(table)])
+        .await
+        .map_err(|e| sql_error(e, exists))?
+        .get(0);
+    if !present {
+        return Err(TargetError::Unexpected(format!(
+            "table `{table}` does not exist"
+        )));
+    }
+    if key.is_empty() {
+        let sql = format!(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = {regclass}::regclass AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)"
+        );
+        let rows = conn
+            .query(&sql, &[])
+            .await
+            .map_err(|e| sql_error(e, &sql))?;
+        if rows.is_empty() {
+            return Err(TargetError::Unexpected(format!(
+                "table `{table}` has no primary key for the backfill to walk; name a unique, \
+                 NOT NULL column set in the step with `key: [column, …]` (a unique index must cover it)"
+            )));
+        }
+        return Ok(rows.iter().map(|r| r.get(0)).collect());
+    }
+    // Every named column exists and is NOT NULL: a NULL key would never compare greater than
+    // the checkpoint, so its row would be skipped.
+    let sql = format!(
+        "SELECT attname::text, attnotnull FROM pg_attribute \
+         WHERE attrelid = {regclass}::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    );
+    let columns: Vec<(String, bool)> = conn
+        .query(&sql, &[])
+        .await
+        .map_err(|e| sql_error(e, &sql))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    check_key_columns(table, key, &columns)?;
+    // A unique index (not partial, no expressions) on a subset of the key makes it unique.
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = {regclass}::regclass \
+         AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
+         AND (SELECT bool_and(a.attname = ANY($1)) FROM pg_attribute a \
+              WHERE a.attrelid = i.indrelid \
+              AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1])))"
+    );
+    let unique: bool = conn
+        .query_one(&sql, &[&key])
+        .await
+        .map_err(|e| sql_error(e, &sql))?
+        .get(0);
+    if !unique {
+        return Err(not_unique(table, key));
+    }
+    Ok(key.to_vec())
+}
+
+/// Rows still to visit after the checkpoint, matching the predicate.
+pub async fn count_remaining(
+    conn: &Object,
+    batch: &BatchRequest<'_>,
+    types: &[String],
+) -> Result<i64, TargetError> {
+    let after = parse_after(batch)?;
+    let sql = backfill::render(
+        Dialect::Postgres,
+        batch.table,
+        batch.key_columns,
+        types,
+        batch.set,
+        batch.predicate,
+        after.is_some(),
+    );
+    let params: Vec<&(dyn ToSql + Sync)> = after
+        .iter()
+        .flatten()
+        .map(|v| v as &(dyn ToSql + Sync))
+        .collect();
+    let row = conn
+        .query_one(&sql.count, &params)
+        .await
+        .map_err(|e| sql_error(e, &sql.count))?;
+    Ok(row.get(0))
+}
+
+/// The largest replay lag among the streaming replicas (None without replicas). A replica
+/// that has caught up and is idle reports a NULL lag, counted as none.
+pub async fn replica_lag(conn: &Object) -> Result<Option<std::time::Duration>, TargetError> {
+    let sql =
+        "SELECT max(COALESCE(EXTRACT(EPOCH FROM replay_lag), 0))::float8 FROM pg_stat_replication";
+    let seconds: Option<f64> = conn
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| sql_error(e, sql))?
+        .get(0);
+    Ok(seconds.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
+}
+
 pub async fn run_batch(
     conn: &mut Object,
     batch: &BatchRequest<'_>,
     types: &[String],
 ) -> Result<BatchOutcome, TargetError> {
-    let after: Option<Vec<String>> = match batch.after {
-        Some(json) => Some(serde_json::from_str(json).map_err(|e| {
-            TargetError::Unexpected(format!("unreadable backfill checkpoint {json}: {e}"))
-        })?),
-        None => None,
-    };
+    let after = parse_after(batch)?;
     let sql = backfill::render(
         Dialect::Postgres,
         batch.table,
@@ -93,7 +210,14 @@ pub async fn run_batch(
         .await
         .map_err(|e| sql_error(e, &sql.update))?;
     let last_json = serde_json::to_string(&last).unwrap_or_default();
-    state::checkpoint(&tx, batch.key, &last_json, rows as i64).await?;
+    state::checkpoint(
+        &tx,
+        batch.key,
+        &last_json,
+        rows as i64,
+        batch.rows_per_second,
+    )
+    .await?;
     tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))?;
     Ok(BatchOutcome {
         rows,

@@ -212,6 +212,17 @@ impl PgTarget {
         Ok(())
     }
 
+    /// The SQL types of a backfill's key columns, looked up once per table and key.
+    async fn key_types_of(&mut self, batch: &BatchRequest<'_>) -> Result<Vec<String>, TargetError> {
+        let cache_key = format!("{}\u{0}{}", batch.table, batch.key_columns.join("\u{0}"));
+        if let Some(t) = self.key_types.get(&cache_key) {
+            return Ok(t.clone());
+        }
+        let t = backfill::key_types(&self.work, batch.table, batch.key_columns).await?;
+        self.key_types.insert(cache_key, t.clone());
+        Ok(t)
+    }
+
     /// Builds an index concurrently; an INVALID leftover of a failed build is dropped first.
     async fn concurrent_index(
         &mut self,
@@ -351,14 +362,7 @@ impl Target for PgTarget {
         &mut self,
         batch: &BatchRequest<'_>,
     ) -> Result<BatchOutcome, TargetError> {
-        let types = match self.key_types.get(batch.table) {
-            Some(t) => t.clone(),
-            None => {
-                let t = backfill::key_types(&self.work, batch.table, batch.key_columns).await?;
-                self.key_types.insert(batch.table.to_string(), t.clone());
-                t
-            }
-        };
+        let types = self.key_types_of(batch).await?;
         backfill::run_batch(&mut self.work, batch, &types).await
     }
 
@@ -564,5 +568,22 @@ impl Target for PgTarget {
         checkpoint: &str,
     ) -> Result<(), TargetError> {
         self.write_checkpoint(key, checkpoint).await
+    }
+
+    async fn backfill_key(
+        &mut self,
+        table: &str,
+        key: &[String],
+    ) -> Result<Vec<String>, TargetError> {
+        backfill::resolve_key(&self.work, table, key).await
+    }
+
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError> {
+        let types = self.key_types_of(batch).await?;
+        backfill::count_remaining(&self.work, batch, &types).await
+    }
+
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, TargetError> {
+        backfill::replica_lag(&self.work).await
     }
 }

@@ -63,7 +63,7 @@ pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, Ta
     let sql = format!(
         "SELECT phase, step_index, kind, label, checksum, status, attempts, \
          to_char(started_at AT TIME ZONE 'UTC', '{TS}'), to_char(finished_at AT TIME ZONE 'UTC', '{TS}'), \
-         last_error, checkpoint, rows_done, rows_total \
+         last_error, checkpoint, rows_done, rows_total, rows_per_second \
          FROM phased.steps WHERE plan = $1 ORDER BY phase, step_index"
     );
     let rows = conn
@@ -86,6 +86,7 @@ pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, Ta
             checkpoint: r.get(10),
             rows_done: r.get(11),
             rows_total: r.get(12),
+            rows_per_second: r.get(13),
         })
         .collect())
 }
@@ -192,13 +193,24 @@ pub async fn checkpoint<C: GenericClient>(
     key: &StepKey,
     last_key: &str,
     rows: i64,
+    rows_per_second: f64,
 ) -> Result<(), TargetError> {
-    let sql =
-        "UPDATE phased.steps SET checkpoint = $4, rows_done = rows_done + $5, updated_at = now() \
+    let sql = "UPDATE phased.steps SET checkpoint = $4, rows_done = rows_done + $5, \
+               rows_per_second = $6, updated_at = now() \
                WHERE plan = $1 AND phase = $2 AND step_index = $3";
-    conn.execute(sql, &[&key.plan, &key.phase, &key.index, &last_key, &rows])
-        .await
-        .map_err(|e| sql_error(e, sql))?;
+    conn.execute(
+        sql,
+        &[
+            &key.plan,
+            &key.phase,
+            &key.index,
+            &last_key,
+            &rows,
+            &rows_per_second,
+        ],
+    )
+    .await
+    .map_err(|e| sql_error(e, sql))?;
     Ok(())
 }
 

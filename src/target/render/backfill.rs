@@ -10,6 +10,9 @@ pub struct BatchSql {
     pub find_last: String,
     /// Updates the rows after the previous key up to and including the batch's last key.
     pub update: String,
+    /// Counts the rows still to visit: after the previous key (when any) and matching the
+    /// predicate. Run once per attempt, for the progress total; never per batch.
+    pub count: String,
 }
 
 /// `key_types` are the PostgreSQL types of the key columns (for casting bound text values).
@@ -100,7 +103,12 @@ pub fn render(
         ident(table),
         upd_conditions.join(" AND ")
     );
-    BatchSql { find_last, update }
+    let count = format!("SELECT count(*) FROM {}{where_clause}", ident(table));
+    BatchSql {
+        find_last,
+        update,
+        count,
+    }
 }
 
 #[cfg(test)]
@@ -144,5 +152,23 @@ mod tests {
             "UPDATE \"t\" SET \"c\" = 1 WHERE (\"a\", \"b\") <= (?1, ?2)"
         );
         assert!(sql.find_last.contains("LIMIT ?1"), "{}", sql.find_last);
+        assert_eq!(sql.count, "SELECT count(*) FROM \"t\"");
+    }
+
+    #[test]
+    fn count_after_a_checkpoint_starts_at_the_key() {
+        let sql = render(
+            Dialect::Sqlite,
+            "t",
+            &["a".into(), "b".into()],
+            &[],
+            &[("c".into(), "1".into())],
+            Some("c IS NULL"),
+            true,
+        );
+        assert_eq!(
+            sql.count,
+            "SELECT count(*) FROM \"t\" WHERE (\"a\", \"b\") > (?1, ?2) AND (c IS NULL)"
+        );
     }
 }

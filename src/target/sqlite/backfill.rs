@@ -5,7 +5,8 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, TransactionBehavior};
 
 use super::{sql_error, state};
-use crate::target::render::{backfill, Dialect};
+use crate::target::backfill_key::{check_key_columns, not_unique};
+use crate::target::render::{backfill, base_name, Dialect};
 use crate::target::{BatchOutcome, BatchRequest, TargetError};
 
 fn to_json(value: &Value) -> Result<serde_json::Value, TargetError> {
@@ -37,19 +38,114 @@ fn from_json(value: &serde_json::Value) -> Value {
     }
 }
 
-pub fn run_batch(
-    conn: &mut Connection,
-    batch: &BatchRequest<'_>,
-) -> Result<BatchOutcome, TargetError> {
-    let after: Option<Vec<Value>> = match batch.after {
+/// Parses a checkpoint (a JSON array of the key's values).
+fn parse_after(batch: &BatchRequest<'_>) -> Result<Option<Vec<Value>>, TargetError> {
+    match batch.after {
         Some(json) => {
             let parsed: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| {
                 TargetError::Unexpected(format!("unreadable backfill checkpoint {json}: {e}"))
             })?;
-            Some(parsed.iter().map(from_json).collect())
+            Ok(Some(parsed.iter().map(from_json).collect()))
         }
-        None => None,
-    };
+        None => Ok(None),
+    }
+}
+
+/// The key a backfill walks: the plan's `key`, checked, or the primary key, or the rowid.
+pub fn resolve_key(
+    conn: &Connection,
+    table: &str,
+    key: &[String],
+) -> Result<Vec<String>, TargetError> {
+    let name = base_name(table);
+    let sql = "SELECT name, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid";
+    let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
+    let columns: Vec<(String, bool, i64)> = stmt
+        .query_map([name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get(2)?))
+        })
+        .map_err(|e| sql_error(e, sql))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| sql_error(e, sql))?;
+    if columns.is_empty() {
+        return Err(TargetError::Unexpected(format!(
+            "table `{table}` does not exist"
+        )));
+    }
+    let mut primary: Vec<(i64, String)> = columns
+        .iter()
+        .filter(|c| c.2 > 0)
+        .map(|c| (c.2, c.0.clone()))
+        .collect();
+    primary.sort();
+    let primary: Vec<String> = primary.into_iter().map(|(_, n)| n).collect();
+    if key.is_empty() {
+        if primary.is_empty() {
+            return Ok(vec!["rowid".to_string()]);
+        }
+        return Ok(primary);
+    }
+    if key.len() == 1 && key[0].eq_ignore_ascii_case("rowid") {
+        return Ok(key.to_vec());
+    }
+    // Primary key columns count as NOT NULL (SQLite allows NULLs there only in legacy tables;
+    // a NULL met on the way stops the backfill with an error).
+    let checked: Vec<(String, bool)> = columns
+        .iter()
+        .map(|(n, notnull, pk)| (n.clone(), *notnull || *pk > 0))
+        .collect();
+    check_key_columns(table, key, &checked)?;
+    if !primary.is_empty() && primary.iter().all(|p| key.contains(p)) {
+        return Ok(key.to_vec());
+    }
+    let list = "SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND partial = 0";
+    let mut stmt = conn.prepare(list).map_err(|e| sql_error(e, list))?;
+    let indexes: Vec<String> = stmt
+        .query_map([name], |r| r.get(0))
+        .map_err(|e| sql_error(e, list))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| sql_error(e, list))?;
+    let info = "SELECT name FROM pragma_index_info(?1)";
+    for index in indexes {
+        let mut stmt = conn.prepare(info).map_err(|e| sql_error(e, info))?;
+        let cols: Vec<Option<String>> = stmt
+            .query_map([&index], |r| r.get(0))
+            .map_err(|e| sql_error(e, info))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| sql_error(e, info))?;
+        let covered = !cols.is_empty()
+            && cols
+                .iter()
+                .all(|c| c.as_ref().is_some_and(|c| key.contains(c)));
+        if covered {
+            return Ok(key.to_vec());
+        }
+    }
+    Err(not_unique(table, key))
+}
+
+/// Rows still to visit after the checkpoint, matching the predicate.
+pub fn count_remaining(conn: &Connection, batch: &BatchRequest<'_>) -> Result<i64, TargetError> {
+    let after = parse_after(batch)?;
+    let sql = backfill::render(
+        Dialect::Sqlite,
+        batch.table,
+        batch.key_columns,
+        &[],
+        batch.set,
+        batch.predicate,
+        after.is_some(),
+    );
+    let params = after.unwrap_or_default();
+    conn.query_row(&sql.count, params_from_iter(params.iter()), |r| r.get(0))
+        .map_err(|e| sql_error(e, &sql.count))
+}
+
+pub fn run_batch(
+    conn: &mut Connection,
+    batch: &BatchRequest<'_>,
+) -> Result<BatchOutcome, TargetError> {
+    let after = parse_after(batch)?;
     let sql = backfill::render(
         Dialect::Sqlite,
         batch.table,
@@ -97,7 +193,13 @@ pub fn run_batch(
         .map_err(|e| sql_error(e, &sql.update))?;
     let json: Vec<serde_json::Value> = last.iter().map(to_json).collect::<Result<_, _>>()?;
     let last_json = serde_json::to_string(&json).unwrap_or_default();
-    state::checkpoint(&tx, batch.key, &last_json, rows as i64)?;
+    state::checkpoint(
+        &tx,
+        batch.key,
+        &last_json,
+        rows as i64,
+        batch.rows_per_second,
+    )?;
     tx.commit().map_err(|e| sql_error(e, "COMMIT"))?;
     Ok(BatchOutcome {
         rows: rows as u64,

@@ -214,7 +214,11 @@ impl Target for SqliteTarget {
         batch: &BatchRequest<'_>,
     ) -> Result<BatchOutcome, TargetError> {
         self.with_busy_timeout(batch.timeouts)?;
-        backfill::run_batch(&mut self.conn, batch)
+        let result = backfill::run_batch(&mut self.conn, batch);
+        // The state writes that follow (a failed attempt's record, the next attempt's start)
+        // wait with the default patience, not the batch's short lock_timeout.
+        self.with_busy_timeout(Timeouts::default())?;
+        result
     }
 
     async fn count_rows(
@@ -440,5 +444,24 @@ impl Target for SqliteTarget {
         checkpoint: &str,
     ) -> Result<(), TargetError> {
         self.write_checkpoint(key, checkpoint)
+    }
+
+    async fn backfill_key(
+        &mut self,
+        table: &str,
+        key: &[String],
+    ) -> Result<Vec<String>, TargetError> {
+        backfill::resolve_key(&self.conn, table, key)
+    }
+
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError> {
+        self.with_busy_timeout(batch.timeouts)?;
+        let result = backfill::count_remaining(&self.conn, batch);
+        self.with_busy_timeout(Timeouts::default())?;
+        result
+    }
+
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, TargetError> {
+        Ok(None)
     }
 }

@@ -53,7 +53,7 @@ pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, Targ
         return Ok(Vec::new());
     }
     let sql = "SELECT phase, step_index, kind, label, checksum, status, attempts, started_at, finished_at, \
-               last_error, checkpoint, rows_done, rows_total FROM phased_steps WHERE plan = ?1 ORDER BY phase, step_index";
+               last_error, checkpoint, rows_done, rows_total, rows_per_second FROM phased_steps WHERE plan = ?1 ORDER BY phase, step_index";
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
     let rows = stmt
         .query_map([plan], |r| {
@@ -71,6 +71,7 @@ pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, Targ
                 checkpoint: r.get(10)?,
                 rows_done: r.get(11)?,
                 rows_total: r.get(12)?,
+                rows_per_second: r.get(13)?,
             })
         })
         .map_err(|e| sql_error(e, sql))?;
@@ -176,14 +177,22 @@ pub fn checkpoint(
     key: &StepKey,
     last_key: &str,
     rows: i64,
+    rows_per_second: f64,
 ) -> Result<(), TargetError> {
     let sql = format!(
-        "UPDATE phased_steps SET checkpoint = ?4, rows_done = rows_done + ?5, updated_at = {NOW} \
-         WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
+        "UPDATE phased_steps SET checkpoint = ?4, rows_done = rows_done + ?5, rows_per_second = ?6, \
+         updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
     );
     conn.execute(
         &sql,
-        params![key.plan, key.phase, key.index, last_key, rows],
+        params![
+            key.plan,
+            key.phase,
+            key.index,
+            last_key,
+            rows,
+            rows_per_second
+        ],
     )
     .map_err(|e| sql_error(e, &sql))?;
     Ok(())

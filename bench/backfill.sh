@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Backfill benchmark on the local PostgreSQL. Not a test: it measures, it does not assert.
+#
+#   (a) a fixed-rate pgbench workload (point reads, updates, inserts) on a 1,000,000-row table:
+#       p50/p99/max latency and failed transactions, before and during a backfill that runs with
+#       the default throttle;
+#   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
+#   (c) unthrottled rows/s (and phased's peak RSS) at 100k, 1M and 5M rows.
+#
+# Usage:  cargo build --release && bench/backfill.sh
+# Env:    PGHOST PGPORT PGUSER (default 127.0.0.1 5432 postgres), PHASED (the binary),
+#         SIZES ("100000 1000000 5000000"), RATE (workload tx/s, 200), CLIENTS (4),
+#         BASELINE_SECS (60), REPEATS (3: runs per size, the median is reported), OUT (bench/out), THROTTLE (extra backfill options for (a), e.g.
+#         ", pause: 10ms"; empty = the default throttle)
+# Prints a markdown summary on stdout; raw pgbench logs stay in $OUT.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
+PHASED="${PHASED:-$PWD/target/release/phased}"
+SIZES="${SIZES-100000 1000000 5000000}"
+RATE="${RATE:-200}"
+CLIENTS="${CLIENTS:-4}"
+BASELINE_SECS="${BASELINE_SECS:-60}"
+OUT="${OUT:-$PWD/bench/out}"
+THROTTLE="${THROTTLE:-}"
+REPEATS="${REPEATS:-3}"
+DB=phased_bench
+URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
+BENCH="$PWD/bench"
+
+[ -x "$PHASED" ] || { echo "build first: cargo build --release ($PHASED missing)" >&2; exit 2; }
+rm -rf "$OUT" && mkdir -p "$OUT"
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+sql() { psql -X -q -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
+now() { date +%s.%N; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+range() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }'; }
+
+fresh_db() {
+  psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+}
+
+# A fresh accounts table of $1 rows (email_lower empty), vacuumed and analysed.
+fresh_table() {
+  sql -c "DROP TABLE IF EXISTS accounts; DROP SCHEMA IF EXISTS phased CASCADE;" 2>/dev/null
+  sql -c "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL, balance bigint NOT NULL DEFAULT 0, email_lower text)" \
+      -c "INSERT INTO accounts (id, email) SELECT i, 'User' || i || '@Example.COM' FROM generate_series(1, $1) AS i" \
+      -c "VACUUM ANALYZE accounts" -c "CHECKPOINT"
+}
+
+# Runs a plan; prints "<seconds> <peak RSS kB>".
+run_plan() {
+  local plan=$1 phase=$2 start end
+  start=$(now)
+  /usr/bin/time -f "%M" -o "$OUT/rss" "$PHASED" run "$plan" --phase "$phase" --database "$URL" --format json \
+    >"$OUT/run-$phase.ndjson"
+  end=$(now)
+  echo "$(echo "$end - $start" | bc) $(cat "$OUT/rss")"
+}
+
+# The pgbench workload for $1 seconds, logs prefixed $2.
+workload() {
+  pgbench -n -d "$DB" -c "$CLIENTS" -j 2 -R "$RATE" -T "$1" -D maxid=1000000 \
+    -f "$BENCH/workload/read.sql@5" -f "$BENCH/workload/update.sql@3" -f "$BENCH/workload/insert.sql@2" \
+    -l --log-prefix="$OUT/$2" >>"$OUT/pgbench.out" 2>&1 || echo "pgbench exited $?" >>"$OUT/pgbench.out"
+}
+
+# Latency stats of the logged transactions between epochs $2 and $3 from logs $1*:
+# "count p50_ms p99_ms max_ms failed".
+stats() {
+  cat "$OUT"/"$1"* | awk -v from="$2" -v to="$3" '
+    { t = $5 + $6 / 1e6; if (t < from || t > to) next;
+      if ($3 == "failed" || $3 == "skipped") { failed++; next }
+      print $3 / 1000 }
+    END { printf "FAILED %d\n", failed + 0 }' >"$OUT/lat.txt"
+  local failed
+  failed=$(grep '^FAILED' "$OUT/lat.txt" | cut -d' ' -f2)
+  grep -v '^FAILED' "$OUT/lat.txt" | sort -g | awk -v failed="$failed" '
+    { v[NR] = $1 } END {
+      if (NR == 0) { print "0 - - - " failed; exit }
+      p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]; p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1];
+      printf "%d %.2f %.2f %.2f %d\n", NR, p50, p99, v[NR], failed }'
+}
+
+plan_file() { # $1 name, $2 backfill options (YAML flow mapping entries)
+  cat >"$OUT/$1.yaml" <<EOF
+plan: bench-$1
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - dual_write: { table: accounts, set: { email_lower: "lower(NEW.email)" } }
+  - name: backfill
+    kind: migrate
+    steps:
+      - backfill: { table: accounts, set: { email_lower: "lower(email)" }, where: "email_lower IS NULL"$2 }
+EOF
+  echo "$OUT/$1.yaml"
+}
+
+echo "PostgreSQL $(psql -X -At -d postgres -c 'SHOW server_version') (shared_buffers $(psql -X -At -d postgres -c 'SHOW shared_buffers'), max_wal_size $(psql -X -At -d postgres -c 'SHOW max_wal_size')); $(nproc) cores; load average at start $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+fresh_db
+
+# (b) + (c): plain UPDATE vs unthrottled backfill, per size. Unthrottled = `pause: 0s,
+# target_batch_time: 200ms` (batch_size auto, no pause, no rate cap) and no trigger: the
+# backfill's own cost only.
+echo "Each size: $REPEATS runs of each, alternating, on a fresh table each time; median (min–max)."
+echo
+echo "| rows | plain UPDATE (s) | UPDATE rows/s | backfill (s) | backfill rows/s | backfill ÷ UPDATE speed | backfill µs/row | peak RSS of phased (MB) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+for n in $SIZES; do
+  : >"$OUT/upd-$n"; : >"$OUT/bf-$n"; : >"$OUT/rss-$n"
+  for r in $(seq "$REPEATS"); do
+    log "size $n, run $r: plain UPDATE (load $(cut -d' ' -f1 /proc/loadavg))"
+    fresh_table "$n"
+    start=$(now); sql -c "UPDATE accounts SET email_lower = lower(email) WHERE email_lower IS NULL"; end=$(now)
+    echo "$end - $start" | bc >>"$OUT/upd-$n"
+    log "size $n, run $r: backfill (load $(cut -d' ' -f1 /proc/loadavg))"
+    fresh_table "$n"
+    plan=$(plan_file "size-$n" ", pause: 0s, target_batch_time: 200ms")
+    sed -i '/name: expand/,/dual_write/d' "$plan"
+    read -r secs rss < <(run_plan "$plan" backfill)
+    left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
+    [ "$left" = 0 ] || { echo "backfill left $left rows wrong" >&2; exit 1; }
+    echo "$secs" >>"$OUT/bf-$n"; echo "$rss" >>"$OUT/rss-$n"
+  done
+  upd=$(median <"$OUT/upd-$n"); bf=$(median <"$OUT/bf-$n"); rss=$(sort -g "$OUT/rss-$n" | tail -1)
+  printf "| %d | %.2f (%s) | %.0f | %.2f (%s) | %.0f | %.2f | %.2f | %.1f |\n" "$n" "$upd" "$(range <"$OUT/upd-$n")" \
+    "$(echo "$n / $upd" | bc -l)" "$bf" "$(range <"$OUT/bf-$n")" "$(echo "$n / $bf" | bc -l)" \
+    "$(echo "$upd / $bf" | bc -l)" "$(echo "$bf * 1000000 / $n" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+done
+
+# (a): the workload before and during a backfill with the default throttle, on 1M rows, with the
+# dual_write trigger in place (as in a real deploy) for both measurements.
+log "workload: baseline ${BASELINE_SECS}s at $RATE tx/s"
+fresh_table 1000000
+sql -c "CREATE SEQUENCE IF NOT EXISTS accounts_new_ids START 100000001"
+plan=$(plan_file default "$THROTTLE")
+"$PHASED" run "$plan" --phase expand --database "$URL" --format json >"$OUT/expand.ndjson"
+b_start=$(now); workload "$BASELINE_SECS" baseline; b_end=$(now)
+read -r b_n b_p50 b_p99 b_max b_failed < <(stats baseline "$b_start" "$b_end")
+
+log "workload: during a backfill with the default throttle"
+( "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-default.ndjson"
+  echo $? >"$OUT/backfill.rc"; now >"$OUT/backfill.end" ) &
+bf_pid=$!
+d_start=$(now)
+chunk=0
+while kill -0 "$bf_pid" 2>/dev/null; do
+  chunk=$((chunk + 1)); workload 5 "during-$chunk"
+done
+wait "$bf_pid"
+d_end=$(cat "$OUT/backfill.end")
+[ "$(cat "$OUT/backfill.rc")" = 0 ] || { echo "backfill failed" >&2; exit 1; }
+read -r d_n d_p50 d_p99 d_max d_failed < <(stats during "$d_start" "$d_end")
+d_secs=$(echo "$d_end - $d_start" | bc)
+log "workload: baseline again, after the backfill"
+a_start=$(now); workload "$BASELINE_SECS" after; a_end=$(now)
+read -r a_n a_p50 a_p99 a_max a_failed < <(stats after "$a_start" "$a_end")
+left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
+aborted=$(grep -c -i "aborted\|error" "$OUT/pgbench.out" || true)
+
+echo
+echo "Workload: pgbench -R $RATE -c $CLIENTS, 50% point reads, 30% point updates, 20% inserts, on 1,000,000 rows with the dual_write trigger; latency counted from the scheduled start; load average now $(cut -d' ' -f1-3 /proc/loadavg)."
+echo
+echo "| workload at $RATE tx/s, $CLIENTS clients | transactions | p50 (ms) | p99 (ms) | max (ms) | failed |"
+echo "|---|---:|---:|---:|---:|---:|"
+echo "| before the backfill (${BASELINE_SECS}s) | $b_n | $b_p50 | $b_p99 | $b_max | $b_failed |"
+printf "| during the backfill (%.1fs, %s) | %s | %s | %s | %s | %s |\n" "$d_secs" "${THROTTLE:-default throttle}" "$d_n" "$d_p50" "$d_p99" "$d_max" "$d_failed"
+echo "| after the backfill (${BASELINE_SECS}s) | $a_n | $a_p50 | $a_p99 | $a_max | $a_failed |"
+echo
+echo "p99 during ÷ before: $(echo "scale=2; $d_p99 / $b_p99" | bc); during ÷ after: $(echo "scale=2; $d_p99 / $a_p99" | bc); rows left wrong after the backfill: $left;" \
+  "pgbench error/abort lines: $aborted"
