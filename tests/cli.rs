@@ -218,3 +218,73 @@ fn a_bad_database_url_is_a_usage_error_without_the_password() {
         .stderr(predicate::str::contains("mysql://app:***@db/x"))
         .stderr(predicate::str::contains("hunter2").not());
 }
+
+/// Regression: `phased status … | head -1` panicked with "failed printing to stdout".
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = quickstart_in(dir.path());
+    phased_cmd()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&plan)
+        .assert()
+        .success();
+    for args in [&["status", "--format", "json"][..], &["status"][..]] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("phased"))
+            .current_dir(dir.path())
+            .args(args)
+            .arg(&plan)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn phased");
+        drop(child.stdout.take()); // the reader goes away before phased writes
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+/// Regression: a read-only command failed with "no such column: rows_per_second" on a state
+/// created before state version 2; `run` then upgrades it.
+#[test]
+fn status_reads_a_state_from_an_older_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = quickstart_in(dir.path());
+    phased_cmd()
+        .current_dir(dir.path())
+        .args(["run", "--until", "setup"])
+        .arg(&plan)
+        .assert()
+        .success();
+    let db = dir.path().join("phased.db");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch(
+        "ALTER TABLE phased_steps DROP COLUMN rows_per_second; \
+         UPDATE phased_meta SET value = '1' WHERE key = 'schema_version';",
+    )
+    .expect("downgrade the state to version 1");
+    phased_cmd()
+        .current_dir(dir.path())
+        .arg("status")
+        .arg(&plan)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("setup (expand) — done"));
+    phased_cmd()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&plan)
+        .assert()
+        .success();
+    let version: String = conn
+        .query_row(
+            "SELECT value FROM phased_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("version");
+    assert_eq!(version, "2", "run upgraded the state");
+}

@@ -46,7 +46,7 @@ pub async fn list(cli: &Cli, path: &Path) -> u8 {
     };
     if cli.format == Format::Json {
         match serde_json::to_string_pretty(&listings) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => crate::outln!("{text}"),
             Err(e) => {
                 eprintln!("error: {e}");
                 return exit::FAILED;
@@ -55,13 +55,13 @@ pub async fn list(cli: &Cli, path: &Path) -> u8 {
         return exit::OK;
     }
     if listings.is_empty() {
-        println!("no backups recorded for plan {plan_id}");
+        crate::outln!("no backups recorded for plan {plan_id}");
         return exit::OK;
     }
-    println!("backups of plan {plan_id}, newest first:");
+    crate::outln!("backups of plan {plan_id}, newest first:");
     for l in &listings {
         let b = &l.record;
-        println!(
+        crate::outln!(
             "  {:>4}  {}  before {:<12} {:>10}  {:>7}  sha256 {}  {}{}{}",
             b.id,
             b.created_at,
@@ -185,7 +185,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> u8 {
     match backup::restore(&file, &url).await {
         Ok(restored) => {
             match cli.format {
-                Format::Json => println!(
+                Format::Json => crate::outln!(
                     "{}",
                     serde_json::json!({
                         "event": "restored",
@@ -195,14 +195,14 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> u8 {
                     })
                 ),
                 Format::Human => {
-                    println!(
+                    crate::outln!(
                         "restored {} into {}{}",
                         restored.note.path,
                         url.redacted(),
                         if restored.created { " (created)" } else { "" }
                     );
                     if let (Some(plan), Some(phase)) = (&restored.note.plan, &restored.note.phase) {
-                        println!(
+                        crate::outln!(
                             "plan {plan} is back where it stood before phase {phase}; `phased status` on this database shows it"
                         );
                     }

@@ -43,11 +43,11 @@ fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
                 }
                 let warnings = loaded.report.warnings().count();
                 match format {
-                    Format::Json => println!(
+                    Format::Json => crate::outln!(
                         "{}",
                         serde_json::json!({"plan": path.display().to_string(), "valid": true, "warnings": warnings})
                     ),
-                    Format::Human => println!(
+                    Format::Human => crate::outln!(
                         "{}: ok — plan `{}`, {} phases, {} steps{}",
                         path.display(),
                         loaded.plan.id(),
@@ -65,11 +65,13 @@ fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
                 eprint!("{}", report.render_for(color()));
                 let errors = report.errors().count();
                 match format {
-                    Format::Json => println!(
+                    Format::Json => crate::outln!(
                         "{}",
                         serde_json::json!({"plan": path.display().to_string(), "valid": false, "errors": errors})
                     ),
-                    Format::Human => println!("{}: invalid — {errors} error(s)", path.display()),
+                    Format::Human => {
+                        crate::outln!("{}: invalid — {errors} error(s)", path.display())
+                    }
                 }
                 code = exit::INVALID;
             }
@@ -127,7 +129,7 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         {
             line["hint"] = serde_json::Value::String(hint.clone());
         }
-        println!("{line}");
+        crate::outln!("{line}");
     }
     match err {
         EngineError::StepFailed {
@@ -254,7 +256,7 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
     };
     if cli.format == Format::Json {
         match serde_json::to_string_pretty(&status) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => crate::outln!("{text}"),
             Err(e) => {
                 eprintln!("error: {e}");
                 return exit::FAILED;
@@ -262,12 +264,12 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
         }
         return exit::OK;
     }
-    println!("plan {} on {}", status.plan, status.database);
+    crate::outln!("plan {} on {}", status.plan, status.database);
     if let Some(note) = &status.restored {
-        println!("{}", super::backups::restore_line(note));
+        crate::outln!("{}", super::backups::restore_line(note));
     }
     for phase in &status.phases {
-        println!("\n{} ({}) — {}", phase.name, phase.kind, phase.status);
+        crate::outln!("\n{} ({}) — {}", phase.name, phase.kind, phase.status);
         for step in &phase.steps {
             let mut line = format!(
                 "  {:>2}. {:<12} {}",
@@ -296,10 +298,10 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
             if step.drift {
                 line.push_str("  DRIFT: definition changed since it ran");
             }
-            println!("{line}");
+            crate::outln!("{line}");
             if let Some(error) = &step.last_error {
                 if step.status != crate::target::StepStatus::Done {
-                    println!("      last error: {}", error.replace('\n', "\n      "));
+                    crate::outln!("      last error: {}", error.replace('\n', "\n      "));
                 }
             }
         }
@@ -333,11 +335,11 @@ async fn gate(cli: &Cli, path: &Path, phase_name: &str) -> u8 {
     let ok = outcomes.iter().all(|o| o.ok);
     for o in &outcomes {
         match cli.format {
-            Format::Json => println!(
+            Format::Json => crate::outln!(
                 "{}",
                 serde_json::json!({"event": "gate_result", "phase": phase_name, "condition": o.condition, "ok": o.ok, "detail": o.detail})
             ),
-            Format::Human => println!(
+            Format::Human => crate::outln!(
                 "{} {} — {}",
                 if o.ok { "✓" } else { "✗" },
                 o.condition,
@@ -346,7 +348,7 @@ async fn gate(cli: &Cli, path: &Path, phase_name: &str) -> u8 {
         }
     }
     if outcomes.is_empty() && cli.format == Format::Human {
-        println!("phase {phase_name} has no gate");
+        crate::outln!("phase {phase_name} has no gate");
     }
     if ok {
         exit::OK
@@ -380,15 +382,15 @@ async fn flags(cli: &Cli, action: Option<&FlagsAction>) -> u8 {
     match result {
         Ok(flags) => {
             if cli.format == Format::Json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(&flags).unwrap_or_default()
                 );
             } else if flags.is_empty() {
-                println!("no flags set");
+                crate::outln!("no flags set");
             } else {
                 for f in flags {
-                    println!(
+                    crate::outln!(
                         "{:<32} {:<10} {}  {}",
                         f.name,
                         f.value,
@@ -465,7 +467,7 @@ async fn rollback(cli: &Cli, args: &RollbackArgs) -> u8 {
     match result {
         Ok(undone) => {
             if cli.format == Format::Human {
-                println!(
+                crate::outln!(
                     "rolled back {} step(s){}",
                     undone.len(),
                     match &args.to {
@@ -520,7 +522,7 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
     };
     match result {
         Ok(text) => {
-            print!("{text}");
+            crate::cli::out_text(&text);
             exit::OK
         }
         Err(err) => report_engine_error(&err, &args.plan, cli.format),
@@ -612,13 +614,13 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
         if let Some(map) = line.as_object_mut() {
             map.insert("event".into(), "verify_result".into());
         }
-        println!("{line}");
+        crate::outln!("{line}");
     } else {
         match &outcome {
             VerifyOutcome::Passed {
                 phases,
                 steps_undone,
-            } => println!(
+            } => crate::outln!(
                 "verify passed: ran {} and rolled back {steps_undone} step(s); the schema is as it was",
                 if phases.is_empty() {
                     "no phase (the first phase is a contract)".to_string()
@@ -627,22 +629,22 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
                 }
             ),
             VerifyOutcome::Irreversible { steps } => {
-                println!("verify failed: {} step(s) cannot be undone", steps.len());
+                crate::outln!("verify failed: {} step(s) cannot be undone", steps.len());
                 for s in steps {
-                    println!("  {} {}: {}", s.step, s.label, s.reason);
+                    crate::outln!("  {} {}: {}", s.step, s.label, s.reason);
                 }
             }
             VerifyOutcome::Differs { missing, extra } => {
-                println!("verify failed: after rolling back, the schema differs from before");
+                crate::outln!("verify failed: after rolling back, the schema differs from before");
                 for l in missing {
-                    println!("  - {l}");
+                    crate::outln!("  - {l}");
                 }
                 for l in extra {
-                    println!("  + {l}");
+                    crate::outln!("  + {l}");
                 }
             }
             VerifyOutcome::Failed { stage, error } => {
-                println!("verify failed during {stage}: {error}")
+                crate::outln!("verify failed during {stage}: {error}")
             }
         }
     }

@@ -82,7 +82,7 @@ fn report(err: &DbError, format: Format) -> u8 {
         DbError::Io(_) => exit::FAILED,
     };
     if format == Format::Json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({"event": "error", "exit_code": code, "message": err.to_string()})
         );
@@ -198,11 +198,11 @@ fn write_revision(
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
         .map_err(|e| DbError::Io(format!("cannot write {}: {e}", path.display())))?;
     match cli.format {
-        Format::Json => println!(
+        Format::Json => crate::outln!(
             "{}",
             serde_json::json!({"revision": revision, "revises": revises, "path": path.display().to_string()})
         ),
-        Format::Human => println!(
+        Format::Human => crate::outln!(
             "created {} (revision {revision}, revises {})",
             path.display(),
             if revises.is_empty() {
@@ -285,11 +285,11 @@ fn history(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
                 "created": m.created, "transactional": m.transactional,
                 "head": heads.contains(&m.revision.as_str()), "file": m.path.display().to_string(),
             })),
-            Format::Human => println!("{parents} -> {}{marks}, {}", m.revision, m.message),
+            Format::Human => crate::outln!("{parents} -> {}{marks}, {}", m.revision, m.message),
         }
     }
     if cli.format == Format::Json {
-        println!("{}", serde_json::Value::Array(rows));
+        crate::outln!("{}", serde_json::Value::Array(rows));
     }
     Ok(())
 }
@@ -298,11 +298,11 @@ fn heads(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
     let history = load(args)?;
     let heads = history.heads();
     match cli.format {
-        Format::Json => println!("{}", serde_json::json!({ "heads": heads })),
+        Format::Json => crate::outln!("{}", serde_json::json!({ "heads": heads })),
         Format::Human => {
             for h in heads {
                 let message = history.get(h).map(|m| m.message.as_str()).unwrap_or("");
-                println!("{h} (head), {message}");
+                crate::outln!("{h} (head), {message}");
             }
         }
     }
@@ -316,7 +316,7 @@ async fn current(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
     let heads = history.heads_of(&engine::applied(&state));
     let drift = engine::find_drift(&history, &state);
     match cli.format {
-        Format::Json => println!(
+        Format::Json => crate::outln!(
             "{}",
             serde_json::json!({
                 "heads": heads,
@@ -326,7 +326,7 @@ async fn current(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
         ),
         Format::Human => {
             for line in head_lines(&history, &heads) {
-                println!("{line}");
+                crate::outln!("{line}");
             }
             for item in &drift {
                 eprintln!("warning: drift: {item}");
@@ -358,7 +358,7 @@ async fn migrate(
             };
             let moves = engine::moves_for(&history, &state, request)?;
             let prepared = engine::prepare(&history, moves, t.dialect())?;
-            print!("{}", engine::sql_text(&prepared, t.dialect(), timeouts));
+            crate::cli::out_text(&engine::sql_text(&prepared, t.dialect(), timeouts));
             Ok(())
         } else {
             t.ensure_state().await?;
@@ -395,7 +395,7 @@ async fn migrate_locked<T: Target>(
     let retry = RetryPolicy::default();
     let mut on_event = |event: Progress<'_>| match (event, format) {
         (Progress::Start(p), Format::Human) => eprintln!("Running {}", p.describe()),
-        (Progress::Start(p), Format::Json) => println!(
+        (Progress::Start(p), Format::Json) => crate::outln!(
             "{}",
             serde_json::json!({"event": "migration", "direction": p.step.direction.as_str(),
                 "revision": p.migration.revision, "message": p.migration.message,
@@ -421,7 +421,7 @@ async fn migrate_locked<T: Target>(
                 wait_ms,
             },
             Format::Json,
-        ) => println!(
+        ) => crate::outln!(
             "{}",
             serde_json::json!({"event": "migration_retry", "revision": prepared.migration.revision,
                 "attempt": attempt, "error": error.to_string(), "wait_ms": wait_ms})
@@ -431,10 +431,10 @@ async fn migrate_locked<T: Target>(
     let state = target.version_state().await?;
     let heads = history.heads_of(&engine::applied(&state));
     match format {
-        Format::Json => println!("{}", serde_json::json!({"event": "done", "heads": heads})),
+        Format::Json => crate::outln!("{}", serde_json::json!({"event": "done", "heads": heads})),
         Format::Human => {
             for line in head_lines(history, &heads) {
-                println!("{line}");
+                crate::outln!("{line}");
             }
         }
     }
@@ -465,13 +465,13 @@ async fn stamp(cli: &Cli, args: &DbArgs, revision: &str) -> Result<(), DbError> 
         Ok::<(), DbError>(())
     })?;
     match cli.format {
-        Format::Json => println!(
+        Format::Json => crate::outln!(
             "{}",
             serde_json::json!({"event": "stamped", "heads": heads})
         ),
         Format::Human => {
             for line in head_lines(&history, &heads) {
-                println!("stamped {line}");
+                crate::outln!("stamped {line}");
             }
         }
     }

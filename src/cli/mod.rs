@@ -14,6 +14,32 @@ use clap::Parser;
 
 pub use args::Cli;
 
+/// Writes a line of results on stdout. A reader that went away (`phased status | head`) is not
+/// worth a panic: the line is dropped.
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{args}");
+}
+
+/// Writes text on stdout as it is, tolerating a closed stdout like [`out_line`].
+pub fn out_text(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+}
+
+/// `println!` that tolerates a closed stdout.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out_line(format_args!($($arg)*))
+    };
+}
+
 /// Exit codes, as documented in the README.
 pub mod exit {
     /// Done.

@@ -60,11 +60,13 @@ pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, Ta
     if !present {
         return Ok(Vec::new());
     }
+    // Columns added by later state versions are read through to_jsonb, so a read-only command
+    // (status, plan, gate) still works on a state an older phased created and nothing upgraded yet.
     let sql = format!(
         "SELECT phase, step_index, kind, label, checksum, status, attempts, \
          to_char(started_at AT TIME ZONE 'UTC', '{TS}'), to_char(finished_at AT TIME ZONE 'UTC', '{TS}'), \
-         last_error, checkpoint, rows_done, rows_total, rows_per_second \
-         FROM phased.steps WHERE plan = $1 ORDER BY phase, step_index"
+         last_error, checkpoint, rows_done, rows_total, (to_jsonb(s) ->> 'rows_per_second')::float8 \
+         FROM phased.steps s WHERE plan = $1 ORDER BY phase, step_index"
     );
     let rows = conn
         .query(&sql, &[&plan])

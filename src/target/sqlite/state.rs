@@ -52,26 +52,28 @@ pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, Targ
     if !table_exists(conn, "phased_steps")? {
         return Ok(Vec::new());
     }
-    let sql = "SELECT phase, step_index, kind, label, checksum, status, attempts, started_at, finished_at, \
-               last_error, checkpoint, rows_done, rows_total, rows_per_second FROM phased_steps WHERE plan = ?1 ORDER BY phase, step_index";
+    // `*` and columns read by name: a read-only command (status, plan, gate) still works on a
+    // state an older phased created, before a run upgraded it (later columns read as NULL).
+    let sql = "SELECT * FROM phased_steps WHERE plan = ?1 ORDER BY phase, step_index";
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
     let rows = stmt
         .query_map([plan], |r| {
             Ok(StepRecord {
-                phase: r.get(0)?,
-                index: r.get(1)?,
-                kind: r.get(2)?,
-                label: r.get(3)?,
-                checksum: r.get(4)?,
-                status: StepStatus::parse(&r.get::<_, String>(5)?),
-                attempts: r.get(6)?,
-                started_at: r.get(7)?,
-                finished_at: r.get(8)?,
-                last_error: r.get(9)?,
-                checkpoint: r.get(10)?,
-                rows_done: r.get(11)?,
-                rows_total: r.get(12)?,
-                rows_per_second: r.get(13)?,
+                phase: r.get("phase")?,
+                index: r.get("step_index")?,
+                kind: r.get("kind")?,
+                label: r.get("label")?,
+                checksum: r.get("checksum")?,
+                status: StepStatus::parse(&r.get::<_, String>("status")?),
+                attempts: r.get("attempts")?,
+                started_at: r.get("started_at")?,
+                finished_at: r.get("finished_at")?,
+                last_error: r.get("last_error")?,
+                checkpoint: r.get("checkpoint")?,
+                rows_done: r.get("rows_done")?,
+                rows_total: r.get("rows_total")?,
+                // Added by state version 2.
+                rows_per_second: r.get::<_, Option<f64>>("rows_per_second").ok().flatten(),
             })
         })
         .map_err(|e| sql_error(e, sql))?;
