@@ -45,14 +45,7 @@ pub async fn list(cli: &Cli, path: &Path) -> u8 {
         }
     };
     if cli.format == Format::Json {
-        match serde_json::to_string_pretty(&listings) {
-            Ok(text) => crate::outln!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::FAILED;
-            }
-        }
-        return exit::OK;
+        return super::out_json(&listings);
     }
     if listings.is_empty() {
         crate::outln!("no backups recorded for plan {plan_id}");

@@ -107,6 +107,18 @@ fn reporter(format: Format) -> Box<dyn Reporter> {
     }
 }
 
+/// The common part of a failed step's report: what failed, the error, the SQL, what got done.
+fn print_failure(headline: &str, error: &str, sql: Option<&str>, done: (&str, &[String])) {
+    eprintln!("\nerror: {headline}");
+    eprintln!("  {}", error.replace('\n', "\n  "));
+    if let Some(sql) = sql {
+        eprintln!("  while running:\n    {}", sql.replace('\n', "\n    "));
+    }
+    if !done.1.is_empty() {
+        eprintln!("  {}: {}", done.0, done.1.join(", "));
+    }
+}
+
 /// Prints an engine error the way an operator needs it, and maps it to its exit code.
 fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
     let code = match err {
@@ -139,14 +151,12 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
             sql,
             completed,
         } => {
-            eprintln!("\nerror: step {step} ({label}) failed");
-            eprintln!("  {}", error.replace('\n', "\n  "));
-            if let Some(sql) = sql {
-                eprintln!("  while running:\n    {}", sql.replace('\n', "\n    "));
-            }
-            if !completed.is_empty() {
-                eprintln!("  completed by this run: {}", completed.join(", "));
-            }
+            print_failure(
+                &format!("step {step} ({label}) failed"),
+                error,
+                sql.as_deref(),
+                ("completed by this run", completed),
+            );
             eprintln!(
                 "  The state is saved. Fix the cause and run `phased run {}` again to resume from this step;\n  `phased status {}` shows where everything stands.",
                 plan.display(),
@@ -180,14 +190,12 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
             sql,
             undone,
         } => {
-            eprintln!("\nerror: undoing step {step} ({label}) failed");
-            eprintln!("  {}", error.replace('\n', "\n  "));
-            if let Some(sql) = sql {
-                eprintln!("  while running:\n    {}", sql.replace('\n', "\n    "));
-            }
-            if !undone.is_empty() {
-                eprintln!("  undone by this rollback: {}", undone.join(", "));
-            }
+            print_failure(
+                &format!("undoing step {step} ({label}) failed"),
+                error,
+                sql.as_deref(),
+                ("undone by this rollback", undone),
+            );
             eprintln!(
                 "  The step is still recorded as done. Fix the cause and run `phased rollback {}` again to resume.",
                 plan.display()
@@ -255,14 +263,7 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
         }
     };
     if cli.format == Format::Json {
-        match serde_json::to_string_pretty(&status) {
-            Ok(text) => crate::outln!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::FAILED;
-            }
-        }
-        return exit::OK;
+        return super::out_json(&status);
     }
     crate::outln!("plan {} on {}", status.plan, status.database);
     if let Some(note) = &status.restored {
@@ -382,10 +383,7 @@ async fn flags(cli: &Cli, action: Option<&FlagsAction>) -> u8 {
     match result {
         Ok(flags) => {
             if cli.format == Format::Json {
-                crate::outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&flags).unwrap_or_default()
-                );
+                return super::out_json(&flags);
             } else if flags.is_empty() {
                 crate::outln!("no flags set");
             } else {

@@ -29,6 +29,20 @@ pub fn out_text(text: &str) {
     let _ = out.write_all(text.as_bytes());
 }
 
+/// Prints a result as pretty JSON on stdout; the exit code to return.
+pub fn out_json<T: serde::Serialize>(value: &T) -> u8 {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            out_line(format_args!("{text}"));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: cannot render the result as JSON: {e}");
+            exit::FAILED
+        }
+    }
+}
+
 /// `println!` that tolerates a closed stdout.
 #[macro_export]
 macro_rules! outln {
