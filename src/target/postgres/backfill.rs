@@ -51,13 +51,7 @@ pub async fn resolve_key(
     key: &[String],
 ) -> Result<Vec<String>, TargetError> {
     let regclass = literal(&ident(table));
-    let exists = "SELECT to_regclass($1) IS NOT NULL";
-    let present: bool = conn
-        .query_one(exists, &[&ident(table)])
-        .await
-        .map_err(|e| sql_error(e, exists))?
-        .get(0);
-    if !present {
+    if !super::state::relation_exists(conn, &ident(table)).await? {
         return Err(TargetError::Unexpected(format!(
             "table `{table}` does not exist"
         )));

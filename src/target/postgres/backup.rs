@@ -525,16 +525,6 @@ pub async fn restore(url: &str, file: &Path) -> Result<RestoreOutcome, BackupErr
     Ok(RestoreOutcome { created })
 }
 
-/// Is the `phased.backups` table there (no state yet: no backups)?
-async fn has_table(conn: &Object, name: &str) -> Result<bool, TargetError> {
-    let sql = "SELECT to_regclass($1) IS NOT NULL";
-    Ok(conn
-        .query_one(sql, &[&name])
-        .await
-        .map_err(|e| sql_error(e, sql))?
-        .get(0))
-}
-
 pub async fn record(conn: &Object, b: &BackupRecord) -> Result<i64, TargetError> {
     let sql = "INSERT INTO phased.backups (plan, phase, path, size_bytes, sha256, duration_ms, verified, created_at) \
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::timestamptz) RETURNING id";
@@ -558,7 +548,7 @@ pub async fn record(conn: &Object, b: &BackupRecord) -> Result<i64, TargetError>
 }
 
 pub async fn backups(conn: &Object, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
-    if !has_table(conn, "phased.backups").await? {
+    if !super::state::relation_exists(conn, "phased.backups").await? {
         return Ok(Vec::new());
     }
     let sql = format!(
@@ -605,7 +595,7 @@ pub async fn record_restore(conn: &Object, note: &RestoreNote) -> Result<(), Tar
 }
 
 pub async fn last_restore(conn: &Object) -> Result<Option<RestoreNote>, TargetError> {
-    if !has_table(conn, "phased.meta").await? {
+    if !super::state::relation_exists(conn, "phased.meta").await? {
         return Ok(None);
     }
     let sql = "SELECT value FROM phased.meta WHERE key = $1";

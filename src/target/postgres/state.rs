@@ -50,14 +50,19 @@ pub async fn ensure(conn: &mut Object) -> Result<(), TargetError> {
     tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
 }
 
-pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
-    let exists = "SELECT to_regclass('phased.steps') IS NOT NULL";
-    let present: bool = conn
-        .query_one(exists, &[])
+/// Does this relation exist (`phased.steps`, a quoted user table)? Commands that only read
+/// must work before the state tables were created.
+pub async fn relation_exists(conn: &Object, name: &str) -> Result<bool, TargetError> {
+    let sql = "SELECT to_regclass($1) IS NOT NULL";
+    Ok(conn
+        .query_one(sql, &[&name])
         .await
-        .map_err(|e| sql_error(e, exists))?
-        .get(0);
-    if !present {
+        .map_err(|e| sql_error(e, sql))?
+        .get(0))
+}
+
+pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+    if !relation_exists(conn, "phased.steps").await? {
         return Ok(Vec::new());
     }
     // Columns added by later state versions are read through to_jsonb, so a read-only command
@@ -217,13 +222,7 @@ pub async fn checkpoint<C: GenericClient>(
 }
 
 pub async fn flags(conn: &Object) -> Result<Vec<FlagRecord>, TargetError> {
-    let exists = "SELECT to_regclass('phased.flags') IS NOT NULL";
-    let present: bool = conn
-        .query_one(exists, &[])
-        .await
-        .map_err(|e| sql_error(e, exists))?
-        .get(0);
-    if !present {
+    if !relation_exists(conn, "phased.flags").await? {
         return Ok(Vec::new());
     }
     let sql = format!(

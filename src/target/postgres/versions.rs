@@ -45,14 +45,7 @@ async fn replace_heads<C: GenericClient>(conn: &C, heads: &[String]) -> Result<(
 
 impl PgTarget {
     pub(super) async fn read_versions(&mut self) -> Result<VersionState, TargetError> {
-        let exists = "SELECT to_regclass('phased.migrations') IS NOT NULL";
-        let present: bool = self
-            .work
-            .query_one(exists, &[])
-            .await
-            .map_err(|e| sql_error(e, exists))?
-            .get(0);
-        if !present {
+        if !super::state::relation_exists(&self.work, "phased.migrations").await? {
             return Ok(VersionState::default());
         }
         let sql = format!(
