@@ -2,28 +2,16 @@
 //! a separate transaction under SHARE UPDATE EXCLUSIVE, which lets reads and writes go on.
 //! SQLite cannot add a constraint in place: the table is rebuilt.
 
-use super::{ident, unless_constraint_exists, Dialect, RenderError, TableChange, Unit};
+use super::{add_not_valid_then_validate, ident, Dialect, RenderError, TableChange, Unit};
 use crate::plan::AddCheck;
 
 pub fn render(step: &AddCheck, dialect: Dialect) -> Vec<Unit> {
     match dialect {
-        Dialect::Postgres => vec![
-            Unit::Transaction(vec![unless_constraint_exists(
-                &step.table,
-                &step.name,
-                &format!(
-                    "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID",
-                    ident(&step.table),
-                    ident(&step.name),
-                    step.expression
-                ),
-            )]),
-            Unit::Transaction(vec![format!(
-                "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-                ident(&step.table),
-                ident(&step.name)
-            )]),
-        ],
+        Dialect::Postgres => add_not_valid_then_validate(
+            &step.table,
+            &step.name,
+            &format!("CHECK ({})", step.expression),
+        ),
         Dialect::Sqlite => vec![Unit::RebuildTable {
             table: step.table.clone(),
             change: TableChange::AddCheck {

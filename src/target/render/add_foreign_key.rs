@@ -1,7 +1,9 @@
 //! `add_foreign_key`: PostgreSQL adds it `NOT VALID` (SHARE ROW EXCLUSIVE on both tables, briefly),
 //! then validates separately (SHARE UPDATE EXCLUSIVE / ROW SHARE: writes go on). SQLite rebuilds.
 
-use super::{ident, ident_list, unless_constraint_exists, Dialect, RenderError, TableChange, Unit};
+use super::{
+    add_not_valid_then_validate, ident, ident_list, Dialect, RenderError, TableChange, Unit,
+};
 use crate::plan::AddForeignKey;
 
 /// `FOREIGN KEY (…) REFERENCES t (…) [ON DELETE …] [ON UPDATE …]`
@@ -23,23 +25,9 @@ pub fn definition(step: &AddForeignKey) -> String {
 
 pub fn render(step: &AddForeignKey, dialect: Dialect) -> Vec<Unit> {
     match dialect {
-        Dialect::Postgres => vec![
-            Unit::Transaction(vec![unless_constraint_exists(
-                &step.table,
-                &step.name,
-                &format!(
-                    "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
-                    ident(&step.table),
-                    ident(&step.name),
-                    definition(step)
-                ),
-            )]),
-            Unit::Transaction(vec![format!(
-                "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-                ident(&step.table),
-                ident(&step.name)
-            )]),
-        ],
+        Dialect::Postgres => {
+            add_not_valid_then_validate(&step.table, &step.name, &definition(step))
+        }
         Dialect::Sqlite => vec![Unit::RebuildTable {
             table: step.table.clone(),
             change: TableChange::AddForeignKey {

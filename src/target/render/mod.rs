@@ -116,6 +116,28 @@ pub fn literal(value: &str) -> String {
 
 /// PostgreSQL: runs `sql` (an `ALTER TABLE … ADD CONSTRAINT name …`) only when `table` has no
 /// constraint `name` yet, so a step retried after a later unit failed picks up where it stopped.
+/// PostgreSQL's safe way to add a constraint: `ADD CONSTRAINT … NOT VALID` (a brief lock, no
+/// scan; skipped when a retry finds it already there), then `VALIDATE CONSTRAINT` in its own
+/// transaction (SHARE UPDATE EXCLUSIVE: reads and writes go on while it scans).
+pub fn add_not_valid_then_validate(table: &str, name: &str, definition: &str) -> Vec<Unit> {
+    vec![
+        Unit::Transaction(vec![unless_constraint_exists(
+            table,
+            name,
+            &format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} {definition} NOT VALID",
+                ident(table),
+                ident(name)
+            ),
+        )]),
+        Unit::Transaction(vec![format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            ident(table),
+            ident(name)
+        )]),
+    ]
+}
+
 pub fn unless_constraint_exists(table: &str, name: &str, sql: &str) -> String {
     format!(
         "DO $phased$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass AND conname = {}) THEN\n    {sql};\n  END IF;\nEND\n$phased$",

@@ -2,7 +2,7 @@
 //! EXCLUSIVE scan), then `SET NOT NULL` uses the validated check to skip its own scan, and the
 //! helper check is dropped. SQLite rebuilds the table.
 
-use super::{ident, unless_constraint_exists, Dialect, RenderError, TableChange, Unit};
+use super::{add_not_valid_then_validate, ident, Dialect, RenderError, TableChange, Unit};
 use crate::plan::SetNotNull;
 
 /// The helper check's name.
@@ -17,22 +17,18 @@ pub fn render(step: &SetNotNull, dialect: Dialect) -> Vec<Unit> {
     let helper = helper_name(&step.table, &step.column);
     let check = ident(&helper);
     match dialect {
-        Dialect::Postgres => vec![
-            Unit::Transaction(vec![unless_constraint_exists(
+        Dialect::Postgres => {
+            let mut units = add_not_valid_then_validate(
                 &step.table,
                 &helper,
-                &format!(
-                    "ALTER TABLE {table} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID"
-                ),
-            )]),
-            Unit::Transaction(vec![format!(
-                "ALTER TABLE {table} VALIDATE CONSTRAINT {check}"
-            )]),
-            Unit::Transaction(vec![
+                &format!("CHECK ({column} IS NOT NULL)"),
+            );
+            units.push(Unit::Transaction(vec![
                 format!("ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL"),
                 format!("ALTER TABLE {table} DROP CONSTRAINT {check}"),
-            ]),
-        ],
+            ]));
+            units
+        }
         Dialect::Sqlite => vec![Unit::RebuildTable {
             table: step.table.clone(),
             change: TableChange::SetNotNull {
