@@ -269,7 +269,10 @@ pub async fn run<T: Target>(
             walk.report(reporter, None);
         }
         if step.batch_size == BatchSize::Auto {
-            walk.size = next_auto_size(walk.size, took, step.target_batch_time.0);
+            // Steered by how long the batch held its row locks, not by the round trips
+            // around it: those cost the application nothing, and counting them would shrink
+            // short batches to nothing on a slow link.
+            walk.size = next_auto_size(walk.size, outcome.held, step.target_batch_time.0);
         }
         let pause = pause_after(outcome.rows, took, step.pause.0, step.max_rows_per_second);
         if !pause.is_zero() {

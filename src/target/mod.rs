@@ -130,6 +130,9 @@ pub struct BatchOutcome {
     pub rows: u64,
     /// JSON array of the batch's last key; None when no rows were left.
     pub last_key: Option<String>,
+    /// How long the batch held its row locks: from its UPDATE to its commit. What
+    /// `batch_size: auto` steers toward `target_batch_time`.
+    pub held: std::time::Duration,
 }
 
 /// A flag in the flag store.

@@ -205,8 +205,12 @@ pub async fn checkpoint<C: GenericClient>(
     let sql = "UPDATE phased.steps SET checkpoint = $4, rows_done = rows_done + $5, \
                rows_per_second = $6, updated_at = now() \
                WHERE plan = $1 AND phase = $2 AND step_index = $3";
+    let statement = conn
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| sql_error(e, sql))?;
     conn.execute(
-        sql,
+        &statement,
         &[
             &key.plan,
             &key.phase,

@@ -1,6 +1,8 @@
 //! One backfill batch on SQLite: find the batch's last key, update up to it, record the checkpoint,
 //! in one `BEGIN IMMEDIATE` transaction.
 
+use std::time::{Duration, Instant};
+
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, TransactionBehavior};
 
@@ -164,7 +166,7 @@ pub fn run_batch(
     let n = batch.key_columns.len();
     let last: Option<Vec<Value>> = {
         let mut stmt = tx
-            .prepare(&sql.find_last)
+            .prepare_cached(&sql.find_last)
             .map_err(|e| sql_error(e, &sql.find_last))?;
         let mut rows = stmt
             .query(params_from_iter(params.iter()))
@@ -184,12 +186,15 @@ pub fn run_batch(
         return Ok(BatchOutcome {
             rows: 0,
             last_key: None,
+            held: Duration::ZERO,
         });
     };
     let mut params: Vec<Value> = after.unwrap_or_default();
     params.extend(last.iter().cloned());
+    let locking = Instant::now();
     let rows = tx
-        .execute(&sql.update, params_from_iter(params.iter()))
+        .prepare_cached(&sql.update)
+        .and_then(|mut stmt| stmt.execute(params_from_iter(params.iter())))
         .map_err(|e| sql_error(e, &sql.update))?;
     let json: Vec<serde_json::Value> = last.iter().map(to_json).collect::<Result<_, _>>()?;
     let last_json = serde_json::to_string(&json).unwrap_or_default();
@@ -204,5 +209,6 @@ pub fn run_batch(
     Ok(BatchOutcome {
         rows: rows as u64,
         last_key: Some(last_json),
+        held: locking.elapsed(),
     })
 }
