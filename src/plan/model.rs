@@ -630,7 +630,7 @@ impl Backfill {
     /// Short, frequent batches are what keep the application's latency flat: on a busy
     /// server a batch is a burst of CPU and WAL that every application write queues behind, and
     /// the shorter the burst, the shorter the queue (docs/benchmarks.md: 10ms batches cost
-    /// the application's p99 3×, 2ms batches at the same share of time about 1.5×). The
+    /// the application's p99 2.6×, 2ms batches at the same share of time about 1.5×). The
     /// defaults are gentle on purpose; `pause: 0s` with a longer batch time is the fast
     /// setting for quiet hours.
     fn default_target_batch_time() -> PlanDuration {
