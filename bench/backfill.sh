@@ -72,9 +72,12 @@ start_workload() {
 
 # Latency stats of the logged transactions between epochs $2 and $3 from logs $1*:
 # "count p50_ms p99_ms max_ms failed".
+# $4 (optional): a file of epoch seconds whose transactions, and the next second's, are left out.
 stats() {
-  cat "$OUT"/"$1"* | awk -v from="$2" -v to="$3" '
-    { t = $5 + $6 / 1e6; if (t < from || t > to) next;
+  cat "$OUT"/"$1"* | awk -v from="$2" -v to="$3" -v skip="${4:-}" '
+    BEGIN { if (skip != "") while ((getline s < skip) > 0) { out[s] = 1; out[s + 1] = 1 } }
+    NF < 6 { next } # the last line, cut short when pgbench is stopped
+    { t = $5 + $6 / 1e6; if (t < from || t > to || int(t) in out) next;
       if ($3 == "failed" || $3 == "skipped") { failed++; next }
       print $3 / 1000 }
     END { printf "FAILED %d\n", failed + 0 }' >"$OUT/lat.txt"
@@ -85,6 +88,25 @@ stats() {
       if (NR == 0) { print "0 - - - " failed; exit }
       p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]; p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1];
       printf "%d %.2f %.2f %.2f %d\n", NR, p50, p99, v[NR], failed }'
+}
+
+# Samples full I/O pressure (the time every task waited on the disk) 5 times a second into
+# $OUT/io-pressure, in the background; prints the sampler's pid, or nothing without
+# /proc/pressure/io. The seconds in which the disk itself stalls — with or without a
+# backfill, on a shared virtual disk — are reported apart.
+start_io_monitor() {
+  [ -r /proc/pressure/io ] || return 0
+  while :; do
+    echo "$(date +%s.%N) $(awk 'NR == 2 { split($5, a, "="); print a[2] }' /proc/pressure/io)"
+    sleep 0.2
+  done >"$OUT/io-pressure" 2>/dev/null &
+  echo $!
+}
+
+# Seconds with more than 50 ms of full I/O pressure, one epoch second a line.
+io_stall_seconds() {
+  awk '{ s = int($1); if (prev != "" && $2 > prev) ms[s] += ($2 - prev) / 1000; prev = $2 }
+       END { for (s in ms) if (ms[s] > 50) print s }' "$OUT/io-pressure" | sort -n
 }
 
 plan_file() { # $1 name, $2 backfill options (YAML flow mapping entries)
@@ -143,6 +165,7 @@ fresh_table 1000000
 sql -c "CREATE SEQUENCE IF NOT EXISTS accounts_new_ids START 100000001"
 plan=$(plan_file default "$THROTTLE")
 "$PHASED" run "$plan" --phase expand --database "$URL" --format json >"$OUT/expand.ndjson"
+io_pid=$(start_io_monitor)
 wl_pid=$(start_workload workload)
 sleep 5 # warm-up: every client connected and past its first transactions
 b_start=$(now); sleep "$BASELINE_SECS"; b_end=$(now)
@@ -151,13 +174,14 @@ read -r b_n b_p50 b_p99 b_max b_failed < <(stats workload "$b_start" "$b_end")
 log "workload: during a backfill with the default throttle"
 d_start=$(now)
 "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-default.ndjson" \
-  || { kill "$wl_pid"; echo "backfill failed" >&2; exit 1; }
+  || { kill "$wl_pid" ${io_pid:+"$io_pid"}; echo "backfill failed" >&2; exit 1; }
 d_end=$(now)
 d_secs=$(echo "$d_end - $d_start" | bc)
 log "workload: baseline again, after the backfill"
 a_start=$(now); sleep "$BASELINE_SECS"; a_end=$(now)
 sleep 3 # pgbench's log buffers: the last second or so is lost when it is stopped
 kill "$wl_pid"; wait "$wl_pid" 2>/dev/null || true
+[ -z "$io_pid" ] || kill "$io_pid"
 read -r d_n d_p50 d_p99 d_max d_failed < <(stats workload "$d_start" "$d_end")
 read -r a_n a_p50 a_p99 a_max a_failed < <(stats workload "$a_start" "$a_end")
 left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
@@ -174,3 +198,16 @@ echo "| after the backfill (${BASELINE_SECS}s) | $a_n | $a_p50 | $a_p99 | $a_max
 echo
 echo "p99 during ÷ before: $(echo "scale=2; $d_p99 / $b_p99" | bc); during ÷ after: $(echo "scale=2; $d_p99 / $a_p99" | bc); rows left wrong after the backfill: $left;" \
   "pgbench error/abort lines: $aborted"
+
+if [ -n "$io_pid" ]; then
+  io_stall_seconds >"$OUT/io-stall-seconds"
+  in_window() { awk -v from="$1" -v to="$2" '$1 >= int(from) && $1 <= to { n++ } END { print n + 0 }' "$OUT/io-stall-seconds"; }
+  read -r _ _ bc_p99 _ _ < <(stats workload "$b_start" "$b_end" "$OUT/io-stall-seconds")
+  read -r _ _ dc_p99 _ _ < <(stats workload "$d_start" "$d_end" "$OUT/io-stall-seconds")
+  read -r _ _ ac_p99 _ _ < <(stats workload "$a_start" "$a_end" "$OUT/io-stall-seconds")
+  echo
+  echo "Seconds in which the disk itself stalled (> 50 ms of full I/O pressure, /proc/pressure/io):" \
+    "before $(in_window "$b_start" "$b_end"), during $(in_window "$d_start" "$d_end"), after $(in_window "$a_start" "$a_end")." \
+    "Without the transactions that ended in them or in the second after: p99 before $bc_p99 ms, during $dc_p99 ms," \
+    "after $ac_p99 ms; during ÷ before: $(echo "scale=2; $dc_p99 / $bc_p99" | bc)"
+fi
