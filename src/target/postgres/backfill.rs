@@ -175,14 +175,6 @@ pub async fn run_batch(
         .await
         .map_err(|e| sql_error(e, "BEGIN"))?;
     let set = set_local(batch.timeouts);
-    let find_last = tx
-        .prepare_cached(&sql.find_last)
-        .await
-        .map_err(|e| sql_error(e, &sql.find_last))?;
-    let update = tx
-        .prepare_cached(&sql.update)
-        .await
-        .map_err(|e| sql_error(e, &sql.update))?;
 
     let limit = i64::try_from(batch.limit).unwrap_or(i64::MAX);
     let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
@@ -190,8 +182,14 @@ pub async fn run_batch(
         params.extend(after.iter().map(|v| v as &(dyn ToSql + Sync)));
     }
     params.push(&limit);
-    // Sent together, run in order: the lookup already runs under the batch's lock_timeout.
-    let (set_done, row) = tokio::join!(tx.batch_execute(&set), tx.query_opt(&find_last, &params));
+    // Sent together, run in order: SET LOCAL first, so that the lookup — and its preparation
+    // on the connection's first batch, which locks the table too — already runs under the
+    // batch's lock_timeout.
+    let lookup = async {
+        let find_last = tx.prepare_cached(&sql.find_last).await?;
+        tx.query_opt(&find_last, &params).await
+    };
+    let (set_done, row) = tokio::join!(tx.batch_execute(&set), lookup);
     set_done.map_err(|e| sql_error(e, &set))?;
     let row = row.map_err(|e| sql_error(e, &sql.find_last))?;
     let Some(row) = row else {
@@ -211,6 +209,10 @@ pub async fn run_batch(
         params.extend(after.iter().map(|v| v as &(dyn ToSql + Sync)));
     }
     params.extend(last.iter().map(|v| v as &(dyn ToSql + Sync)));
+    let update = tx
+        .prepare_cached(&sql.update)
+        .await
+        .map_err(|e| sql_error(e, &sql.update))?;
     let locking = Instant::now();
     let rows = tx
         .execute(&update, &params)
