@@ -8,7 +8,8 @@ use phased::engine::events::Event;
 use phased::engine::{EngineError, RunOptions};
 
 use crate::common::{
-    pg_admin_url, phased_cmd, plan_in, run, run_ok, with_database, PgDb, SqliteDb, TestDb,
+    pg_admin_url, phased_cmd, plan_in, real_tool, run, run_ok, with_database, PgDb, Shims,
+    SqliteDb, TestDb,
 };
 
 /// accounts(id, email) seeded with three rows; expand adds email_lower and a dual-write trigger,
@@ -417,45 +418,6 @@ async fn pruning_keeps_exactly_n_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_keeps_exactly_n_on_sqlite() {
     pruning(TestDb::sqlite()).await;
-}
-
-/// A folder of stand-ins for the PostgreSQL tools, put first on PATH.
-struct Shims {
-    dir: tempfile::TempDir,
-}
-
-impl Shims {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn add(&self, name: &str, script: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{script}")).expect("write shim");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-
-    /// PATH with the shims first.
-    fn path(&self) -> String {
-        format!(
-            "{}:{}",
-            self.dir.path().display(),
-            std::env::var("PATH").unwrap_or_default()
-        )
-    }
-}
-
-fn real_tool(name: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .expect("sh");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!path.is_empty(), "{name} must be installed for these tests");
-    path
 }
 
 const PASSWORD: &str = "s3cret-pw";

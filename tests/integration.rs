@@ -11,3 +11,4 @@ mod migrations;
 mod online_safety;
 mod plan_errors;
 mod sqlite_rebuild;
+mod tls;

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::str::FromStr;
 
 use tokio::io::AsyncWriteExt;
 
@@ -69,18 +68,18 @@ fn split_password(url: &str) -> (String, Option<String>) {
 }
 
 async fn admin(url: &str) -> Result<tokio_postgres::Client, TargetError> {
-    let config = tokio_postgres::Config::from_str(url).map_err(|e| TargetError::Connect {
+    let connect_error = |message: String| TargetError::Connect {
         target: redact(url),
-        message: e.to_string(),
-    })?;
-    let (client, connection) =
-        config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| TargetError::Connect {
-                target: redact(url),
-                message: e.to_string(),
-            })?;
+        message,
+    };
+    let (config, tls) = super::postgres::tls::parse(url).map_err(connect_error)?;
+    let (client, connection) = config
+        .connect(tls.connector().map_err(connect_error)?)
+        .await
+        .map_err(|e| TargetError::Connect {
+            target: redact(url),
+            message: e.to_string(),
+        })?;
     tokio::spawn(connection);
     Ok(client)
 }

@@ -7,15 +7,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::Object;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::Config;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::tls::{self, Tls};
 
 use super::sql_error;
 use crate::target::backup::{BackupError, BackupRecord, RestoreNote, RESTORE_NOTE_KEY};
@@ -50,9 +52,7 @@ fn install_hint(major: Option<u32>) -> String {
 
 /// The libpq environment for a URL: everything the tools need to connect, password included.
 pub(crate) fn libpq_env(url: &str) -> Result<Vec<(&'static str, String)>, BackupError> {
-    let config = Config::from_str(url).map_err(|e| {
-        BackupError::new(format!("cannot read the database URL {}: {e}", redact(url)))
-    })?;
+    let (config, tls) = read_url(url)?;
     let mut env = Vec::new();
     let hosts: Vec<String> = config
         .get_hosts()
@@ -65,6 +65,14 @@ pub(crate) fn libpq_env(url: &str) -> Result<Vec<(&'static str, String)>, Backup
         .collect();
     if !hosts.is_empty() {
         env.push(("PGHOST", hosts.join(",")));
+    }
+    let addrs: Vec<String> = config
+        .get_hostaddrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    if !addrs.is_empty() {
+        env.push(("PGHOSTADDR", addrs.join(",")));
     }
     let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
     if !ports.is_empty() {
@@ -85,20 +93,20 @@ pub(crate) fn libpq_env(url: &str) -> Result<Vec<(&'static str, String)>, Backup
     if let Some(timeout) = config.get_connect_timeout() {
         env.push(("PGCONNECT_TIMEOUT", timeout.as_secs().max(1).to_string()));
     }
-    match config.get_ssl_mode() {
-        SslMode::Disable => env.push(("PGSSLMODE", "disable".to_string())),
-        SslMode::Require => env.push(("PGSSLMODE", "require".to_string())),
-        _ => {}
-    }
+    env.extend(tls.libpq_env());
     env.push(("PGAPPNAME", "phased/backup".to_string()));
     Ok(env)
 }
 
+/// A URL's connection settings and TLS settings.
+fn read_url(url: &str) -> Result<(Config, Tls), BackupError> {
+    tls::parse(url)
+        .map_err(|e| BackupError::new(format!("cannot read the database URL {}: {e}", redact(url))))
+}
+
 /// The database name of a URL.
 fn dbname(url: &str) -> Result<String, BackupError> {
-    let config = Config::from_str(url).map_err(|e| {
-        BackupError::new(format!("cannot read the database URL {}: {e}", redact(url)))
-    })?;
+    let (config, _) = read_url(url)?;
     config
         .get_dbname()
         .or(config.get_user())
@@ -421,8 +429,11 @@ fn write_restore_list(file: &Path, content: &str) -> Result<TempFile, BackupErro
     Ok(TempFile { path: name })
 }
 
-async fn connect(config: &Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+async fn connect(
+    config: &Config,
+    tls: &MakeRustlsConnect,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tls.clone()).await?;
     tokio::spawn(connection);
     Ok(client)
 }
@@ -440,18 +451,20 @@ pub struct RestoreOutcome {
 pub async fn restore(url: &str, file: &Path) -> Result<RestoreOutcome, BackupError> {
     let toc = list(file).await?;
     let shown = redact(url);
-    let mut config = Config::from_str(url)
-        .map_err(|e| BackupError::new(format!("cannot read the database URL {shown}: {e}")))?;
+    let (mut config, tls) = read_url(url)?;
+    let tls = tls
+        .connector()
+        .map_err(|e| BackupError::new(format!("cannot connect to {shown}: {e}")))?;
     config.application_name("phased/restore");
     config.connect_timeout(Duration::from_secs(10));
     let name = dbname(url)?;
     let mut created = false;
-    let client = match connect(&config).await {
+    let client = match connect(&config, &tls).await {
         Ok(client) => client,
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
             let mut admin = config.clone();
             admin.dbname("postgres");
-            let client = connect(&admin).await.map_err(|e| {
+            let client = connect(&admin, &tls).await.map_err(|e| {
                 BackupError::new(format!(
                     "database `{name}` does not exist and phased cannot reach the `postgres` database to create it: {e}"
                 ))
@@ -463,7 +476,7 @@ pub async fn restore(url: &str, file: &Path) -> Result<RestoreOutcome, BackupErr
                 .map_err(|e| BackupError::from(sql_error(e, &sql)))?;
             created = true;
             tracing::info!(database = %name, "created the database to restore into");
-            connect(&config).await.map_err(|e| {
+            connect(&config, &tls).await.map_err(|e| {
                 BackupError::new(format!("cannot connect to {shown} after creating it: {e}"))
             })?
         }
@@ -620,6 +633,20 @@ mod tests {
         assert_eq!(get("PGDATABASE"), Some("prod"));
         assert_eq!(get("PGPASSWORD"), Some("s3cret"));
         assert_eq!(get("PGSSLMODE"), Some("disable"));
+        let verified = libpq_env(
+            "postgres://app@db.example/prod?hostaddr=10.0.0.7&sslmode=verify-full&sslrootcert=/ca.pem",
+        )
+        .unwrap();
+        let get = |k: &str| {
+            verified
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("PGHOST"), Some("db.example"));
+        assert_eq!(get("PGHOSTADDR"), Some("10.0.0.7"));
+        assert_eq!(get("PGSSLMODE"), Some("verify-full"));
+        assert_eq!(get("PGSSLROOTCERT"), Some("/ca.pem"));
         let without = libpq_env("postgres://app@db/prod").unwrap();
         assert!(without.iter().all(|(k, _)| *k != "PGPASSWORD"));
     }

@@ -7,16 +7,15 @@ mod blockers;
 mod lease;
 mod snapshot;
 mod state;
+pub(crate) mod tls;
 mod versions;
 
 pub use lease::key as lease_key;
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::render::{literal, Dialect, Unit};
@@ -87,13 +86,14 @@ impl PgTarget {
             target: redact(url),
             message,
         };
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| connect_error(format!("invalid URL: {e}")))?;
+        let (mut config, tls) =
+            tls::parse(url).map_err(|e| connect_error(format!("invalid URL: {e}")))?;
+        let tls = tls.connector().map_err(connect_error)?;
         config.application_name(application);
         config.connect_timeout(Duration::from_secs(10));
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
