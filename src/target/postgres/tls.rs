@@ -107,6 +107,12 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, Tls), String> {
                         tls.mode_given = true;
                     }
                     "sslrootcert" => tls.root_cert = Some(value()?),
+                    "sslcert" | "sslkey" | "sslpassword" => {
+                        return Err(format!(
+                            "`{key}`: client certificates are not supported; \
+                             authenticate with a password or another method"
+                        ))
+                    }
                     _ => kept.push(param),
                 }
             }
@@ -117,7 +123,13 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, Tls), String> {
             }
         }
     };
-    let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| e.to_string())?;
+    let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
+        // tokio-postgres says what is wrong (an unknown option, a bad value) in the source.
+        match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        }
+    })?;
     config.ssl_mode(match tls.mode {
         Mode::Disable => SslMode::Disable,
         Mode::Allow | Mode::Prefer => SslMode::Prefer,
@@ -365,6 +377,17 @@ mod tests {
     fn unknown_sslmode_is_named() {
         let err = parse("postgres://db/prod?sslmode=verify").unwrap_err();
         assert!(err.contains("sslmode `verify`"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_options_are_named() {
+        let err = parse("postgres://db/prod?sslcert=/c.pem").unwrap_err();
+        assert!(
+            err.contains("`sslcert`: client certificates are not supported"),
+            "{err}"
+        );
+        let err = parse("postgres://db/prod?sslcompression=1").unwrap_err();
+        assert!(err.contains("sslcompression"), "{err}");
     }
 
     #[test]
