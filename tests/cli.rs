@@ -174,6 +174,66 @@ async fn quickstart_runs_on_postgres() {
         ));
 }
 
+/// A mistyped SQLite path: every command that needs an existing database says so (exit 1) and
+/// creates nothing; `run` and `db upgrade` create the file, as a first deploy needs.
+#[test]
+fn commands_other_than_run_and_upgrade_do_not_create_a_missing_sqlite_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = quickstart_in(dir.path());
+    let plan = plan.to_str().expect("utf-8 path");
+    let migrations = dir.path().join("migrations");
+    std::fs::create_dir(&migrations).expect("migrations folder");
+    let missing = dir.path().join("typo.db");
+    let url = format!("sqlite://{}", missing.display());
+    let db = ["--dir", migrations.to_str().expect("utf-8 path")];
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status", plan],
+        vec!["gate", plan, "--phase", "contract"],
+        vec!["backups", plan],
+        vec!["rollback", plan, "--yes"],
+        vec!["flags"],
+        vec!["flags", "set", "read_email_lower", "true"],
+        [&["db", "current"][..], &db].concat(),
+        [&["db", "downgrade"][..], &db].concat(),
+        [&["db", "stamp", "base"][..], &db].concat(),
+    ];
+    for args in commands {
+        let out = phased_cmd()
+            .args(&args)
+            .args(["--database", &url])
+            .output()
+            .expect("run phased");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot connect to {url}: no such database file")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+    // --sql prints the script from base for a database that does not exist yet.
+    phased_cmd()
+        .args(["db", "upgrade", "--sql"])
+        .args(db)
+        .args(["--database", &url])
+        .assert()
+        .success();
+    assert!(!missing.exists(), "db upgrade --sql created the file");
+    phased_cmd()
+        .args(["db", "upgrade"])
+        .args(db)
+        .args(["--database", &url])
+        .assert()
+        .success();
+    assert!(missing.exists(), "db upgrade starts a new database");
+    std::fs::remove_file(&missing).expect("remove");
+    phased_cmd()
+        .args(["run", plan, "--phase", "setup", "--database", &url])
+        .assert()
+        .success();
+    assert!(missing.exists(), "run starts a new database");
+}
+
 #[test]
 fn a_failing_step_exits_1_and_a_fixed_rerun_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");

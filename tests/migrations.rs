@@ -368,6 +368,9 @@ async fn several_heads_are_refused_until_merged_on_postgres() {
 
 async fn stamp_runs_nothing(db: TestDb) {
     let dir = examples_dir();
+    // Stamping records what an existing database holds (a missing SQLite file is refused).
+    db.execute("CREATE TABLE app_settings (key text PRIMARY KEY)")
+        .await;
     assert_eq!(
         db_ok(&db, &dir, &["stamp", "8d3e"]),
         format!("stamped {ORDERS}\n")

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::args::{Cli, Format, RestoreArgs};
 use super::commands::prepare;
-use super::config;
+use super::config::{self, Open};
 use super::exit;
 use crate::engine::backup::{self, BackupFile};
 use crate::target::backup::{BackupError, RestoreNote};
@@ -31,7 +31,7 @@ fn human_size(bytes: i64) -> String {
 }
 
 pub async fn list(cli: &Cli, path: &Path) -> u8 {
-    let (loaded, _url, mut target) = match prepare(cli, path).await {
+    let (loaded, _url, mut target) = match prepare(cli, path, Open::Existing).await {
         Ok(v) => v,
         Err(code) => return code,
     };

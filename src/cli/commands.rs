@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use super::args::{Cli, Command, DialectArg, FlagsAction, Format, PlanArgs, RollbackArgs, RunArgs};
-use super::config::{self, AnyTarget};
+use super::config::{self, AnyTarget, Open};
 use super::exit;
 use super::output::{HumanReporter, JsonReporter};
 use crate::engine::{self, EngineError, Reporter};
@@ -84,6 +84,7 @@ fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
 pub(super) async fn prepare(
     cli: &Cli,
     path: &Path,
+    mode: Open,
 ) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
     let loaded = config::load_plan(path).map_err(|report| {
         eprint!("{}", report.render_for(color()));
@@ -93,10 +94,12 @@ pub(super) async fn prepare(
         eprintln!("error: {e}");
         exit::INVALID
     })?;
-    let target = config::open(&url, loaded.plan.id()).await.map_err(|e| {
-        eprintln!("error: {e}");
-        exit::FAILED
-    })?;
+    let target = config::open(&url, loaded.plan.id(), mode)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::FAILED
+        })?;
     Ok((loaded, url, target))
 }
 
@@ -222,7 +225,7 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
 }
 
 async fn run(cli: &Cli, args: &RunArgs) -> u8 {
-    let (loaded, _url, mut target) = match prepare(cli, &args.plan).await {
+    let (loaded, _url, mut target) = match prepare(cli, &args.plan, Open::Create).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -250,7 +253,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
 }
 
 async fn status(cli: &Cli, path: &Path) -> u8 {
-    let (loaded, _url, mut target) = match prepare(cli, path).await {
+    let (loaded, _url, mut target) = match prepare(cli, path, Open::Existing).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -311,7 +314,7 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
 }
 
 async fn gate(cli: &Cli, path: &Path, phase_name: &str) -> u8 {
-    let (loaded, _url, mut target) = match prepare(cli, path).await {
+    let (loaded, _url, mut target) = match prepare(cli, path, Open::Existing).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -366,7 +369,7 @@ async fn flags(cli: &Cli, action: Option<&FlagsAction>) -> u8 {
             return exit::INVALID;
         }
     };
-    let mut target = match config::open(&url, "flags").await {
+    let mut target = match config::open(&url, "flags", Open::Existing).await {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -421,7 +424,7 @@ fn confirm(question: &str) -> bool {
 }
 
 async fn rollback(cli: &Cli, args: &RollbackArgs) -> u8 {
-    let (loaded, _url, mut target) = match prepare(cli, &args.plan).await {
+    let (loaded, _url, mut target) = match prepare(cli, &args.plan, Open::Existing).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -509,7 +512,7 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
         };
         engine::dry_run::dry_run_offline(&loaded, dialect, args.phase.as_deref())
     } else {
-        let mut target = match config::open(&url, loaded.plan.id()).await {
+        let mut target = match config::open(&url, loaded.plan.id(), Open::Existing).await {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -549,7 +552,7 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
     // schema already holds its changes.
     let exists = !matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
     if exists {
-        let mut target = match config::open(&url, loaded.plan.id()).await {
+        let mut target = match config::open(&url, loaded.plan.id(), Open::Existing).await {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -594,7 +597,7 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
         );
     }
     let mut reporter = reporter(cli.format);
-    let result = match config::open(&scratch.url(), loaded.plan.id()).await {
+    let result = match config::open(&scratch.url(), loaded.plan.id(), Open::Create).await {
         Ok(mut target) => {
             let r = with_target!(&mut target, t => engine::verify::verify(t, &loaded, reporter.as_mut()).await);
             drop(target);

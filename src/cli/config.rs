@@ -26,14 +26,41 @@ pub enum AnyTarget {
     Sqlite(Box<SqliteTarget>),
 }
 
+/// Whether opening may create a missing SQLite file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// `run`, `db upgrade`, `verify`'s scratch copy: a new database starts here.
+    Create,
+    /// Every command that reads or amends a database that must already be there: a mistyped
+    /// path is an error, not a new empty file whose steps all read as pending.
+    Existing,
+}
+
 /// Opens the target; every PostgreSQL connection is named `phased/<plan>`.
-pub async fn open(url: &DatabaseUrl, plan_id: &str) -> Result<AnyTarget, TargetError> {
+pub async fn open(url: &DatabaseUrl, plan_id: &str, mode: Open) -> Result<AnyTarget, TargetError> {
     match url {
         DatabaseUrl::Postgres(u) => Ok(AnyTarget::Postgres(Box::new(
             PgTarget::connect(u, &format!("phased/{plan_id}")).await?,
         ))),
-        DatabaseUrl::Sqlite(path) => Ok(AnyTarget::Sqlite(Box::new(SqliteTarget::open(path)?))),
+        DatabaseUrl::Sqlite(path) => {
+            if mode == Open::Existing && !sqlite_exists(path) {
+                return Err(TargetError::Connect {
+                    target: url.redacted(),
+                    message: "no such database file (`phased run` creates it); check --database \
+                              or DATABASE_URL"
+                        .to_string(),
+                });
+            }
+            Ok(AnyTarget::Sqlite(Box::new(SqliteTarget::open(path)?)))
+        }
     }
+}
+
+/// Whether an SQLite database is there to open: a file, or a name SQLite resolves itself
+/// (`:memory:`, a `file:` URI).
+fn sqlite_exists(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    text == ":memory:" || text.starts_with("file:") || path.exists()
 }
 
 /// Runs `$body` with `$t` bound to the concrete target (the Target trait is not object-safe).

@@ -4,12 +4,12 @@
 use rand::Rng;
 
 use super::args::{Cli, DbAction, DbArgs, Format};
-use super::config::{self, AnyTarget};
+use super::config::{self, AnyTarget, Open};
 use super::exit;
 use crate::engine::migrations::{self as engine, Progress, Request, VersionError};
 use crate::migrations::{self, file, path, History, MigrationError, Spec};
 use crate::plan::RetryPolicy;
-use crate::target::{Target, TargetError, Timeouts, VersionState};
+use crate::target::{DatabaseUrl, Target, TargetError, Timeouts, VersionState};
 use crate::with_target;
 
 /// Runs a `db` subcommand and returns the exit code.
@@ -34,7 +34,7 @@ pub async fn execute(cli: &Cli, args: &DbArgs) -> u8 {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Up,
     Down,
@@ -136,9 +136,17 @@ fn timeouts(args: &DbArgs) -> Timeouts {
     }
 }
 
-async fn open(cli: &Cli) -> Result<AnyTarget, DbError> {
+/// `--database` names an SQLite file that does not exist.
+fn missing_sqlite(cli: &Cli) -> bool {
+    matches!(
+        config::database_url(cli.database.as_deref()),
+        Ok(DatabaseUrl::Sqlite(path)) if !path.exists()
+    )
+}
+
+async fn open(cli: &Cli, mode: Open) -> Result<AnyTarget, DbError> {
     let url = config::database_url(cli.database.as_deref()).map_err(DbError::Usage)?;
-    Ok(config::open(&url, "db").await?)
+    Ok(config::open(&url, "db", mode).await?)
 }
 
 /// `rev (head)` for a file head, `rev` otherwise; `<base>` when nothing is applied.
@@ -311,7 +319,7 @@ fn heads(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
 
 async fn current(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
     let history = load(args)?;
-    let mut target = open(cli).await?;
+    let mut target = open(cli, Open::Existing).await?;
     let state: VersionState = with_target!(&mut target, t => t.version_state().await)?;
     let heads = history.heads_of(&engine::applied(&state));
     let drift = engine::find_drift(&history, &state);
@@ -345,7 +353,19 @@ async fn migrate(
 ) -> Result<(), DbError> {
     let history = load(args)?;
     let spec = Spec::parse(revision)?;
-    let mut target = open(cli).await?;
+    let mut target = if sql_only && direction == Direction::Up && missing_sqlite(cli) {
+        // `--sql` for a database that does not exist yet: the script from base, without
+        // creating the file.
+        config::open(&DatabaseUrl::Sqlite(":memory:".into()), "db", Open::Create).await?
+    } else {
+        // A new database starts with its first upgrade; going down needs one that is there.
+        let mode = if direction == Direction::Up {
+            Open::Create
+        } else {
+            Open::Existing
+        };
+        open(cli, mode).await?
+    };
     let key = engine::lease_key(&args.dir);
     let timeouts = timeouts(args);
     let format = cli.format;
@@ -451,7 +471,7 @@ async fn stamp(cli: &Cli, args: &DbArgs, revision: &str) -> Result<(), DbError> 
         .map(|m| (m.revision.clone(), m.checksum.clone()))
         .collect();
     let heads = history.heads_of(&set);
-    let mut target = open(cli).await?;
+    let mut target = open(cli, Open::Existing).await?;
     let key = engine::lease_key(&args.dir);
     with_target!(&mut target, t => {
         t.ensure_state().await?;
