@@ -328,3 +328,125 @@ phases:
         Some("done".into())
     );
 }
+
+const UNDO_PLAN: &str = "
+plan: undo
+backup: { before: [] }
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - add_check: { table: accounts, name: accounts_email_has_at, expression: \"email LIKE '%@%'\" }
+      - add_foreign_key: { table: accounts, name: accounts_parent_fk, columns: [parent_id], references: { table: parents, columns: [id] } }
+  - name: contract
+    kind: contract
+    steps:
+      - set_not_null: { table: accounts, column: email_lower }
+      - sql: { up: \"INSERT INTO no_such_table VALUES (1)\", down: \"SELECT 1\" }
+";
+
+/// The inverses rebuild the table without what the steps added — the constraints, NOT NULL —
+/// and keep everything else: rows, keys, indexes, triggers, the table's own constraints. A
+/// contract phase that failed part-way can be rolled back through its set_not_null.
+#[tokio::test]
+async fn rollback_rebuilds_without_the_added_constraints_and_not_null() {
+    let db = TestDb::sqlite();
+    db.execute(SCHEMA).await;
+    db.execute("UPDATE accounts SET email_lower = lower(email)")
+        .await;
+    let rows_before = db
+        .text("SELECT group_concat(id || ':' || email || ':' || score, ' ') FROM (SELECT * FROM accounts ORDER BY id)")
+        .await;
+    let loaded = plan(UNDO_PLAN);
+    let failed = run(&db, &loaded, RunOptions::default()).await;
+    assert!(failed.is_err(), "the contract's second step fails");
+    let conn = app(&db);
+    rejects(
+        &conn,
+        "UPDATE accounts SET email_lower = NULL WHERE id = 1",
+        "NOT NULL",
+    );
+
+    let mut target = db.target("undo").await;
+    let mut recorder = phased::engine::events::Recorder::default();
+    let options = phased::engine::rollback::RollbackOptions { to: None };
+    let undone = phased::with_target!(&mut target, t => phased::engine::rollback::rollback(t, &loaded, &options, &mut recorder).await)
+        .unwrap_or_else(|e| panic!("rollback: {e}"));
+    assert_eq!(
+        undone,
+        vec![
+            // A failed step may have done part of its work: its `down` runs too.
+            "contract#2 sql INSERT INTO no_such_table VALUES (1)".to_string(),
+            "contract#1 set_not_null accounts.email_lower".to_string(),
+            "expand#2 add_foreign_key accounts_parent_fk".to_string(),
+            "expand#1 add_check accounts_email_has_at".to_string(),
+        ]
+    );
+    drop(target);
+
+    // What the steps added is gone…
+    conn.execute_batch("UPDATE accounts SET email_lower = NULL WHERE id = 1")
+        .expect("email_lower is nullable again");
+    conn.execute_batch(
+        "INSERT INTO accounts (email, email_lower, parent_id) VALUES ('no-at-sign', 'x', 99)",
+    )
+    .expect("neither the CHECK nor the foreign key is there");
+    let create = db
+        .text("SELECT sql FROM sqlite_schema WHERE name = 'accounts'")
+        .await
+        .unwrap_or_default();
+    assert!(!create.contains("accounts_email_has_at"), "{create}");
+    assert!(!create.contains("accounts_parent_fk"), "{create}");
+    // …and everything else is as it was.
+    assert_eq!(
+        db.text("SELECT group_concat(id || ':' || email || ':' || score, ' ') FROM (SELECT * FROM accounts WHERE id <= 4 ORDER BY id)")
+            .await,
+        rows_before,
+        "rows and their keys are unchanged"
+    );
+    assert!(create.contains("email TEXT NOT NULL UNIQUE"), "{create}");
+    rejects(
+        &conn,
+        "INSERT INTO accounts (email, email_lower) VALUES ('A@x.io', 'x')",
+        "UNIQUE",
+    );
+    rejects(
+        &conn,
+        "INSERT INTO accounts (email, email_lower, score) VALUES ('neg@x.io', 'x', -1)",
+        "CHECK",
+    );
+    rejects(
+        &conn,
+        "INSERT INTO accounts (email) VALUES (NULL)",
+        "NOT NULL",
+    );
+    for index in ["accounts_score_idx", "accounts_partial_idx"] {
+        assert!(db.has_index(index).await, "{index} survives");
+    }
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM audit WHERE what = 'insert no-at-sign'")
+            .await,
+        1,
+        "the audit trigger survives and fires"
+    );
+    rejects(&conn, "INSERT INTO sessions VALUES (9, 999)", "FOREIGN KEY");
+    assert_eq!(db.text("PRAGMA integrity_check").await, Some("ok".into()));
+
+    // Running again re-adds them (the orphan and the NULL are fixed first).
+    conn.execute_batch(
+        "DELETE FROM accounts WHERE email = 'no-at-sign'; UPDATE accounts SET email_lower = lower(email)",
+    )
+    .expect("fix the rows");
+    let loaded_fixed = plan(&UNDO_PLAN.replace("INSERT INTO no_such_table VALUES (1)", "SELECT 1"));
+    run_ok(&db, &loaded_fixed).await;
+    rejects(
+        &conn,
+        "INSERT INTO accounts (email, email_lower) VALUES ('again', 'x')",
+        "accounts_email_has_at",
+    );
+    rejects(
+        &conn,
+        "UPDATE accounts SET email_lower = NULL WHERE id = 1",
+        "NOT NULL",
+    );
+}

@@ -22,8 +22,8 @@ pub fn render(step: &AddCheck, dialect: Dialect) -> Vec<Unit> {
     }
 }
 
-/// The inverse: drop the constraint (ACCESS EXCLUSIVE for a moment on PostgreSQL). SQLite cannot
-/// drop a constraint in place.
+/// The inverse: drop the constraint (ACCESS EXCLUSIVE for a moment on PostgreSQL); on SQLite, a
+/// rebuild without it.
 pub fn render_down(step: &AddCheck, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
     match dialect {
         Dialect::Postgres => Ok(vec![Unit::Transaction(vec![format!(
@@ -31,8 +31,11 @@ pub fn render_down(step: &AddCheck, dialect: Dialect) -> Result<Vec<Unit>, Rende
             ident(&step.table),
             ident(&step.name)
         )])]),
-        Dialect::Sqlite => Err(RenderError(
-            "SQLite cannot drop a CHECK constraint in place".to_string(),
-        )),
+        Dialect::Sqlite => Ok(vec![Unit::RebuildTable {
+            table: step.table.clone(),
+            change: TableChange::DropConstraint {
+                name: step.name.clone(),
+            },
+        }]),
     }
 }

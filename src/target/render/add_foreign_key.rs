@@ -39,7 +39,7 @@ pub fn render(step: &AddForeignKey, dialect: Dialect) -> Vec<Unit> {
 }
 
 /// The inverse: drop the constraint (SHARE ROW EXCLUSIVE on both tables, briefly, on
-/// PostgreSQL). SQLite cannot drop a foreign key in place.
+/// PostgreSQL); on SQLite, a rebuild without it.
 pub fn render_down(step: &AddForeignKey, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
     match dialect {
         Dialect::Postgres => Ok(vec![Unit::Transaction(vec![format!(
@@ -47,8 +47,11 @@ pub fn render_down(step: &AddForeignKey, dialect: Dialect) -> Result<Vec<Unit>, 
             ident(&step.table),
             ident(&step.name)
         )])]),
-        Dialect::Sqlite => Err(RenderError(
-            "SQLite cannot drop a foreign key in place".to_string(),
-        )),
+        Dialect::Sqlite => Ok(vec![Unit::RebuildTable {
+            table: step.table.clone(),
+            change: TableChange::DropConstraint {
+                name: step.name.clone(),
+            },
+        }]),
     }
 }

@@ -54,9 +54,25 @@ pub enum Unit {
 /// A change applied by rebuilding a SQLite table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableChange {
-    AddCheck { name: String, expression: String },
-    AddForeignKey { name: String, definition: String },
-    SetNotNull { column: String },
+    AddCheck {
+        name: String,
+        expression: String,
+    },
+    AddForeignKey {
+        name: String,
+        definition: String,
+    },
+    SetNotNull {
+        column: String,
+    },
+    /// The inverse of the two adds: nothing to do when the constraint is not there.
+    DropConstraint {
+        name: String,
+    },
+    /// The inverse of `SetNotNull`: nothing to do when the column is nullable already.
+    DropNotNull {
+        column: String,
+    },
 }
 
 impl Unit {
@@ -76,6 +92,12 @@ impl Unit {
                     }
                     TableChange::SetNotNull { column } => {
                         format!("make {} NOT NULL", ident(column))
+                    }
+                    TableChange::DropConstraint { name } => {
+                        format!("drop CONSTRAINT {}", ident(name))
+                    }
+                    TableChange::DropNotNull { column } => {
+                        format!("make {} nullable", ident(column))
                     }
                 };
                 format!(
@@ -264,7 +286,23 @@ mod tests {
         );
         let check = step("add_check: { table: t, name: t_pos, expression: \"c > 0\" }");
         assert!(render_step_down(&check, Dialect::Postgres).is_ok());
-        assert!(render_step_down(&check, Dialect::Sqlite).is_err());
+        assert_eq!(
+            render_step_down(&check, Dialect::Sqlite).ok(),
+            Some(vec![Unit::RebuildTable {
+                table: "t".into(),
+                change: TableChange::DropConstraint {
+                    name: "t_pos".into()
+                }
+            }])
+        );
+        let not_null = step("set_not_null: { table: t, column: c }");
+        assert_eq!(
+            render_step_down(&not_null, Dialect::Sqlite).ok(),
+            Some(vec![Unit::RebuildTable {
+                table: "t".into(),
+                change: TableChange::DropNotNull { column: "c".into() }
+            }])
+        );
     }
 
     #[test]

@@ -38,8 +38,8 @@ pub fn render(step: &SetNotNull, dialect: Dialect) -> Vec<Unit> {
     }
 }
 
-/// The inverse: `DROP NOT NULL` (catalog-only, ACCESS EXCLUSIVE for a moment) on PostgreSQL.
-/// SQLite would need a table rebuild.
+/// The inverse: `DROP NOT NULL` (catalog-only, ACCESS EXCLUSIVE for a moment) on PostgreSQL; on
+/// SQLite, a rebuild with the column nullable.
 pub fn render_down(step: &SetNotNull, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
     match dialect {
         Dialect::Postgres => Ok(vec![Unit::Transaction(vec![format!(
@@ -47,8 +47,11 @@ pub fn render_down(step: &SetNotNull, dialect: Dialect) -> Result<Vec<Unit>, Ren
             ident(&step.table),
             ident(&step.column)
         )])]),
-        Dialect::Sqlite => Err(RenderError(
-            "SQLite cannot drop NOT NULL in place".to_string(),
-        )),
+        Dialect::Sqlite => Ok(vec![Unit::RebuildTable {
+            table: step.table.clone(),
+            change: TableChange::DropNotNull {
+                column: step.column.clone(),
+            },
+        }]),
     }
 }

@@ -1,6 +1,6 @@
 //! SQLite's copy-table recipe, for changes it cannot make in place (adding a CHECK or a FOREIGN
-//! KEY, making a column NOT NULL): the procedure of <https://sqlite.org/lang_altertable.html#otheralter>
-//! and Alembic's batch mode.
+//! KEY, making a column NOT NULL, and their inverses for rollback): the procedure of
+//! <https://sqlite.org/lang_altertable.html#otheralter> and Alembic's batch mode.
 //!
 //! One `BEGIN IMMEDIATE` transaction holds SQLite's write lock for the whole rebuild (readers go
 //! on in WAL mode; other writers wait up to busy_timeout): create the new table from the stored
@@ -11,7 +11,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::table_definition::TableDefinition;
+use super::table_definition::{drop_not_null, TableDefinition};
 use super::{sql_error, state};
 use crate::target::render::{base_name, ident, TableChange};
 use crate::target::{StepKey, TargetError};
@@ -105,10 +105,7 @@ fn rebuild_in_transaction(
                 .map_err(|e| sql_error(e, already))?;
             if n > 0 {
                 // Nothing to rebuild: the column is NOT NULL already.
-                if let Some(key) = done {
-                    state::mark_done(&tx, key)?;
-                }
-                return tx.commit().map_err(|e| sql_error(e, "COMMIT"));
+                return finish_unchanged(tx, done);
             }
             let violators =
                 offending_keys(&tx, &quoted, &keys, &format!("{} IS NULL", ident(column)))?;
@@ -124,6 +121,20 @@ fn rebuild_in_transaction(
                 TargetError::Unexpected(format!("table `{name}` has no column `{column}`"))
             })?;
             item.push_str(" NOT NULL");
+        }
+        TableChange::DropConstraint { name: constraint } => {
+            if !definition.remove_constraint(constraint) {
+                // Nothing to rebuild: the constraint is not there (any more).
+                return finish_unchanged(tx, done);
+            }
+        }
+        TableChange::DropNotNull { column } => {
+            let item = definition.column_mut(column).ok_or_else(|| {
+                TargetError::Unexpected(format!("table `{name}` has no column `{column}`"))
+            })?;
+            if !drop_not_null(item) {
+                return finish_unchanged(tx, done);
+            }
         }
     }
 
@@ -190,6 +201,17 @@ fn rebuild_in_transaction(
             "the rebuilt table `{name}` fails the integrity check: {integrity}; nothing was changed"
         )));
     }
+    if let Some(key) = done {
+        state::mark_done(&tx, key)?;
+    }
+    tx.commit().map_err(|e| sql_error(e, "COMMIT"))
+}
+
+/// A change with nothing to do: records the step and commits.
+fn finish_unchanged(
+    tx: rusqlite::Transaction<'_>,
+    done: Option<&StepKey>,
+) -> Result<(), TargetError> {
     if let Some(key) = done {
         state::mark_done(&tx, key)?;
     }

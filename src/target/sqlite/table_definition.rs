@@ -149,12 +149,75 @@ impl TableDefinition {
             .iter_mut()
             .find(|item| first_name(item).is_some_and(|n| n.eq_ignore_ascii_case(column)))
     }
+
+    /// Removes the table constraint `CONSTRAINT <name> …`; false when there is none.
+    pub fn remove_constraint(&mut self, name: &str) -> bool {
+        let before = self.items.len();
+        self.items.retain(|item| {
+            let item = skip_comments(item);
+            let named = item
+                .get(..10)
+                .filter(|k| k.eq_ignore_ascii_case("CONSTRAINT"))
+                .and_then(|_| item.get(10..))
+                .filter(|rest| rest.starts_with(char::is_whitespace))
+                .and_then(|rest| read_name(rest.trim_start()));
+            !named.is_some_and(|n| n.eq_ignore_ascii_case(name))
+        });
+        self.items.len() != before
+    }
 }
 
-/// The column name an item starts with; None for table constraints.
-fn first_name(item: &str) -> Option<String> {
+/// Removes every `NOT NULL` (with an `ON CONFLICT <action>` after it) from a column definition,
+/// outside quotes, comments and parentheses; false when it had none.
+pub fn drop_not_null(column: &mut String) -> bool {
+    // The words outside quotes, comments and parentheses, with their byte ranges.
+    let mut words: Vec<(usize, usize)> = Vec::new();
+    let mut current: Option<usize> = None;
+    let mut end = 0;
+    scan(column, |at, c, depth| {
+        let word_char = depth == 0 && (c.is_ascii_alphanumeric() || c == '_');
+        match (word_char, current) {
+            (true, None) => current = Some(at),
+            (false, Some(start)) => {
+                words.push((start, end));
+                current = None;
+            }
+            _ => {}
+        }
+        end = at + c.len_utf8();
+        true
+    });
+    if let Some(start) = current {
+        words.push((start, end));
+    }
+    let word = |i: usize| -> &str { words.get(i).map(|&(s, e)| &column[s..e]).unwrap_or("") };
+    let mut cuts = Vec::new();
+    let mut i = 0;
+    while i + 1 < words.len() {
+        if word(i).eq_ignore_ascii_case("NOT") && word(i + 1).eq_ignore_ascii_case("NULL") {
+            let mut last = i + 1;
+            if word(i + 2).eq_ignore_ascii_case("ON")
+                && word(i + 3).eq_ignore_ascii_case("CONFLICT")
+            {
+                last = i + 4;
+            }
+            cuts.push((words[i].0, words[last.min(words.len() - 1)].1));
+            i = last + 1;
+        } else {
+            i += 1;
+        }
+    }
+    for &(start, end) in cuts.iter().rev() {
+        // Take the whitespace before the words with them.
+        let start = column[..start].trim_end().len();
+        column.replace_range(start..end, "");
+    }
+    !cuts.is_empty()
+}
+
+/// The text after any leading comments.
+fn skip_comments(item: &str) -> &str {
     let mut item = item.trim_start();
-    // Skip leading comments.
     loop {
         if let Some(rest) = item.strip_prefix("--") {
             item = rest
@@ -169,38 +232,49 @@ fn first_name(item: &str) -> Option<String> {
                 .unwrap_or("")
                 .trim_start();
         } else {
-            break;
+            return item;
         }
     }
-    let first = item.chars().next()?;
-    // A quoted name is a column, whatever it spells.
-    let name = match first {
-        '"' | '`' | '[' => {
-            let close = if first == '[' { ']' } else { first };
-            let mut name = String::new();
-            let mut chars = item[1..].chars().peekable();
-            while let Some(c) = chars.next() {
-                if c == close {
-                    if close != ']' && chars.peek() == Some(&close) {
-                        chars.next();
-                        name.push(c);
-                        continue;
-                    }
-                    return Some(name);
+}
+
+/// The name `text` starts with: quoted (`"…"`, `` `…` ``, `[…]`) or a bare word.
+fn read_name(text: &str) -> Option<String> {
+    let first = text.chars().next()?;
+    if let '"' | '`' | '[' = first {
+        let close = if first == '[' { ']' } else { first };
+        let mut name = String::new();
+        let mut chars = text[1..].chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == close {
+                if close != ']' && chars.peek() == Some(&close) {
+                    chars.next();
+                    name.push(c);
+                    continue;
                 }
-                name.push(c);
+                return Some(name);
             }
-            return None;
+            name.push(c);
         }
-        _ => item
-            .split(|c: char| c.is_whitespace() || c == '(')
+        return None;
+    }
+    Some(
+        text.split(|c: char| c.is_whitespace() || c == '(')
             .next()
             .unwrap_or("")
             .to_string(),
-    };
-    let keyword = ["CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"]
-        .iter()
-        .any(|k| name.eq_ignore_ascii_case(k));
+    )
+}
+
+/// The column name an item starts with; None for table constraints.
+fn first_name(item: &str) -> Option<String> {
+    let item = skip_comments(item);
+    let quoted = matches!(item.chars().next()?, '"' | '`' | '[');
+    let name = read_name(item)?;
+    // A quoted name is a column, whatever it spells.
+    let keyword = !quoted
+        && ["CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"]
+            .iter()
+            .any(|k| name.eq_ignore_ascii_case(k));
     (!keyword).then_some(name)
 }
 
@@ -267,5 +341,40 @@ mod tests {
     #[test]
     fn rejects_create_table_as_select() {
         assert!(TableDefinition::parse("t", "CREATE TABLE t AS SELECT 1").is_err());
+    }
+
+    #[test]
+    fn removes_a_named_constraint_only() {
+        let mut def = TableDefinition::parse(
+            "t",
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, c TEXT, CONSTRAINT \"t_c\" CHECK (c <> ''), \
+             /* x */ constraint t_fk FOREIGN KEY (c) REFERENCES p (c), CONSTRAINT other CHECK (1))",
+        )
+        .unwrap();
+        assert!(def.remove_constraint("T_C"));
+        assert!(def.remove_constraint("t_fk"));
+        assert!(!def.remove_constraint("t_fk"), "already gone");
+        assert_eq!(
+            def.items,
+            [
+                "id INTEGER PRIMARY KEY",
+                "c TEXT",
+                "CONSTRAINT other CHECK (1)"
+            ]
+        );
+    }
+
+    #[test]
+    fn drops_not_null_outside_quotes_and_parentheses() {
+        let mut column = "\"c\" TEXT NOT NULL DEFAULT 'NOT NULL' CHECK (c IS NOT NULL)".to_string();
+        assert!(drop_not_null(&mut column));
+        assert_eq!(
+            column,
+            "\"c\" TEXT DEFAULT 'NOT NULL' CHECK (c IS NOT NULL)"
+        );
+        assert!(!drop_not_null(&mut column), "nothing left to drop");
+        let mut column = "c integer not null on conflict replace unique".to_string();
+        assert!(drop_not_null(&mut column));
+        assert_eq!(column, "c integer unique");
     }
 }
