@@ -68,6 +68,20 @@ fn rejects(conn: &rusqlite::Connection, sql: &str, why: &str) {
     assert!(err.to_string().contains(why), "{sql}: {err}");
 }
 
+/// The constraints SCHEMA gave `accounts` itself: UNIQUE email, CHECK on score.
+fn schema_constraints_hold(conn: &rusqlite::Connection) {
+    rejects(
+        conn,
+        "INSERT INTO accounts (email, email_lower) VALUES ('A@x.io', 'x')",
+        "UNIQUE",
+    );
+    rejects(
+        conn,
+        "INSERT INTO accounts (email, email_lower, score) VALUES ('neg@x.io', 'x', -1)",
+        "CHECK",
+    );
+}
+
 #[tokio::test]
 async fn rebuilds_keep_every_other_index_trigger_and_constraint() {
     let db = TestDb::sqlite();
@@ -139,16 +153,7 @@ async fn rebuilds_keep_every_other_index_trigger_and_constraint() {
         "AUTOINCREMENT never reuses a key"
     );
     // Old constraints still hold…
-    rejects(
-        &conn,
-        "INSERT INTO accounts (email, email_lower) VALUES ('A@x.io', 'x')",
-        "UNIQUE",
-    );
-    rejects(
-        &conn,
-        "INSERT INTO accounts (email, email_lower, score) VALUES ('neg@x.io', 'x', -1)",
-        "CHECK",
-    );
+    schema_constraints_hold(&conn);
     // …and so do the new ones.
     rejects(
         &conn,
@@ -405,16 +410,7 @@ async fn rollback_rebuilds_without_the_added_constraints_and_not_null() {
         "rows and their keys are unchanged"
     );
     assert!(create.contains("email TEXT NOT NULL UNIQUE"), "{create}");
-    rejects(
-        &conn,
-        "INSERT INTO accounts (email, email_lower) VALUES ('A@x.io', 'x')",
-        "UNIQUE",
-    );
-    rejects(
-        &conn,
-        "INSERT INTO accounts (email, email_lower, score) VALUES ('neg@x.io', 'x', -1)",
-        "CHECK",
-    );
+    schema_constraints_hold(&conn);
     rejects(
         &conn,
         "INSERT INTO accounts (email) VALUES (NULL)",
