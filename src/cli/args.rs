@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "phased", version, about, long_about = None)]
 pub struct Cli {
-    /// Database URL: postgres://user@host/db or sqlite://path [default: sqlite://phased.db]
+    /// Database URL: postgres://user@host/db[?sslmode=verify-full&sslrootcert=FILE] or sqlite://path [default: sqlite://phased.db]
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database: Option<String>,
 
@@ -45,6 +45,7 @@ pub enum Command {
     /// Check a phase's gate without running anything (exit 3 when it is not met).
     Gate {
         plan: PathBuf,
+        /// The phase whose gate to check
         #[arg(long)]
         phase: String,
     },
