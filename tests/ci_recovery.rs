@@ -702,6 +702,94 @@ fn rollback_needs_yes_off_a_terminal() {
     assert!(text.contains("setup (expand) — done"), "{text}");
 }
 
+/// Runs phased on a pseudo-terminal (util-linux `script`), typing `answer` on it; returns the
+/// exit code and what the terminal showed.
+fn on_a_terminal(args: &[&str], answer: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let phased = assert_cmd::cargo::cargo_bin("phased");
+    let mut line = shell_quote(&phased.display().to_string());
+    for arg in args {
+        line.push(' ');
+        line.push_str(&shell_quote(arg));
+    }
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "the prompt tests need util-linux `script` (Debian: bsdutils) for a pseudo-terminal",
+        );
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(answer.as_bytes())
+        .expect("type the answer");
+    let output = child.wait_with_output().expect("script");
+    (output.status.code(), stdout_of(&output))
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// On a terminal, rollback and restore ask, and do nothing unless the answer is yes.
+#[tokio::test]
+async fn rollback_and_restore_ask_on_a_terminal() {
+    let (qs_dir, plan) = quickstart_copy();
+    let db = TestDb::sqlite();
+    let url = db.url();
+    let output = run_cli(&db, std::path::Path::new(&plan), &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let backup = std::fs::read_dir(qs_dir.path().join("backups"))
+        .expect("the contract's backup folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
+        .expect("a backup file")
+        .display()
+        .to_string();
+
+    let restore = ["restore", backup.as_str(), "--database", url.as_str()];
+    let (code, screen) = on_a_terminal(&restore, "n\n");
+    assert!(screen.contains("[y/N]"), "{screen}");
+    assert!(screen.contains("not restored"), "{screen}");
+    assert_eq!(code, Some(1), "{screen}");
+    let has_email = "SELECT count(*) FROM pragma_table_info('accounts') WHERE name = 'email'";
+    assert_eq!(db.scalar(has_email).await, 0, "the contract's drop stands");
+
+    let (code, screen) = on_a_terminal(&restore, "y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(db.scalar(has_email).await, 1, "the backup is back");
+
+    // The restored state says the plan stood before its contract: roll that back.
+    let rollback = [
+        "rollback",
+        plan.as_str(),
+        "--to",
+        "setup",
+        "--database",
+        url.as_str(),
+    ];
+    let (code, screen) = on_a_terminal(&rollback, "no\n");
+    assert!(
+        screen.contains("Roll back the phases after `setup`"),
+        "{screen}"
+    );
+    assert!(screen.contains("rollback cancelled"), "{screen}");
+    assert_eq!(code, Some(2), "{screen}");
+    let has_lower = "SELECT count(*) FROM pragma_table_info('accounts') WHERE name = 'email_lower'";
+    assert_eq!(db.scalar(has_lower).await, 1, "nothing was rolled back");
+
+    let (code, screen) = on_a_terminal(&rollback, "yes\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("rolled back"), "{screen}");
+    assert_eq!(db.scalar(has_lower).await, 0, "expand was rolled back");
+}
+
 // ─── CLI: JUnit ──────────────────────────────────────────────────────────────────────────────
 
 fn junit(path: &std::path::Path) -> String {

@@ -1,10 +1,10 @@
 //! `phased backups PLAN` and `phased restore BACKUP`: list the recorded backups, put one back.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 
 use super::args::{Cli, Format, RestoreArgs};
-use super::commands::prepare;
+use super::commands::{confirm, prepare};
 use super::config::{self, Open};
 use super::exit;
 use crate::engine::backup::{self, BackupFile};
@@ -95,17 +95,6 @@ fn report(e: &BackupError) {
     if let Some(hint) = &e.hint {
         eprintln!("  hint: {hint}");
     }
-}
-
-/// Asks on the terminal; false unless the answer is yes.
-fn confirm(question: &str) -> bool {
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    if std::io::stdin().lock().read_line(&mut answer).is_err() {
-        return false;
-    }
-    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 pub async fn restore(cli: &Cli, args: &RestoreArgs) -> u8 {

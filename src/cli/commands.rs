@@ -411,8 +411,9 @@ async fn flags(cli: &Cli, action: Option<&FlagsAction>) -> u8 {
     }
 }
 
-/// Asks on the terminal before doing something that changes the schema backwards.
-fn confirm(question: &str) -> bool {
+/// Asks on the terminal before something that cannot be taken back; false unless the answer
+/// is yes.
+pub(super) fn confirm(question: &str) -> bool {
     use std::io::{BufRead, Write};
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
