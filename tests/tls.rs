@@ -268,6 +268,17 @@ async fn verify_refuses_a_wrong_name_or_root_and_verify_ca_ignores_the_name() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    // libpq: with a root certificate given, `require` checks the chain as verify-ca does.
+    let require_with_root = url_as(
+        &db,
+        &cert.addr,
+        &cert.addr,
+        &format!("sslmode=require&sslrootcert={}", other_root.display()),
+    );
+    let out = run(&plan, &require_with_root);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
     assert!(
         !boolean(&db, "SELECT to_regclass('seen') IS NOT NULL").await,
         "nothing ran"
