@@ -8,8 +8,8 @@ use phased::engine::events::Event;
 use phased::engine::{EngineError, RunOptions};
 
 use crate::common::{
-    pg_admin_url, phased_cmd, plan_in, real_tool, run, run_ok, with_database, PgDb, Shims,
-    SqliteDb, TestDb,
+    pg_admin_url, pg_connect, phased_cmd, plan_in, real_tool, run, run_ok, with_database, PgDb,
+    Shims, SqliteDb, TestDb,
 };
 
 /// accounts(id, email) seeded with three rows; expand adds email_lower and a dual-write trigger,
@@ -425,10 +425,9 @@ const PASSWORD: &str = "s3cret-pw";
 /// A login role with a password (the local server trusts every connection, so phased connects
 /// with it either way; what matters is where the password travels).
 async fn password_role() -> &'static str {
-    let (client, connection) = tokio_postgres::connect(&pg_admin_url(), tokio_postgres::NoTls)
+    let client = pg_connect(&pg_admin_url())
         .await
-        .expect("connect as admin");
-    tokio::spawn(connection);
+        .unwrap_or_else(|e| panic!("connect as admin: {e}"));
     let sql = format!("CREATE ROLE phased_pw LOGIN PASSWORD '{PASSWORD}' SUPERUSER");
     if let Err(e) = client.batch_execute(&sql).await {
         // Another test (or an earlier run) created it.

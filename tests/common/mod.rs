@@ -36,19 +36,30 @@ pub fn with_database(url: &str, db: &str) -> String {
     format!("{base}/{db}{query}")
 }
 
+/// A plain session on `url`, with the URL's TLS settings (`sslmode`, `sslrootcert`) as phased
+/// reads them.
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    use phased::target::postgres::tls;
+    let (config, tls) = tls::parse(url)?;
+    let (client, connection) = config
+        .connect(tls.connector()?)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 async fn admin_client() -> tokio_postgres::Client {
     let url = pg_admin_url();
-    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-        Ok(c) => c,
+    match pg_connect(&url).await {
+        Ok(client) => client,
         Err(e) => panic!(
             "PostgreSQL is not reachable at {} ({e}).\n\
              These tests need a real server: run `scripts/test`, which starts one, \
              or set PHASED_TEST_PG_URL=postgres://user@host/db.",
             phased::target::url::redact(&url)
         ),
-    };
-    tokio::spawn(connection);
-    client
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -78,11 +89,9 @@ impl PgDb {
 
     /// A plain client, standing in for an application session.
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+        pg_connect(&self.url)
             .await
-            .expect("connect to the test database");
-        tokio::spawn(connection);
-        client
+            .unwrap_or_else(|e| panic!("connect to the test database: {e}"))
     }
 
     pub async fn target(&self, plan: &str) -> PgTarget {

@@ -7,7 +7,7 @@ mod blockers;
 mod lease;
 mod snapshot;
 mod state;
-pub(crate) mod tls;
+pub mod tls;
 mod versions;
 
 pub use lease::key as lease_key;
