@@ -16,6 +16,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
 PHASED="${PHASED:-$PWD/target/release/phased}"
 SIZES="${SIZES-100000 1000000 5000000}"
@@ -31,11 +33,7 @@ BENCH="$PWD/bench"
 
 [ -x "$PHASED" ] || { echo "build first: cargo build --release ($PHASED missing)" >&2; exit 2; }
 rm -rf "$OUT" && mkdir -p "$OUT"
-log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 sql() { psql -X -q -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
-now() { date +%s.%N; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-range() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }'; }
 
 fresh_db() {
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
@@ -132,12 +130,9 @@ fresh_db
 # (b) + (c): plain UPDATE vs unthrottled backfill, per size. Unthrottled = `pause: 0s,
 # target_batch_time: 200ms` (batch_size auto, no pause, no rate cap) and no trigger: the
 # backfill's own cost only.
-echo "Each size: $REPEATS runs of each, alternating, on a fresh table each time; median (min–max)."
-echo
-echo "| rows | plain UPDATE (s) | UPDATE rows/s | backfill (s) | backfill rows/s | backfill ÷ UPDATE speed | backfill µs/row | peak RSS of phased (MB) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+speed_table_header
 for n in $SIZES; do
-  : >"$OUT/upd-$n"; : >"$OUT/bf-$n"; : >"$OUT/rss-$n"
+  speed_samples_reset "$n"
   for r in $(seq "$REPEATS"); do
     log "size $n, run $r: plain UPDATE (load $(cut -d' ' -f1 /proc/loadavg))"
     fresh_table "$n"
@@ -152,10 +147,7 @@ for n in $SIZES; do
     [ "$left" = 0 ] || { echo "backfill left $left rows wrong" >&2; exit 1; }
     echo "$secs" >>"$OUT/bf-$n"; echo "$rss" >>"$OUT/rss-$n"
   done
-  upd=$(median <"$OUT/upd-$n"); bf=$(median <"$OUT/bf-$n"); rss=$(sort -g "$OUT/rss-$n" | tail -1)
-  printf "| %d | %.2f (%s) | %.0f | %.2f (%s) | %.0f | %.2f | %.2f | %.1f |\n" "$n" "$upd" "$(range <"$OUT/upd-$n")" \
-    "$(echo "$n / $upd" | bc -l)" "$bf" "$(range <"$OUT/bf-$n")" "$(echo "$n / $bf" | bc -l)" \
-    "$(echo "$upd / $bf" | bc -l)" "$(echo "$bf * 1000000 / $n" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+  speed_table_row "$n"
 done
 
 # (a): the workload before and during a backfill with the default throttle, on 1M rows, with the

@@ -11,6 +11,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 PHASED="${PHASED:-$PWD/target/release/phased}"
 SIZES="${SIZES-100000 1000000 5000000}"
 REPEATS="${REPEATS:-3}"
@@ -20,10 +22,6 @@ OUT="${OUT:-$PWD/bench/out-sqlite}"
 command -v sqlite3 >/dev/null || { echo "sqlite3 (the CLI) is needed to build the tables" >&2; exit 2; }
 rm -rf "$OUT" && mkdir -p "$OUT"
 DB="$OUT/bench.db"
-log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
-now() { date +%s.%N; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-range() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }'; }
 
 # A fresh accounts table of $1 rows (email_lower empty), in WAL mode as an application's
 # database would be.
@@ -49,12 +47,9 @@ EOF
 
 echo "SQLite $(sqlite3 --version | cut -d' ' -f1) (phased's bundled SQLite: $(grep -A1 'name = "libsqlite3-sys"' Cargo.lock | sed -n 's/version = "\(.*\)"/libsqlite3-sys \1/p')); $(nproc) cores; load average at start $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
-echo "Each size: $REPEATS runs of each, alternating, on a fresh table each time; median (min–max)."
-echo
-echo "| rows | plain UPDATE (s) | UPDATE rows/s | backfill (s) | backfill rows/s | backfill ÷ UPDATE speed | backfill µs/row | peak RSS of phased (MB) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+speed_table_header
 for n in $SIZES; do
-  : >"$OUT/upd-$n"; : >"$OUT/bf-$n"; : >"$OUT/rss-$n"
+  speed_samples_reset "$n"
   for r in $(seq "$REPEATS"); do
     log "size $n, run $r: plain UPDATE"
     fresh_table "$n"
@@ -69,9 +64,6 @@ for n in $SIZES; do
     [ "$left" = 0 ] || { echo "backfill left $left rows wrong" >&2; exit 1; }
     echo "$end - $start" | bc >>"$OUT/bf-$n"; cat "$OUT/rss" >>"$OUT/rss-$n"
   done
-  upd=$(median <"$OUT/upd-$n"); bf=$(median <"$OUT/bf-$n"); rss=$(sort -g "$OUT/rss-$n" | tail -1)
-  printf "| %d | %.2f (%s) | %.0f | %.2f (%s) | %.0f | %.2f | %.2f | %.1f |\n" "$n" "$upd" "$(range <"$OUT/upd-$n")" \
-    "$(echo "$n / $upd" | bc -l)" "$bf" "$(range <"$OUT/bf-$n")" "$(echo "$n / $bf" | bc -l)" \
-    "$(echo "$upd / $bf" | bc -l)" "$(echo "$bf * 1000000 / $n" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+  speed_table_row "$n"
 done
 rm -f "$DB" "$DB-wal" "$DB-shm"
