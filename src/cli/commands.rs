@@ -501,8 +501,7 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
     };
     // Opening a missing SQLite file would create it: a dry run writes nothing, so it renders
     // offline instead.
-    let missing_file = matches!(&url, DatabaseUrl::Sqlite(path) if !path.exists());
-    let result = if args.offline || missing_file {
+    let result = if args.offline || config::is_missing_file(&url) {
         let dialect = match (args.dialect, &url) {
             (Some(DialectArg::Postgres), _) => crate::target::Dialect::Postgres,
             (Some(DialectArg::Sqlite), _) => crate::target::Dialect::Sqlite,
@@ -551,8 +550,7 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
     };
     // Verify rehearses a plan before it runs: on a database where it has started, the copied
     // schema already holds its changes.
-    let exists = !matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
-    if exists {
+    if !config::is_missing_file(&url) {
         let mut target = match config::open(&url, loaded.plan.id(), Open::Existing).await {
             Ok(t) => t,
             Err(e) => {

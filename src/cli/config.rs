@@ -43,7 +43,7 @@ pub async fn open(url: &DatabaseUrl, plan_id: &str, mode: Open) -> Result<AnyTar
             PgTarget::connect(u, &format!("phased/{plan_id}")).await?,
         ))),
         DatabaseUrl::Sqlite(path) => {
-            if mode == Open::Existing && !sqlite_exists(path) {
+            if mode == Open::Existing && is_missing_file(url) {
                 return Err(TargetError::Connect {
                     target: url.redacted(),
                     message: "no such database file (`phased run` creates it); check --database \
@@ -56,11 +56,16 @@ pub async fn open(url: &DatabaseUrl, plan_id: &str, mode: Open) -> Result<AnyTar
     }
 }
 
-/// Whether an SQLite database is there to open: a file, or a name SQLite resolves itself
-/// (`:memory:`, a `file:` URI).
-fn sqlite_exists(path: &Path) -> bool {
-    let text = path.to_string_lossy();
-    text == ":memory:" || text.starts_with("file:") || path.exists()
+/// The URL names an SQLite file that does not exist (`:memory:` and `file:` URIs are SQLite's
+/// to resolve, so they count as there).
+pub fn is_missing_file(url: &DatabaseUrl) -> bool {
+    match url {
+        DatabaseUrl::Postgres(_) => false,
+        DatabaseUrl::Sqlite(path) => {
+            let text = path.to_string_lossy();
+            !(text == ":memory:" || text.starts_with("file:") || path.exists())
+        }
+    }
 }
 
 /// Runs `$body` with `$t` bound to the concrete target (the Target trait is not object-safe).

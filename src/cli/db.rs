@@ -136,14 +136,6 @@ fn timeouts(args: &DbArgs) -> Timeouts {
     }
 }
 
-/// `--database` names an SQLite file that does not exist.
-fn missing_sqlite(cli: &Cli) -> bool {
-    matches!(
-        config::database_url(cli.database.as_deref()),
-        Ok(DatabaseUrl::Sqlite(path)) if !path.exists()
-    )
-}
-
 async fn open(cli: &Cli, mode: Open) -> Result<AnyTarget, DbError> {
     let url = config::database_url(cli.database.as_deref()).map_err(DbError::Usage)?;
     Ok(config::open(&url, "db", mode).await?)
@@ -353,7 +345,11 @@ async fn migrate(
 ) -> Result<(), DbError> {
     let history = load(args)?;
     let spec = Spec::parse(revision)?;
-    let mut target = if sql_only && direction == Direction::Up && missing_sqlite(cli) {
+    let mut target = if sql_only
+        && direction == Direction::Up
+        && config::database_url(cli.database.as_deref())
+            .is_ok_and(|url| config::is_missing_file(&url))
+    {
         // `--sql` for a database that does not exist yet: the script from base, without
         // creating the file.
         config::open(&DatabaseUrl::Sqlite(":memory:".into()), "db", Open::Create).await?
