@@ -1,10 +1,10 @@
 //! CI gating and recovery: rollback, dry run, verify, JUnit reports, exit codes, NDJSON events.
 
+use phased::db::Target;
 use phased::engine::events::Recorder;
 use phased::engine::rollback::{rollback, RollbackOptions};
 use phased::engine::{EngineError, RunOptions};
 use phased::plan::LoadedPlan;
-use phased::target::Target;
 
 use crate::common::{self, TestDb};
 
@@ -90,7 +90,7 @@ async fn rollback_from_every_phase_restores_the_schema(make: impl AsyncFn() -> T
             .expect("state");
         assert!(records
             .iter()
-            .all(|r| r.status == phased::target::StepStatus::RolledBack));
+            .all(|r| r.status == phased::db::StepStatus::RolledBack));
         let flags = phased::with_target!(&mut target, t => t.flags().await).expect("flags");
         assert!(flags.is_empty(), "{flags:?}");
     }
@@ -641,7 +641,7 @@ async fn exit_4_when_another_runner_holds_the_lease_postgres() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = write_plan(&dir, GATED_PLAN);
-    let key = phased::target::postgres::lease_key("gated");
+    let key = phased::db::postgres::lease_key("gated");
     let elsewhere = other_pg.client().await;
     elsewhere
         .execute("SELECT pg_advisory_lock($1)", &[&key])

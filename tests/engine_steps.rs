@@ -1,8 +1,8 @@
 //! Engine tests on both targets: every foundation step kind, resume after a fixed failure, drift,
 //! and phase selection. Each test gets its own fresh database.
 
+use phased::db::StepStatus;
 use phased::engine::{EngineError, Event, RunOptions};
-use phased::target::StepStatus;
 
 use crate::common::{plan, plan_in, run, run_ok, TestDb};
 

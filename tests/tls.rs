@@ -67,7 +67,7 @@ async fn server_cert(db: &PgDb) -> ServerCert {
             .find_map(|part| part.trim().strip_prefix("CN=").map(str::to_string))
             .unwrap_or_else(|| panic!("the server's certificate names no host: {subject}"))
     });
-    let (config, _) = phased::target::postgres::tls::parse(&db.url).expect("test URL");
+    let (config, _) = phased::db::postgres::tls::parse(&db.url).expect("test URL");
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
         _ => panic!("the TLS tests need a TCP server URL, not a socket"),
@@ -86,7 +86,7 @@ async fn server_cert(db: &PgDb) -> ServerCert {
 /// The test database's URL reached at the server's address under `host` (the name TLS checks),
 /// with `params` added.
 fn url_as(db: &PgDb, host: &str, addr: &str, params: &str) -> String {
-    let (config, _) = phased::target::postgres::tls::parse(&db.url).expect("test URL");
+    let (config, _) = phased::db::postgres::tls::parse(&db.url).expect("test URL");
     let user = config.get_user().unwrap_or("postgres");
     let password = config
         .get_password()

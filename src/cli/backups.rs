@@ -7,9 +7,9 @@ use super::args::{Cli, Format, RestoreArgs};
 use super::commands::{confirm, prepare};
 use super::config::{self, Open};
 use super::exit;
+use crate::db::backup::{BackupError, RestoreNote};
+use crate::db::{DatabaseUrl, Dialect};
 use crate::engine::backup::{self, BackupFile};
-use crate::target::backup::{BackupError, RestoreNote};
-use crate::target::{DatabaseUrl, Dialect};
 use crate::with_target;
 
 /// The line `status` and `restore` print about a restore.

@@ -7,9 +7,9 @@ use super::args::{Cli, Command, DialectArg, FlagsAction, Format, PlanArgs, Rollb
 use super::config::{self, AnyTarget, Open};
 use super::exit;
 use super::output::{HumanReporter, JsonReporter};
+use crate::db::{DatabaseUrl, DbError, Target};
 use crate::engine::{self, EngineError, Reporter};
 use crate::plan::LoadedPlan;
-use crate::target::{DatabaseUrl, Target, TargetError};
 use crate::with_target;
 
 /// Runs the parsed command line and returns the process exit code.
@@ -291,7 +291,7 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
                     line.push_str(&format!(", {rate:.0} rows/s"));
                 }
                 if let Some(checkpoint) = &step.checkpoint {
-                    if step.status != crate::target::StepStatus::Done {
+                    if step.status != crate::db::StepStatus::Done {
                         line.push_str(&format!(", checkpoint key {checkpoint}"));
                     }
                 }
@@ -304,7 +304,7 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
             }
             crate::outln!("{line}");
             if let Some(error) = &step.last_error {
-                if step.status != crate::target::StepStatus::Done {
+                if step.status != crate::db::StepStatus::Done {
                     crate::outln!("      last error: {}", error.replace('\n', "\n      "));
                 }
             }
@@ -327,7 +327,7 @@ async fn gate(cli: &Cli, path: &Path, phase_name: &str) -> u8 {
         );
         return exit::INVALID;
     };
-    let result: Result<_, TargetError> =
+    let result: Result<_, DbError> =
         with_target!(&mut target, t => engine::gate::evaluate(t, &loaded.plan, phase).await);
     let outcomes = match result {
         Ok(o) => o,
@@ -376,7 +376,7 @@ async fn flags(cli: &Cli, action: Option<&FlagsAction>) -> u8 {
             return exit::FAILED;
         }
     };
-    let result: Result<Vec<crate::target::FlagRecord>, TargetError> = with_target!(&mut target, t => async {
+    let result: Result<Vec<crate::db::FlagRecord>, DbError> = with_target!(&mut target, t => async {
         if let Some(FlagsAction::Set { name, value }) = action {
             t.ensure_state().await?;
             t.set_flag(name, value, None, None).await?;
@@ -503,12 +503,12 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
     // offline instead.
     let result = if args.offline || config::is_missing_file(&url) {
         let dialect = match (args.dialect, &url) {
-            (Some(DialectArg::Postgres), _) => crate::target::Dialect::Postgres,
-            (Some(DialectArg::Sqlite), _) => crate::target::Dialect::Sqlite,
+            (Some(DialectArg::Postgres), _) => crate::db::Dialect::Postgres,
+            (Some(DialectArg::Sqlite), _) => crate::db::Dialect::Sqlite,
             (None, DatabaseUrl::Postgres(_)) if cli.database.is_some() => {
-                crate::target::Dialect::Postgres
+                crate::db::Dialect::Postgres
             }
-            (None, _) => crate::target::Dialect::Sqlite,
+            (None, _) => crate::db::Dialect::Sqlite,
         };
         engine::dry_run::dry_run_offline(&loaded, dialect, args.phase.as_deref())
     } else {
@@ -531,8 +531,8 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
 }
 
 async fn verify(cli: &Cli, path: &Path) -> u8 {
+    use crate::db::scratch::Scratch;
     use crate::engine::verify::VerifyOutcome;
-    use crate::target::scratch::Scratch;
 
     let loaded = match config::load_plan(path) {
         Ok(l) => l,
@@ -563,7 +563,7 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
             Ok(records) => {
                 let done = records
                     .iter()
-                    .filter(|r| r.status == crate::target::StepStatus::Done)
+                    .filter(|r| r.status == crate::db::StepStatus::Done)
                     .count();
                 if done > 0 {
                     eprintln!(

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
+use crate::db::postgres::PgTarget;
+use crate::db::sqlite::SqliteTarget;
+use crate::db::{DatabaseUrl, DbError};
 use crate::plan::{self, LoadedPlan, PlanReport};
-use crate::target::postgres::PgTarget;
-use crate::target::sqlite::SqliteTarget;
-use crate::target::{DatabaseUrl, TargetError};
 
 /// The default database: an SQLite file in the current folder.
 pub const DEFAULT_DATABASE: &str = "sqlite://phased.db";
@@ -37,14 +37,14 @@ pub enum Open {
 }
 
 /// Opens the target; every PostgreSQL connection is named `phased/<plan>`.
-pub async fn open(url: &DatabaseUrl, plan_id: &str, mode: Open) -> Result<AnyTarget, TargetError> {
+pub async fn open(url: &DatabaseUrl, plan_id: &str, mode: Open) -> Result<AnyTarget, DbError> {
     match url {
         DatabaseUrl::Postgres(u) => Ok(AnyTarget::Postgres(Box::new(
             PgTarget::connect(u, &format!("phased/{plan_id}")).await?,
         ))),
         DatabaseUrl::Sqlite(path) => {
             if mode == Open::Existing && is_missing_file(url) {
-                return Err(TargetError::Connect {
+                return Err(DbError::Connect {
                     target: url.redacted(),
                     message: "no such database file (`phased run` creates it); check --database \
                               or DATABASE_URL"

@@ -6,10 +6,10 @@ use rand::Rng;
 use super::args::{Cli, DbAction, DbArgs, Format};
 use super::config::{self, AnyTarget, Open};
 use super::exit;
+use crate::db::{DatabaseUrl, DbError, Target, Timeouts, VersionState};
 use crate::engine::migrations::{self as engine, Progress, Request, VersionError};
 use crate::migrations::{self, file, path, History, MigrationError, Spec};
 use crate::plan::RetryPolicy;
-use crate::target::{DatabaseUrl, Target, TargetError, Timeouts, VersionState};
 use crate::with_target;
 
 /// Runs a `db` subcommand and returns the exit code.
@@ -42,7 +42,7 @@ enum Direction {
 
 /// Why a `db` command stopped.
 #[derive(Debug, thiserror::Error)]
-enum DbError {
+enum DbCommandError {
     #[error(transparent)]
     Version(Box<VersionError>),
     /// The database URL is unusable.
@@ -53,33 +53,33 @@ enum DbError {
     Io(String),
 }
 
-impl From<VersionError> for DbError {
+impl From<VersionError> for DbCommandError {
     fn from(e: VersionError) -> Self {
-        DbError::Version(Box::new(e))
+        DbCommandError::Version(Box::new(e))
     }
 }
 
-impl From<MigrationError> for DbError {
+impl From<MigrationError> for DbCommandError {
     fn from(e: MigrationError) -> Self {
         VersionError::Migrations(e).into()
     }
 }
 
-impl From<TargetError> for DbError {
-    fn from(e: TargetError) -> Self {
+impl From<DbError> for DbCommandError {
+    fn from(e: DbError) -> Self {
         VersionError::Target(e).into()
     }
 }
 
-fn report(err: &DbError, format: Format) -> u8 {
+fn report(err: &DbCommandError, format: Format) -> u8 {
     let code = match err {
-        DbError::Usage(_) => exit::INVALID,
-        DbError::Version(v) => match **v {
+        DbCommandError::Usage(_) => exit::INVALID,
+        DbCommandError::Version(v) => match **v {
             VersionError::Migrations(_) => exit::INVALID,
             VersionError::LeaseHeld { .. } => exit::LOCKED,
             _ => exit::FAILED,
         },
-        DbError::Io(_) => exit::FAILED,
+        DbCommandError::Io(_) => exit::FAILED,
     };
     if format == Format::Json {
         crate::outln!(
@@ -88,7 +88,7 @@ fn report(err: &DbError, format: Format) -> u8 {
         );
     }
     let version = match err {
-        DbError::Version(v) => Some(&**v),
+        DbCommandError::Version(v) => Some(&**v),
         _ => None,
     };
     match version {
@@ -125,7 +125,7 @@ fn report(err: &DbError, format: Format) -> u8 {
     code
 }
 
-fn load(args: &DbArgs) -> Result<History, DbError> {
+fn load(args: &DbArgs) -> Result<History, DbCommandError> {
     Ok(migrations::load(&args.dir)?)
 }
 
@@ -136,8 +136,8 @@ fn timeouts(args: &DbArgs) -> Timeouts {
     }
 }
 
-async fn open(cli: &Cli, mode: Open) -> Result<AnyTarget, DbError> {
-    let url = config::database_url(cli.database.as_deref()).map_err(DbError::Usage)?;
+async fn open(cli: &Cli, mode: Open) -> Result<AnyTarget, DbCommandError> {
+    let url = config::database_url(cli.database.as_deref()).map_err(DbCommandError::Usage)?;
     Ok(config::open(&url, "db", mode).await?)
 }
 
@@ -174,29 +174,29 @@ fn write_revision(
     args: &DbArgs,
     revises: &[String],
     message: &str,
-) -> Result<(), DbError> {
+) -> Result<(), DbCommandError> {
     let now = now_utc();
     let created = now
         .format(&time::macros::format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
         ))
-        .map_err(|e| DbError::Io(e.to_string()))?;
+        .map_err(|e| DbCommandError::Io(e.to_string()))?;
     let stamp = now
         .format(&time::macros::format_description!(
             "[year][month][day]_[hour][minute]"
         ))
-        .map_err(|e| DbError::Io(e.to_string()))?;
+        .map_err(|e| DbCommandError::Io(e.to_string()))?;
     let revision = new_revision_id();
     let path = args.dir.join(file::file_name(&stamp, &revision, message));
     std::fs::create_dir_all(&args.dir)
-        .map_err(|e| DbError::Io(format!("cannot create {}: {e}", args.dir.display())))?;
+        .map_err(|e| DbCommandError::Io(format!("cannot create {}: {e}", args.dir.display())))?;
     let text = file::template(&revision, revises, message, &created);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&path)
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-        .map_err(|e| DbError::Io(format!("cannot write {}: {e}", path.display())))?;
+        .map_err(|e| DbCommandError::Io(format!("cannot write {}: {e}", path.display())))?;
     match cli.format {
         Format::Json => crate::outln!(
             "{}",
@@ -215,7 +215,7 @@ fn write_revision(
     Ok(())
 }
 
-fn new(cli: &Cli, args: &DbArgs, message: &str) -> Result<(), DbError> {
+fn new(cli: &Cli, args: &DbArgs, message: &str) -> Result<(), DbCommandError> {
     let history = if args.dir.exists() {
         load(args)?
     } else {
@@ -234,7 +234,12 @@ fn new(cli: &Cli, args: &DbArgs, message: &str) -> Result<(), DbError> {
     write_revision(cli, args, &revises, message)
 }
 
-fn merge(cli: &Cli, args: &DbArgs, message: &str, revisions: &[String]) -> Result<(), DbError> {
+fn merge(
+    cli: &Cli,
+    args: &DbArgs,
+    message: &str,
+    revisions: &[String],
+) -> Result<(), DbCommandError> {
     let history = load(args)?;
     let mut revises: Vec<String> = Vec::new();
     for name in revisions {
@@ -259,7 +264,7 @@ fn merge(cli: &Cli, args: &DbArgs, message: &str, revisions: &[String]) -> Resul
     write_revision(cli, args, &revises, message)
 }
 
-fn history(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
+fn history(cli: &Cli, args: &DbArgs) -> Result<(), DbCommandError> {
     let history = load(args)?;
     let heads = history.heads();
     let mut rows = Vec::new();
@@ -294,7 +299,7 @@ fn history(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
     Ok(())
 }
 
-fn heads(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
+fn heads(cli: &Cli, args: &DbArgs) -> Result<(), DbCommandError> {
     let history = load(args)?;
     let heads = history.heads();
     match cli.format {
@@ -309,7 +314,7 @@ fn heads(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
     Ok(())
 }
 
-async fn current(cli: &Cli, args: &DbArgs) -> Result<(), DbError> {
+async fn current(cli: &Cli, args: &DbArgs) -> Result<(), DbCommandError> {
     let history = load(args)?;
     let mut target = open(cli, Open::Existing).await?;
     let state: VersionState = with_target!(&mut target, t => t.version_state().await)?;
@@ -342,7 +347,7 @@ async fn migrate(
     revision: &str,
     sql_only: bool,
     direction: Direction,
-) -> Result<(), DbError> {
+) -> Result<(), DbCommandError> {
     let history = load(args)?;
     let spec = Spec::parse(revision)?;
     let mut target = if sql_only
@@ -397,7 +402,7 @@ async fn migrate_locked<T: Target>(
     direction: Direction,
     timeouts: Timeouts,
     format: Format,
-) -> Result<(), DbError> {
+) -> Result<(), DbCommandError> {
     let state = engine::checked_state(target, history).await?;
     let request = match direction {
         Direction::Up => Request::Upgrade(spec),
@@ -457,7 +462,7 @@ async fn migrate_locked<T: Target>(
     Ok(())
 }
 
-async fn stamp(cli: &Cli, args: &DbArgs, revision: &str) -> Result<(), DbError> {
+async fn stamp(cli: &Cli, args: &DbArgs, revision: &str) -> Result<(), DbCommandError> {
     let history = load(args)?;
     let spec = Spec::parse(revision)?;
     let set = path::stamp(&history, &spec)?;
@@ -478,7 +483,7 @@ async fn stamp(cli: &Cli, args: &DbArgs, revision: &str) -> Result<(), DbError> 
         let released = t.release_lease(&key).await;
         result?;
         released?;
-        Ok::<(), DbError>(())
+        Ok::<(), DbCommandError>(())
     })?;
     match cli.format {
         Format::Json => crate::outln!(

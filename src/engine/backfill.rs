@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
+use crate::db::{BatchRequest, DbError, StepKey, Target, Timeouts};
 use crate::plan::{Backfill, BatchSize};
-use crate::target::{BatchRequest, StepKey, Target, TargetError, Timeouts};
 
 /// Batch size bounds for `batch_size: auto`.
 pub const AUTO_START: u64 = 1_000;
@@ -127,7 +127,7 @@ impl Walk<'_> {
     async fn pause_reason<T: Target>(
         &mut self,
         target: &mut T,
-    ) -> Result<Option<PauseReason>, TargetError> {
+    ) -> Result<Option<PauseReason>, DbError> {
         if let Some(file) = self.throttle_file {
             if file.exists() {
                 return Ok(Some(PauseReason::ThrottleFile(file.to_path_buf())));
@@ -152,7 +152,7 @@ impl Walk<'_> {
         &mut self,
         target: &mut T,
         reporter: &mut dyn Reporter,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let mut announced: Option<PauseReason> = None;
         loop {
             let Some(reason) = self.pause_reason(target).await? else {
@@ -191,7 +191,7 @@ pub async fn run<T: Target>(
     throttle_file: Option<&Path>,
     id: &StepId,
     reporter: &mut dyn Reporter,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let record = target
         .load_steps(&key.plan)
         .await?

@@ -16,12 +16,12 @@ use sha2::{Digest, Sha256};
 use super::events::{Event, Reporter};
 use super::runner::millis;
 use super::EngineError;
+use crate::db::backup::{BackupError, BackupRecord, RestoreNote};
+use crate::db::postgres::PgTarget;
+use crate::db::sqlite::SqliteTarget;
+use crate::db::url::without_password;
+use crate::db::{DatabaseUrl, DbError, Dialect, Target};
 use crate::plan::{LoadedPlan, Phase, Plan};
-use crate::target::backup::{BackupError, BackupRecord, RestoreNote};
-use crate::target::postgres::PgTarget;
-use crate::target::sqlite::SqliteTarget;
-use crate::target::url::without_password;
-use crate::target::{DatabaseUrl, Dialect, Target, TargetError};
 
 /// Written next to each backup as `<file>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -346,7 +346,7 @@ pub async fn prune<T: Target>(
     plan: &str,
     keep: u32,
     reporter: &mut dyn Reporter,
-) -> Result<Vec<BackupRecord>, TargetError> {
+) -> Result<Vec<BackupRecord>, DbError> {
     let keep = keep.max(1) as usize;
     let records = target.backups(Some(plan)).await?;
     let mut pruned = Vec::new();
@@ -369,10 +369,7 @@ pub async fn prune<T: Target>(
 }
 
 /// The recorded backups of a plan, newest first, with whether each file is still there.
-pub async fn list<T: Target>(
-    target: &mut T,
-    plan: &str,
-) -> Result<Vec<BackupListing>, TargetError> {
+pub async fn list<T: Target>(target: &mut T, plan: &str) -> Result<Vec<BackupListing>, DbError> {
     Ok(target
         .backups(Some(plan))
         .await?
@@ -468,7 +465,7 @@ pub async fn restore(backup: &BackupFile, url: &DatabaseUrl) -> Result<Restored,
                 Ok(mut t) => t.backups(None).await.unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
-            let outcome = crate::target::postgres::backup::restore(u, &path).await?;
+            let outcome = crate::db::postgres::backup::restore(u, &path).await?;
             let mut t = PgTarget::connect(u, "phased/restore").await?;
             after_restore(&mut t, previous, own, &note).await?;
             outcome.created
@@ -483,7 +480,7 @@ pub async fn restore(backup: &BackupFile, url: &DatabaseUrl) -> Result<Restored,
             } else {
                 Vec::new()
             };
-            crate::target::sqlite::backup::restore(&path, file)?;
+            crate::db::sqlite::backup::restore(&path, file)?;
             let mut t = SqliteTarget::open(file)?;
             after_restore(&mut t, previous, own, &note).await?;
             !existed
@@ -499,7 +496,7 @@ async fn after_restore<T: Target>(
     previous: Vec<BackupRecord>,
     own: Option<BackupRecord>,
     note: &RestoreNote,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     target.ensure_state().await?;
     let present: Vec<String> = target
         .backups(None)

@@ -5,14 +5,14 @@ use std::path::Path;
 use std::process::Stdio;
 
 use super::events::{Event, Reporter};
+use crate::db::DbError;
 use crate::plan::Command;
-use crate::target::TargetError;
 
 pub async fn run(
     step: &Command,
     base_dir: &Path,
     reporter: &mut dyn Reporter,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     run_argv(&step.run, step, base_dir, reporter).await
 }
 
@@ -22,9 +22,9 @@ pub async fn run_argv(
     step: &Command,
     base_dir: &Path,
     reporter: &mut dyn Reporter,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let Some((program, args)) = argv.split_first() else {
-        return Err(TargetError::Unexpected("command has no program".into()));
+        return Err(DbError::Unexpected("command has no program".into()));
     };
     let shown = argv.join(" ");
     let mut cmd = tokio::process::Command::new(program);
@@ -37,13 +37,11 @@ pub async fn run_argv(
         .kill_on_drop(true);
     let child = cmd
         .spawn()
-        .map_err(|e| TargetError::Unexpected(format!("cannot start `{shown}`: {e}")))?;
+        .map_err(|e| DbError::Unexpected(format!("cannot start `{shown}`: {e}")))?;
     let output = match tokio::time::timeout(step.timeout.0, child.wait_with_output()).await {
-        Ok(result) => {
-            result.map_err(|e| TargetError::Unexpected(format!("`{shown}` failed: {e}")))?
-        }
+        Ok(result) => result.map_err(|e| DbError::Unexpected(format!("`{shown}` failed: {e}")))?,
         Err(_) => {
-            return Err(TargetError::Unexpected(format!(
+            return Err(DbError::Unexpected(format!(
                 "`{shown}` did not finish within {}",
                 step.timeout
             )))
@@ -66,7 +64,7 @@ pub async fn run_argv(
             .last()
             .unwrap_or("")
             .to_string();
-        Err(TargetError::Unexpected(format!(
+        Err(DbError::Unexpected(format!(
             "`{shown}` exited with {}{}",
             output.status,
             if tail.is_empty() {

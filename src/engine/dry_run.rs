@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use super::backfill::AUTO_START;
 use super::runner::{find_drift, load_records, timeouts_for, Records};
 use super::EngineError;
+use crate::db::render::{self, backfill, ident, literal, render_step, Dialect, Unit};
+use crate::db::{AppliedMigration, StepStatus, Target, Timeouts, VersionState};
 use crate::plan::{Backfill, BatchSize, LoadedPlan, Plan, Step, StepRef};
-use crate::target::render::{self, backfill, ident, literal, render_step, Dialect, Unit};
-use crate::target::{AppliedMigration, StepStatus, Target, Timeouts, VersionState};
 
 /// A backfill's key columns and their types, by table.
 type Keys = HashMap<String, (Vec<String>, Vec<String>)>;

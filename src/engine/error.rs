@@ -1,6 +1,6 @@
 //! Why a run stopped, mapped to the documented exit codes by the CLI.
 
-use crate::target::TargetError;
+use crate::db::DbError;
 
 /// A run that did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub enum EngineError {
     },
     /// The database failed outside a step (state tables, lease).
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Target(#[from] DbError),
     /// The backup a phase must be preceded by could not be taken; the phase did not start.
     #[error("backup before phase `{phase}` failed: {message}")]
     Backup {

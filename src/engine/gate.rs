@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter};
 use super::runner::load_records;
 use super::EngineError;
+use crate::db::{DbError, StepStatus, Target};
 use crate::plan::{FlagGate, Gate, Phase, Plan};
-use crate::target::{StepStatus, Target, TargetError};
 
 /// One condition's result.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +21,7 @@ pub async fn evaluate<T: Target>(
     target: &mut T,
     plan: &Plan,
     phase: &Phase,
-) -> Result<Vec<GateOutcome>, TargetError> {
+) -> Result<Vec<GateOutcome>, DbError> {
     let mut outcomes = Vec::new();
     for gate in &phase.gate {
         outcomes.push(evaluate_one(target, plan, &gate.value).await?);
@@ -33,7 +33,7 @@ async fn evaluate_one<T: Target>(
     target: &mut T,
     plan: &Plan,
     gate: &Gate,
-) -> Result<GateOutcome, TargetError> {
+) -> Result<GateOutcome, DbError> {
     match gate {
         Gate::Sql(sql) => sql_condition(target, sql).await,
         Gate::Flag(flag) => flag_condition(target, flag).await,
@@ -48,9 +48,7 @@ async fn evaluate_one<T: Target>(
                 } else if let Some(name) = &wait.phase_done {
                     phase_done(target, plan, name).await?
                 } else {
-                    return Err(TargetError::Unexpected(
-                        "a wait gate needs a condition".into(),
-                    ));
+                    return Err(DbError::Unexpected("a wait gate needs a condition".into()));
                 };
                 if outcome.ok || Instant::now() >= deadline {
                     return Ok(GateOutcome {
@@ -66,7 +64,7 @@ async fn evaluate_one<T: Target>(
     }
 }
 
-async fn sql_condition<T: Target>(target: &mut T, sql: &str) -> Result<GateOutcome, TargetError> {
+async fn sql_condition<T: Target>(target: &mut T, sql: &str) -> Result<GateOutcome, DbError> {
     let (ok, detail) = match target.query_bool(sql).await {
         Ok(value) => (value, format!("returned {value}")),
         Err(e) => (false, format!("failed: {e}")),
@@ -81,7 +79,7 @@ async fn sql_condition<T: Target>(target: &mut T, sql: &str) -> Result<GateOutco
 async fn flag_condition<T: Target>(
     target: &mut T,
     flag: &FlagGate,
-) -> Result<GateOutcome, TargetError> {
+) -> Result<GateOutcome, DbError> {
     let current = target
         .flags()
         .await?
@@ -103,7 +101,7 @@ async fn phase_done<T: Target>(
     target: &mut T,
     plan: &Plan,
     name: &str,
-) -> Result<GateOutcome, TargetError> {
+) -> Result<GateOutcome, DbError> {
     let records = load_records(target, plan).await?;
     let phase = plan.phase(name);
     let total = phase.map(|p| p.steps.value.len()).unwrap_or(0);

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeSet;
 
+use crate::db::render::versions::script_text;
+use crate::db::{DbError, MigrationRun, Target, Timeouts, VersionState};
 use crate::migrations::path::{self, applied_set};
 use crate::migrations::{Direction, History, Migration, MigrationError, Move, Spec};
 use crate::plan::RetryPolicy;
-use crate::target::render::versions::script_text;
-use crate::target::{MigrationRun, Target, TargetError, Timeouts, VersionState};
 
 /// Why migrations did not run (or stopped).
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +27,13 @@ pub enum VersionError {
     Failed {
         revision: String,
         direction: &'static str,
-        error: TargetError,
+        error: DbError,
         /// Moves completed before the failure, as `upgrade a1`.
         completed: Vec<String>,
     },
     /// The database failed outside a migration (state tables, lease).
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Target(#[from] DbError),
 }
 
 /// An applied migration that no longer matches the folder.
@@ -161,7 +161,7 @@ impl Prepared<'_> {
 pub fn prepare<'h>(
     history: &'h History,
     moves: Vec<Move>,
-    dialect: crate::target::Dialect,
+    dialect: crate::db::Dialect,
 ) -> Result<Vec<Prepared<'h>>, MigrationError> {
     moves
         .into_iter()
@@ -210,7 +210,7 @@ pub fn prepare<'h>(
 /// The SQL the moves would run, for `--sql`.
 pub fn sql_text(
     prepared: &[Prepared<'_>],
-    dialect: crate::target::Dialect,
+    dialect: crate::db::Dialect,
     timeouts: Timeouts,
 ) -> String {
     let mut out = String::new();
@@ -278,7 +278,7 @@ pub enum Progress<'a> {
     Retry {
         prepared: &'a Prepared<'a>,
         attempt: u32,
-        error: &'a TargetError,
+        error: &'a DbError,
         wait_ms: u64,
     },
 }
@@ -298,8 +298,8 @@ pub fn lease_key(dir: &std::path::Path) -> String {
     format!("db:{name}")
 }
 
-fn step_error(e: impl std::fmt::Display) -> TargetError {
-    TargetError::Unexpected(e.to_string())
+fn step_error(e: impl std::fmt::Display) -> DbError {
+    DbError::Unexpected(e.to_string())
 }
 
 /// The plan's `migrations` step: records the heads it starts from in the step's checkpoint (on
@@ -309,10 +309,10 @@ pub async fn run_step<T: Target>(
     target: &mut T,
     base_dir: &std::path::Path,
     step: &crate::plan::Migrations,
-    key: &crate::target::StepKey,
+    key: &crate::db::StepKey,
     checkpoint: &mut Option<String>,
     timeouts: Timeouts,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let key_name = lease_key(&step.dir);
     if let Some(holder) = target.acquire_lease(&key_name).await? {
         return Err(step_error(VersionError::LeaseHeld {
@@ -330,10 +330,10 @@ async fn run_step_locked<T: Target>(
     target: &mut T,
     base_dir: &std::path::Path,
     step: &crate::plan::Migrations,
-    key: &crate::target::StepKey,
+    key: &crate::db::StepKey,
     checkpoint: &mut Option<String>,
     timeouts: Timeouts,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let history = crate::migrations::load(&base_dir.join(&step.dir)).map_err(step_error)?;
     let spec = Spec::parse(&step.to).map_err(step_error)?;
     let state = checked_state(target, &history).await.map_err(step_error)?;
@@ -356,7 +356,7 @@ async fn run_step_locked<T: Target>(
 }
 
 /// The heads a `migrations` step started from, as recorded in its checkpoint.
-pub fn heads_before(checkpoint: Option<&str>) -> Result<Vec<String>, TargetError> {
+pub fn heads_before(checkpoint: Option<&str>) -> Result<Vec<String>, DbError> {
     let text = checkpoint.ok_or_else(|| {
         step_error("the migrations step has no recorded starting revision, so it cannot be rolled back automatically; use `phased db downgrade`")
     })?;

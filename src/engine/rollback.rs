@@ -9,9 +9,9 @@ use std::time::Instant;
 use super::events::{Event, Reporter};
 use super::runner::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{command, retry, EngineError};
+use crate::db::render::{render_step, render_step_down};
+use crate::db::{DbError, Dialect, StepStatus, Target, Unit};
 use crate::plan::{LoadedPlan, PhaseKind, Plan, Step, StepRef};
-use crate::target::render::{render_step, render_step_down};
-use crate::target::{Dialect, StepStatus, Target, TargetError, Unit};
 
 /// How far to roll back.
 #[derive(Debug, Clone, Default)]
@@ -286,7 +286,7 @@ async fn rollback_locked<T: Target>(
             inverse: inverse.describe(),
         });
         let step_started = Instant::now();
-        let fail = |error: TargetError, undone: &Vec<String>| EngineError::UndoFailed {
+        let fail = |error: DbError, undone: &Vec<String>| EngineError::UndoFailed {
             step: step.id(),
             label: def.label(),
             sql: error.sql().map(str::to_string),

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
 use super::{backfill, backup, command, gate, retry, EngineError};
-use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
-use crate::target::lock::locks_needed;
-use crate::target::render::render_step;
-use crate::target::{
-    Blocker, LockMode, StepKey, StepRecord, StepStart, StepStatus, TableLock, Target, TargetError,
+use crate::db::lock::locks_needed;
+use crate::db::render::render_step;
+use crate::db::{
+    Blocker, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus, TableLock, Target,
     Timeouts,
 };
+use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
 
 /// Which phases to run, and how.
 #[derive(Debug, Clone, Default)]
@@ -81,7 +81,7 @@ pub(crate) type Records = HashMap<(String, i32), StepRecord>;
 pub(crate) async fn load_records<T: Target>(
     target: &mut T,
     plan: &Plan,
-) -> Result<Records, TargetError> {
+) -> Result<Records, DbError> {
     Ok(target
         .load_steps(plan.id())
         .await?
@@ -259,8 +259,8 @@ pub(crate) enum StepFailure {
     Engine(EngineError),
 }
 
-impl From<TargetError> for StepFailure {
-    fn from(e: TargetError) -> Self {
+impl From<DbError> for StepFailure {
+    fn from(e: DbError) -> Self {
         StepFailure::Engine(EngineError::Target(e))
     }
 }
@@ -423,7 +423,7 @@ async fn run_step<T: Target>(
 async fn first_blocked<T: Target>(
     target: &mut T,
     needed: &[TableLock],
-) -> Result<Option<(TableLock, Vec<Blocker>)>, TargetError> {
+) -> Result<Option<(TableLock, Vec<Blocker>)>, DbError> {
     for lock in needed {
         let found = target.blockers(&lock.table, lock.mode).await?;
         if !found.is_empty() {
@@ -473,7 +473,7 @@ async fn execute<T: Target>(
     checkpoint: &mut Option<String>,
     options: &RunOptions,
     reporter: &mut dyn Reporter,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let plan = &loaded.plan;
     let timeouts = timeouts_for(plan, def);
     match def {
@@ -514,7 +514,7 @@ async fn execute<T: Target>(
         }
         _ => {
             let units = render_step(def, target.dialect())
-                .map_err(|e| TargetError::Unexpected(e.to_string()))?;
+                .map_err(|e| DbError::Unexpected(e.to_string()))?;
             target.apply(key, &units, timeouts).await
         }
     }

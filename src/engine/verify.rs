@@ -1,15 +1,15 @@
 //! `phased verify`: on a scratch copy of the schema, run every phase before the first contract,
 //! roll back to the start, and compare the schema with what it was: the automated form of "test
 //! the upgrade and the downgrade". The scratch database itself is made and removed by the caller
-//! (`target::scratch`).
+//! (`db::scratch`).
 
 use serde::Serialize;
 
 use super::events::Reporter;
 use super::rollback::{inverse_of, rollback, Inverse, RollbackOptions};
 use super::{run, EngineError, RunOptions};
+use crate::db::{StepStatus, Target};
 use crate::plan::{Command, LoadedPlan, PhaseKind, SqlStep, Step};
-use crate::target::{StepStatus, Target};
 
 /// What verify found.
 #[derive(Debug, Clone, Serialize, PartialEq)]

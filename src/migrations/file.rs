@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::MigrationError;
-use crate::target::Dialect;
+use crate::db::Dialect;
 
 /// The SQL of one direction: a portable section and/or one section per dialect. A dialect's
 /// own section wins over the portable one.

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use phased::cli::config::AnyTarget;
+use phased::db::postgres::PgTarget;
+use phased::db::sqlite::SqliteTarget;
 use phased::engine::events::Recorder;
 use phased::engine::{EngineError, Event, RunOptions};
 use phased::plan::LoadedPlan;
-use phased::target::postgres::PgTarget;
-use phased::target::sqlite::SqliteTarget;
 
 /// The server tests create their databases on: `PHASED_TEST_PG_URL`, else `DATABASE_URL`, else
 /// the local default. Tests that need it fail (never skip) when it cannot be reached.
@@ -39,7 +39,7 @@ pub fn with_database(url: &str, db: &str) -> String {
 /// A plain session on `url`, with the URL's TLS settings (`sslmode`, `sslrootcert`) as phased
 /// reads them.
 pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, String> {
-    use phased::target::postgres::tls;
+    use phased::db::postgres::tls;
     let (config, tls) = tls::parse(url)?;
     let (client, connection) = config
         .connect(tls.connector()?)
@@ -57,7 +57,7 @@ async fn admin_client() -> tokio_postgres::Client {
             "PostgreSQL is not reachable at {} ({e}).\n\
              These tests need a real server: run `scripts/test`, which starts one, \
              or set PHASED_TEST_PG_URL=postgres://user@host/db.",
-            phased::target::url::redact(&url)
+            phased::db::url::redact(&url)
         ),
     }
 }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::TargetError;
+use super::DbError;
 
 /// One backup as recorded in the state (`phased.backups` / `phased_backups`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,8 +63,8 @@ impl BackupError {
     }
 }
 
-impl From<TargetError> for BackupError {
-    fn from(e: TargetError) -> Self {
+impl From<DbError> for BackupError {
+    fn from(e: DbError) -> Self {
         BackupError::new(e.to_string())
     }
 }

@@ -11,7 +11,7 @@ pub mod sqlite;
 pub mod state_schema;
 pub mod url;
 
-pub use error::TargetError;
+pub use error::DbError;
 pub use lock::{Blocker, LockMode, TableLock};
 pub use render::{Dialect, Unit};
 pub use url::DatabaseUrl;
@@ -187,31 +187,27 @@ pub trait Target {
     fn describe(&self) -> String;
 
     /// Creates or upgrades the state tables.
-    async fn ensure_state(&mut self) -> Result<(), TargetError>;
+    async fn ensure_state(&mut self) -> Result<(), DbError>;
 
     /// Takes the plan's single-runner lease, or says who holds it.
-    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, TargetError>;
+    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError>;
 
-    async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError>;
+    async fn release_lease(&mut self, plan: &str) -> Result<(), DbError>;
 
     /// Every recorded step of a plan (none when the state tables do not exist yet).
-    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, TargetError>;
+    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError>;
 
     /// Records an attempt starting: status running, attempts + 1.
-    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), TargetError>;
+    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError>;
 
     /// Records a failed attempt.
-    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), TargetError>;
+    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError>;
 
     /// Records a step as done (for work that could not share its transaction).
-    async fn finish_step(&mut self, key: &StepKey) -> Result<(), TargetError>;
+    async fn finish_step(&mut self, key: &StepKey) -> Result<(), DbError>;
 
     /// Sets a step's status directly (rollback bookkeeping).
-    async fn set_step_status(
-        &mut self,
-        key: &StepKey,
-        status: StepStatus,
-    ) -> Result<(), TargetError>;
+    async fn set_step_status(&mut self, key: &StepKey, status: StepStatus) -> Result<(), DbError>;
 
     /// Runs a step's units in order. The last transactional unit also marks the step done,
     /// in the same transaction; when the last unit cannot be transactional the step is marked
@@ -221,26 +217,19 @@ pub trait Target {
         key: &StepKey,
         units: &[Unit],
         timeouts: Timeouts,
-    ) -> Result<(), TargetError>;
+    ) -> Result<(), DbError>;
 
     /// Runs one backfill batch and commits it with the checkpoint.
-    async fn backfill_batch(
-        &mut self,
-        batch: &BatchRequest<'_>,
-    ) -> Result<BatchOutcome, TargetError>;
+    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError>;
 
     /// Rows a backfill will visit (an estimate on PostgreSQL).
-    async fn count_rows(
-        &mut self,
-        table: &str,
-        predicate: Option<&str>,
-    ) -> Result<i64, TargetError>;
+    async fn count_rows(&mut self, table: &str, predicate: Option<&str>) -> Result<i64, DbError>;
 
     /// Records the expected total of a backfill.
-    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), TargetError>;
+    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError>;
 
     /// The primary key columns of a table, in key order (SQLite falls back to rowid).
-    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, TargetError>;
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, DbError>;
 
     /// Sets a flag and, when a step is given, marks it done in the same transaction.
     async fn set_flag(
@@ -249,12 +238,12 @@ pub trait Target {
         value: &str,
         plan: Option<&str>,
         step: Option<&StepKey>,
-    ) -> Result<(), TargetError>;
+    ) -> Result<(), DbError>;
 
-    async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError>;
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError>;
 
     /// Evaluates a query that must return one boolean.
-    async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError>;
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError>;
 
     /// Runs a step's inverse units (rollback); the last transactional unit also marks the step
     /// rolled back, in the same transaction.
@@ -263,7 +252,7 @@ pub trait Target {
         key: &StepKey,
         units: &[Unit],
         timeouts: Timeouts,
-    ) -> Result<(), TargetError>;
+    ) -> Result<(), DbError>;
 
     /// Sets a step's checkpoint (a backfill's last key, a flag's previous value); `None` also
     /// clears the progress recorded with it, so the step starts over when it runs again.
@@ -271,7 +260,7 @@ pub trait Target {
         &mut self,
         key: &StepKey,
         checkpoint: Option<&str>,
-    ) -> Result<(), TargetError>;
+    ) -> Result<(), DbError>;
 
     /// Puts a flag back to its previous value (removes it when it had none) and marks the flag
     /// step rolled back, in one transaction.
@@ -280,11 +269,11 @@ pub trait Target {
         name: &str,
         previous: Option<&str>,
         step: &StepKey,
-    ) -> Result<(), TargetError>;
+    ) -> Result<(), DbError>;
 
     /// The user schema as sorted, comparable lines (tables, columns, indexes, constraints,
     /// triggers); phased's own state is left out.
-    async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError>;
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError>;
 
     /// The declared types of some columns of a table, in the order given (dry runs show the
     /// casts a backfill's bound keys get).
@@ -292,7 +281,7 @@ pub trait Target {
         &mut self,
         table: &str,
         columns: &[String],
-    ) -> Result<Vec<String>, TargetError>;
+    ) -> Result<Vec<String>, DbError>;
 
     /// Checks, before anything runs, that a backup can be written (PostgreSQL: `pg_dump` and
     /// `pg_restore` are there and not older than the server).
@@ -308,32 +297,32 @@ pub trait Target {
     ) -> Result<(), BackupError>;
 
     /// Records a verified backup in the state; returns its id.
-    async fn record_backup(&mut self, backup: &BackupRecord) -> Result<i64, TargetError>;
+    async fn record_backup(&mut self, backup: &BackupRecord) -> Result<i64, DbError>;
 
     /// The recorded backups of a plan (of every plan when `None`), newest first.
-    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError>;
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError>;
 
     /// Deletes a backup's record (the engine deletes its file).
-    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError>;
+    async fn forget_backup(&mut self, id: i64) -> Result<(), DbError>;
 
     /// Notes in the state that the database was restored from a backup.
-    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError>;
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), DbError>;
 
     /// The last restore noted in the state.
-    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError>;
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, DbError>;
 
     /// Other sessions holding, or already queued for, a lock on `table` that conflicts with
     /// `mode` (PostgreSQL: `pg_locks` + `pg_stat_activity`). Empty when the way is clear, when
     /// the table does not exist, and on SQLite, which cannot tell who holds its lock.
-    async fn blockers(&mut self, table: &str, mode: LockMode) -> Result<Vec<Blocker>, TargetError>;
+    async fn blockers(&mut self, table: &str, mode: LockMode) -> Result<Vec<Blocker>, DbError>;
 
     /// The applied versioned migrations and the version heads (empty before the state tables exist).
-    async fn version_state(&mut self) -> Result<VersionState, TargetError>;
+    async fn version_state(&mut self) -> Result<VersionState, DbError>;
 
     /// Runs one migration's script under the lock timeout and records it (or, going down,
     /// forgets it) together with the new version heads, in one transaction; a non-transactional
     /// script runs first and is recorded right after.
-    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError>;
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError>;
 
     /// Replaces the version records without running anything (`phased db stamp`): `applied` is
     /// (revision, checksum) pairs.
@@ -341,29 +330,22 @@ pub trait Target {
         &mut self,
         applied: &[(String, String)],
         heads: &[String],
-    ) -> Result<(), TargetError>;
+    ) -> Result<(), DbError>;
 
     /// Stores a step's checkpoint text (a `migrations` step records the heads it started from).
-    async fn set_step_checkpoint(
-        &mut self,
-        key: &StepKey,
-        checkpoint: &str,
-    ) -> Result<(), TargetError>;
+    async fn set_step_checkpoint(&mut self, key: &StepKey, checkpoint: &str)
+        -> Result<(), DbError>;
 
     /// The columns a backfill walks. A `key` named in the plan is checked: its columns exist,
     /// are NOT NULL and a unique index covers them. Without one, the primary key (SQLite: the
     /// rowid when there is none); PostgreSQL refuses a table without a primary key.
-    async fn backfill_key(
-        &mut self,
-        table: &str,
-        key: &[String],
-    ) -> Result<Vec<String>, TargetError>;
+    async fn backfill_key(&mut self, table: &str, key: &[String]) -> Result<Vec<String>, DbError>;
 
     /// Rows a backfill still has to visit after `batch.after` and matching its predicate
     /// (the progress total). One scan per attempt, never per batch.
-    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError>;
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, DbError>;
 
     /// The largest replay lag among streaming replicas, or None when there are none
     /// (always None on SQLite).
-    async fn replica_lag(&mut self) -> Result<Option<Duration>, TargetError>;
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError>;
 }

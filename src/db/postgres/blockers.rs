@@ -4,8 +4,8 @@
 use tokio_postgres::Client;
 
 use super::sql_error;
-use crate::target::render::ident;
-use crate::target::{Blocker, LockMode, TargetError};
+use crate::db::render::ident;
+use crate::db::{Blocker, DbError, LockMode};
 
 /// Sessions other than `ours` that hold or wait for a lock on `table` conflicting with `mode`,
 /// longest-running first. A table that does not exist has none. A routine autovacuum is not a
@@ -16,7 +16,7 @@ pub async fn find(
     table: &str,
     mode: LockMode,
     ours: &[i32],
-) -> Result<Vec<Blocker>, TargetError> {
+) -> Result<Vec<Blocker>, DbError> {
     let sql = "SELECT l.pid, l.mode, l.granted, coalesce(a.application_name, ''), coalesce(a.state, ''), \
                coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start, a.backend_start)), 0)::float8, \
                to_char(a.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \

@@ -18,8 +18,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::render::{ident, Dialect, Unit};
 use super::{
-    BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
-    StepStatus, Target, TargetError, Timeouts,
+    BatchOutcome, BatchRequest, DbError, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
+    StepStatus, Target, Timeouts,
 };
 use super::{MigrationRun, VersionState};
 
@@ -29,8 +29,8 @@ pub struct SqliteTarget {
     path: PathBuf,
 }
 
-/// Maps a rusqlite error to a [`TargetError`]; a busy or locked database is worth retrying.
-pub(crate) fn sql_error(err: rusqlite::Error, sql: &str) -> TargetError {
+/// Maps a rusqlite error to a [`DbError`]; a busy or locked database is worth retrying.
+pub(crate) fn sql_error(err: rusqlite::Error, sql: &str) -> DbError {
     let (code, retryable) = match &err {
         rusqlite::Error::SqliteFailure(e, _) => (
             Some(format!("{:?}", e.code)),
@@ -41,7 +41,7 @@ pub(crate) fn sql_error(err: rusqlite::Error, sql: &str) -> TargetError {
         ),
         _ => (None, false),
     };
-    TargetError::Sql {
+    DbError::Sql {
         message: err.to_string(),
         code,
         sql: sql.to_string(),
@@ -51,7 +51,7 @@ pub(crate) fn sql_error(err: rusqlite::Error, sql: &str) -> TargetError {
 
 impl SqliteTarget {
     /// Opens (creating if needed) the database file.
-    pub fn open(path: &Path) -> Result<Self, TargetError> {
+    pub fn open(path: &Path) -> Result<Self, DbError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -59,7 +59,7 @@ impl SqliteTarget {
                 | OpenFlags::SQLITE_OPEN_URI
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| TargetError::Connect {
+        .map_err(|e| DbError::Connect {
             target: format!("sqlite://{}", path.display()),
             message: e.to_string(),
         })?;
@@ -80,7 +80,7 @@ impl SqliteTarget {
         &self.path
     }
 
-    fn with_busy_timeout(&self, timeouts: Timeouts) -> Result<(), TargetError> {
+    fn with_busy_timeout(&self, timeouts: Timeouts) -> Result<(), DbError> {
         let wait = if timeouts.lock_timeout.is_zero() {
             Duration::from_secs(2)
         } else {
@@ -95,7 +95,7 @@ impl SqliteTarget {
         &mut self,
         statements: &[String],
         done: Option<(&StepKey, StepStatus)>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -117,7 +117,7 @@ impl SqliteTarget {
         units: &[Unit],
         timeouts: Timeouts,
         status: StepStatus,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.with_busy_timeout(timeouts)?;
         let last_tx = units
             .iter()
@@ -164,39 +164,35 @@ impl Target for SqliteTarget {
         format!("sqlite://{}", self.path.display())
     }
 
-    async fn ensure_state(&mut self) -> Result<(), TargetError> {
+    async fn ensure_state(&mut self) -> Result<(), DbError> {
         state::ensure(&mut self.conn)
     }
 
-    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
         lease::try_acquire(&mut self.conn, plan)
     }
 
-    async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
+    async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
         lease::release(&self.conn, plan)
     }
 
-    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError> {
         state::load_steps(&self.conn, plan)
     }
 
-    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), TargetError> {
+    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
         state::begin_step(&self.conn, step)
     }
 
-    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), TargetError> {
+    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
         state::fail_step(&self.conn, key, error)
     }
 
-    async fn finish_step(&mut self, key: &StepKey) -> Result<(), TargetError> {
+    async fn finish_step(&mut self, key: &StepKey) -> Result<(), DbError> {
         state::mark_done(&self.conn, key)
     }
 
-    async fn set_step_status(
-        &mut self,
-        key: &StepKey,
-        status: StepStatus,
-    ) -> Result<(), TargetError> {
+    async fn set_step_status(&mut self, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
         state::set_status(&self.conn, key, status)
     }
 
@@ -205,14 +201,11 @@ impl Target for SqliteTarget {
         key: &StepKey,
         units: &[Unit],
         timeouts: Timeouts,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.apply_units(key, units, timeouts, StepStatus::Done)
     }
 
-    async fn backfill_batch(
-        &mut self,
-        batch: &BatchRequest<'_>,
-    ) -> Result<BatchOutcome, TargetError> {
+    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
         self.with_busy_timeout(batch.timeouts)?;
         let result = backfill::run_batch(&mut self.conn, batch);
         // The state writes that follow (a failed attempt's record, the next attempt's start)
@@ -221,11 +214,7 @@ impl Target for SqliteTarget {
         result
     }
 
-    async fn count_rows(
-        &mut self,
-        table: &str,
-        predicate: Option<&str>,
-    ) -> Result<i64, TargetError> {
+    async fn count_rows(&mut self, table: &str, predicate: Option<&str>) -> Result<i64, DbError> {
         let sql = format!(
             "SELECT count(*) FROM {}{}",
             ident(table),
@@ -236,11 +225,11 @@ impl Target for SqliteTarget {
             .map_err(|e| sql_error(e, &sql))
     }
 
-    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), TargetError> {
+    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError> {
         state::set_rows_total(&self.conn, key, total)
     }
 
-    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, TargetError> {
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, DbError> {
         let sql = "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk";
         let mut stmt = self.conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
         let keys = stmt
@@ -255,7 +244,7 @@ impl Target for SqliteTarget {
                 .query_row(exists, [super::render::base_name(table)], |r| r.get(0))
                 .map_err(|e| sql_error(e, exists))?;
             if n == 0 {
-                return Err(TargetError::Unexpected(format!(
+                return Err(DbError::Unexpected(format!(
                     "table `{table}` does not exist"
                 )));
             }
@@ -270,7 +259,7 @@ impl Target for SqliteTarget {
         value: &str,
         plan: Option<&str>,
         step: Option<&StepKey>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -286,7 +275,7 @@ impl Target for SqliteTarget {
         tx.commit().map_err(|e| sql_error(e, "COMMIT"))
     }
 
-    async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError> {
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError> {
         state::flags(&self.conn)
     }
 
@@ -294,13 +283,13 @@ impl Target for SqliteTarget {
         &mut self,
         _table: &str,
         _mode: super::LockMode,
-    ) -> Result<Vec<super::Blocker>, TargetError> {
+    ) -> Result<Vec<super::Blocker>, DbError> {
         // SQLite has one database-wide write lock and no way to ask who holds it; busy_timeout
         // bounds the wait instead.
         Ok(Vec::new())
     }
 
-    async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
         let value: rusqlite::types::Value = self
             .conn
             .query_row(sql, [], |r| r.get(0))
@@ -308,7 +297,7 @@ impl Target for SqliteTarget {
         match value {
             rusqlite::types::Value::Integer(i) => Ok(i != 0),
             rusqlite::types::Value::Null => Ok(false),
-            other => Err(TargetError::Unexpected(format!(
+            other => Err(DbError::Unexpected(format!(
                 "`{sql}` did not return a boolean (got {other:?})"
             ))),
         }
@@ -319,7 +308,7 @@ impl Target for SqliteTarget {
         key: &StepKey,
         units: &[Unit],
         timeouts: Timeouts,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.apply_units(key, units, timeouts, StepStatus::RolledBack)
     }
 
@@ -327,7 +316,7 @@ impl Target for SqliteTarget {
         &mut self,
         key: &StepKey,
         checkpoint: Option<&str>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         state::set_checkpoint(&self.conn, key, checkpoint)
     }
 
@@ -336,7 +325,7 @@ impl Target for SqliteTarget {
         name: &str,
         previous: Option<&str>,
         step: &StepKey,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -356,7 +345,7 @@ impl Target for SqliteTarget {
         tx.commit().map_err(|e| sql_error(e, "COMMIT"))
     }
 
-    async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError> {
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError> {
         snapshot::snapshot(&self.conn)
     }
 
@@ -364,7 +353,7 @@ impl Target for SqliteTarget {
         &mut self,
         table: &str,
         columns: &[String],
-    ) -> Result<Vec<String>, TargetError> {
+    ) -> Result<Vec<String>, DbError> {
         let sql = "SELECT type FROM pragma_table_info(?1) WHERE name = ?2";
         let mut types = Vec::with_capacity(columns.len());
         for column in columns {
@@ -378,7 +367,7 @@ impl Target for SqliteTarget {
                 .optional()
                 .map_err(|e| sql_error(e, sql))?;
             types.push(ty.ok_or_else(|| {
-                TargetError::Unexpected(format!("table `{table}` has no column `{column}`"))
+                DbError::Unexpected(format!("table `{table}` has no column `{column}`"))
             })?);
         }
         Ok(types)
@@ -402,31 +391,31 @@ impl Target for SqliteTarget {
         backup::write(&self.conn, file, progress)
     }
 
-    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, TargetError> {
+    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, DbError> {
         backup::record(&self.conn, record)
     }
 
-    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
         backup::backups(&self.conn, plan)
     }
 
-    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError> {
+    async fn forget_backup(&mut self, id: i64) -> Result<(), DbError> {
         backup::forget(&self.conn, id)
     }
 
-    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError> {
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), DbError> {
         backup::record_restore(&self.conn, note)
     }
 
-    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError> {
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, DbError> {
         backup::last_restore(&self.conn)
     }
 
-    async fn version_state(&mut self) -> Result<VersionState, TargetError> {
+    async fn version_state(&mut self) -> Result<VersionState, DbError> {
         self.read_versions()
     }
 
-    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
         self.run_one_migration(run)
     }
 
@@ -434,7 +423,7 @@ impl Target for SqliteTarget {
         &mut self,
         applied: &[(String, String)],
         heads: &[String],
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.replace_versions(applied, heads)
     }
 
@@ -442,26 +431,22 @@ impl Target for SqliteTarget {
         &mut self,
         key: &StepKey,
         checkpoint: &str,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.write_checkpoint(key, checkpoint)
     }
 
-    async fn backfill_key(
-        &mut self,
-        table: &str,
-        key: &[String],
-    ) -> Result<Vec<String>, TargetError> {
+    async fn backfill_key(&mut self, table: &str, key: &[String]) -> Result<Vec<String>, DbError> {
         backfill::resolve_key(&self.conn, table, key)
     }
 
-    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError> {
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, DbError> {
         self.with_busy_timeout(batch.timeouts)?;
         let result = backfill::count_remaining(&self.conn, batch);
         self.with_busy_timeout(Timeouts::default())?;
         result
     }
 
-    async fn replica_lag(&mut self) -> Result<Option<Duration>, TargetError> {
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {
         Ok(None)
     }
 }

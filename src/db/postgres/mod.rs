@@ -21,8 +21,8 @@ use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::render::{literal, Dialect, Unit};
 use super::url::redact;
 use super::{
-    BatchOutcome, BatchRequest, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
-    StepStatus, Target, TargetError, Timeouts,
+    BatchOutcome, BatchRequest, DbError, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
+    StepStatus, Target, Timeouts,
 };
 use super::{MigrationRun, VersionState};
 
@@ -44,8 +44,8 @@ pub(crate) fn pg_millis(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-/// Maps a driver error to a [`TargetError`], keeping the statement and classifying retries.
-pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> TargetError {
+/// Maps a driver error to a [`DbError`], keeping the statement and classifying retries.
+pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> DbError {
     let code = err.code().cloned();
     let retryable = matches!(
         code,
@@ -71,7 +71,7 @@ pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> TargetError {
         }
         None => err.to_string(),
     };
-    TargetError::Sql {
+    DbError::Sql {
         message,
         code: code.map(|c| c.code().to_string()),
         sql: sql.to_string(),
@@ -81,8 +81,8 @@ pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> TargetError {
 
 impl PgTarget {
     /// Connects to `url`; every connection announces itself as `phased/<plan>`.
-    pub async fn connect(url: &str, application: &str) -> Result<Self, TargetError> {
-        let connect_error = |message: String| TargetError::Connect {
+    pub async fn connect(url: &str, application: &str) -> Result<Self, DbError> {
+        let connect_error = |message: String| DbError::Connect {
             target: redact(url),
             message,
         };
@@ -116,8 +116,8 @@ impl PgTarget {
     }
 
     /// Another connection from the pool (for a second session's work).
-    pub(crate) async fn connection(&self) -> Result<Object, TargetError> {
-        self.pool.get().await.map_err(|e| TargetError::Connect {
+    pub(crate) async fn connection(&self) -> Result<Object, DbError> {
+        self.pool.get().await.map_err(|e| DbError::Connect {
             target: redact(&self.url),
             message: pool_error_message(e),
         })
@@ -133,7 +133,7 @@ impl PgTarget {
         statements: &[String],
         timeouts: Timeouts,
         done: Option<(&StepKey, StepStatus)>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let tx = self
             .work
             .transaction()
@@ -160,7 +160,7 @@ impl PgTarget {
         units: &[Unit],
         timeouts: Timeouts,
         status: StepStatus,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let last_tx = units
             .iter()
             .rposition(|u| matches!(u, Unit::Transaction(_)))
@@ -176,7 +176,7 @@ impl PgTarget {
                     self.concurrent_index(name, create, timeouts).await?
                 }
                 Unit::RebuildTable { .. } => {
-                    return Err(TargetError::Unexpected(
+                    return Err(DbError::Unexpected(
                         "the copy-table recipe is for SQLite only".to_string(),
                     ))
                 }
@@ -190,7 +190,7 @@ impl PgTarget {
 
     /// Runs SQL outside a transaction with session-level timeouts, then resets them, since a
     /// pooled connection keeps its `SET`s.
-    async fn run_standalone(&mut self, sql: &str, timeouts: Timeouts) -> Result<(), TargetError> {
+    async fn run_standalone(&mut self, sql: &str, timeouts: Timeouts) -> Result<(), DbError> {
         let set = format!(
             "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
             pg_millis(timeouts.lock_timeout),
@@ -213,7 +213,7 @@ impl PgTarget {
     }
 
     /// The SQL types of a backfill's key columns, looked up once per table and key.
-    async fn key_types_of(&mut self, batch: &BatchRequest<'_>) -> Result<Vec<String>, TargetError> {
+    async fn key_types_of(&mut self, batch: &BatchRequest<'_>) -> Result<Vec<String>, DbError> {
         let cache_key = format!("{}\u{0}{}", batch.table, batch.key_columns.join("\u{0}"));
         if let Some(t) = self.key_types.get(&cache_key) {
             return Ok(t.clone());
@@ -229,7 +229,7 @@ impl PgTarget {
         name: &str,
         create: &str,
         timeouts: Timeouts,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let lookup = "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)";
         let quoted = super::render::ident(name);
         let valid: Option<bool> = self
@@ -293,11 +293,11 @@ impl Target for PgTarget {
         redact(&self.url)
     }
 
-    async fn ensure_state(&mut self) -> Result<(), TargetError> {
+    async fn ensure_state(&mut self) -> Result<(), DbError> {
         state::ensure(&mut self.work).await
     }
 
-    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
         if self.leases.contains_key(plan) {
             return Ok(None);
         }
@@ -317,34 +317,30 @@ impl Target for PgTarget {
         }
     }
 
-    async fn release_lease(&mut self, plan: &str) -> Result<(), TargetError> {
+    async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
         if let Some((conn, _)) = self.leases.remove(plan) {
             lease::release(&conn, plan).await?;
         }
         Ok(())
     }
 
-    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError> {
         state::load_steps(&self.work, plan).await
     }
 
-    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), TargetError> {
+    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
         state::begin_step(&self.work, step).await
     }
 
-    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), TargetError> {
+    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
         state::fail_step(&self.work, key, error).await
     }
 
-    async fn finish_step(&mut self, key: &StepKey) -> Result<(), TargetError> {
+    async fn finish_step(&mut self, key: &StepKey) -> Result<(), DbError> {
         state::mark_done(&self.work, key).await
     }
 
-    async fn set_step_status(
-        &mut self,
-        key: &StepKey,
-        status: StepStatus,
-    ) -> Result<(), TargetError> {
+    async fn set_step_status(&mut self, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
         state::set_status(&self.work, key, status).await
     }
 
@@ -353,24 +349,17 @@ impl Target for PgTarget {
         key: &StepKey,
         units: &[Unit],
         timeouts: Timeouts,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.apply_units(key, units, timeouts, StepStatus::Done)
             .await
     }
 
-    async fn backfill_batch(
-        &mut self,
-        batch: &BatchRequest<'_>,
-    ) -> Result<BatchOutcome, TargetError> {
+    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
         let types = self.key_types_of(batch).await?;
         backfill::run_batch(&mut self.work, batch, &types).await
     }
 
-    async fn count_rows(
-        &mut self,
-        table: &str,
-        predicate: Option<&str>,
-    ) -> Result<i64, TargetError> {
+    async fn count_rows(&mut self, table: &str, predicate: Option<&str>) -> Result<i64, DbError> {
         let sql = format!(
             "SELECT count(*) FROM {}{}",
             super::render::ident(table),
@@ -384,11 +373,11 @@ impl Target for PgTarget {
         Ok(row.get(0))
     }
 
-    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), TargetError> {
+    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError> {
         state::set_rows_total(&self.work, key, total).await
     }
 
-    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, TargetError> {
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, DbError> {
         let sql = format!(
             "SELECT a.attname::text FROM pg_index i \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
@@ -410,7 +399,7 @@ impl Target for PgTarget {
         value: &str,
         plan: Option<&str>,
         step: Option<&StepKey>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let tx = self
             .work
             .transaction()
@@ -427,7 +416,7 @@ impl Target for PgTarget {
         tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
     }
 
-    async fn flags(&mut self) -> Result<Vec<FlagRecord>, TargetError> {
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError> {
         state::flags(&self.work).await
     }
 
@@ -435,21 +424,21 @@ impl Target for PgTarget {
         &mut self,
         table: &str,
         mode: super::LockMode,
-    ) -> Result<Vec<super::Blocker>, TargetError> {
+    ) -> Result<Vec<super::Blocker>, DbError> {
         let ours: Vec<i32> = self.leases.values().map(|(_, pid)| *pid).collect();
         blockers::find(&self.work, table, mode, &ours).await
     }
 
-    async fn query_bool(&mut self, sql: &str) -> Result<bool, TargetError> {
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
         let row = self
             .work
             .query_opt(sql, &[])
             .await
             .map_err(|e| sql_error(e, sql))?;
-        let row = row.ok_or_else(|| TargetError::Unexpected(format!("`{sql}` returned no row")))?;
+        let row = row.ok_or_else(|| DbError::Unexpected(format!("`{sql}` returned no row")))?;
         row.try_get::<_, Option<bool>>(0)
             .map(|v| v.unwrap_or(false))
-            .map_err(|_| TargetError::Unexpected(format!("`{sql}` did not return a boolean")))
+            .map_err(|_| DbError::Unexpected(format!("`{sql}` did not return a boolean")))
     }
 
     async fn apply_inverse(
@@ -457,7 +446,7 @@ impl Target for PgTarget {
         key: &StepKey,
         units: &[Unit],
         timeouts: Timeouts,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.apply_units(key, units, timeouts, StepStatus::RolledBack)
             .await
     }
@@ -466,7 +455,7 @@ impl Target for PgTarget {
         &mut self,
         key: &StepKey,
         checkpoint: Option<&str>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         state::set_checkpoint(&self.work, key, checkpoint).await
     }
 
@@ -475,7 +464,7 @@ impl Target for PgTarget {
         name: &str,
         previous: Option<&str>,
         step: &StepKey,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let tx = self
             .work
             .transaction()
@@ -499,7 +488,7 @@ impl Target for PgTarget {
         tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
     }
 
-    async fn schema_snapshot(&mut self) -> Result<Vec<String>, TargetError> {
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError> {
         snapshot::snapshot(&self.work).await
     }
 
@@ -507,7 +496,7 @@ impl Target for PgTarget {
         &mut self,
         table: &str,
         columns: &[String],
-    ) -> Result<Vec<String>, TargetError> {
+    ) -> Result<Vec<String>, DbError> {
         backfill::key_types(&self.work, table, columns).await
     }
 
@@ -526,31 +515,31 @@ impl Target for PgTarget {
         backup::list(file).await.map(|_| ())
     }
 
-    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, TargetError> {
+    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, DbError> {
         backup::record(&self.work, record).await
     }
 
-    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
         backup::backups(&self.work, plan).await
     }
 
-    async fn forget_backup(&mut self, id: i64) -> Result<(), TargetError> {
+    async fn forget_backup(&mut self, id: i64) -> Result<(), DbError> {
         backup::forget(&self.work, id).await
     }
 
-    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), TargetError> {
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), DbError> {
         backup::record_restore(&self.work, note).await
     }
 
-    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, TargetError> {
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, DbError> {
         backup::last_restore(&self.work).await
     }
 
-    async fn version_state(&mut self) -> Result<VersionState, TargetError> {
+    async fn version_state(&mut self) -> Result<VersionState, DbError> {
         self.read_versions().await
     }
 
-    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
         self.run_one_migration(run).await
     }
 
@@ -558,7 +547,7 @@ impl Target for PgTarget {
         &mut self,
         applied: &[(String, String)],
         heads: &[String],
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.replace_versions(applied, heads).await
     }
 
@@ -566,24 +555,20 @@ impl Target for PgTarget {
         &mut self,
         key: &StepKey,
         checkpoint: &str,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         self.write_checkpoint(key, checkpoint).await
     }
 
-    async fn backfill_key(
-        &mut self,
-        table: &str,
-        key: &[String],
-    ) -> Result<Vec<String>, TargetError> {
+    async fn backfill_key(&mut self, table: &str, key: &[String]) -> Result<Vec<String>, DbError> {
         backfill::resolve_key(&self.work, table, key).await
     }
 
-    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, TargetError> {
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, DbError> {
         let types = self.key_types_of(batch).await?;
         backfill::count_remaining(&self.work, batch, &types).await
     }
 
-    async fn replica_lag(&mut self) -> Result<Option<Duration>, TargetError> {
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {
         backfill::replica_lag(&self.work).await
     }
 }

@@ -13,8 +13,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::table_definition::{drop_not_null, TableDefinition};
 use super::{sql_error, state};
-use crate::target::render::{base_name, ident, TableChange};
-use crate::target::{StepKey, TargetError};
+use crate::db::render::{base_name, ident, TableChange};
+use crate::db::{DbError, StepKey};
 
 /// How many offending keys a failure names.
 const SHOWN: usize = 10;
@@ -25,8 +25,8 @@ pub fn rebuild(
     table: &str,
     change: &TableChange,
     done: Option<&StepKey>,
-) -> Result<(), TargetError> {
-    let pragma = |conn: &Connection, name: &str| -> Result<i64, TargetError> {
+) -> Result<(), DbError> {
+    let pragma = |conn: &Connection, name: &str| -> Result<i64, DbError> {
         let sql = format!("PRAGMA {name}");
         conn.query_row(&sql, [], |r| r.get(0))
             .map_err(|e| sql_error(e, &sql))
@@ -54,7 +54,7 @@ fn rebuild_in_transaction(
     table: &str,
     change: &TableChange,
     done: Option<&StepKey>,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let name = base_name(table);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -65,9 +65,9 @@ fn rebuild_in_transaction(
         .query_row(read, [name], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(|e| sql_error(e, read))?
-        .ok_or_else(|| TargetError::Unexpected(format!("table `{table}` does not exist")))?;
-    let mut definition = TableDefinition::parse(&name, &create)
-        .map_err(|e| TargetError::Unexpected(e.to_string()))?;
+        .ok_or_else(|| DbError::Unexpected(format!("table `{table}` does not exist")))?;
+    let mut definition =
+        TableDefinition::parse(&name, &create).map_err(|e| DbError::Unexpected(e.to_string()))?;
     let keys = key_columns(&tx, &name, &definition)?;
     let quoted = ident(&name);
 
@@ -118,7 +118,7 @@ fn rebuild_in_transaction(
                 ));
             }
             let item = definition.column_mut(column).ok_or_else(|| {
-                TargetError::Unexpected(format!("table `{name}` has no column `{column}`"))
+                DbError::Unexpected(format!("table `{name}` has no column `{column}`"))
             })?;
             item.push_str(" NOT NULL");
         }
@@ -130,7 +130,7 @@ fn rebuild_in_transaction(
         }
         TableChange::DropNotNull { column } => {
             let item = definition.column_mut(column).ok_or_else(|| {
-                TargetError::Unexpected(format!("table `{name}` has no column `{column}`"))
+                DbError::Unexpected(format!("table `{name}` has no column `{column}`"))
             })?;
             if !drop_not_null(item) {
                 return finish_unchanged(tx, done);
@@ -197,7 +197,7 @@ fn rebuild_in_transaction(
         .query_row(check, [], |r| r.get(0))
         .map_err(|e| sql_error(e, check))?;
     if integrity != "ok" {
-        return Err(TargetError::Unexpected(format!(
+        return Err(DbError::Unexpected(format!(
             "the rebuilt table `{name}` fails the integrity check: {integrity}; nothing was changed"
         )));
     }
@@ -208,10 +208,7 @@ fn rebuild_in_transaction(
 }
 
 /// A change with nothing to do: records the step and commits.
-fn finish_unchanged(
-    tx: rusqlite::Transaction<'_>,
-    done: Option<&StepKey>,
-) -> Result<(), TargetError> {
+fn finish_unchanged(tx: rusqlite::Transaction<'_>, done: Option<&StepKey>) -> Result<(), DbError> {
     if let Some(key) = done {
         state::mark_done(&tx, key)?;
     }
@@ -223,7 +220,7 @@ fn key_columns(
     conn: &Connection,
     table: &str,
     definition: &TableDefinition,
-) -> Result<Vec<String>, TargetError> {
+) -> Result<Vec<String>, DbError> {
     let sql = "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk";
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
     let keys: Vec<String> = stmt
@@ -238,7 +235,7 @@ fn key_columns(
 }
 
 /// Does the table have an INTEGER PRIMARY KEY (which is its rowid, copied with the columns)?
-fn rowid_is_alias(conn: &Connection, table: &str) -> Result<bool, TargetError> {
+fn rowid_is_alias(conn: &Connection, table: &str) -> Result<bool, DbError> {
     let sql = "SELECT count(*) = 1 AND max(upper(type) = 'INTEGER') FROM pragma_table_info(?1) WHERE pk > 0";
     conn.query_row(sql, [table], |r| r.get::<_, Option<bool>>(0))
         .map(|v| v.unwrap_or(false))
@@ -246,7 +243,7 @@ fn rowid_is_alias(conn: &Connection, table: &str) -> Result<bool, TargetError> {
 }
 
 /// The stored columns (generated columns are computed again by the new table).
-fn copied_columns(conn: &Connection, table: &str) -> Result<String, TargetError> {
+fn copied_columns(conn: &Connection, table: &str) -> Result<String, DbError> {
     let sql = "SELECT name FROM pragma_table_xinfo(?1) WHERE hidden = 0 ORDER BY cid";
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
     let names: Vec<String> = stmt
@@ -262,7 +259,7 @@ fn copied_columns(conn: &Connection, table: &str) -> Result<String, TargetError>
 }
 
 /// The AUTOINCREMENT counter, so the rebuilt table never reuses a key.
-fn autoincrement_seq(conn: &Connection, table: &str) -> Result<Option<i64>, TargetError> {
+fn autoincrement_seq(conn: &Connection, table: &str) -> Result<Option<i64>, DbError> {
     let exists = "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'";
     let n: i64 = conn
         .query_row(exists, [], |r| r.get(0))
@@ -282,7 +279,7 @@ fn offending_keys(
     quoted_table: &str,
     keys: &[String],
     condition: &str,
-) -> Result<Vec<String>, TargetError> {
+) -> Result<Vec<String>, DbError> {
     let sql = format!(
         "SELECT {} FROM {quoted_table} WHERE {condition} LIMIT {}",
         key_select(keys),
@@ -303,7 +300,7 @@ fn rows_as_keys<P: rusqlite::Params>(
     sql: &str,
     keys: &[String],
     params: P,
-) -> Result<Vec<String>, TargetError> {
+) -> Result<Vec<String>, DbError> {
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
     let rows = stmt
         .query_map(params, |r| {
@@ -335,7 +332,7 @@ fn foreign_key_violations(
     conn: &Connection,
     table: &str,
     keys: &[String],
-) -> Result<Vec<String>, TargetError> {
+) -> Result<Vec<String>, DbError> {
     let sql = format!("PRAGMA foreign_key_check({})", ident(table));
     let rowids: Vec<Option<i64>> = {
         let mut stmt = conn.prepare(&sql).map_err(|e| sql_error(e, &sql))?;
@@ -362,14 +359,14 @@ fn foreign_key_violations(
     Ok(found)
 }
 
-fn violation(table: &str, what: &str, keys: &[String], violators: &[String]) -> TargetError {
+fn violation(table: &str, what: &str, keys: &[String], violators: &[String]) -> DbError {
     let more = if violators.len() > SHOWN {
         " and more".to_string()
     } else {
         String::new()
     };
     let shown: Vec<&str> = violators.iter().take(SHOWN).map(String::as_str).collect();
-    TargetError::Sql {
+    DbError::Sql {
         message: format!(
             "rows of `{table}` violate {what}: {}{more} (by {}); table `{table}` was left unchanged. \
              Fix or remove those rows (a backfill or sql step) and run again",

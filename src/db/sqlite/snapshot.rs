@@ -4,9 +4,9 @@
 use rusqlite::Connection;
 
 use super::sql_error;
-use crate::target::TargetError;
+use crate::db::DbError;
 
-pub fn snapshot(conn: &Connection) -> Result<Vec<String>, TargetError> {
+pub fn snapshot(conn: &Connection) -> Result<Vec<String>, DbError> {
     let objects_sql = "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema \
                        WHERE name NOT LIKE 'phased\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
                        ORDER BY type, name";

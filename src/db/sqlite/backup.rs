@@ -9,8 +9,8 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::sql_error;
-use crate::target::backup::{BackupError, BackupRecord, RestoreNote, RESTORE_NOTE_KEY};
-use crate::target::TargetError;
+use crate::db::backup::{BackupError, BackupRecord, RestoreNote, RESTORE_NOTE_KEY};
+use crate::db::DbError;
 
 /// Pages copied per step; between steps other connections may write.
 const PAGES_PER_STEP: i32 = 256;
@@ -116,7 +116,7 @@ pub fn restore(file: &Path, target: &Path) -> Result<(), BackupError> {
     Ok(())
 }
 
-pub fn record(conn: &Connection, b: &BackupRecord) -> Result<i64, TargetError> {
+pub fn record(conn: &Connection, b: &BackupRecord) -> Result<i64, DbError> {
     let sql = "INSERT INTO phased_backups (plan, phase, path, size_bytes, sha256, duration_ms, verified, created_at) \
                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
     conn.execute(
@@ -136,7 +136,7 @@ pub fn record(conn: &Connection, b: &BackupRecord) -> Result<i64, TargetError> {
     Ok(conn.last_insert_rowid())
 }
 
-pub fn backups(conn: &Connection, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
+pub fn backups(conn: &Connection, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
     if !table_exists(conn, "phased_backups").map_err(|e| sql_error(e, "sqlite_schema"))? {
         return Ok(Vec::new());
     }
@@ -163,14 +163,14 @@ pub fn backups(conn: &Connection, plan: Option<&str>) -> Result<Vec<BackupRecord
         .map_err(|e| sql_error(e, sql))
 }
 
-pub fn forget(conn: &Connection, id: i64) -> Result<(), TargetError> {
+pub fn forget(conn: &Connection, id: i64) -> Result<(), DbError> {
     let sql = "DELETE FROM phased_backups WHERE id = ?1";
     conn.execute(sql, [id]).map_err(|e| sql_error(e, sql))?;
     Ok(())
 }
 
-pub fn record_restore(conn: &Connection, note: &RestoreNote) -> Result<(), TargetError> {
-    let value = serde_json::to_string(note).map_err(|e| TargetError::Unexpected(e.to_string()))?;
+pub fn record_restore(conn: &Connection, note: &RestoreNote) -> Result<(), DbError> {
+    let value = serde_json::to_string(note).map_err(|e| DbError::Unexpected(e.to_string()))?;
     let sql = "INSERT INTO phased_meta (key, value) VALUES (?1, ?2) \
                ON CONFLICT (key) DO UPDATE SET value = excluded.value";
     conn.execute(sql, params![RESTORE_NOTE_KEY, value])
@@ -178,7 +178,7 @@ pub fn record_restore(conn: &Connection, note: &RestoreNote) -> Result<(), Targe
     Ok(())
 }
 
-pub fn last_restore(conn: &Connection) -> Result<Option<RestoreNote>, TargetError> {
+pub fn last_restore(conn: &Connection) -> Result<Option<RestoreNote>, DbError> {
     if !table_exists(conn, "phased_meta").map_err(|e| sql_error(e, "sqlite_schema"))? {
         return Ok(None);
     }

@@ -7,16 +7,16 @@ use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 
 use super::{set_local, sql_error, state};
-use crate::target::backfill_key::{check_key_columns, not_unique};
-use crate::target::render::{backfill, ident, literal, Dialect};
-use crate::target::{BatchOutcome, BatchRequest, TargetError};
+use crate::db::backfill_key::{check_key_columns, not_unique};
+use crate::db::render::{backfill, ident, literal, Dialect};
+use crate::db::{BatchOutcome, BatchRequest, DbError};
 
 /// The SQL types of the key columns, for casting bound text values.
 pub async fn key_types(
     conn: &Object,
     table: &str,
     columns: &[String],
-) -> Result<Vec<String>, TargetError> {
+) -> Result<Vec<String>, DbError> {
     let mut types = Vec::with_capacity(columns.len());
     for column in columns {
         let sql = format!(
@@ -29,7 +29,7 @@ pub async fn key_types(
             .await
             .map_err(|e| sql_error(e, &sql))?
             .ok_or_else(|| {
-                TargetError::Unexpected(format!("table `{table}` has no column `{column}`"))
+                DbError::Unexpected(format!("table `{table}` has no column `{column}`"))
             })?;
         types.push(row.get(0));
     }
@@ -37,10 +37,10 @@ pub async fn key_types(
 }
 
 /// Parses a checkpoint (a JSON array of the key's values as text).
-fn parse_after(batch: &BatchRequest<'_>) -> Result<Option<Vec<String>>, TargetError> {
+fn parse_after(batch: &BatchRequest<'_>) -> Result<Option<Vec<String>>, DbError> {
     match batch.after {
         Some(json) => Ok(Some(serde_json::from_str(json).map_err(|e| {
-            TargetError::Unexpected(format!("unreadable backfill checkpoint {json}: {e}"))
+            DbError::Unexpected(format!("unreadable backfill checkpoint {json}: {e}"))
         })?)),
         None => Ok(None),
     }
@@ -51,10 +51,10 @@ pub async fn resolve_key(
     conn: &Object,
     table: &str,
     key: &[String],
-) -> Result<Vec<String>, TargetError> {
+) -> Result<Vec<String>, DbError> {
     let regclass = literal(&ident(table));
     if !super::state::relation_exists(conn, &ident(table)).await? {
-        return Err(TargetError::Unexpected(format!(
+        return Err(DbError::Unexpected(format!(
             "table `{table}` does not exist"
         )));
     }
@@ -70,7 +70,7 @@ pub async fn resolve_key(
             .await
             .map_err(|e| sql_error(e, &sql))?;
         if rows.is_empty() {
-            return Err(TargetError::Unexpected(format!(
+            return Err(DbError::Unexpected(format!(
                 "table `{table}` has no primary key for the backfill to walk; name a unique, \
                  NOT NULL column set in the step with `key: [column, …]` (a unique index must cover it)"
             )));
@@ -115,7 +115,7 @@ pub async fn count_remaining(
     conn: &Object,
     batch: &BatchRequest<'_>,
     types: &[String],
-) -> Result<i64, TargetError> {
+) -> Result<i64, DbError> {
     let after = parse_after(batch)?;
     let sql = backfill::render(
         Dialect::Postgres,
@@ -140,7 +140,7 @@ pub async fn count_remaining(
 
 /// The largest replay lag among the streaming replicas (None without replicas). A replica
 /// that has caught up and is idle reports a NULL lag, counted as none.
-pub async fn replica_lag(conn: &Object) -> Result<Option<std::time::Duration>, TargetError> {
+pub async fn replica_lag(conn: &Object) -> Result<Option<std::time::Duration>, DbError> {
     let sql =
         "SELECT max(COALESCE(EXTRACT(EPOCH FROM replay_lag), 0))::float8 FROM pg_stat_replication";
     let seconds: Option<f64> = conn
@@ -155,7 +155,7 @@ pub async fn run_batch(
     conn: &mut Object,
     batch: &BatchRequest<'_>,
     types: &[String],
-) -> Result<BatchOutcome, TargetError> {
+) -> Result<BatchOutcome, DbError> {
     let after = parse_after(batch)?;
     let sql = backfill::render(
         Dialect::Postgres,

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use super::sql_error;
-use crate::target::{LeaseHolder, TargetError};
+use crate::db::{DbError, LeaseHolder};
 
 /// The advisory lock key of a plan: the first 8 bytes of sha256("phased:" + plan).
 pub fn key(plan: &str) -> i64 {
@@ -16,7 +16,7 @@ pub fn key(plan: &str) -> i64 {
 }
 
 /// Takes the lease, or returns who holds it.
-pub async fn try_acquire(conn: &Client, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+pub async fn try_acquire(conn: &Client, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
     let key = key(plan);
     let sql = "SELECT pg_try_advisory_lock($1)";
     let got: bool = conn
@@ -58,7 +58,7 @@ pub async fn try_acquire(conn: &Client, plan: &str) -> Result<Option<LeaseHolder
     Ok(Some(LeaseHolder { description }))
 }
 
-pub async fn release(conn: &Client, plan: &str) -> Result<(), TargetError> {
+pub async fn release(conn: &Client, plan: &str) -> Result<(), DbError> {
     let sql = "SELECT pg_advisory_unlock($1)";
     conn.query_one(sql, &[&key(plan)])
         .await

@@ -9,13 +9,13 @@
 use deadpool_postgres::GenericClient;
 
 use super::{set_local, sql_error, PgTarget};
+use crate::db::{AppliedMigration, DbError, MigrationRun, StepKey, VersionState};
 use crate::migrations::statements;
-use crate::target::{AppliedMigration, MigrationRun, StepKey, TargetError, VersionState};
 
 const TS: &str = "YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"";
 
 /// Records (or forgets) the revision and replaces the heads.
-async fn record<C: GenericClient>(conn: &C, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+async fn record<C: GenericClient>(conn: &C, run: &MigrationRun<'_>) -> Result<(), DbError> {
     if run.up {
         let sql =
             "INSERT INTO phased.migrations (revision, checksum, applied_at) VALUES ($1, $2, now())";
@@ -31,7 +31,7 @@ async fn record<C: GenericClient>(conn: &C, run: &MigrationRun<'_>) -> Result<()
     replace_heads(conn, run.heads_after).await
 }
 
-async fn replace_heads<C: GenericClient>(conn: &C, heads: &[String]) -> Result<(), TargetError> {
+async fn replace_heads<C: GenericClient>(conn: &C, heads: &[String]) -> Result<(), DbError> {
     let clear = "DELETE FROM phased.version_heads";
     conn.execute(clear, &[])
         .await
@@ -44,7 +44,7 @@ async fn replace_heads<C: GenericClient>(conn: &C, heads: &[String]) -> Result<(
 }
 
 impl PgTarget {
-    pub(super) async fn read_versions(&mut self) -> Result<VersionState, TargetError> {
+    pub(super) async fn read_versions(&mut self) -> Result<VersionState, DbError> {
         if !super::state::relation_exists(&self.work, "phased.migrations").await? {
             return Ok(VersionState::default());
         }
@@ -79,7 +79,7 @@ impl PgTarget {
     pub(super) async fn run_one_migration(
         &mut self,
         run: &MigrationRun<'_>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         if !run.transactional {
             for statement in statements::split(run.script) {
                 self.run_standalone(&statement, run.timeouts).await?;
@@ -107,7 +107,7 @@ impl PgTarget {
         &mut self,
         applied: &[(String, String)],
         heads: &[String],
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let tx = self
             .work
             .transaction()
@@ -132,7 +132,7 @@ impl PgTarget {
         &mut self,
         key: &StepKey,
         checkpoint: &str,
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let sql = "UPDATE phased.steps SET checkpoint = $4, updated_at = now() \
                    WHERE plan = $1 AND phase = $2 AND step_index = $3";
         self.work

@@ -3,7 +3,7 @@
 //! themselves bind the bookkeeping values as parameters; this text uses quoted literals.
 
 use super::{literal, Dialect};
-use crate::target::{MigrationRun, Timeouts};
+use crate::db::{MigrationRun, Timeouts};
 
 fn millis(t: Timeouts) -> (u128, u128) {
     (t.lock_timeout.as_millis(), t.statement_timeout.as_millis())

@@ -3,12 +3,12 @@
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::sql_error;
-use crate::target::state_schema::SQLITE;
-use crate::target::{FlagRecord, StepKey, StepRecord, StepStart, StepStatus, TargetError};
+use crate::db::state_schema::SQLITE;
+use crate::db::{DbError, FlagRecord, StepKey, StepRecord, StepStart, StepStatus};
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
-pub fn ensure(conn: &mut Connection) -> Result<(), TargetError> {
+pub fn ensure(conn: &mut Connection) -> Result<(), DbError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
@@ -23,7 +23,7 @@ pub fn ensure(conn: &mut Connection) -> Result<(), TargetError> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     if current > SQLITE.len() {
-        return Err(TargetError::Unexpected(format!(
+        return Err(DbError::Unexpected(format!(
             "the phased state in this database is at version {current}, newer than this phased understands ({}); upgrade phased",
             SQLITE.len()
         )));
@@ -40,7 +40,7 @@ pub fn ensure(conn: &mut Connection) -> Result<(), TargetError> {
     tx.commit().map_err(|e| sql_error(e, "COMMIT"))
 }
 
-fn table_exists(conn: &Connection, name: &str) -> Result<bool, TargetError> {
+fn table_exists(conn: &Connection, name: &str) -> Result<bool, DbError> {
     let sql = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1";
     let n: i64 = conn
         .query_row(sql, [name], |r| r.get(0))
@@ -48,7 +48,7 @@ fn table_exists(conn: &Connection, name: &str) -> Result<bool, TargetError> {
     Ok(n > 0)
 }
 
-pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, DbError> {
     if !table_exists(conn, "phased_steps")? {
         return Ok(Vec::new());
     }
@@ -81,7 +81,7 @@ pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, Targ
         .map_err(|e| sql_error(e, sql))
 }
 
-pub fn begin_step(conn: &Connection, step: &StepStart<'_>) -> Result<(), TargetError> {
+pub fn begin_step(conn: &Connection, step: &StepStart<'_>) -> Result<(), DbError> {
     let sql = format!(
         "INSERT INTO phased_steps (plan, phase, step_index, kind, label, checksum, status, attempts, started_at, finished_at, last_error, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', 1, {NOW}, NULL, NULL, {NOW}) \
@@ -104,7 +104,7 @@ pub fn begin_step(conn: &Connection, step: &StepStart<'_>) -> Result<(), TargetE
     Ok(())
 }
 
-pub fn fail_step(conn: &Connection, key: &StepKey, error: &str) -> Result<(), TargetError> {
+pub fn fail_step(conn: &Connection, key: &StepKey, error: &str) -> Result<(), DbError> {
     let sql = format!(
         "UPDATE phased_steps SET status = 'failed', last_error = ?4, finished_at = {NOW}, updated_at = {NOW} \
          WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
@@ -114,7 +114,7 @@ pub fn fail_step(conn: &Connection, key: &StepKey, error: &str) -> Result<(), Ta
     Ok(())
 }
 
-pub fn mark_done(conn: &Connection, key: &StepKey) -> Result<(), TargetError> {
+pub fn mark_done(conn: &Connection, key: &StepKey) -> Result<(), DbError> {
     let sql = format!(
         "UPDATE phased_steps SET status = 'done', last_error = NULL, finished_at = {NOW}, updated_at = {NOW} \
          WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
@@ -125,7 +125,7 @@ pub fn mark_done(conn: &Connection, key: &StepKey) -> Result<(), TargetError> {
 }
 
 /// Records `status` the way the engine means it: done clears the last error and stamps the finish.
-pub fn mark(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), TargetError> {
+pub fn mark(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
     match status {
         StepStatus::Done => mark_done(conn, key),
         other => set_status(conn, key, other),
@@ -137,7 +137,7 @@ pub fn set_checkpoint(
     conn: &Connection,
     key: &StepKey,
     checkpoint: Option<&str>,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let sql = match checkpoint {
         Some(_) => format!(
             "UPDATE phased_steps SET checkpoint = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
@@ -152,7 +152,7 @@ pub fn set_checkpoint(
     Ok(())
 }
 
-pub fn set_status(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), TargetError> {
+pub fn set_status(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
     let sql = format!(
         "UPDATE phased_steps SET status = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
     );
@@ -164,7 +164,7 @@ pub fn set_status(conn: &Connection, key: &StepKey, status: StepStatus) -> Resul
     Ok(())
 }
 
-pub fn set_rows_total(conn: &Connection, key: &StepKey, total: i64) -> Result<(), TargetError> {
+pub fn set_rows_total(conn: &Connection, key: &StepKey, total: i64) -> Result<(), DbError> {
     let sql = format!(
         "UPDATE phased_steps SET rows_total = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
     );
@@ -180,7 +180,7 @@ pub fn checkpoint(
     last_key: &str,
     rows: i64,
     rows_per_second: f64,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let sql = format!(
         "UPDATE phased_steps SET checkpoint = ?4, rows_done = rows_done + ?5, rows_per_second = ?6, \
          updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
@@ -200,7 +200,7 @@ pub fn checkpoint(
     Ok(())
 }
 
-pub fn flags(conn: &Connection) -> Result<Vec<FlagRecord>, TargetError> {
+pub fn flags(conn: &Connection) -> Result<Vec<FlagRecord>, DbError> {
     if !table_exists(conn, "phased_flags")? {
         return Ok(Vec::new());
     }

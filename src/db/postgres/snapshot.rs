@@ -5,12 +5,12 @@
 use deadpool_postgres::Object;
 
 use super::sql_error;
-use crate::target::TargetError;
+use crate::db::DbError;
 
 /// Schemas that are not the application's.
 const SYSTEM: &str = "('pg_catalog', 'information_schema', 'pg_toast')";
 
-pub async fn snapshot(conn: &Object) -> Result<Vec<String>, TargetError> {
+pub async fn snapshot(conn: &Object) -> Result<Vec<String>, DbError> {
     let user = format!("n.nspname NOT IN {SYSTEM} AND n.nspname NOT LIKE 'pg\\_temp%' AND n.nspname NOT LIKE 'pg\\_toast%'");
     let queries = [
         format!(

@@ -20,10 +20,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::tls::{self, Tls};
 
 use super::sql_error;
-use crate::target::backup::{BackupError, BackupRecord, RestoreNote, RESTORE_NOTE_KEY};
-use crate::target::render::ident;
-use crate::target::url::redact;
-use crate::target::TargetError;
+use crate::db::backup::{BackupError, BackupRecord, RestoreNote, RESTORE_NOTE_KEY};
+use crate::db::render::ident;
+use crate::db::url::redact;
+use crate::db::DbError;
 
 /// Where `pg_dump` and `pg_restore` are taken from: the folder in `PHASED_PG_BIN`, else `PATH`.
 pub const BIN_ENV: &str = "PHASED_PG_BIN";
@@ -538,7 +538,7 @@ pub async fn restore(url: &str, file: &Path) -> Result<RestoreOutcome, BackupErr
     Ok(RestoreOutcome { created })
 }
 
-pub async fn record(conn: &Object, b: &BackupRecord) -> Result<i64, TargetError> {
+pub async fn record(conn: &Object, b: &BackupRecord) -> Result<i64, DbError> {
     let sql = "INSERT INTO phased.backups (plan, phase, path, size_bytes, sha256, duration_ms, verified, created_at) \
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::timestamptz) RETURNING id";
     let row = conn
@@ -560,7 +560,7 @@ pub async fn record(conn: &Object, b: &BackupRecord) -> Result<i64, TargetError>
     Ok(row.get(0))
 }
 
-pub async fn backups(conn: &Object, plan: Option<&str>) -> Result<Vec<BackupRecord>, TargetError> {
+pub async fn backups(conn: &Object, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
     if !super::state::relation_exists(conn, "phased.backups").await? {
         return Ok(Vec::new());
     }
@@ -589,7 +589,7 @@ pub async fn backups(conn: &Object, plan: Option<&str>) -> Result<Vec<BackupReco
         .collect())
 }
 
-pub async fn forget(conn: &Object, id: i64) -> Result<(), TargetError> {
+pub async fn forget(conn: &Object, id: i64) -> Result<(), DbError> {
     let sql = "DELETE FROM phased.backups WHERE id = $1";
     conn.execute(sql, &[&id])
         .await
@@ -597,8 +597,8 @@ pub async fn forget(conn: &Object, id: i64) -> Result<(), TargetError> {
     Ok(())
 }
 
-pub async fn record_restore(conn: &Object, note: &RestoreNote) -> Result<(), TargetError> {
-    let value = serde_json::to_string(note).map_err(|e| TargetError::Unexpected(e.to_string()))?;
+pub async fn record_restore(conn: &Object, note: &RestoreNote) -> Result<(), DbError> {
+    let value = serde_json::to_string(note).map_err(|e| DbError::Unexpected(e.to_string()))?;
     let sql = "INSERT INTO phased.meta (key, value) VALUES ($1, $2) \
                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
     conn.execute(sql, &[&RESTORE_NOTE_KEY, &value])
@@ -607,7 +607,7 @@ pub async fn record_restore(conn: &Object, note: &RestoreNote) -> Result<(), Tar
     Ok(())
 }
 
-pub async fn last_restore(conn: &Object) -> Result<Option<RestoreNote>, TargetError> {
+pub async fn last_restore(conn: &Object) -> Result<Option<RestoreNote>, DbError> {
     if !super::state::relation_exists(conn, "phased.meta").await? {
         return Ok(None);
     }

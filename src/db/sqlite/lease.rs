@@ -5,7 +5,7 @@
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::sql_error;
-use crate::target::{LeaseHolder, TargetError};
+use crate::db::{DbError, LeaseHolder};
 
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -38,7 +38,7 @@ fn held_here(key: &(String, String)) -> bool {
         .unwrap_or(false)
 }
 
-pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHolder>, TargetError> {
+pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
     let me = std::process::id();
     let here = host();
     let tx = conn
@@ -74,7 +74,7 @@ pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHold
     Ok(None)
 }
 
-pub fn release(conn: &Connection, plan: &str) -> Result<(), TargetError> {
+pub fn release(conn: &Connection, plan: &str) -> Result<(), DbError> {
     let sql = "DELETE FROM phased_lease WHERE plan = ?1 AND pid = ?2";
     conn.execute(sql, params![plan, std::process::id()])
         .map_err(|e| sql_error(e, sql))?;

@@ -6,9 +6,9 @@
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::{sql_error, SqliteTarget};
-use crate::target::{AppliedMigration, MigrationRun, StepKey, TargetError, VersionState};
+use crate::db::{AppliedMigration, DbError, MigrationRun, StepKey, VersionState};
 
-fn record(conn: &Connection, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+fn record(conn: &Connection, run: &MigrationRun<'_>) -> Result<(), DbError> {
     if run.up {
         let sql = "INSERT INTO phased_migrations (revision, checksum, applied_at) \
                    VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))";
@@ -22,7 +22,7 @@ fn record(conn: &Connection, run: &MigrationRun<'_>) -> Result<(), TargetError> 
     replace_heads(conn, run.heads_after)
 }
 
-fn replace_heads(conn: &Connection, heads: &[String]) -> Result<(), TargetError> {
+fn replace_heads(conn: &Connection, heads: &[String]) -> Result<(), DbError> {
     let clear = "DELETE FROM phased_version_heads";
     conn.execute(clear, []).map_err(|e| sql_error(e, clear))?;
     let insert = "INSERT INTO phased_version_heads (revision) VALUES (?1)";
@@ -34,7 +34,7 @@ fn replace_heads(conn: &Connection, heads: &[String]) -> Result<(), TargetError>
 }
 
 impl SqliteTarget {
-    pub(super) fn read_versions(&self) -> Result<VersionState, TargetError> {
+    pub(super) fn read_versions(&self) -> Result<VersionState, DbError> {
         let exists =
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'phased_migrations'";
         let n: i64 = self
@@ -67,7 +67,7 @@ impl SqliteTarget {
         Ok(VersionState { applied, heads })
     }
 
-    pub(super) fn run_one_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), TargetError> {
+    pub(super) fn run_one_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
         self.with_busy_timeout(run.timeouts)?;
         if !run.transactional {
             self.conn
@@ -90,7 +90,7 @@ impl SqliteTarget {
         &mut self,
         applied: &[(String, String)],
         heads: &[String],
-    ) -> Result<(), TargetError> {
+    ) -> Result<(), DbError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -107,11 +107,7 @@ impl SqliteTarget {
         tx.commit().map_err(|e| sql_error(e, "COMMIT"))
     }
 
-    pub(super) fn write_checkpoint(
-        &self,
-        key: &StepKey,
-        checkpoint: &str,
-    ) -> Result<(), TargetError> {
+    pub(super) fn write_checkpoint(&self, key: &StepKey, checkpoint: &str) -> Result<(), DbError> {
         let sql = "UPDATE phased_steps SET checkpoint = ?4, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
                    WHERE plan = ?1 AND phase = ?2 AND step_index = ?3";
         self.conn

@@ -4,15 +4,15 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::Object;
 
 use super::sql_error;
-use crate::target::state_schema::POSTGRES;
-use crate::target::{FlagRecord, StepKey, StepRecord, StepStart, StepStatus, TargetError};
+use crate::db::state_schema::POSTGRES;
+use crate::db::{DbError, FlagRecord, StepKey, StepRecord, StepStart, StepStatus};
 
 /// Timestamps as RFC 3339 UTC text.
 const TS: &str = "YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"";
 
 /// Creates the schema and applies every state version not yet recorded, under a transaction-level
 /// advisory lock so two first runs do not race.
-pub async fn ensure(conn: &mut Object) -> Result<(), TargetError> {
+pub async fn ensure(conn: &mut Object) -> Result<(), DbError> {
     let tx = conn
         .transaction()
         .await
@@ -32,7 +32,7 @@ pub async fn ensure(conn: &mut Object) -> Result<(), TargetError> {
         .unwrap_or(0);
     let known = POSTGRES.len() as i64;
     if current > known {
-        return Err(TargetError::Unexpected(format!(
+        return Err(DbError::Unexpected(format!(
             "the phased state in this database is at version {current}, newer than this phased understands ({known}); upgrade phased"
         )));
     }
@@ -52,7 +52,7 @@ pub async fn ensure(conn: &mut Object) -> Result<(), TargetError> {
 
 /// Does this relation exist (`phased.steps`, a quoted user table)? Commands that only read
 /// must work before the state tables were created.
-pub async fn relation_exists(conn: &Object, name: &str) -> Result<bool, TargetError> {
+pub async fn relation_exists(conn: &Object, name: &str) -> Result<bool, DbError> {
     let sql = "SELECT to_regclass($1) IS NOT NULL";
     Ok(conn
         .query_one(sql, &[&name])
@@ -61,7 +61,7 @@ pub async fn relation_exists(conn: &Object, name: &str) -> Result<bool, TargetEr
         .get(0))
 }
 
-pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, TargetError> {
+pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, DbError> {
     if !relation_exists(conn, "phased.steps").await? {
         return Ok(Vec::new());
     }
@@ -98,7 +98,7 @@ pub async fn load_steps(conn: &Object, plan: &str) -> Result<Vec<StepRecord>, Ta
         .collect())
 }
 
-pub async fn begin_step(conn: &Object, step: &StepStart<'_>) -> Result<(), TargetError> {
+pub async fn begin_step(conn: &Object, step: &StepStart<'_>) -> Result<(), DbError> {
     let sql = "INSERT INTO phased.steps (plan, phase, step_index, kind, label, checksum, status, attempts, started_at, finished_at, last_error, updated_at) \
                VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, now(), NULL, NULL, now()) \
                ON CONFLICT (plan, phase, step_index) DO UPDATE SET kind = EXCLUDED.kind, label = EXCLUDED.label, \
@@ -120,7 +120,7 @@ pub async fn begin_step(conn: &Object, step: &StepStart<'_>) -> Result<(), Targe
     Ok(())
 }
 
-pub async fn fail_step(conn: &Object, key: &StepKey, error: &str) -> Result<(), TargetError> {
+pub async fn fail_step(conn: &Object, key: &StepKey, error: &str) -> Result<(), DbError> {
     let sql = "UPDATE phased.steps SET status = 'failed', last_error = $4, finished_at = now(), updated_at = now() \
                WHERE plan = $1 AND phase = $2 AND step_index = $3";
     conn.execute(sql, &[&key.plan, &key.phase, &key.index, &error])
@@ -129,7 +129,7 @@ pub async fn fail_step(conn: &Object, key: &StepKey, error: &str) -> Result<(), 
     Ok(())
 }
 
-pub async fn mark_done<C: GenericClient>(conn: &C, key: &StepKey) -> Result<(), TargetError> {
+pub async fn mark_done<C: GenericClient>(conn: &C, key: &StepKey) -> Result<(), DbError> {
     let sql = "UPDATE phased.steps SET status = 'done', last_error = NULL, finished_at = now(), updated_at = now() \
                WHERE plan = $1 AND phase = $2 AND step_index = $3";
     conn.execute(sql, &[&key.plan, &key.phase, &key.index])
@@ -142,7 +142,7 @@ pub async fn set_status<C: GenericClient>(
     conn: &C,
     key: &StepKey,
     status: StepStatus,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let sql = "UPDATE phased.steps SET status = $4, updated_at = now() \
                WHERE plan = $1 AND phase = $2 AND step_index = $3";
     conn.execute(sql, &[&key.plan, &key.phase, &key.index, &status.as_str()])
@@ -156,7 +156,7 @@ pub async fn mark<C: GenericClient>(
     conn: &C,
     key: &StepKey,
     status: StepStatus,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     match status {
         StepStatus::Done => mark_done(conn, key).await,
         other => set_status(conn, key, other).await,
@@ -168,7 +168,7 @@ pub async fn set_checkpoint(
     conn: &Object,
     key: &StepKey,
     checkpoint: Option<&str>,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let sql = match checkpoint {
         Some(_) => {
             "UPDATE phased.steps SET checkpoint = $4, updated_at = now() \
@@ -185,7 +185,7 @@ pub async fn set_checkpoint(
     Ok(())
 }
 
-pub async fn set_rows_total(conn: &Object, key: &StepKey, total: i64) -> Result<(), TargetError> {
+pub async fn set_rows_total(conn: &Object, key: &StepKey, total: i64) -> Result<(), DbError> {
     let sql = "UPDATE phased.steps SET rows_total = $4, updated_at = now() \
                WHERE plan = $1 AND phase = $2 AND step_index = $3";
     conn.execute(sql, &[&key.plan, &key.phase, &key.index, &total])
@@ -201,7 +201,7 @@ pub async fn checkpoint<C: GenericClient>(
     last_key: &str,
     rows: i64,
     rows_per_second: f64,
-) -> Result<(), TargetError> {
+) -> Result<(), DbError> {
     let sql = "UPDATE phased.steps SET checkpoint = $4, rows_done = rows_done + $5, \
                rows_per_second = $6, updated_at = now() \
                WHERE plan = $1 AND phase = $2 AND step_index = $3";
@@ -225,7 +225,7 @@ pub async fn checkpoint<C: GenericClient>(
     Ok(())
 }
 
-pub async fn flags(conn: &Object) -> Result<Vec<FlagRecord>, TargetError> {
+pub async fn flags(conn: &Object) -> Result<Vec<FlagRecord>, DbError> {
     if !relation_exists(conn, "phased.flags").await? {
         return Ok(Vec::new());
     }

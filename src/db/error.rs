@@ -2,7 +2,7 @@
 
 /// A database error, with the SQL that caused it.
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub enum DbError {
     /// The database could not be reached or opened.
     #[error("cannot connect to {target}: {message}")]
     Connect { target: String, message: String },
@@ -21,11 +21,11 @@ pub enum TargetError {
     Unexpected(String),
 }
 
-impl TargetError {
+impl DbError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TargetError::Sql {
+            DbError::Sql {
                 retryable: true,
                 ..
             }
@@ -34,7 +34,7 @@ impl TargetError {
 
     pub fn sql(&self) -> Option<&str> {
         match self {
-            TargetError::Sql { sql, .. } => Some(sql),
+            DbError::Sql { sql, .. } => Some(sql),
             _ => None,
         }
     }

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 
 use super::url::redact;
-use super::{DatabaseUrl, TargetError};
+use super::{DatabaseUrl, DbError};
 
 /// A scratch database; call [`Scratch::remove`] when done (also on failure).
 #[derive(Debug)]
@@ -67,8 +67,8 @@ fn split_password(url: &str) -> (String, Option<String>) {
     }
 }
 
-async fn admin(url: &str) -> Result<tokio_postgres::Client, TargetError> {
-    let connect_error = |message: String| TargetError::Connect {
+async fn admin(url: &str) -> Result<tokio_postgres::Client, DbError> {
+    let connect_error = |message: String| DbError::Connect {
         target: redact(url),
         message,
     };
@@ -76,7 +76,7 @@ async fn admin(url: &str) -> Result<tokio_postgres::Client, TargetError> {
     let (client, connection) = config
         .connect(tls.connector().map_err(connect_error)?)
         .await
-        .map_err(|e| TargetError::Connect {
+        .map_err(|e| DbError::Connect {
             target: redact(url),
             message: e.to_string(),
         })?;
@@ -86,7 +86,7 @@ async fn admin(url: &str) -> Result<tokio_postgres::Client, TargetError> {
 
 impl Scratch {
     /// Creates a scratch database holding `source`'s schema (phased's state tables left out).
-    pub async fn create(source: &DatabaseUrl) -> Result<Scratch, TargetError> {
+    pub async fn create(source: &DatabaseUrl) -> Result<Scratch, DbError> {
         match source {
             DatabaseUrl::Postgres(url) => {
                 let name = format!("phased_verify_{}", unique_suffix());
@@ -164,8 +164,8 @@ impl Scratch {
 }
 
 /// `pg_dump --schema-only` of the source, fed to `psql` on the scratch database.
-async fn copy_pg_schema(source: &str, scratch: &str) -> Result<(), TargetError> {
-    let failed = |what: String| TargetError::Unexpected(format!("copying the schema: {what}"));
+async fn copy_pg_schema(source: &str, scratch: &str) -> Result<(), DbError> {
+    let failed = |what: String| DbError::Unexpected(format!("copying the schema: {what}"));
     let (source_url, source_password) = split_password(source);
     let mut dump = tokio::process::Command::new("pg_dump");
     dump.args([
@@ -235,12 +235,9 @@ async fn copy_pg_schema(source: &str, scratch: &str) -> Result<(), TargetError> 
 }
 
 /// The `CREATE` statements of the source's tables, then of its indexes, triggers and views.
-fn copy_sqlite_schema(
-    source: &std::path::Path,
-    scratch: &std::path::Path,
-) -> Result<(), TargetError> {
+fn copy_sqlite_schema(source: &std::path::Path, scratch: &std::path::Path) -> Result<(), DbError> {
     use rusqlite::OpenFlags;
-    let open_error = |path: &std::path::Path, e: rusqlite::Error| TargetError::Connect {
+    let open_error = |path: &std::path::Path, e: rusqlite::Error| DbError::Connect {
         target: format!("sqlite://{}", path.display()),
         message: e.to_string(),
     };

@@ -7,22 +7,22 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, TransactionBehavior};
 
 use super::{sql_error, state};
-use crate::target::backfill_key::{check_key_columns, not_unique};
-use crate::target::render::{backfill, base_name, Dialect};
-use crate::target::{BatchOutcome, BatchRequest, TargetError};
+use crate::db::backfill_key::{check_key_columns, not_unique};
+use crate::db::render::{backfill, base_name, Dialect};
+use crate::db::{BatchOutcome, BatchRequest, DbError};
 
-fn to_json(value: &Value) -> Result<serde_json::Value, TargetError> {
+fn to_json(value: &Value) -> Result<serde_json::Value, DbError> {
     Ok(match value {
         Value::Integer(i) => serde_json::Value::from(*i),
         Value::Real(f) => serde_json::Value::from(*f),
         Value::Text(t) => serde_json::Value::from(t.clone()),
         Value::Null => {
-            return Err(TargetError::Unexpected(
+            return Err(DbError::Unexpected(
                 "a backfill key column holds NULL: the key must be unique and not null".into(),
             ))
         }
         Value::Blob(_) => {
-            return Err(TargetError::Unexpected(
+            return Err(DbError::Unexpected(
                 "blob key columns are not supported for backfills".into(),
             ))
         }
@@ -41,11 +41,11 @@ fn from_json(value: &serde_json::Value) -> Value {
 }
 
 /// Parses a checkpoint (a JSON array of the key's values).
-fn parse_after(batch: &BatchRequest<'_>) -> Result<Option<Vec<Value>>, TargetError> {
+fn parse_after(batch: &BatchRequest<'_>) -> Result<Option<Vec<Value>>, DbError> {
     match batch.after {
         Some(json) => {
             let parsed: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| {
-                TargetError::Unexpected(format!("unreadable backfill checkpoint {json}: {e}"))
+                DbError::Unexpected(format!("unreadable backfill checkpoint {json}: {e}"))
             })?;
             Ok(Some(parsed.iter().map(from_json).collect()))
         }
@@ -54,11 +54,7 @@ fn parse_after(batch: &BatchRequest<'_>) -> Result<Option<Vec<Value>>, TargetErr
 }
 
 /// The key a backfill walks: the plan's `key`, checked, or the primary key, or the rowid.
-pub fn resolve_key(
-    conn: &Connection,
-    table: &str,
-    key: &[String],
-) -> Result<Vec<String>, TargetError> {
+pub fn resolve_key(conn: &Connection, table: &str, key: &[String]) -> Result<Vec<String>, DbError> {
     let name = base_name(table);
     let sql = "SELECT name, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid";
     let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
@@ -70,7 +66,7 @@ pub fn resolve_key(
         .collect::<Result<_, _>>()
         .map_err(|e| sql_error(e, sql))?;
     if columns.is_empty() {
-        return Err(TargetError::Unexpected(format!(
+        return Err(DbError::Unexpected(format!(
             "table `{table}` does not exist"
         )));
     }
@@ -127,7 +123,7 @@ pub fn resolve_key(
 }
 
 /// Rows still to visit after the checkpoint, matching the predicate.
-pub fn count_remaining(conn: &Connection, batch: &BatchRequest<'_>) -> Result<i64, TargetError> {
+pub fn count_remaining(conn: &Connection, batch: &BatchRequest<'_>) -> Result<i64, DbError> {
     let after = parse_after(batch)?;
     let sql = backfill::render(
         Dialect::Sqlite,
@@ -143,10 +139,7 @@ pub fn count_remaining(conn: &Connection, batch: &BatchRequest<'_>) -> Result<i6
         .map_err(|e| sql_error(e, &sql.count))
 }
 
-pub fn run_batch(
-    conn: &mut Connection,
-    batch: &BatchRequest<'_>,
-) -> Result<BatchOutcome, TargetError> {
+pub fn run_batch(conn: &mut Connection, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
     let after = parse_after(batch)?;
     let sql = backfill::render(
         Dialect::Sqlite,
