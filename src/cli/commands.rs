@@ -7,7 +7,7 @@ use super::args::{Cli, Command, DialectArg, FlagsAction, Format, PlanArgs, Rollb
 use super::config::{self, AnyTarget, Open};
 use super::exit;
 use super::output::{HumanReporter, JsonReporter};
-use crate::db::{DatabaseUrl, DbError, Target};
+use crate::db::{DatabaseUrl, DbError};
 use crate::engine::{self, EngineError, Reporter};
 use crate::plan::LoadedPlan;
 use crate::with_target;
@@ -499,31 +499,63 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
             return exit::INVALID;
         }
     };
-    // Opening a missing SQLite file would create it: a dry run writes nothing, so it renders
-    // offline instead.
-    let result = if args.offline || config::is_missing_file(&url) {
-        let dialect = match (args.dialect, &url) {
-            (Some(DialectArg::Postgres), _) => crate::db::Dialect::Postgres,
-            (Some(DialectArg::Sqlite), _) => crate::db::Dialect::Sqlite,
-            (None, DatabaseUrl::Postgres(_)) if cli.database.is_some() => {
-                crate::db::Dialect::Postgres
-            }
-            (None, _) => crate::db::Dialect::Sqlite,
-        };
-        engine::dry_run::dry_run_offline(&loaded, dialect, args.phase.as_deref())
+    // A dry run writes nothing: a missing SQLite file is rendered offline rather than created.
+    let offline = args.offline || config::is_missing_file(&url);
+    let dialect = match (args.dialect, &url) {
+        (Some(DialectArg::Postgres), _) => crate::db::Dialect::Postgres,
+        (Some(DialectArg::Sqlite), _) => crate::db::Dialect::Sqlite,
+        (None, DatabaseUrl::Postgres(_)) if !offline || cli.database.is_some() => {
+            crate::db::Dialect::Postgres
+        }
+        (None, _) => crate::db::Dialect::Sqlite,
+    };
+    let recorder = crate::db::recorder::Recorder::new();
+    let mut opened = if offline {
+        None
     } else {
-        let mut target = match config::open(&url, loaded.plan.id(), Open::Existing).await {
-            Ok(t) => t,
+        match config::open(&url, loaded.plan.id(), Open::Existing).await {
+            Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("error: {e}");
                 return exit::FAILED;
             }
-        };
-        with_target!(&mut target, t => engine::dry_run::dry_run(t, &loaded, args.phase.as_deref()).await)
+        }
+    };
+    let header = match opened.as_mut() {
+        Some(t) => format!(
+            "-- phased plan {} on {} ({})",
+            loaded.plan.id(),
+            with_target!(t, t => crate::db::Executor::describe(t)),
+            dialect.as_str()
+        ),
+        None => format!(
+            "-- phased plan {} (offline, {}: every step shown as pending)",
+            loaded.plan.id(),
+            dialect.as_str()
+        ),
+    };
+    let recording = config::recording(opened, dialect, recorder);
+    let result = match recording {
+        Ok(mut target) => {
+            with_target!(&mut target, t => engine::dry_run::dry_run(t, &loaded, args.phase.as_deref()).await)
+        }
+        Err(e) => Err(e.into()),
     };
     match result {
-        Ok(text) => {
-            crate::cli::out_text(&text);
+        Ok(entries) => {
+            if cli.format == Format::Json {
+                crate::cli::out_text(&format!(
+                    "{}\n",
+                    serde_json::to_string(&entries).unwrap_or_default()
+                ));
+            } else {
+                crate::cli::out_text(&engine::dry_run::render(
+                    &header,
+                    dialect,
+                    &entries,
+                    args.phase.as_deref(),
+                ));
+            }
             exit::OK
         }
         Err(err) => report_engine_error(&err, &args.plan, cli.format),

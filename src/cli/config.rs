@@ -56,6 +56,29 @@ pub async fn open(url: &DatabaseUrl, plan_id: &str, mode: Open) -> Result<AnyTar
     }
 }
 
+/// The target a dry run runs on: `opened` (or nothing, offline) with its connection recording
+/// into `recorder` (PostgreSQL: writes recorded, look-ups sent; SQLite: an in-memory copy).
+pub fn recording(
+    opened: Option<AnyTarget>,
+    dialect: crate::db::Dialect,
+    recorder: crate::db::recorder::Recorder,
+) -> Result<AnyTarget, DbError> {
+    Ok(match (opened, dialect) {
+        (Some(AnyTarget::Postgres(t)), _) => {
+            AnyTarget::Postgres(Box::new(PgTarget::recording(Some(*t), recorder)))
+        }
+        (Some(AnyTarget::Sqlite(t)), _) => {
+            AnyTarget::Sqlite(Box::new(SqliteTarget::recording(Some(&t), recorder)?))
+        }
+        (None, crate::db::Dialect::Postgres) => {
+            AnyTarget::Postgres(Box::new(PgTarget::recording(None, recorder)))
+        }
+        (None, crate::db::Dialect::Sqlite) => {
+            AnyTarget::Sqlite(Box::new(SqliteTarget::recording(None, recorder)?))
+        }
+    })
+}
+
 /// The URL names an SQLite file that does not exist (`:memory:` and `file:` URIs are SQLite's
 /// to resolve, so they count as there).
 pub fn is_missing_file(url: &DatabaseUrl) -> bool {
@@ -68,16 +91,20 @@ pub fn is_missing_file(url: &DatabaseUrl) -> bool {
     }
 }
 
-/// Runs `$body` with `$t` bound to the concrete target (the Target trait is not object-safe).
+/// Runs `$body` with `$t` bound to the concrete target (the database traits are not object-safe).
 #[macro_export]
 macro_rules! with_target {
     ($any:expr, $t:ident => $body:expr) => {
         match $any {
             $crate::cli::config::AnyTarget::Postgres($t) => {
+                #[allow(unused_imports)]
+                use $crate::db::prelude::*;
                 let $t = &mut **$t;
                 $body
             }
             $crate::cli::config::AnyTarget::Sqlite($t) => {
+                #[allow(unused_imports)]
+                use $crate::db::prelude::*;
                 let $t = &mut **$t;
                 $body
             }

@@ -6,7 +6,7 @@ use rand::Rng;
 use super::args::{Cli, DbAction, DbArgs, Format};
 use super::config::{self, AnyTarget, Open};
 use super::exit;
-use crate::db::{DatabaseUrl, DbError, Target, Timeouts, VersionState};
+use crate::db::{Database, DatabaseUrl, DbError, Timeouts, VersionState};
 use crate::engine::migrations::{self as engine, Progress, Request, VersionError};
 use crate::migrations::{self, file, path, History, MigrationError, Spec};
 use crate::plan::RetryPolicy;
@@ -395,7 +395,7 @@ async fn migrate(
     })
 }
 
-async fn migrate_locked<T: Target>(
+async fn migrate_locked<T: Database>(
     target: &mut T,
     history: &History,
     spec: &Spec,

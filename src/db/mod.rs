@@ -1,14 +1,16 @@
-//! The databases phased deploys to. Only this module speaks SQL; the engine drives it through [`Target`].
+//! The databases phased deploys to. Only this module speaks SQL; the engine drives it through [`Database`] and its parts.
 
 pub mod backfill_key;
 pub mod backup;
 pub mod error;
 pub mod lock;
 pub mod postgres;
+pub mod recorder;
 pub mod render;
 pub mod scratch;
 pub mod sqlite;
 pub mod state_schema;
+pub mod state_sql;
 pub mod url;
 
 pub use error::DbError;
@@ -122,6 +124,9 @@ pub struct BatchRequest<'a> {
     pub timeouts: Timeouts,
     /// The backfill's rate so far, recorded with the checkpoint for `phased status`.
     pub rows_per_second: f64,
+    /// The key columns' types as the plan declares them (a table the plan creates), for a dry
+    /// run that cannot look them up; empty when the plan does not say.
+    pub key_types_hint: &'a [String],
 }
 
 /// What one committed batch did.
@@ -178,21 +183,12 @@ pub struct MigrationRun<'a> {
     pub timeouts: Timeouts,
 }
 
-/// The operations the engine needs from a database. One implementation per dialect.
+/// Phased's own state in the target: steps, their checkpoints, flags. Every write that
+/// belongs with a unit of work is made in that unit's transaction by the [`Executor`].
 #[allow(async_fn_in_trait)]
-pub trait Target {
-    fn dialect(&self) -> Dialect;
-
-    /// Where this target points, with any password removed.
-    fn describe(&self) -> String;
-
+pub trait StateStore {
     /// Creates or upgrades the state tables.
     async fn ensure_state(&mut self) -> Result<(), DbError>;
-
-    /// Takes the plan's single-runner lease, or says who holds it.
-    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError>;
-
-    async fn release_lease(&mut self, plan: &str) -> Result<(), DbError>;
 
     /// Every recorded step of a plan (none when the state tables do not exist yet).
     async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError>;
@@ -209,27 +205,18 @@ pub trait Target {
     /// Sets a step's status directly (rollback bookkeeping).
     async fn set_step_status(&mut self, key: &StepKey, status: StepStatus) -> Result<(), DbError>;
 
-    /// Runs a step's units in order. The last transactional unit also marks the step done,
-    /// in the same transaction; when the last unit cannot be transactional the step is marked
-    /// done right after it.
-    async fn apply(
+    /// Sets a step's checkpoint (a backfill's last key, a flag's previous value); `None` also
+    /// clears the progress recorded with it, so the step starts over when it runs again.
+    async fn set_checkpoint(
         &mut self,
         key: &StepKey,
-        units: &[Unit],
-        timeouts: Timeouts,
+        checkpoint: Option<&str>,
     ) -> Result<(), DbError>;
-
-    /// Runs one backfill batch and commits it with the checkpoint.
-    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError>;
-
-    /// Rows a backfill will visit (an estimate on PostgreSQL).
-    async fn count_rows(&mut self, table: &str, predicate: Option<&str>) -> Result<i64, DbError>;
 
     /// Records the expected total of a backfill.
     async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError>;
 
-    /// The primary key columns of a table, in key order (SQLite falls back to rowid).
-    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, DbError>;
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError>;
 
     /// Sets a flag and, when a step is given, marks it done in the same transaction.
     async fn set_flag(
@@ -238,28 +225,6 @@ pub trait Target {
         value: &str,
         plan: Option<&str>,
         step: Option<&StepKey>,
-    ) -> Result<(), DbError>;
-
-    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError>;
-
-    /// Evaluates a query that must return one boolean.
-    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError>;
-
-    /// Runs a step's inverse units (rollback); the last transactional unit also marks the step
-    /// rolled back, in the same transaction.
-    async fn apply_inverse(
-        &mut self,
-        key: &StepKey,
-        units: &[Unit],
-        timeouts: Timeouts,
-    ) -> Result<(), DbError>;
-
-    /// Sets a step's checkpoint (a backfill's last key, a flag's previous value); `None` also
-    /// clears the progress recorded with it, so the step starts over when it runs again.
-    async fn set_checkpoint(
-        &mut self,
-        key: &StepKey,
-        checkpoint: Option<&str>,
     ) -> Result<(), DbError>;
 
     /// Puts a flag back to its previous value (removes it when it had none) and marks the flag
@@ -271,9 +236,43 @@ pub trait Target {
         step: &StepKey,
     ) -> Result<(), DbError>;
 
-    /// The user schema as sorted, comparable lines (tables, columns, indexes, constraints,
-    /// triggers); phased's own state is left out.
-    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError>;
+    /// The applied versioned migrations and the version heads (empty before the state tables exist).
+    async fn version_state(&mut self) -> Result<VersionState, DbError>;
+
+    /// Replaces the version records without running anything (`phased db stamp`): `applied` is
+    /// (revision, checksum) pairs.
+    async fn stamp_versions(
+        &mut self,
+        applied: &[(String, String)],
+        heads: &[String],
+    ) -> Result<(), DbError>;
+}
+
+/// The single-runner lease of a plan (PostgreSQL: a session advisory lock; SQLite: a lock row).
+#[allow(async_fn_in_trait)]
+pub trait Lease {
+    /// Takes the plan's single-runner lease, or says who holds it.
+    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError>;
+
+    async fn release_lease(&mut self, plan: &str) -> Result<(), DbError>;
+}
+
+/// Look-ups in the database's catalog and activity: only reads.
+#[allow(async_fn_in_trait)]
+pub trait Catalog {
+    /// Other sessions holding, or already queued for, a lock on `table` that conflicts with
+    /// `mode` (PostgreSQL: `pg_locks` + `pg_stat_activity`). Empty when the way is clear, when
+    /// the table does not exist, and on SQLite, which cannot tell who holds its lock.
+    async fn blockers(&mut self, table: &str, mode: LockMode) -> Result<Vec<Blocker>, DbError>;
+
+    /// The columns a backfill walks. A `key` named in the plan is checked: its columns exist,
+    /// are NOT NULL and a unique index covers them. Without one, the primary key (SQLite: the
+    /// rowid when there is none); PostgreSQL refuses a table without a primary key.
+    async fn backfill_key(&mut self, table: &str, key: &[String]) -> Result<Vec<String>, DbError>;
+
+    /// Rows a backfill still has to visit after `batch.after` and matching its predicate
+    /// (the progress total). One scan per attempt, never per batch.
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, DbError>;
 
     /// The declared types of some columns of a table, in the order given (dry runs show the
     /// casts a backfill's bound keys get).
@@ -283,6 +282,21 @@ pub trait Target {
         columns: &[String],
     ) -> Result<Vec<String>, DbError>;
 
+    /// The user schema as sorted, comparable lines (tables, columns, indexes, constraints,
+    /// triggers); phased's own state is left out.
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError>;
+
+    /// The largest replay lag among streaming replicas, or None when there are none
+    /// (always None on SQLite).
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError>;
+
+    /// Evaluates a query that must return one boolean.
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError>;
+}
+
+/// Writing, recording and listing backups (`pg_dump -Fc`; SQLite's online backup API).
+#[allow(async_fn_in_trait)]
+pub trait Backups {
     /// Checks, before anything runs, that a backup can be written (PostgreSQL: `pg_dump` and
     /// `pg_restore` are there and not older than the server).
     async fn check_backup_tools(&mut self) -> Result<(), BackupError>;
@@ -310,42 +324,48 @@ pub trait Target {
 
     /// The last restore noted in the state.
     async fn last_restore(&mut self) -> Result<Option<RestoreNote>, DbError>;
+}
 
-    /// Other sessions holding, or already queued for, a lock on `table` that conflicts with
-    /// `mode` (PostgreSQL: `pg_locks` + `pg_stat_activity`). Empty when the way is clear, when
-    /// the table does not exist, and on SQLite, which cannot tell who holds its lock.
-    async fn blockers(&mut self, table: &str, mode: LockMode) -> Result<Vec<Blocker>, DbError>;
+/// Runs a step's work: units (each transaction also writes the step's new status), backfill
+/// batches (each committed with its checkpoint), versioned migrations (each with its record).
+/// In a dry run it records instead of sending (see [`recorder`]).
+#[allow(async_fn_in_trait)]
+pub trait Executor {
+    fn dialect(&self) -> Dialect;
 
-    /// The applied versioned migrations and the version heads (empty before the state tables exist).
-    async fn version_state(&mut self) -> Result<VersionState, DbError>;
+    /// Where this target points, with any password removed.
+    fn describe(&self) -> String;
+
+    /// The recording of a dry run (`phased plan`), when this is one.
+    fn recorder(&self) -> Option<&recorder::Recorder>;
+
+    /// Runs a step's units in order. The last transactional unit also sets the step's status to
+    /// `status` (done, or rolled back when the units are an inverse), in the same transaction;
+    /// when the last unit cannot be transactional the status is written right after it.
+    async fn apply(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+        status: StepStatus,
+    ) -> Result<(), DbError>;
+
+    /// Runs one backfill batch and commits it with the checkpoint.
+    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError>;
 
     /// Runs one migration's script under the lock timeout and records it (or, going down,
     /// forgets it) together with the new version heads, in one transaction; a non-transactional
     /// script runs first and is recorded right after.
     async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError>;
+}
 
-    /// Replaces the version records without running anything (`phased db stamp`): `applied` is
-    /// (revision, checksum) pairs.
-    async fn stamp_versions(
-        &mut self,
-        applied: &[(String, String)],
-        heads: &[String],
-    ) -> Result<(), DbError>;
+/// Everything the engine needs from a database, split by concern. One implementation per
+/// dialect (`postgres/`, `sqlite/`).
+pub trait Database: StateStore + Lease + Catalog + Backups + Executor {}
 
-    /// Stores a step's checkpoint text (a `migrations` step records the heads it started from).
-    async fn set_step_checkpoint(&mut self, key: &StepKey, checkpoint: &str)
-        -> Result<(), DbError>;
+impl<T: StateStore + Lease + Catalog + Backups + Executor> Database for T {}
 
-    /// The columns a backfill walks. A `key` named in the plan is checked: its columns exist,
-    /// are NOT NULL and a unique index covers them. Without one, the primary key (SQLite: the
-    /// rowid when there is none); PostgreSQL refuses a table without a primary key.
-    async fn backfill_key(&mut self, table: &str, key: &[String]) -> Result<Vec<String>, DbError>;
-
-    /// Rows a backfill still has to visit after `batch.after` and matching its predicate
-    /// (the progress total). One scan per attempt, never per batch.
-    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, DbError>;
-
-    /// The largest replay lag among streaming replicas, or None when there are none
-    /// (always None on SQLite).
-    async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError>;
+/// The database traits, for code that calls them on a concrete target (`use phased::db::prelude::*`).
+pub mod prelude {
+    pub use super::{Backups, Catalog, Database, Executor, Lease, StateStore};
 }

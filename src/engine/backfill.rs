@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
-use crate::db::{BatchRequest, DbError, StepKey, Target, Timeouts};
+use crate::db::{BatchRequest, Database, DbError, StepKey, Timeouts};
 use crate::plan::{Backfill, BatchSize};
 
 /// Batch size bounds for `batch_size: auto`.
@@ -124,7 +124,7 @@ impl Walk<'_> {
         self.last_report = Some(Instant::now());
     }
 
-    async fn pause_reason<T: Target>(
+    async fn pause_reason<T: Database>(
         &mut self,
         target: &mut T,
     ) -> Result<Option<PauseReason>, DbError> {
@@ -148,7 +148,7 @@ impl Walk<'_> {
     }
 
     /// Waits while the throttle file exists or a replica lags too much, saying why.
-    async fn wait_while_throttled<T: Target>(
+    async fn wait_while_throttled<T: Database>(
         &mut self,
         target: &mut T,
         reporter: &mut dyn Reporter,
@@ -182,10 +182,11 @@ impl Walk<'_> {
 /// database committed — never from a batch whose commit was lost on the way back. `checkpoint`
 /// is kept up to date for the runner, which treats a moved checkpoint as progress.
 #[allow(clippy::too_many_arguments)]
-pub async fn run<T: Target>(
+pub async fn run<T: Database>(
     target: &mut T,
     key: &StepKey,
     step: &Backfill,
+    plan_key: &(Vec<String>, Vec<String>),
     timeouts: Timeouts,
     checkpoint: &mut Option<String>,
     throttle_file: Option<&Path>,
@@ -203,7 +204,18 @@ pub async fn run<T: Target>(
         .map(|r| u64::try_from(r.rows_done).unwrap_or(0))
         .unwrap_or(0);
 
-    let key_columns = target.backfill_key(&step.table, &step.key).await?;
+    let dry = target.recorder().is_some();
+    let key_columns = match target.backfill_key(&step.table, &step.key).await {
+        Ok(columns) => columns,
+        // A dry run of a plan that creates the table: the key as the plan declares it.
+        Err(_) if dry => plan_key.0.clone(),
+        Err(e) => return Err(e),
+    };
+    let key_types_hint = if key_columns == plan_key.0 {
+        plan_key.1.clone()
+    } else {
+        Vec::new()
+    };
     let set: Vec<(String, String)> = step
         .set
         .iter()
@@ -219,13 +231,19 @@ pub async fn run<T: Target>(
         limit: 0,
         timeouts,
         rows_per_second: 0.0,
+        key_types_hint: &key_types_hint,
     };
-    let remaining = target
+    let remaining = match target
         .backfill_remaining(&BatchRequest {
             after: checkpoint.as_deref(),
             ..base.clone()
         })
-        .await?;
+        .await
+    {
+        Ok(n) => n,
+        Err(_) if dry => 0,
+        Err(e) => return Err(e),
+    };
     let total = rows_before + u64::try_from(remaining).unwrap_or(0);
     target
         .set_rows_total(key, i64::try_from(total).unwrap_or(i64::MAX))
@@ -259,6 +277,15 @@ pub async fn run<T: Target>(
             })
             .await?;
         let took = batch_started.elapsed();
+        if dry {
+            // A dry run shows one batch: every later one sends the same statements.
+            if let Some(recorder) = target.recorder() {
+                recorder.note(
+                    "the batch above repeats, each after the last key of the one before, until a batch finds no rows; then:",
+                );
+            }
+            break;
+        }
         let Some(last) = outcome.last_key else {
             break;
         };

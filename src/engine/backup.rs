@@ -4,7 +4,7 @@
 //! (resolved against the plan's folder), has the target verify it reads back, hashes it, records
 //! it in the state and beside the file (`<file>.json`, so a restore knows where it came from even
 //! when the database is gone), then prunes to `backup.keep`. Any failure stops the run before the
-//! phase's first step. The database-specific parts live behind [`Target`].
+//! phase's first step. The database-specific parts live behind [`Database`](crate::db::Database).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,9 +18,10 @@ use super::runner::millis;
 use super::EngineError;
 use crate::db::backup::{BackupError, BackupRecord, RestoreNote};
 use crate::db::postgres::PgTarget;
+use crate::db::prelude::*;
 use crate::db::sqlite::SqliteTarget;
 use crate::db::url::without_password;
-use crate::db::{DatabaseUrl, DbError, Dialect, Target};
+use crate::db::{DatabaseUrl, DbError, Dialect};
 use crate::plan::{LoadedPlan, Phase, Plan};
 
 /// Written next to each backup as `<file>.json`.
@@ -68,7 +69,7 @@ fn dir_hint(loaded: &LoadedPlan) -> String {
 
 /// Checks, before anything runs, that a backup can be taken: the tools (PostgreSQL) and a
 /// writable backup folder.
-pub async fn preflight<T: Target>(
+pub async fn preflight<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     phase: &str,
@@ -188,7 +189,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// Takes the backup before `phase`, records it and prunes old ones. `underway`: some step of the
 /// phase already ran (a resumed phase keeps the backup taken before it first started).
-pub async fn before_phase<T: Target>(
+pub async fn before_phase<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     phase: &Phase,
@@ -233,7 +234,7 @@ pub async fn before_phase<T: Target>(
 }
 
 /// Writes, verifies, hashes and records one backup.
-pub async fn take<T: Target>(
+pub async fn take<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     phase: &str,
@@ -341,7 +342,7 @@ pub async fn take<T: Target>(
 
 /// Keeps the `keep` newest backups of the plan (at least one); deletes the files and records of
 /// the older ones.
-pub async fn prune<T: Target>(
+pub async fn prune<T: Database>(
     target: &mut T,
     plan: &str,
     keep: u32,
@@ -369,7 +370,7 @@ pub async fn prune<T: Target>(
 }
 
 /// The recorded backups of a plan, newest first, with whether each file is still there.
-pub async fn list<T: Target>(target: &mut T, plan: &str) -> Result<Vec<BackupListing>, DbError> {
+pub async fn list<T: Database>(target: &mut T, plan: &str) -> Result<Vec<BackupListing>, DbError> {
     Ok(target
         .backups(Some(plan))
         .await?
@@ -491,7 +492,7 @@ pub async fn restore(backup: &BackupFile, url: &DatabaseUrl) -> Result<Restored,
 
 /// Brings back the backup records the restore replaced (those whose files exist), and notes the
 /// restore.
-async fn after_restore<T: Target>(
+async fn after_restore<T: Database>(
     target: &mut T,
     previous: Vec<BackupRecord>,
     own: Option<BackupRecord>,

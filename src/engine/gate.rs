@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter};
 use super::runner::load_records;
 use super::EngineError;
-use crate::db::{DbError, StepStatus, Target};
+use crate::db::{Database, DbError, StepStatus};
 use crate::plan::{FlagGate, Gate, Phase, Plan};
 
 /// One condition's result.
@@ -17,7 +17,7 @@ pub struct GateOutcome {
 }
 
 /// Checks every gate of a phase; all must hold.
-pub async fn evaluate<T: Target>(
+pub async fn evaluate<T: Database>(
     target: &mut T,
     plan: &Plan,
     phase: &Phase,
@@ -29,7 +29,7 @@ pub async fn evaluate<T: Target>(
     Ok(outcomes)
 }
 
-async fn evaluate_one<T: Target>(
+async fn evaluate_one<T: Database>(
     target: &mut T,
     plan: &Plan,
     gate: &Gate,
@@ -64,7 +64,7 @@ async fn evaluate_one<T: Target>(
     }
 }
 
-async fn sql_condition<T: Target>(target: &mut T, sql: &str) -> Result<GateOutcome, DbError> {
+async fn sql_condition<T: Database>(target: &mut T, sql: &str) -> Result<GateOutcome, DbError> {
     let (ok, detail) = match target.query_bool(sql).await {
         Ok(value) => (value, format!("returned {value}")),
         Err(e) => (false, format!("failed: {e}")),
@@ -76,7 +76,7 @@ async fn sql_condition<T: Target>(target: &mut T, sql: &str) -> Result<GateOutco
     })
 }
 
-async fn flag_condition<T: Target>(
+async fn flag_condition<T: Database>(
     target: &mut T,
     flag: &FlagGate,
 ) -> Result<GateOutcome, DbError> {
@@ -97,7 +97,7 @@ async fn flag_condition<T: Target>(
     })
 }
 
-async fn phase_done<T: Target>(
+async fn phase_done<T: Database>(
     target: &mut T,
     plan: &Plan,
     name: &str,
@@ -120,7 +120,7 @@ async fn phase_done<T: Target>(
 }
 
 /// Checks a phase's gate before it starts; reports each condition; GateNotMet when any fails.
-pub async fn check_phase<T: Target>(
+pub async fn check_phase<T: Database>(
     target: &mut T,
     plan: &Plan,
     phase: &Phase,

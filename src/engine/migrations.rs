@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::db::render::versions::script_text;
-use crate::db::{DbError, MigrationRun, Target, Timeouts, VersionState};
+use crate::db::{Database, DbError, MigrationRun, Timeouts, VersionState};
 use crate::migrations::path::{self, applied_set};
 use crate::migrations::{Direction, History, Migration, MigrationError, Move, Spec};
 use crate::plan::RetryPolicy;
@@ -84,7 +84,7 @@ pub fn applied(state: &VersionState) -> BTreeSet<String> {
 }
 
 /// Reads the version state and refuses on drift.
-pub async fn checked_state<T: Target>(
+pub async fn checked_state<T: Database>(
     target: &mut T,
     history: &History,
 ) -> Result<VersionState, VersionError> {
@@ -224,7 +224,7 @@ pub fn sql_text(
 
 /// Runs prepared moves in order. With a retry policy each migration is retried on lock
 /// timeouts; without one the first error is returned as is (the plan step retries itself).
-pub async fn apply<T: Target>(
+pub async fn apply<T: Database>(
     target: &mut T,
     prepared: &[Prepared<'_>],
     timeouts: Timeouts,
@@ -305,7 +305,7 @@ fn step_error(e: impl std::fmt::Display) -> DbError {
 /// The plan's `migrations` step: records the heads it starts from in the step's checkpoint (on
 /// its first attempt only, so retries and resumes keep the original), then upgrades to `to`.
 /// A failed migration's error is returned as is, so the runner retries lock timeouts.
-pub async fn run_step<T: Target>(
+pub async fn run_step<T: Database>(
     target: &mut T,
     base_dir: &std::path::Path,
     step: &crate::plan::Migrations,
@@ -326,7 +326,7 @@ pub async fn run_step<T: Target>(
     released
 }
 
-async fn run_step_locked<T: Target>(
+async fn run_step_locked<T: Database>(
     target: &mut T,
     base_dir: &std::path::Path,
     step: &crate::plan::Migrations,
@@ -340,7 +340,7 @@ async fn run_step_locked<T: Target>(
     if checkpoint.is_none() {
         let before = history.heads_of(&applied(&state));
         let text = serde_json::to_string(&before).map_err(step_error)?;
-        target.set_step_checkpoint(key, &text).await?;
+        target.set_checkpoint(key, Some(&text)).await?;
         *checkpoint = Some(text);
     }
     let moves = moves_for(&history, &state, Request::Upgrade(&spec)).map_err(step_error)?;
@@ -368,7 +368,7 @@ pub fn heads_before(checkpoint: Option<&str>) -> Result<Vec<String>, DbError> {
 }
 
 /// Rolls a `migrations` step back: downgrades to the heads recorded before it ran.
-pub async fn rollback_step<T: Target>(
+pub async fn rollback_step<T: Database>(
     target: &mut T,
     base_dir: &std::path::Path,
     step: &crate::plan::Migrations,

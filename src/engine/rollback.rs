@@ -10,7 +10,7 @@ use super::events::{Event, Reporter};
 use super::runner::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{command, retry, EngineError};
 use crate::db::render::{render_step, render_step_down};
-use crate::db::{DbError, Dialect, StepStatus, Target, Unit};
+use crate::db::{Database, DbError, Dialect, StepStatus, Unit};
 use crate::plan::{LoadedPlan, PhaseKind, Plan, Step, StepRef};
 
 /// How far to roll back.
@@ -159,7 +159,7 @@ pub fn irreversible_steps(plan: &Plan) -> Vec<(StepRef, String)> {
 }
 
 /// Rolls back a plan. Returns the steps undone, newest first.
-pub async fn rollback<T: Target>(
+pub async fn rollback<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     options: &RollbackOptions,
@@ -200,7 +200,7 @@ fn status_of(records: &Records, step: &StepRef) -> StepStatus {
         .unwrap_or(StepStatus::Pending)
 }
 
-async fn rollback_locked<T: Target>(
+async fn rollback_locked<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     start: usize,
@@ -303,7 +303,10 @@ async fn rollback_locked<T: Target>(
                 let mut attempt = 0u32;
                 loop {
                     attempt += 1;
-                    match target.apply_inverse(&key, units, timeouts).await {
+                    match target
+                        .apply(&key, units, timeouts, StepStatus::RolledBack)
+                        .await
+                    {
                         Ok(()) => break,
                         Err(e) if e.is_retryable() && attempt < policy.attempts.max(1) => {
                             let wait = retry::backoff(&policy, attempt);
@@ -405,8 +408,8 @@ async fn rollback_locked<T: Target>(
             }
             Inverse::Irreversible(_) => unreachable!("handled above"),
         }
-        // A backfill done again starts from the beginning; a flag records its previous value anew.
-        target.set_checkpoint(&key, None).await?;
+        // (Rolling back cleared its checkpoint in the same statement: a backfill done again
+        // starts from the beginning; a flag records its previous value anew.)
         undone.push(format!("{} {}", step.id(), def.label()));
         reporter.emit(&Event::StepUndone {
             step: id,

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter, StepId};
 use super::{backfill, backup, command, gate, retry, EngineError};
 use crate::db::lock::locks_needed;
+use crate::db::recorder::Entry;
 use crate::db::render::render_step;
 use crate::db::{
-    Blocker, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus, TableLock, Target,
+    Blocker, Database, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus, TableLock,
     Timeouts,
 };
 use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
@@ -27,7 +28,7 @@ pub struct RunOptions {
 }
 
 /// Runs (or resumes) a plan.
-pub async fn run<T: Target>(
+pub async fn run<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     options: &RunOptions,
@@ -36,6 +37,10 @@ pub async fn run<T: Target>(
     let plan = &loaded.plan;
     let range = select_phases(plan, options)?;
     target.ensure_state().await?;
+    if target.recorder().is_some() {
+        // A dry run changes nothing, so it takes no lease: it must work while a run is underway.
+        return run_locked(target, loaded, range, options, reporter).await;
+    }
     if let Some(holder) = target.acquire_lease(plan.id()).await? {
         return Err(EngineError::LeaseHeld {
             plan: plan.id().to_string(),
@@ -78,7 +83,7 @@ fn select_phases(plan: &Plan, options: &RunOptions) -> Result<std::ops::Range<us
 /// The recorded state of every step, by (phase, index).
 pub(crate) type Records = HashMap<(String, i32), StepRecord>;
 
-pub(crate) async fn load_records<T: Target>(
+pub(crate) async fn load_records<T: Database>(
     target: &mut T,
     plan: &Plan,
 ) -> Result<Records, DbError> {
@@ -125,7 +130,7 @@ fn is_done(records: &Records, step: &StepRef) -> bool {
         .is_some_and(|r| r.status == StepStatus::Done)
 }
 
-async fn run_locked<T: Target>(
+async fn run_locked<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     range: std::ops::Range<usize>,
@@ -135,8 +140,14 @@ async fn run_locked<T: Target>(
     let plan = &loaded.plan;
     let started = Instant::now();
     let records = load_records(target, plan).await?;
+    let dry = target.recorder().cloned();
     if let Some(drift) = find_drift(plan, &records) {
-        return Err(drift);
+        match &dry {
+            Some(recorder) => {
+                recorder.note(format!("WARNING: {drift}; `phased run` refuses to start."))
+            }
+            None => return Err(drift),
+        }
     }
     let steps = plan.step_refs();
 
@@ -145,7 +156,7 @@ async fn run_locked<T: Target>(
         .iter()
         .find(|(s, _)| s.phase_index < range.start && !is_done(&records, s))
     {
-        return Err(EngineError::GateNotMet(format!(
+        let refusal = EngineError::GateNotMet(format!(
             "phase `{}` cannot start: the earlier phase `{}` is not done (step {} {} is {}); run it first",
             plan.phases.value[range.start].value.name(),
             pending.0.phase,
@@ -155,11 +166,15 @@ async fn run_locked<T: Target>(
                 .get(&(pending.0.phase.clone(), pending.0.index as i32))
                 .map(|r| r.status.as_str())
                 .unwrap_or("pending"),
-        )));
+        ));
+        match &dry {
+            Some(recorder) => recorder.note(format!("NOTE: {refusal}")),
+            None => return Err(refusal),
+        }
     }
 
     // A phase preceded by a backup: check the tools and the folder before anything runs.
-    if let Some(phase_index) = range.clone().find(|&i| {
+    if let Some(phase_index) = range.clone().filter(|_| dry.is_none()).find(|&i| {
         backup::wanted_before(plan, &plan.phases.value[i].value)
             && steps
                 .iter()
@@ -184,6 +199,51 @@ async fn run_locked<T: Target>(
             .iter()
             .filter(|(s, _)| s.phase_index == phase_index)
             .collect();
+        if let Some(recorder) = &dry {
+            // What the run does before the phase's first step, which a dry run describes.
+            let mut notes = Vec::new();
+            if backup::wanted_before(plan, phase) {
+                notes.push(format!(
+                    "a verified backup is taken before this phase starts (backup.before), into {}",
+                    plan.backup.dir.display()
+                ));
+            }
+            for gate in &phase.gate {
+                let shown = serde_json::to_string(&gate.value).unwrap_or_default();
+                notes.push(format!("gate (checked before the phase starts): {shown}"));
+            }
+            recorder.push(Entry::Phase {
+                name: phase.name().to_string(),
+                kind: phase.kind().to_string(),
+                notes,
+            });
+            for (step, def) in &phase_steps {
+                let status = records
+                    .get(&(step.phase.clone(), step.index as i32))
+                    .map(|r| r.status)
+                    .unwrap_or(StepStatus::Pending);
+                recorder.push(Entry::Step {
+                    id: step.id(),
+                    label: def.label(),
+                    status: status.as_str().to_string(),
+                    line: step.line,
+                });
+                if status == StepStatus::Done {
+                    continue;
+                }
+                let record = records.get(&(step.phase.clone(), step.index as i32));
+                if let Err(failure) =
+                    run_step(target, loaded, step, def, record, options, reporter).await
+                {
+                    let why = match failure {
+                        StepFailure::Failed { error, .. } => error,
+                        StepFailure::Engine(e) => e.to_string(),
+                    };
+                    recorder.note(format!("cannot be shown further: {why}"));
+                }
+            }
+            continue;
+        }
         if phase_steps.iter().all(|(s, _)| is_done(&records, s)) {
             reporter.emit(&Event::PhaseSkipped {
                 phase: phase.name().to_string(),
@@ -281,7 +341,7 @@ pub(crate) fn timeouts_for(plan: &Plan, def: &Step) -> Timeouts {
 /// Before each attempt it looks before it queues: while other sessions hold locks on the step's
 /// table that its statement would queue behind (and application queries would then queue behind
 /// phased), it waits and looks again instead of attempting. Those waits use the same retry budget.
-async fn run_step<T: Target>(
+async fn run_step<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     step: &StepRef,
@@ -313,7 +373,16 @@ async fn run_step<T: Target>(
             step: step_id(step, def),
             attempt,
         });
-        if let Some((lock, blockers)) = first_blocked(target, &needed).await? {
+        let blocked = first_blocked(target, &needed).await?;
+        if let (Some((lock, blockers)), Some(recorder)) = (&blocked, target.recorder()) {
+            recorder.note(format!(
+                "right now {} session(s) hold locks on `{}` that conflict with the {} lock this step needs: `phased run` would wait for them{}",
+                blockers.len(),
+                lock.table,
+                lock.mode,
+                blocked_by(&blockers.iter().map(ToString::to_string).collect::<Vec<_>>())
+            ));
+        } else if let Some((lock, blockers)) = blocked {
             let lines: Vec<String> = blockers.iter().map(ToString::to_string).collect();
             let message = format!(
                 "not attempted: {} other session(s) hold locks on `{}` that conflict with the {} lock this step needs; \
@@ -420,7 +489,7 @@ async fn run_step<T: Target>(
 }
 
 /// The first needed lock that other sessions stand in the way of, with who they are.
-async fn first_blocked<T: Target>(
+async fn first_blocked<T: Database>(
     target: &mut T,
     needed: &[TableLock],
 ) -> Result<Option<(TableLock, Vec<Blocker>)>, DbError> {
@@ -464,7 +533,7 @@ fn blocked_by(lines: &[String]) -> String {
 
 /// One attempt at a step.
 #[allow(clippy::too_many_arguments)]
-async fn execute<T: Target>(
+async fn execute<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
     step: &StepRef,
@@ -482,6 +551,7 @@ async fn execute<T: Target>(
                 target,
                 key,
                 b,
+                &super::dry_run::key_from_plan(plan, b),
                 timeouts,
                 checkpoint,
                 options.throttle_file.as_deref(),
@@ -505,7 +575,22 @@ async fn execute<T: Target>(
                 .await
         }
         Step::Command(c) => {
-            command::run(c, &loaded.base_dir, reporter).await?;
+            match target.recorder() {
+                Some(recorder) => recorder.note(format!(
+                    "runs the program {} (no shell), from the plan's folder, within {}{}",
+                    serde_json::to_string(&c.run).unwrap_or_default(),
+                    c.timeout,
+                    if c.env.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", with env {}",
+                            c.env.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                )),
+                None => command::run(c, &loaded.base_dir, reporter).await?,
+            }
             target.finish_step(key).await
         }
         Step::Migrations(m) => {
@@ -515,7 +600,7 @@ async fn execute<T: Target>(
         _ => {
             let units = render_step(def, target.dialect())
                 .map_err(|e| DbError::Unexpected(e.to_string()))?;
-            target.apply(key, &units, timeouts).await
+            target.apply(key, &units, timeouts, StepStatus::Done).await
         }
     }
 }

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::runner::load_records;
 use crate::db::backup::RestoreNote;
-use crate::db::{DbError, StepStatus, Target};
+use crate::db::{Database, DbError, StepStatus};
 use crate::plan::Plan;
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,7 +44,7 @@ pub struct StepStatusView {
     pub rows_per_second: Option<f64>,
 }
 
-pub async fn status<T: Target>(target: &mut T, plan: &Plan) -> Result<PlanStatus, DbError> {
+pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStatus, DbError> {
     let records = load_records(target, plan).await?;
     let mut phases = Vec::new();
     for (phase_index, phase) in plan.phases().enumerate() {

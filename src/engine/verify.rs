@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::events::Reporter;
 use super::rollback::{inverse_of, rollback, Inverse, RollbackOptions};
 use super::{run, EngineError, RunOptions};
-use crate::db::{StepStatus, Target};
+use crate::db::{Database, StepStatus};
 use crate::plan::{Command, LoadedPlan, PhaseKind, SqlStep, Step};
 
 /// What verify found.
@@ -66,7 +66,7 @@ fn rehearsal(loaded: &LoadedPlan) -> LoadedPlan {
 }
 
 /// Runs the rehearsal on `scratch`, which must hold a copy of the target's schema and no state.
-pub async fn verify<T: Target>(
+pub async fn verify<T: Database>(
     scratch: &mut T,
     loaded: &LoadedPlan,
     reporter: &mut dyn Reporter,

@@ -3,17 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Object;
+use super::conn::Conn;
 use tokio_postgres::types::ToSql;
 
 use super::{set_local, sql_error, state};
 use crate::db::backfill_key::{check_key_columns, not_unique};
+use crate::db::recorder::{Effect, Recorder};
 use crate::db::render::{backfill, ident, literal, Dialect};
 use crate::db::{BatchOutcome, BatchRequest, DbError};
 
 /// The SQL types of the key columns, for casting bound text values.
 pub async fn key_types(
-    conn: &Object,
+    conn: &Conn,
     table: &str,
     columns: &[String],
 ) -> Result<Vec<String>, DbError> {
@@ -24,13 +25,9 @@ pub async fn key_types(
              WHERE attrelid = {}::regclass AND attname = $1 AND NOT attisdropped",
             literal(&ident(table))
         );
-        let row = conn
-            .query_opt(&sql, &[column])
-            .await
-            .map_err(|e| sql_error(e, &sql))?
-            .ok_or_else(|| {
-                DbError::Unexpected(format!("table `{table}` has no column `{column}`"))
-            })?;
+        let row = conn.query_opt(&sql, &[column]).await?.ok_or_else(|| {
+            DbError::Unexpected(format!("table `{table}` has no column `{column}`"))
+        })?;
         types.push(row.get(0));
     }
     Ok(types)
@@ -47,11 +44,7 @@ fn parse_after(batch: &BatchRequest<'_>) -> Result<Option<Vec<String>>, DbError>
 }
 
 /// The key a backfill walks: the plan's `key`, checked, or the primary key.
-pub async fn resolve_key(
-    conn: &Object,
-    table: &str,
-    key: &[String],
-) -> Result<Vec<String>, DbError> {
+pub async fn resolve_key(conn: &Conn, table: &str, key: &[String]) -> Result<Vec<String>, DbError> {
     let regclass = literal(&ident(table));
     if !super::state::relation_exists(conn, &ident(table)).await? {
         return Err(DbError::Unexpected(format!(
@@ -65,10 +58,7 @@ pub async fn resolve_key(
              WHERE i.indrelid = {regclass}::regclass AND i.indisprimary \
              ORDER BY array_position(i.indkey::int2[], a.attnum)"
         );
-        let rows = conn
-            .query(&sql, &[])
-            .await
-            .map_err(|e| sql_error(e, &sql))?;
+        let rows = conn.query(&sql, &[]).await?;
         if rows.is_empty() {
             return Err(DbError::Unexpected(format!(
                 "table `{table}` has no primary key for the backfill to walk; name a unique, \
@@ -85,8 +75,7 @@ pub async fn resolve_key(
     );
     let columns: Vec<(String, bool)> = conn
         .query(&sql, &[])
-        .await
-        .map_err(|e| sql_error(e, &sql))?
+        .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
@@ -100,10 +89,9 @@ pub async fn resolve_key(
               AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1])))"
     );
     let unique: bool = conn
-        .query_one(&sql, &[&key])
-        .await
-        .map_err(|e| sql_error(e, &sql))?
-        .get(0);
+        .query_opt(&sql, &[&key])
+        .await?
+        .is_some_and(|row| row.get(0));
     if !unique {
         return Err(not_unique(table, key));
     }
@@ -112,7 +100,7 @@ pub async fn resolve_key(
 
 /// Rows still to visit after the checkpoint, matching the predicate.
 pub async fn count_remaining(
-    conn: &Object,
+    conn: &Conn,
     batch: &BatchRequest<'_>,
     types: &[String],
 ) -> Result<i64, DbError> {
@@ -131,28 +119,63 @@ pub async fn count_remaining(
         .flatten()
         .map(|v| v as &(dyn ToSql + Sync))
         .collect();
-    let row = conn
-        .query_one(&sql.count, &params)
-        .await
-        .map_err(|e| sql_error(e, &sql.count))?;
-    Ok(row.get(0))
+    Ok(conn
+        .query_opt(&sql.count, &params)
+        .await?
+        .map(|row| row.get(0))
+        .unwrap_or(0))
 }
 
 /// The largest replay lag among the streaming replicas (None without replicas). A replica
 /// that has caught up and is idle reports a NULL lag, counted as none.
-pub async fn replica_lag(conn: &Object) -> Result<Option<std::time::Duration>, DbError> {
+pub async fn replica_lag(conn: &Conn) -> Result<Option<std::time::Duration>, DbError> {
     let sql =
         "SELECT max(COALESCE(EXTRACT(EPOCH FROM replay_lag), 0))::float8 FROM pg_stat_replication";
-    let seconds: Option<f64> = conn
-        .query_one(sql, &[])
-        .await
-        .map_err(|e| sql_error(e, sql))?
-        .get(0);
+    let seconds: Option<f64> = conn.query_opt(sql, &[]).await?.and_then(|row| row.get(0));
     Ok(seconds.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
 }
 
+/// A dry run's batch: the statements a batch sends, in its order, with the values a batch
+/// learns as it goes described instead of bound.
+fn record_batch(
+    recorder: &Recorder,
+    batch: &BatchRequest<'_>,
+    sql: &backfill::BatchSql,
+    after: Option<&[String]>,
+) {
+    let shown = |values: &[String]| values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>();
+    let mut lookup_params = after.map(shown).unwrap_or_default();
+    lookup_params.push(format!("{} (the batch size)", batch.limit));
+    let mut update_params = after.map(shown).unwrap_or_default();
+    update_params.extend(
+        batch
+            .key_columns
+            .iter()
+            .map(|c| format!("<the batch's last {c}>")),
+    );
+    recorder.set_repeating(true);
+    recorder.sql("BEGIN", Vec::new(), Effect::Write);
+    recorder.sql(&set_local(batch.timeouts), Vec::new(), Effect::Write);
+    recorder.sql(&sql.find_last, lookup_params, Effect::Read);
+    recorder.sql(&sql.update, update_params, Effect::Write);
+    recorder.sql(
+        state::CHECKPOINT,
+        vec![
+            format!("{:?}", batch.key.plan),
+            format!("{:?}", batch.key.phase),
+            batch.key.index.to_string(),
+            "<the batch's last key>".to_string(),
+            "<rows updated>".to_string(),
+            "<rows per second>".to_string(),
+        ],
+        Effect::State,
+    );
+    recorder.sql("COMMIT", Vec::new(), Effect::Write);
+    recorder.set_repeating(false);
+}
+
 pub async fn run_batch(
-    conn: &mut Object,
+    conn: &mut Conn,
     batch: &BatchRequest<'_>,
     types: &[String],
 ) -> Result<BatchOutcome, DbError> {
@@ -166,6 +189,15 @@ pub async fn run_batch(
         batch.predicate,
         after.is_some(),
     );
+    if let Some(recorder) = conn.recorder() {
+        record_batch(recorder, batch, &sql, after.as_deref());
+        return Ok(BatchOutcome {
+            rows: 0,
+            last_key: None,
+            held: Duration::ZERO,
+        });
+    }
+    let conn = conn.client_mut()?;
     // Five round trips a batch: BEGIN; SET LOCAL pipelined with the lookup of the batch's last
     // key; the UPDATE; the checkpoint; COMMIT. Statements are prepared once per connection.
     // Short batches are what keep the application's latency flat (docs/benchmarks.md), and at

@@ -561,7 +561,7 @@ pub async fn record(conn: &Object, b: &BackupRecord) -> Result<i64, DbError> {
 }
 
 pub async fn backups(conn: &Object, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
-    if !super::state::relation_exists(conn, "phased.backups").await? {
+    if !super::state::relation_exists_on(conn, "phased.backups").await? {
         return Ok(Vec::new());
     }
     let sql = format!(
@@ -608,7 +608,7 @@ pub async fn record_restore(conn: &Object, note: &RestoreNote) -> Result<(), DbE
 }
 
 pub async fn last_restore(conn: &Object) -> Result<Option<RestoreNote>, DbError> {
-    if !super::state::relation_exists(conn, "phased.meta").await? {
+    if !super::state::relation_exists_on(conn, "phased.meta").await? {
         return Ok(None);
     }
     let sql = "SELECT value FROM phased.meta WHERE key = $1";

@@ -1,9 +1,7 @@
 //! Who stands in the way of a lock: other sessions' entries in `pg_locks` on a table whose mode
 //! conflicts with the one phased needs, with what `pg_stat_activity` says about them.
 
-use tokio_postgres::Client;
-
-use super::sql_error;
+use super::conn::Conn;
 use crate::db::render::ident;
 use crate::db::{Blocker, DbError, LockMode};
 
@@ -12,7 +10,7 @@ use crate::db::{Blocker, DbError, LockMode};
 /// blocker: PostgreSQL cancels it when a conflicting lock request waits on it (waiting for it to
 /// finish could take hours); an anti-wraparound one is never cancelled, so it counts.
 pub async fn find(
-    conn: &Client,
+    conn: &Conn,
     table: &str,
     mode: LockMode,
     ours: &[i32],
@@ -29,10 +27,7 @@ pub async fn find(
                  AND NOT (coalesce(a.backend_type, '') = 'autovacuum worker' \
                           AND coalesce(a.query, '') NOT LIKE '%to prevent wraparound%') \
                ORDER BY 6 DESC, l.pid";
-    let rows = conn
-        .query(sql, &[&ident(table), &ours])
-        .await
-        .map_err(|e| sql_error(e, sql))?;
+    let rows = conn.query(sql, &[&ident(table), &ours]).await?;
     let mut blockers: Vec<Blocker> = Vec::new();
     for row in rows {
         let held: String = row.get(1);

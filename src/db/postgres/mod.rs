@@ -4,6 +4,7 @@
 mod backfill;
 pub mod backup;
 mod blockers;
+pub mod conn;
 mod lease;
 mod snapshot;
 mod state;
@@ -17,20 +18,26 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
+use crate::db::recorder::Recorder;
+use conn::Conn;
+
 use super::backup::{BackupError, BackupRecord, RestoreNote};
-use super::render::{literal, Dialect, Unit};
+use super::render::{Dialect, Unit};
 use super::url::redact;
+use super::{Backups, Catalog, Executor, Lease, MigrationRun, StateStore, VersionState};
 use super::{
     BatchOutcome, BatchRequest, DbError, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
-    StepStatus, Target, Timeouts,
+    StepStatus, Timeouts,
 };
-use super::{MigrationRun, VersionState};
+use crate::migrations::statements;
 
 /// A connection pool to one PostgreSQL database, plus the connection that holds the lease.
 pub struct PgTarget {
-    pool: Pool,
-    /// The connection that runs step work and state writes (kept for the whole run).
-    work: Object,
+    /// None when offline (`phased plan --offline`): nothing to connect to.
+    pool: Option<Pool>,
+    /// The connection that runs step work and state writes (kept for the whole run); in a dry
+    /// run it records them instead.
+    work: Conn,
     /// The connections holding advisory-lock leases, by key (a plan's, and `db:<dir>` while a
     /// `migrations` step runs inside it), with their backend pids (not blockers: they only
     /// hold advisory locks).
@@ -107,49 +114,68 @@ impl PgTarget {
             .await
             .map_err(|e| connect_error(pool_error_message(e)))?;
         Ok(Self {
-            pool,
-            work,
+            pool: Some(pool),
+            work: Conn::live(work),
             leases: Default::default(),
             url: url.to_string(),
             key_types: Default::default(),
         })
     }
 
+    /// A dry run's target: the connection records what it would write (look-ups still go to
+    /// the database when there is one, `target: None` is offline).
+    pub fn recording(target: Option<Self>, recorder: Recorder) -> Self {
+        match target {
+            Some(t) => Self {
+                work: Conn::recording(t.work.into_client(), recorder),
+                ..t
+            },
+            None => Self {
+                pool: None,
+                work: Conn::recording(None, recorder),
+                leases: Default::default(),
+                url: "postgres://(offline)".to_string(),
+                key_types: Default::default(),
+            },
+        }
+    }
+
     /// Another connection from the pool (for a second session's work).
     pub(crate) async fn connection(&self) -> Result<Object, DbError> {
-        self.pool.get().await.map_err(|e| DbError::Connect {
+        let pool = self.pool.as_ref().ok_or_else(|| {
+            DbError::Unexpected("no database connection (offline dry run)".to_string())
+        })?;
+        pool.get().await.map_err(|e| DbError::Connect {
             target: redact(&self.url),
             message: pool_error_message(e),
         })
     }
 
     /// The connection step work runs on.
-    pub fn client(&self) -> &tokio_postgres::Client {
-        &self.work
+    pub fn client(&self) -> Result<&tokio_postgres::Client, DbError> {
+        Ok(self.work.client()?)
     }
 
+    /// One transaction: `SET LOCAL` timeouts, the statements, and — when given — the step's new
+    /// status, committed together.
     async fn run_transaction(
         &mut self,
         statements: &[String],
         timeouts: Timeouts,
         done: Option<(&StepKey, StepStatus)>,
     ) -> Result<(), DbError> {
-        let tx = self
-            .work
-            .transaction()
-            .await
-            .map_err(|e| sql_error(e, "BEGIN"))?;
-        let set = set_local(timeouts);
-        tx.batch_execute(&set)
-            .await
-            .map_err(|e| sql_error(e, &set))?;
-        for sql in statements {
-            tx.batch_execute(sql).await.map_err(|e| sql_error(e, sql))?;
-        }
-        if let Some((key, status)) = done {
-            state::mark(&tx, key, status).await?;
-        }
-        tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
+        let work = &self.work;
+        work.in_transaction(async {
+            work.batch_execute(&set_local(timeouts)).await?;
+            for sql in statements {
+                work.batch_execute(sql).await?;
+            }
+            if let Some((key, status)) = done {
+                state::mark(work, key, status).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs units in order; the last one, when transactional, records `status` in its
@@ -169,9 +195,8 @@ impl PgTarget {
             let done = (Some(i) == last_tx).then_some((key, status));
             match unit {
                 Unit::Transaction(stmts) => self.run_transaction(stmts, timeouts, done).await?,
-                Unit::Standalone(sql) | Unit::Script(sql) => {
-                    self.run_standalone(sql, timeouts).await?
-                }
+                Unit::Standalone(sql) => self.run_standalone(sql, timeouts).await?,
+                Unit::Script(sql) => self.run_script(key, sql, timeouts).await?,
                 Unit::ConcurrentIndex { name, create } => {
                     self.concurrent_index(name, create, timeouts).await?
                 }
@@ -188,6 +213,31 @@ impl PgTarget {
         Ok(())
     }
 
+    /// A script that must not run in a transaction (`transactional: false`): each statement is
+    /// sent on its own (a multi-statement string would be one implicit transaction, which
+    /// `CREATE INDEX CONCURRENTLY` refuses), and the count of statements done is recorded after
+    /// each, so a retry or a rerun resumes after the last one that completed.
+    async fn run_script(
+        &mut self,
+        key: &StepKey,
+        script: &str,
+        timeouts: Timeouts,
+    ) -> Result<(), DbError> {
+        let statements = statements::split(script);
+        let done = state::script_progress(&self.work, key).await?;
+        if done > 0 {
+            tracing::info!(
+                statements_done = done,
+                "resuming the script after its last completed statement"
+            );
+        }
+        for (i, statement) in statements.iter().enumerate().skip(done) {
+            self.run_standalone(statement, timeouts).await?;
+            state::set_script_progress(&self.work, key, i + 1).await?;
+        }
+        Ok(())
+    }
+
     /// Runs SQL outside a transaction with session-level timeouts, then resets them, since a
     /// pooled connection keeps its `SET`s.
     async fn run_standalone(&mut self, sql: &str, timeouts: Timeouts) -> Result<(), DbError> {
@@ -196,20 +246,14 @@ impl PgTarget {
             pg_millis(timeouts.lock_timeout),
             pg_millis(timeouts.statement_timeout)
         );
-        self.work
-            .batch_execute(&set)
-            .await
-            .map_err(|e| sql_error(e, &set))?;
-        let result = self
+        self.work.batch_execute(&set).await?;
+        let result = self.work.simple_query(sql).await;
+        let reset_result = self
             .work
-            .simple_query(sql)
-            .await
-            .map_err(|e| sql_error(e, sql));
-        let reset = "RESET lock_timeout; RESET statement_timeout";
-        let reset_result = self.work.batch_execute(reset).await;
+            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+            .await;
         result?;
-        reset_result.map_err(|e| sql_error(e, reset))?;
-        Ok(())
+        reset_result
     }
 
     /// The SQL types of a backfill's key columns, looked up once per table and key.
@@ -218,7 +262,14 @@ impl PgTarget {
         if let Some(t) = self.key_types.get(&cache_key) {
             return Ok(t.clone());
         }
-        let t = backfill::key_types(&self.work, batch.table, batch.key_columns).await?;
+        let t = match backfill::key_types(&self.work, batch.table, batch.key_columns).await {
+            Ok(t) => t,
+            // A dry run of a plan that creates the table: the plan's declared types.
+            Err(_) if self.work.recorder().is_some() && !batch.key_types_hint.is_empty() => {
+                batch.key_types_hint.to_vec()
+            }
+            Err(e) => return Err(e),
+        };
         self.key_types.insert(cache_key, t.clone());
         Ok(t)
     }
@@ -235,8 +286,7 @@ impl PgTarget {
         let valid: Option<bool> = self
             .work
             .query_opt(lookup, &[&quoted])
-            .await
-            .map_err(|e| sql_error(e, lookup))?
+            .await?
             .map(|row| row.get(0));
         match valid {
             Some(true) => {
@@ -284,19 +334,104 @@ pub(crate) fn set_local(timeouts: Timeouts) -> String {
     )
 }
 
-impl Target for PgTarget {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
-    fn describe(&self) -> String {
-        redact(&self.url)
-    }
-
+impl StateStore for PgTarget {
     async fn ensure_state(&mut self) -> Result<(), DbError> {
         state::ensure(&mut self.work).await
     }
 
+    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError> {
+        state::load_steps(&self.work, plan).await
+    }
+
+    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
+        state::begin_step(&self.work, step).await
+    }
+
+    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
+        state::fail_step(&self.work, key, error).await
+    }
+
+    async fn finish_step(&mut self, key: &StepKey) -> Result<(), DbError> {
+        state::mark_done(&self.work, key).await
+    }
+
+    async fn set_step_status(&mut self, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
+        state::set_status(&self.work, key, status).await
+    }
+
+    async fn set_checkpoint(
+        &mut self,
+        key: &StepKey,
+        checkpoint: Option<&str>,
+    ) -> Result<(), DbError> {
+        state::set_checkpoint(&self.work, key, checkpoint).await
+    }
+
+    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError> {
+        state::set_rows_total(&self.work, key, total).await
+    }
+
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError> {
+        state::flags(&self.work).await
+    }
+
+    async fn set_flag(
+        &mut self,
+        name: &str,
+        value: &str,
+        plan: Option<&str>,
+        step: Option<&StepKey>,
+    ) -> Result<(), DbError> {
+        let work = &self.work;
+        work.in_transaction(async {
+            let sql = "INSERT INTO phased.flags (name, value, updated_at, plan) VALUES ($1, $2, now(), $3) \
+                       ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now(), plan = EXCLUDED.plan";
+            work.execute(sql, &[&name, &value, &plan]).await?;
+            if let Some(key) = step {
+                state::mark_done(work, key).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn restore_flag(
+        &mut self,
+        name: &str,
+        previous: Option<&str>,
+        step: &StepKey,
+    ) -> Result<(), DbError> {
+        let work = &self.work;
+        work.in_transaction(async {
+            match previous {
+                Some(value) => {
+                    let sql = "UPDATE phased.flags SET value = $2, updated_at = now(), plan = $3 WHERE name = $1";
+                    work.execute(sql, &[&name, &value, &step.plan]).await?;
+                }
+                None => {
+                    let sql = "DELETE FROM phased.flags WHERE name = $1";
+                    work.execute(sql, &[&name]).await?;
+                }
+            }
+            state::mark(work, step, StepStatus::RolledBack).await
+        })
+        .await
+    }
+
+    async fn version_state(&mut self) -> Result<VersionState, DbError> {
+        self.read_versions().await
+    }
+
+    async fn stamp_versions(
+        &mut self,
+        applied: &[(String, String)],
+        heads: &[String],
+    ) -> Result<(), DbError> {
+        self.replace_versions(applied, heads).await
+    }
+}
+
+impl Lease for PgTarget {
     async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
         if self.leases.contains_key(plan) {
             return Ok(None);
@@ -323,103 +458,9 @@ impl Target for PgTarget {
         }
         Ok(())
     }
+}
 
-    async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError> {
-        state::load_steps(&self.work, plan).await
-    }
-
-    async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
-        state::begin_step(&self.work, step).await
-    }
-
-    async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
-        state::fail_step(&self.work, key, error).await
-    }
-
-    async fn finish_step(&mut self, key: &StepKey) -> Result<(), DbError> {
-        state::mark_done(&self.work, key).await
-    }
-
-    async fn set_step_status(&mut self, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
-        state::set_status(&self.work, key, status).await
-    }
-
-    async fn apply(
-        &mut self,
-        key: &StepKey,
-        units: &[Unit],
-        timeouts: Timeouts,
-    ) -> Result<(), DbError> {
-        self.apply_units(key, units, timeouts, StepStatus::Done)
-            .await
-    }
-
-    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
-        let types = self.key_types_of(batch).await?;
-        backfill::run_batch(&mut self.work, batch, &types).await
-    }
-
-    async fn count_rows(&mut self, table: &str, predicate: Option<&str>) -> Result<i64, DbError> {
-        let sql = format!(
-            "SELECT count(*) FROM {}{}",
-            super::render::ident(table),
-            predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default()
-        );
-        let row = self
-            .work
-            .query_one(&sql, &[])
-            .await
-            .map_err(|e| sql_error(e, &sql))?;
-        Ok(row.get(0))
-    }
-
-    async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError> {
-        state::set_rows_total(&self.work, key, total).await
-    }
-
-    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, DbError> {
-        let sql = format!(
-            "SELECT a.attname::text FROM pg_index i \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = {}::regclass AND i.indisprimary \
-             ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            literal(&super::render::ident(table))
-        );
-        let rows = self
-            .work
-            .query(&sql, &[])
-            .await
-            .map_err(|e| sql_error(e, &sql))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
-    async fn set_flag(
-        &mut self,
-        name: &str,
-        value: &str,
-        plan: Option<&str>,
-        step: Option<&StepKey>,
-    ) -> Result<(), DbError> {
-        let tx = self
-            .work
-            .transaction()
-            .await
-            .map_err(|e| sql_error(e, "BEGIN"))?;
-        let sql = "INSERT INTO phased.flags (name, value, updated_at, plan) VALUES ($1, $2, now(), $3) \
-                   ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now(), plan = EXCLUDED.plan";
-        tx.execute(sql, &[&name, &value, &plan])
-            .await
-            .map_err(|e| sql_error(e, sql))?;
-        if let Some(key) = step {
-            state::mark_done(&tx, key).await?;
-        }
-        tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
-    }
-
-    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError> {
-        state::flags(&self.work).await
-    }
-
+impl Catalog for PgTarget {
     async fn blockers(
         &mut self,
         table: &str,
@@ -427,136 +468,6 @@ impl Target for PgTarget {
     ) -> Result<Vec<super::Blocker>, DbError> {
         let ours: Vec<i32> = self.leases.values().map(|(_, pid)| *pid).collect();
         blockers::find(&self.work, table, mode, &ours).await
-    }
-
-    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
-        let row = self
-            .work
-            .query_opt(sql, &[])
-            .await
-            .map_err(|e| sql_error(e, sql))?;
-        let row = row.ok_or_else(|| DbError::Unexpected(format!("`{sql}` returned no row")))?;
-        row.try_get::<_, Option<bool>>(0)
-            .map(|v| v.unwrap_or(false))
-            .map_err(|_| DbError::Unexpected(format!("`{sql}` did not return a boolean")))
-    }
-
-    async fn apply_inverse(
-        &mut self,
-        key: &StepKey,
-        units: &[Unit],
-        timeouts: Timeouts,
-    ) -> Result<(), DbError> {
-        self.apply_units(key, units, timeouts, StepStatus::RolledBack)
-            .await
-    }
-
-    async fn set_checkpoint(
-        &mut self,
-        key: &StepKey,
-        checkpoint: Option<&str>,
-    ) -> Result<(), DbError> {
-        state::set_checkpoint(&self.work, key, checkpoint).await
-    }
-
-    async fn restore_flag(
-        &mut self,
-        name: &str,
-        previous: Option<&str>,
-        step: &StepKey,
-    ) -> Result<(), DbError> {
-        let tx = self
-            .work
-            .transaction()
-            .await
-            .map_err(|e| sql_error(e, "BEGIN"))?;
-        match previous {
-            Some(value) => {
-                let sql = "UPDATE phased.flags SET value = $2, updated_at = now(), plan = $3 WHERE name = $1";
-                tx.execute(sql, &[&name, &value, &step.plan])
-                    .await
-                    .map_err(|e| sql_error(e, sql))?;
-            }
-            None => {
-                let sql = "DELETE FROM phased.flags WHERE name = $1";
-                tx.execute(sql, &[&name])
-                    .await
-                    .map_err(|e| sql_error(e, sql))?;
-            }
-        }
-        state::mark(&tx, step, StepStatus::RolledBack).await?;
-        tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
-    }
-
-    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError> {
-        snapshot::snapshot(&self.work).await
-    }
-
-    async fn column_types(
-        &mut self,
-        table: &str,
-        columns: &[String],
-    ) -> Result<Vec<String>, DbError> {
-        backfill::key_types(&self.work, table, columns).await
-    }
-
-    async fn check_backup_tools(&mut self) -> Result<(), BackupError> {
-        backup::check_tools(&self.work).await
-    }
-
-    async fn write_backup(
-        &mut self,
-        file: &std::path::Path,
-        tables: &[String],
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<(), BackupError> {
-        let selection = backup::selection(&self.work, tables).await?;
-        backup::dump(&self.url, file, &selection, progress).await?;
-        backup::list(file).await.map(|_| ())
-    }
-
-    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, DbError> {
-        backup::record(&self.work, record).await
-    }
-
-    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
-        backup::backups(&self.work, plan).await
-    }
-
-    async fn forget_backup(&mut self, id: i64) -> Result<(), DbError> {
-        backup::forget(&self.work, id).await
-    }
-
-    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), DbError> {
-        backup::record_restore(&self.work, note).await
-    }
-
-    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, DbError> {
-        backup::last_restore(&self.work).await
-    }
-
-    async fn version_state(&mut self) -> Result<VersionState, DbError> {
-        self.read_versions().await
-    }
-
-    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
-        self.run_one_migration(run).await
-    }
-
-    async fn stamp_versions(
-        &mut self,
-        applied: &[(String, String)],
-        heads: &[String],
-    ) -> Result<(), DbError> {
-        self.replace_versions(applied, heads).await
-    }
-
-    async fn set_step_checkpoint(
-        &mut self,
-        key: &StepKey,
-        checkpoint: &str,
-    ) -> Result<(), DbError> {
-        self.write_checkpoint(key, checkpoint).await
     }
 
     async fn backfill_key(&mut self, table: &str, key: &[String]) -> Result<Vec<String>, DbError> {
@@ -568,7 +479,97 @@ impl Target for PgTarget {
         backfill::count_remaining(&self.work, batch, &types).await
     }
 
+    async fn column_types(
+        &mut self,
+        table: &str,
+        columns: &[String],
+    ) -> Result<Vec<String>, DbError> {
+        backfill::key_types(&self.work, table, columns).await
+    }
+
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError> {
+        snapshot::snapshot(self.work.client()?).await
+    }
+
     async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {
         backfill::replica_lag(&self.work).await
+    }
+
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
+        let row = self.work.query_opt(sql, &[]).await?;
+        let row = row.ok_or_else(|| DbError::Unexpected(format!("`{sql}` returned no row")))?;
+        row.try_get::<_, Option<bool>>(0)
+            .map(|v| v.unwrap_or(false))
+            .map_err(|_| DbError::Unexpected(format!("`{sql}` did not return a boolean")))
+    }
+}
+
+impl Backups for PgTarget {
+    async fn check_backup_tools(&mut self) -> Result<(), BackupError> {
+        backup::check_tools(self.work.client()?).await
+    }
+
+    async fn write_backup(
+        &mut self,
+        file: &std::path::Path,
+        tables: &[String],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackupError> {
+        let selection = backup::selection(self.work.client()?, tables).await?;
+        backup::dump(&self.url, file, &selection, progress).await?;
+        backup::list(file).await.map(|_| ())
+    }
+
+    async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, DbError> {
+        backup::record(self.work.client()?, record).await
+    }
+
+    async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
+        backup::backups(self.work.client()?, plan).await
+    }
+
+    async fn forget_backup(&mut self, id: i64) -> Result<(), DbError> {
+        backup::forget(self.work.client()?, id).await
+    }
+
+    async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), DbError> {
+        backup::record_restore(self.work.client()?, note).await
+    }
+
+    async fn last_restore(&mut self) -> Result<Option<RestoreNote>, DbError> {
+        backup::last_restore(self.work.client()?).await
+    }
+}
+
+impl Executor for PgTarget {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn describe(&self) -> String {
+        redact(&self.url)
+    }
+
+    fn recorder(&self) -> Option<&crate::db::recorder::Recorder> {
+        self.work.recorder()
+    }
+
+    async fn apply(
+        &mut self,
+        key: &StepKey,
+        units: &[Unit],
+        timeouts: Timeouts,
+        status: StepStatus,
+    ) -> Result<(), DbError> {
+        self.apply_units(key, units, timeouts, status).await
+    }
+
+    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
+        let types = self.key_types_of(batch).await?;
+        backfill::run_batch(&mut self.work, batch, &types).await
+    }
+
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
+        self.run_one_migration(run).await
     }
 }

@@ -6,40 +6,31 @@
 //! A non-transactional one (`CREATE INDEX CONCURRENTLY`) is sent statement by statement, each
 //! under a session `lock_timeout` that is reset afterwards.
 
-use deadpool_postgres::GenericClient;
-
-use super::{set_local, sql_error, PgTarget};
-use crate::db::{AppliedMigration, DbError, MigrationRun, StepKey, VersionState};
+use super::conn::Conn;
+use super::{set_local, PgTarget};
+use crate::db::{AppliedMigration, DbError, MigrationRun, VersionState};
 use crate::migrations::statements;
 
 const TS: &str = "YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"";
 
 /// Records (or forgets) the revision and replaces the heads.
-async fn record<C: GenericClient>(conn: &C, run: &MigrationRun<'_>) -> Result<(), DbError> {
+async fn record(conn: &Conn, run: &MigrationRun<'_>) -> Result<(), DbError> {
     if run.up {
         let sql =
             "INSERT INTO phased.migrations (revision, checksum, applied_at) VALUES ($1, $2, now())";
-        conn.execute(sql, &[&run.revision, &run.checksum])
-            .await
-            .map_err(|e| sql_error(e, sql))?;
+        conn.execute(sql, &[&run.revision, &run.checksum]).await?;
     } else {
         let sql = "DELETE FROM phased.migrations WHERE revision = $1";
-        conn.execute(sql, &[&run.revision])
-            .await
-            .map_err(|e| sql_error(e, sql))?;
+        conn.execute(sql, &[&run.revision]).await?;
     }
     replace_heads(conn, run.heads_after).await
 }
 
-async fn replace_heads<C: GenericClient>(conn: &C, heads: &[String]) -> Result<(), DbError> {
+async fn replace_heads(conn: &Conn, heads: &[String]) -> Result<(), DbError> {
     let clear = "DELETE FROM phased.version_heads";
-    conn.execute(clear, &[])
-        .await
-        .map_err(|e| sql_error(e, clear))?;
+    conn.execute(clear, &[]).await?;
     let insert = "INSERT INTO phased.version_heads (revision) SELECT unnest($1::text[])";
-    conn.execute(insert, &[&heads])
-        .await
-        .map_err(|e| sql_error(e, insert))?;
+    conn.execute(insert, &[&heads]).await?;
     Ok(())
 }
 
@@ -55,8 +46,7 @@ impl PgTarget {
         let applied = self
             .work
             .query(&sql, &[])
-            .await
-            .map_err(|e| sql_error(e, &sql))?
+            .await?
             .iter()
             .map(|r| AppliedMigration {
                 revision: r.get(0),
@@ -68,8 +58,7 @@ impl PgTarget {
         let heads = self
             .work
             .query(sql, &[])
-            .await
-            .map_err(|e| sql_error(e, sql))?
+            .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -85,22 +74,15 @@ impl PgTarget {
                 self.run_standalone(&statement, run.timeouts).await?;
             }
         }
-        let tx = self
-            .work
-            .transaction()
-            .await
-            .map_err(|e| sql_error(e, "BEGIN"))?;
-        let set = set_local(run.timeouts);
-        tx.batch_execute(&set)
-            .await
-            .map_err(|e| sql_error(e, &set))?;
-        if run.transactional && !statements::split(run.script).is_empty() {
-            tx.batch_execute(run.script)
-                .await
-                .map_err(|e| sql_error(e, run.script))?;
-        }
-        record(&tx, run).await?;
-        tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
+        let work = &self.work;
+        work.in_transaction(async {
+            work.batch_execute(&set_local(run.timeouts)).await?;
+            if run.transactional && !statements::split(run.script).is_empty() {
+                work.batch_execute(run.script).await?;
+            }
+            record(work, run).await
+        })
+        .await
     }
 
     pub(super) async fn replace_versions(
@@ -108,37 +90,15 @@ impl PgTarget {
         applied: &[(String, String)],
         heads: &[String],
     ) -> Result<(), DbError> {
-        let tx = self
-            .work
-            .transaction()
-            .await
-            .map_err(|e| sql_error(e, "BEGIN"))?;
-        let clear = "DELETE FROM phased.migrations";
-        tx.execute(clear, &[])
-            .await
-            .map_err(|e| sql_error(e, clear))?;
-        let insert =
-            "INSERT INTO phased.migrations (revision, checksum, applied_at) VALUES ($1, $2, now())";
-        for (revision, checksum) in applied {
-            tx.execute(insert, &[revision, checksum])
-                .await
-                .map_err(|e| sql_error(e, insert))?;
-        }
-        replace_heads(&tx, heads).await?;
-        tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))
-    }
-
-    pub(super) async fn write_checkpoint(
-        &mut self,
-        key: &StepKey,
-        checkpoint: &str,
-    ) -> Result<(), DbError> {
-        let sql = "UPDATE phased.steps SET checkpoint = $4, updated_at = now() \
-                   WHERE plan = $1 AND phase = $2 AND step_index = $3";
-        self.work
-            .execute(sql, &[&key.plan, &key.phase, &key.index, &checkpoint])
-            .await
-            .map_err(|e| sql_error(e, sql))?;
-        Ok(())
+        let work = &self.work;
+        work.in_transaction(async {
+            work.execute("DELETE FROM phased.migrations", &[]).await?;
+            let insert = "INSERT INTO phased.migrations (revision, checksum, applied_at) VALUES ($1, $2, now())";
+            for (revision, checksum) in applied {
+                work.execute(insert, &[revision, checksum]).await?;
+            }
+            replace_heads(work, heads).await
+        })
+        .await
     }
 }

@@ -16,17 +16,50 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::backup::{BackupError, BackupRecord, RestoreNote};
-use super::render::{ident, Dialect, Unit};
+use super::recorder::{effect_of_write, Effect, Recorder};
+use super::render::{Dialect, Unit};
+use super::{Backups, Catalog, Executor, Lease, MigrationRun, StateStore, VersionState};
 use super::{
     BatchOutcome, BatchRequest, DbError, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
-    StepStatus, Target, Timeouts,
+    StepStatus, Timeouts,
 };
-use super::{MigrationRun, VersionState};
 
 /// One SQLite database file.
 pub struct SqliteTarget {
     conn: Connection,
     path: PathBuf,
+    /// A dry run's recording: the connection is then a copy of the database in memory, whose
+    /// every statement SQLite reports to it (see [`SqliteTarget::recording`]).
+    recorder: Option<Recorder>,
+}
+
+/// Where SQLite's trace hook (a plain function) delivers the statements of a dry run. One dry
+/// run per process at a time: `phased plan` is one.
+static TRACE: std::sync::Mutex<Option<Recorder>> = std::sync::Mutex::new(None);
+
+fn trace_event(event: rusqlite::trace::TraceEvent<'_>) {
+    // A trigger's body reports itself as `-- trigger name` each time it fires: it is not a
+    // statement phased sends.
+    if let rusqlite::trace::TraceEvent::Stmt(statement, text) = event {
+        if !text.trim_start().starts_with("--") {
+            trace_statement(&statement.sql());
+        }
+    }
+}
+
+fn trace_statement(sql: &str) {
+    let sink = TRACE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(recorder) = sink.as_ref() {
+        let head = sql.trim_start().to_ascii_uppercase();
+        let effect = if head.starts_with("SELECT") || head.starts_with("PRAGMA") {
+            Effect::Read
+        } else {
+            effect_of_write(sql)
+        };
+        recorder.sql(sql, Vec::new(), effect);
+    }
 }
 
 /// Maps a rusqlite error to a [`DbError`]; a busy or locked database is worth retrying.
@@ -68,6 +101,36 @@ impl SqliteTarget {
         Ok(Self {
             conn,
             path: path.to_path_buf(),
+            recorder: None,
+        })
+    }
+
+    /// A dry run's target. SQLite runs the step path for real, on an in-memory copy of
+    /// `source` (SQLite's online backup API; an empty database without one), and reports each
+    /// statement it runs to `recorder` as it starts: what `phased plan` prints is what SQLite
+    /// was sent, and the database itself is not touched.
+    pub fn recording(source: Option<&SqliteTarget>, recorder: Recorder) -> Result<Self, DbError> {
+        let mut copy = Connection::open_in_memory().map_err(|e| sql_error(e, ":memory:"))?;
+        if let Some(source) = source {
+            let backup = rusqlite::backup::Backup::new(&source.conn, &mut copy)
+                .map_err(|e| sql_error(e, "backup"))?;
+            backup
+                .run_to_completion(1024, Duration::ZERO, None)
+                .map_err(|e| sql_error(e, "backup"))?;
+        }
+        *TRACE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(recorder.clone());
+        copy.trace_v2(
+            rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(trace_event),
+        );
+        Ok(Self {
+            conn: copy,
+            path: source
+                .map(|s| s.path.clone())
+                .unwrap_or_else(|| PathBuf::from(":memory:")),
+            recorder: Some(recorder),
         })
     }
 
@@ -89,6 +152,23 @@ impl SqliteTarget {
         self.conn
             .busy_timeout(wait)
             .map_err(|e| sql_error(e, "PRAGMA busy_timeout"))
+    }
+
+    /// A script that must not run in one transaction (`transactional: false`): each statement
+    /// commits on its own, followed by the count of statements done, so a retry after a busy
+    /// error (or a rerun after a crash) resumes after the last one that completed instead of
+    /// running the earlier ones twice.
+    fn run_script(&mut self, key: &StepKey, script: &str) -> Result<(), DbError> {
+        let statements = crate::migrations::statements::split(script);
+        let done = state::script_progress(&self.conn, key)?;
+        for (i, statement) in statements.iter().enumerate().skip(done) {
+            self.conn
+                .execute_batch(statement)
+                .map_err(|e| sql_error(e, statement))?;
+            let progress = crate::db::state_sql::script_progress(i + 1);
+            state::set_checkpoint(&self.conn, key, Some(&progress))?;
+        }
+        Ok(())
     }
 
     fn run_transaction(
@@ -127,10 +207,11 @@ impl SqliteTarget {
             let done = (Some(i) == last_tx).then_some((key, status));
             match unit {
                 Unit::Transaction(stmts) => self.run_transaction(stmts, done)?,
-                Unit::Standalone(sql) | Unit::Script(sql) => self
+                Unit::Standalone(sql) => self
                     .conn
                     .execute_batch(sql)
                     .map_err(|e| sql_error(e, sql))?,
+                Unit::Script(script) => self.run_script(key, script)?,
                 Unit::ConcurrentIndex { create, .. } => self
                     .conn
                     .execute_batch(create)
@@ -155,25 +236,9 @@ impl SqliteTarget {
     }
 }
 
-impl Target for SqliteTarget {
-    fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
-
-    fn describe(&self) -> String {
-        format!("sqlite://{}", self.path.display())
-    }
-
+impl StateStore for SqliteTarget {
     async fn ensure_state(&mut self) -> Result<(), DbError> {
         state::ensure(&mut self.conn)
-    }
-
-    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
-        lease::try_acquire(&mut self.conn, plan)
-    }
-
-    async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
-        lease::release(&self.conn, plan)
     }
 
     async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError> {
@@ -196,61 +261,20 @@ impl Target for SqliteTarget {
         state::set_status(&self.conn, key, status)
     }
 
-    async fn apply(
+    async fn set_checkpoint(
         &mut self,
         key: &StepKey,
-        units: &[Unit],
-        timeouts: Timeouts,
+        checkpoint: Option<&str>,
     ) -> Result<(), DbError> {
-        self.apply_units(key, units, timeouts, StepStatus::Done)
-    }
-
-    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
-        self.with_busy_timeout(batch.timeouts)?;
-        let result = backfill::run_batch(&mut self.conn, batch);
-        // The state writes that follow (a failed attempt's record, the next attempt's start)
-        // wait with the default patience, not the batch's short lock_timeout.
-        self.with_busy_timeout(Timeouts::default())?;
-        result
-    }
-
-    async fn count_rows(&mut self, table: &str, predicate: Option<&str>) -> Result<i64, DbError> {
-        let sql = format!(
-            "SELECT count(*) FROM {}{}",
-            ident(table),
-            predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default()
-        );
-        self.conn
-            .query_row(&sql, [], |r| r.get(0))
-            .map_err(|e| sql_error(e, &sql))
+        state::set_checkpoint(&self.conn, key, checkpoint)
     }
 
     async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError> {
         state::set_rows_total(&self.conn, key, total)
     }
 
-    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, DbError> {
-        let sql = "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk";
-        let mut stmt = self.conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
-        let keys = stmt
-            .query_map([super::render::base_name(table)], |r| r.get::<_, String>(0))
-            .map_err(|e| sql_error(e, sql))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| sql_error(e, sql))?;
-        if keys.is_empty() {
-            let exists = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1";
-            let n: i64 = self
-                .conn
-                .query_row(exists, [super::render::base_name(table)], |r| r.get(0))
-                .map_err(|e| sql_error(e, exists))?;
-            if n == 0 {
-                return Err(DbError::Unexpected(format!(
-                    "table `{table}` does not exist"
-                )));
-            }
-            return Ok(vec!["rowid".to_string()]);
-        }
-        Ok(keys)
+    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError> {
+        state::flags(&self.conn)
     }
 
     async fn set_flag(
@@ -273,51 +297,6 @@ impl Target for SqliteTarget {
             state::mark_done(&tx, key)?;
         }
         tx.commit().map_err(|e| sql_error(e, "COMMIT"))
-    }
-
-    async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError> {
-        state::flags(&self.conn)
-    }
-
-    async fn blockers(
-        &mut self,
-        _table: &str,
-        _mode: super::LockMode,
-    ) -> Result<Vec<super::Blocker>, DbError> {
-        // SQLite has one database-wide write lock and no way to ask who holds it; busy_timeout
-        // bounds the wait instead.
-        Ok(Vec::new())
-    }
-
-    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
-        let value: rusqlite::types::Value = self
-            .conn
-            .query_row(sql, [], |r| r.get(0))
-            .map_err(|e| sql_error(e, sql))?;
-        match value {
-            rusqlite::types::Value::Integer(i) => Ok(i != 0),
-            rusqlite::types::Value::Null => Ok(false),
-            other => Err(DbError::Unexpected(format!(
-                "`{sql}` did not return a boolean (got {other:?})"
-            ))),
-        }
-    }
-
-    async fn apply_inverse(
-        &mut self,
-        key: &StepKey,
-        units: &[Unit],
-        timeouts: Timeouts,
-    ) -> Result<(), DbError> {
-        self.apply_units(key, units, timeouts, StepStatus::RolledBack)
-    }
-
-    async fn set_checkpoint(
-        &mut self,
-        key: &StepKey,
-        checkpoint: Option<&str>,
-    ) -> Result<(), DbError> {
-        state::set_checkpoint(&self.conn, key, checkpoint)
     }
 
     async fn restore_flag(
@@ -345,8 +324,49 @@ impl Target for SqliteTarget {
         tx.commit().map_err(|e| sql_error(e, "COMMIT"))
     }
 
-    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError> {
-        snapshot::snapshot(&self.conn)
+    async fn version_state(&mut self) -> Result<VersionState, DbError> {
+        self.read_versions()
+    }
+
+    async fn stamp_versions(
+        &mut self,
+        applied: &[(String, String)],
+        heads: &[String],
+    ) -> Result<(), DbError> {
+        self.replace_versions(applied, heads)
+    }
+}
+
+impl Lease for SqliteTarget {
+    async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
+        lease::try_acquire(&mut self.conn, plan)
+    }
+
+    async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
+        lease::release(&self.conn, plan)
+    }
+}
+
+impl Catalog for SqliteTarget {
+    async fn blockers(
+        &mut self,
+        _table: &str,
+        _mode: super::LockMode,
+    ) -> Result<Vec<super::Blocker>, DbError> {
+        // SQLite has one database-wide write lock and no way to ask who holds it; busy_timeout
+        // bounds the wait instead.
+        Ok(Vec::new())
+    }
+
+    async fn backfill_key(&mut self, table: &str, key: &[String]) -> Result<Vec<String>, DbError> {
+        backfill::resolve_key(&self.conn, table, key)
+    }
+
+    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, DbError> {
+        self.with_busy_timeout(batch.timeouts)?;
+        let result = backfill::count_remaining(&self.conn, batch);
+        self.with_busy_timeout(Timeouts::default())?;
+        result
     }
 
     async fn column_types(
@@ -373,6 +393,30 @@ impl Target for SqliteTarget {
         Ok(types)
     }
 
+    async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError> {
+        snapshot::snapshot(&self.conn)
+    }
+
+    async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {
+        Ok(None)
+    }
+
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
+        let value: rusqlite::types::Value = self
+            .conn
+            .query_row(sql, [], |r| r.get(0))
+            .map_err(|e| sql_error(e, sql))?;
+        match value {
+            rusqlite::types::Value::Integer(i) => Ok(i != 0),
+            rusqlite::types::Value::Null => Ok(false),
+            other => Err(DbError::Unexpected(format!(
+                "`{sql}` did not return a boolean (got {other:?})"
+            ))),
+        }
+    }
+}
+
+impl Backups for SqliteTarget {
     async fn check_backup_tools(&mut self) -> Result<(), BackupError> {
         Ok(())
     }
@@ -410,43 +454,41 @@ impl Target for SqliteTarget {
     async fn last_restore(&mut self) -> Result<Option<RestoreNote>, DbError> {
         backup::last_restore(&self.conn)
     }
+}
 
-    async fn version_state(&mut self) -> Result<VersionState, DbError> {
-        self.read_versions()
+impl Executor for SqliteTarget {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
     }
 
-    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
-        self.run_one_migration(run)
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
     }
 
-    async fn stamp_versions(
-        &mut self,
-        applied: &[(String, String)],
-        heads: &[String],
-    ) -> Result<(), DbError> {
-        self.replace_versions(applied, heads)
+    fn recorder(&self) -> Option<&crate::db::recorder::Recorder> {
+        self.recorder.as_ref()
     }
 
-    async fn set_step_checkpoint(
+    async fn apply(
         &mut self,
         key: &StepKey,
-        checkpoint: &str,
+        units: &[Unit],
+        timeouts: Timeouts,
+        status: StepStatus,
     ) -> Result<(), DbError> {
-        self.write_checkpoint(key, checkpoint)
+        self.apply_units(key, units, timeouts, status)
     }
 
-    async fn backfill_key(&mut self, table: &str, key: &[String]) -> Result<Vec<String>, DbError> {
-        backfill::resolve_key(&self.conn, table, key)
-    }
-
-    async fn backfill_remaining(&mut self, batch: &BatchRequest<'_>) -> Result<i64, DbError> {
+    async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
         self.with_busy_timeout(batch.timeouts)?;
-        let result = backfill::count_remaining(&self.conn, batch);
+        let result = backfill::run_batch(&mut self.conn, batch);
+        // The state writes that follow (a failed attempt's record, the next attempt's start)
+        // wait with the default patience, not the batch's short lock_timeout.
         self.with_busy_timeout(Timeouts::default())?;
         result
     }
 
-    async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {
-        Ok(None)
+    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
+        self.run_one_migration(run)
     }
 }

@@ -153,17 +153,28 @@ pub fn set_checkpoint(
 }
 
 pub fn set_status(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
-    let sql = format!(
-        "UPDATE phased_steps SET status = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
-    );
+    let sql = crate::db::state_sql::set_status(crate::db::render::Dialect::Sqlite, status);
     conn.execute(
-        &sql,
+        sql,
         params![key.plan, key.phase, key.index, status.as_str()],
     )
-    .map_err(|e| sql_error(e, &sql))?;
+    .map_err(|e| sql_error(e, sql))?;
     Ok(())
 }
 
+/// How many statements of a `transactional: false` script are done (its checkpoint).
+pub fn script_progress(conn: &Connection, key: &StepKey) -> Result<usize, DbError> {
+    let sql =
+        "SELECT checkpoint FROM phased_steps WHERE plan = ?1 AND phase = ?2 AND step_index = ?3";
+    let checkpoint: Option<String> = conn
+        .query_row(sql, params![key.plan, key.phase, key.index], |r| r.get(0))
+        .optional()
+        .map_err(|e| sql_error(e, sql))?
+        .flatten();
+    Ok(crate::db::state_sql::parse_script_progress(
+        checkpoint.as_deref(),
+    ))
+}
 pub fn set_rows_total(conn: &Connection, key: &StepKey, total: i64) -> Result<(), DbError> {
     let sql = format!(
         "UPDATE phased_steps SET rows_total = ?4, updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"

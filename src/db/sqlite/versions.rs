@@ -6,7 +6,7 @@
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::{sql_error, SqliteTarget};
-use crate::db::{AppliedMigration, DbError, MigrationRun, StepKey, VersionState};
+use crate::db::{AppliedMigration, DbError, MigrationRun, VersionState};
 
 fn record(conn: &Connection, run: &MigrationRun<'_>) -> Result<(), DbError> {
     if run.up {
@@ -105,14 +105,5 @@ impl SqliteTarget {
         }
         replace_heads(&tx, heads)?;
         tx.commit().map_err(|e| sql_error(e, "COMMIT"))
-    }
-
-    pub(super) fn write_checkpoint(&self, key: &StepKey, checkpoint: &str) -> Result<(), DbError> {
-        let sql = "UPDATE phased_steps SET checkpoint = ?4, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-                   WHERE plan = ?1 AND phase = ?2 AND step_index = ?3";
-        self.conn
-            .execute(sql, params![key.plan, key.phase, key.index, checkpoint])
-            .map_err(|e| sql_error(e, sql))?;
-        Ok(())
     }
 }
