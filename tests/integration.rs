@@ -9,6 +9,7 @@ mod cli;
 mod engine_steps;
 mod migrations;
 mod online_safety;
+mod pg_capture_selftest;
 mod plan_errors;
 mod sqlite_rebuild;
 mod tls;

@@ -1,6 +1,7 @@
 //! Test harness: a fresh PostgreSQL database per test (dropped afterwards), a fresh SQLite file
 //! per test, plans from YAML text, and runs that record their events.
 #![allow(dead_code)]
+pub mod pg_capture;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
