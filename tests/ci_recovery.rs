@@ -1,6 +1,5 @@
 //! CI gating and recovery: rollback, dry run, verify, JUnit reports, exit codes, NDJSON events.
 
-use phased::db::Target;
 use phased::engine::events::Recorder;
 use phased::engine::rollback::{rollback, RollbackOptions};
 use phased::engine::{EngineError, RunOptions};

@@ -663,7 +663,6 @@ async fn lock_timeouts_are_retried_until_the_lock_is_free_on_postgres() {
 }
 
 async fn lease_is_exclusive(db: TestDb) {
-    use phased::db::Target;
     let dir = examples_dir();
     let key = phased::engine::migrations::lease_key(&dir);
     let mut holder = db.target("other").await;
@@ -694,7 +693,6 @@ async fn a_second_runner_is_refused_on_postgres() {
 }
 
 async fn plan_step(db: TestDb) {
-    use phased::db::Target;
     let loaded = phased::plan::load(&repo_root().join("plans/migrations.yaml"))
         .unwrap_or_else(|r| panic!("{}", r.render_plain()));
     let options = phased::engine::RunOptions {
@@ -869,7 +867,6 @@ async fn malformed_files_and_unknown_revisions_are_usage_errors() {
 }
 
 async fn plan_step_waits_for_no_one(db: TestDb) {
-    use phased::db::Target;
     let loaded = phased::plan::load(&repo_root().join("plans/migrations.yaml"))
         .unwrap_or_else(|r| panic!("{}", r.render_plain()));
     // `phased db …` on the same folder (keyed by its name) holds the lease.

@@ -416,7 +416,7 @@ async fn two_runners_on_sqlite_only_one_works_the_other_exits_4() {
 async fn lease_held_in_process(db: TestDb, holder_named: &str) {
     let mut holder = db.target("lease-direct").await;
     let acquired = phased::with_target!(&mut holder, t => {
-        use phased::db::Target;
+        use phased::db::prelude::*;
         t.ensure_state().await.expect("state");
         t.acquire_lease("lease-direct").await.expect("lease")
     });
@@ -451,7 +451,7 @@ phases:
         "the second runner executed nothing"
     );
     phased::with_target!(&mut holder, t => {
-        use phased::db::Target;
+        use phased::db::prelude::*;
         t.release_lease("lease-direct").await.expect("release")
     });
     run_ok(&db, &loaded).await;

@@ -65,6 +65,10 @@ pub struct Recorder {
     entries: Arc<Mutex<Vec<Entry>>>,
     /// True while a backfill's batch is recorded (its statements repeat per batch).
     repeating: Arc<Mutex<bool>>,
+    /// True while the dry run goes through phases before the one asked for (`--phase`): they
+    /// run, so that the state the asked-for phase starts from is the one it would see, but
+    /// nothing of them is kept.
+    muted: Arc<Mutex<bool>>,
 }
 
 impl Recorder {
@@ -73,6 +77,9 @@ impl Recorder {
     }
 
     pub fn push(&self, entry: Entry) {
+        if *self.muted.lock().unwrap_or_else(PoisonError::into_inner) {
+            return;
+        }
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -103,6 +110,10 @@ impl Recorder {
             .repeating
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = on;
+    }
+
+    pub fn set_muted(&self, on: bool) {
+        *self.muted.lock().unwrap_or_else(PoisonError::into_inner) = on;
     }
 
     /// Everything recorded so far.

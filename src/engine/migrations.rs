@@ -346,7 +346,10 @@ async fn run_step_locked<T: Database>(
     let moves = moves_for(&history, &state, Request::Upgrade(&spec)).map_err(step_error)?;
     let prepared = prepare(&history, moves, target.dialect()).map_err(step_error)?;
     for p in &prepared {
-        tracing::info!("running {}", p.describe());
+        match target.recorder() {
+            Some(recorder) => recorder.note(format!("Running {}", p.describe())),
+            None => tracing::info!("running {}", p.describe()),
+        }
     }
     match apply(target, &prepared, timeouts, None, &mut |_| {}).await {
         Ok(()) => target.finish_step(key).await,

@@ -193,7 +193,18 @@ async fn run_locked<T: Database>(
             .collect(),
     });
     let mut completed = Vec::new();
-    for phase_index in range {
+    // A dry run of one phase goes through the earlier phases that are not done first, muted, so
+    // that the phase starts from the state it would see (a `migrations` step from the revisions
+    // the earlier ones reach).
+    let dry_lead = match &dry {
+        Some(_) => 0..range.start,
+        None => 0..0,
+    };
+    let muted_until = range.start;
+    for phase_index in dry_lead.chain(range) {
+        if let Some(recorder) = &dry {
+            recorder.set_muted(phase_index < muted_until);
+        }
         let phase = &plan.phases.value[phase_index].value;
         let phase_steps: Vec<&(StepRef, &Step)> = steps
             .iter()
@@ -461,7 +472,14 @@ async fn run_step<T: Database>(
                 wait_ms: millis(wait),
                 blockers: lines,
             });
-            target.fail_step(&key, &message).await?;
+            if let Err(unrecorded) = target.fail_step(&key, &message).await {
+                // The connection that would record the failure is gone too: the step's own
+                // error is what the operator needs first; the retry starts on a new attempt.
+                message.push_str(&format!(
+                    "\n(this failure could not be recorded in the state either: {unrecorded})"
+                ));
+                return Err(fail_unrecorded(reporter, step, def, message, &error));
+            }
             tokio::time::sleep(wait).await;
             continue;
         }
@@ -475,7 +493,11 @@ async fn run_step<T: Database>(
             Some(sql) => format!("{message}\nSQL: {sql}"),
             None => message.clone(),
         };
-        target.fail_step(&key, &recorded).await?;
+        if let Err(unrecorded) = target.fail_step(&key, &recorded).await {
+            message.push_str(&format!(
+                "\n(this failure could not be recorded in the state: {unrecorded})"
+            ));
+        }
         reporter.emit(&Event::StepFailed {
             step: step_id(step, def),
             error: message.clone(),
@@ -485,6 +507,27 @@ async fn run_step<T: Database>(
             error: message,
             sql,
         });
+    }
+}
+
+/// A step failure whose recording failed as well: the step's own error first, reported and
+/// returned, with the recording's failure after it.
+fn fail_unrecorded(
+    reporter: &mut dyn Reporter,
+    step: &StepRef,
+    def: &Step,
+    message: String,
+    error: &DbError,
+) -> StepFailure {
+    let sql = error.sql().map(str::to_string);
+    reporter.emit(&Event::StepFailed {
+        step: step_id(step, def),
+        error: message.clone(),
+        sql: sql.clone(),
+    });
+    StepFailure::Failed {
+        error: message,
+        sql,
     }
 }
 

@@ -37,7 +37,6 @@ async fn seed_items(db: &TestDb, rows: i64) {
 
 /// Creates the state tables, so a test can watch them from the first batch on.
 async fn ensure_state(db: &TestDb, plan_id: &str) {
-    use phased::db::Target;
     let mut target = db.target(plan_id).await;
     phased::with_target!(&mut target, t => t.ensure_state().await).expect("state tables");
 }

@@ -154,7 +154,8 @@ fn record_batch(
             .map(|c| format!("<the batch's last {c}>")),
     );
     recorder.set_repeating(true);
-    recorder.sql("BEGIN", Vec::new(), Effect::Write);
+    // tokio-postgres opens the live batch's transaction with `START TRANSACTION`.
+    recorder.sql("START TRANSACTION", Vec::new(), Effect::Write);
     recorder.sql(&set_local(batch.timeouts), Vec::new(), Effect::Write);
     recorder.sql(&sql.find_last, lookup_params, Effect::Read);
     recorder.sql(&sql.update, update_params, Effect::Write);

@@ -44,6 +44,8 @@ pub struct PgTarget {
     leases: std::collections::HashMap<String, (Object, i32)>,
     url: String,
     key_types: std::collections::HashMap<String, Vec<String>>,
+    /// In a dry run, the versions as the recorded migrations would leave them.
+    dry_versions: Option<VersionState>,
 }
 
 /// Renders `Duration` as a PostgreSQL interval string in milliseconds.
@@ -119,6 +121,7 @@ impl PgTarget {
             leases: Default::default(),
             url: url.to_string(),
             key_types: Default::default(),
+            dry_versions: None,
         })
     }
 
@@ -136,6 +139,7 @@ impl PgTarget {
                 leases: Default::default(),
                 url: "postgres://(offline)".to_string(),
                 key_types: Default::default(),
+                dry_versions: None,
             },
         }
     }
@@ -419,6 +423,9 @@ impl StateStore for PgTarget {
     }
 
     async fn version_state(&mut self) -> Result<VersionState, DbError> {
+        if let Some(versions) = &self.dry_versions {
+            return Ok(versions.clone());
+        }
         self.read_versions().await
     }
 
@@ -433,6 +440,9 @@ impl StateStore for PgTarget {
 
 impl Lease for PgTarget {
     async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
+        if self.work.recorder().is_some() {
+            return Ok(None); // a dry run changes nothing, so it needs no lease
+        }
         if self.leases.contains_key(plan) {
             return Ok(None);
         }
@@ -570,6 +580,26 @@ impl Executor for PgTarget {
     }
 
     async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
-        self.run_one_migration(run).await
+        self.run_one_migration(run).await?;
+        if self.work.recorder().is_some() {
+            // Recorded, not sent: the versions the next step of the dry run reads are the ones
+            // this migration would have left.
+            let mut versions = match self.dry_versions.take() {
+                Some(v) => v,
+                None => self.read_versions().await?,
+            };
+            if run.up {
+                versions.applied.push(crate::db::AppliedMigration {
+                    revision: run.revision.to_string(),
+                    checksum: run.checksum.to_string(),
+                    applied_at: String::new(),
+                });
+            } else {
+                versions.applied.retain(|a| a.revision != run.revision);
+            }
+            versions.heads = run.heads_after.to_vec();
+            self.dry_versions = Some(versions);
+        }
+        Ok(())
     }
 }
