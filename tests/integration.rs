@@ -6,6 +6,7 @@ mod backfill;
 mod backups;
 mod ci_recovery;
 mod cli;
+mod dry_run_is_the_run;
 mod engine_steps;
 mod migrations;
 mod online_safety;

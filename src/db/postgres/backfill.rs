@@ -142,6 +142,7 @@ fn record_batch(
     batch: &BatchRequest<'_>,
     sql: &backfill::BatchSql,
     after: Option<&[String]>,
+    repeats: bool,
 ) {
     let shown = |values: &[String]| values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>();
     let mut lookup_params = after.map(shown).unwrap_or_default();
@@ -153,7 +154,7 @@ fn record_batch(
             .iter()
             .map(|c| format!("<the batch's last {c}>")),
     );
-    recorder.set_repeating(true);
+    recorder.set_repeating(repeats);
     // tokio-postgres opens the live batch's transaction with `START TRANSACTION`.
     recorder.sql("START TRANSACTION", Vec::new(), Effect::Write);
     recorder.sql(&set_local(batch.timeouts), Vec::new(), Effect::Write);
@@ -191,7 +192,29 @@ pub async fn run_batch(
         after.is_some(),
     );
     if let Some(recorder) = conn.recorder() {
-        record_batch(recorder, batch, &sql, after.as_deref());
+        // The first batch as it is sent, then the form every later batch takes (after the
+        // previous batch's last key), once per batch.
+        if after.is_none() {
+            record_batch(recorder, batch, &sql, None, false);
+        }
+        let later = backfill::render(
+            Dialect::Postgres,
+            batch.table,
+            batch.key_columns,
+            types,
+            batch.set,
+            batch.predicate,
+            true,
+        );
+        let previous: Vec<String> = match &after {
+            Some(after) => after.clone(),
+            None => batch
+                .key_columns
+                .iter()
+                .map(|c| format!("<the previous batch's last {c}>"))
+                .collect(),
+        };
+        record_batch(recorder, batch, &later, Some(&previous), true);
         return Ok(BatchOutcome {
             rows: 0,
             last_key: None,

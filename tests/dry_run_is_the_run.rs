@@ -1,0 +1,183 @@
+//! `phased plan` prints what `phased run` sends, in order: the statements PostgreSQL actually
+//! received during a run (captured on the wire by `common::pg_capture`) are those the dry run
+//! recorded, bound values aside. Look-ups (SELECTs) are left out on both sides: a dry run reads
+//! what is there before the run, the run what is there as it goes.
+
+use crate::common::{self, pg_capture::PgCapture, TestDb};
+
+/// Whitespace and a final `;` are not part of what a statement says.
+fn normal(sql: &str) -> String {
+    sql.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches(';')
+        .trim_end()
+        .to_string()
+}
+
+fn is_lookup(sql: &str) -> bool {
+    sql.to_ascii_uppercase().starts_with("SELECT")
+}
+
+/// The dry run's statements, in order: (statement, repeats once per backfill batch).
+fn recorded(json: &str) -> Vec<(String, bool)> {
+    let entries: serde_json::Value = serde_json::from_str(json).expect("plan --format json");
+    entries
+        .as_array()
+        .expect("an array of entries")
+        .iter()
+        .filter(|e| e["entry"] == "sql" && e["effect"] != "read")
+        .map(|e| {
+            (
+                normal(e["sql"].as_str().expect("sql text")),
+                e["repeats"].as_bool().unwrap_or(false),
+            )
+        })
+        .filter(|(sql, _)| !is_lookup(sql))
+        .collect()
+}
+
+/// Matches the run's statements against the recording: a repeated block (a backfill's later
+/// batch) stands for any number of batches, then the last, empty batch (its transaction
+/// opened, its timeouts set, nothing found, committed).
+fn assert_same(plan: &[(String, bool)], run: &[String]) {
+    let mut r = 0;
+    let mut p = 0;
+    let here = |r: usize| run.get(r).cloned().unwrap_or_else(|| "<end of run>".into());
+    while p < plan.len() {
+        if plan[p].1 {
+            let end = (p..plan.len()).find(|&i| !plan[i].1).unwrap_or(plan.len());
+            let block: Vec<&String> = plan[p..end].iter().map(|(s, _)| s).collect();
+            let mut batches = 0;
+            while run.len() >= r + block.len()
+                && block.iter().enumerate().all(|(i, s)| run[r + i] == **s)
+            {
+                r += block.len();
+                batches += 1;
+            }
+            assert!(
+                batches >= 1,
+                "expected later backfill batches {block:#?} at {}",
+                here(r)
+            );
+            let empty = [block[0], block[1], block[block.len() - 1]];
+            for s in empty {
+                assert_eq!(&here(r), s, "the last, empty batch");
+                r += 1;
+            }
+            p = end;
+        } else {
+            assert_eq!(
+                here(r),
+                plan[p].0,
+                "statement {r} of the run (plan entry {p})"
+            );
+            r += 1;
+            p += 1;
+        }
+    }
+    assert_eq!(
+        r,
+        run.len(),
+        "the run sent more than the plan showed: {:#?}",
+        &run[r..]
+    );
+}
+
+const PLAN: &str = r#"
+plan: dry-run-is-the-run
+backup: { before: [] }
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - add_column: { table: accounts, name: email_lower, type: text }
+      - dual_write: { table: accounts, set: { email_lower: "lower(NEW.email)" } }
+      - create_index: { table: accounts, name: accounts_email_lower_idx, columns: [email_lower] }
+      - sql: { up: "CREATE INDEX CONCURRENTLY accounts_email_idx ON accounts (email); CREATE INDEX CONCURRENTLY accounts_id_email_idx ON accounts (id, email)", down: "DROP INDEX accounts_id_email_idx; DROP INDEX accounts_email_idx", transactional: false }
+  - name: backfill
+    kind: migrate
+    steps:
+      - backfill: { table: accounts, set: { email_lower: "lower(email)" }, where: "email_lower IS NULL", batch_size: 40, pause: 0s }
+  - name: switch
+    kind: switch-flag
+    steps:
+      - flag: { name: read_email_lower, value: true }
+  - name: contract
+    kind: contract
+    gate:
+      - flag: { name: read_email_lower, is: true }
+    steps:
+      - drop_dual_write: { table: accounts }
+      - set_not_null: { table: accounts, column: email_lower }
+"#;
+
+#[tokio::test]
+async fn postgres_receives_what_the_dry_run_printed() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL); \
+         INSERT INTO accounts SELECT i, 'User' || i || '@Example.COM' FROM generate_series(1, 100) i",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, PLAN).expect("write plan");
+    let plan = plan.display().to_string();
+
+    let dry = common::phased_cmd()
+        .args(["plan", &plan, "--format", "json", "--database", &db.url()])
+        .output()
+        .expect("phased plan");
+    assert_eq!(
+        dry.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let shown = recorded(&String::from_utf8_lossy(&dry.stdout));
+    assert!(shown
+        .iter()
+        .any(|(s, _)| s.starts_with("CREATE INDEX CONCURRENTLY \"accounts_email_lower_idx\"")));
+    assert!(
+        shown.iter().any(|(_, repeats)| *repeats),
+        "a backfill batch: {shown:#?}"
+    );
+
+    let mut capture = PgCapture::start_for_url(&db.url());
+    let run = common::phased_cmd()
+        .args(["run", &plan, "--database", &capture.url(&db.url())])
+        .output()
+        .expect("phased run");
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    capture.stop();
+
+    // phased's own sessions, less the one that only holds the lease.
+    let sent: Vec<String> = capture
+        .connections()
+        .into_iter()
+        .filter(|c| {
+            c.application_name()
+                .is_some_and(|a| a.starts_with("phased/"))
+        })
+        .filter(|c| {
+            !c.received
+                .iter()
+                .any(|r| r.sql.contains("pg_try_advisory_lock"))
+        })
+        .flat_map(|c| c.received)
+        .map(|r| normal(&r.sql))
+        .filter(|sql| !is_lookup(sql))
+        .collect();
+    assert_same(&shown, &sent);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM accounts WHERE email_lower IS NULL")
+            .await,
+        0
+    );
+}
