@@ -12,3 +12,4 @@ mod online_safety;
 mod plan_errors;
 mod sqlite_rebuild;
 mod tls;
+mod verify_passwords;
