@@ -10,6 +10,7 @@ mod engine_steps;
 mod migrations;
 mod online_safety;
 mod plan_errors;
+mod restore_checksum;
 mod sqlite_rebuild;
 mod tls;
 mod verify_passwords;
