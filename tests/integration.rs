@@ -12,5 +12,6 @@ mod online_safety;
 mod plan_errors;
 mod restore_checksum;
 mod sqlite_rebuild;
+mod step_checksum;
 mod tls;
 mod verify_passwords;
