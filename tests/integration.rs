@@ -12,5 +12,8 @@ mod migrations;
 mod online_safety;
 mod pg_capture_selftest;
 mod plan_errors;
+mod restore_checksum;
 mod sqlite_rebuild;
+mod step_checksum;
 mod tls;
+mod verify_passwords;

@@ -105,6 +105,12 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> u8 {
             return exit::INVALID;
         }
     };
+    // A checksum record that is there but cannot be read: refused before anything else, whatever
+    // the database (the record is also what would name it).
+    if let Some(e) = &file.unreadable_sidecar {
+        report(e);
+        return exit::FAILED;
+    }
     // --database / DATABASE_URL, else the database the backup was taken from.
     let text = match (&cli.database, &file.sidecar) {
         (Some(url), _) => url.clone(),
@@ -156,6 +162,13 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> u8 {
             eprintln!("not restored");
             return exit::FAILED;
         }
+    }
+    if file.sidecar.is_none() {
+        eprintln!(
+            "warning: {} has no {} beside it: its SHA-256 cannot be checked",
+            args.backup.display(),
+            backup::sidecar_path(&args.backup).display()
+        );
     }
     if cli.format == Format::Human {
         eprintln!(

@@ -47,26 +47,6 @@ pub fn with_database(url: &str, db: &str) -> String {
     format!("{base}/{db}{query}")
 }
 
-/// The URL without its password, and the password: programs get it through `PGPASSWORD`, so it
-/// never shows in a process list.
-fn split_password(url: &str) -> (String, Option<String>) {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return (url.to_string(), None);
-    };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.find('@') else {
-        return (url.to_string(), None);
-    };
-    let userinfo = &rest[..at];
-    match userinfo.split_once(':') {
-        Some((user, password)) => (
-            format!("{}{user}{}", &url[..scheme_end], &rest[at..]),
-            Some(password.to_string()),
-        ),
-        None => (url.to_string(), None),
-    }
-}
-
 async fn admin(url: &str) -> Result<tokio_postgres::Client, DbError> {
     let connect_error = |message: String| DbError::Connect {
         target: redact(url),
@@ -163,27 +143,50 @@ impl Scratch {
     }
 }
 
-/// `pg_dump --schema-only` of the source, fed to `psql` on the scratch database.
-async fn copy_pg_schema(source: &str, scratch: &str) -> Result<(), DbError> {
-    let failed = |what: String| DbError::Unexpected(format!("copying the schema: {what}"));
-    let (source_url, source_password) = split_password(source);
-    let mut dump = tokio::process::Command::new("pg_dump");
+/// A PostgreSQL client program connecting to `url` through the libpq environment (`PGHOST`,
+/// `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGSSLMODE`…, read from the URL as phased reads it, so
+/// percent-encoded and `?password=` passwords arrive decoded): the URL, and with it any password,
+/// never reaches the command line, where `ps` shows it to every user of the machine.
+fn pg_tool(program: &str, url: &str) -> Result<tokio::process::Command, DbError> {
+    let env = super::postgres::backup::libpq_env(url)
+        .map_err(|e| DbError::Unexpected(format!("copying the schema: {}", e.message)))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg("--no-password")
+        .envs(env)
+        .env("PGAPPNAME", "phased/verify")
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// `pg_dump --schema-only` of the source, phased's state left out.
+fn pg_dump_command(source: &str) -> Result<tokio::process::Command, DbError> {
+    let mut dump = pg_tool("pg_dump", source)?;
     dump.args([
         "--schema-only",
         "--no-owner",
         "--no-privileges",
         "--exclude-table=phased.*",
-        "--dbname",
-        &source_url,
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    if let Some(p) = &source_password {
-        dump.env("PGPASSWORD", p);
-    }
-    let output = dump
+    .stderr(Stdio::piped());
+    Ok(dump)
+}
+
+/// `psql` on the scratch database, reading SQL from its stdin and stopping at the first error.
+fn psql_command(scratch: &str) -> Result<tokio::process::Command, DbError> {
+    let mut psql = pg_tool("psql", scratch)?;
+    psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    Ok(psql)
+}
+
+/// `pg_dump --schema-only` of the source, fed to `psql` on the scratch database.
+async fn copy_pg_schema(source: &str, scratch: &str) -> Result<(), DbError> {
+    let failed = |what: String| DbError::Unexpected(format!("copying the schema: {what}"));
+    let output = pg_dump_command(source)?
         .output()
         .await
         .map_err(|e| failed(format!("cannot start pg_dump: {e}")))?;
@@ -194,24 +197,7 @@ async fn copy_pg_schema(source: &str, scratch: &str) -> Result<(), DbError> {
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
-    let (scratch_url, scratch_password) = split_password(scratch);
-    let mut psql = tokio::process::Command::new("psql");
-    psql.args([
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "--dbname",
-        &scratch_url,
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    if let Some(p) = &scratch_password {
-        psql.env("PGPASSWORD", p);
-    }
-    let mut child = psql
+    let mut child = psql_command(scratch)?
         .spawn()
         .map_err(|e| failed(format!("cannot start psql: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
@@ -274,19 +260,65 @@ fn copy_sqlite_schema(source: &std::path::Path, scratch: &std::path::Path) -> Re
 mod tests {
     use super::*;
 
+    /// The password (percent-encoded in the URL's user part, or in `?password=`) reaches the
+    /// programs decoded, through their environment; no argument holds it, or the URL.
     #[test]
-    fn passwords_go_to_the_environment() {
-        assert_eq!(
-            split_password("postgres://u:secret@h:5432/db?x=1"),
-            (
-                "postgres://u@h:5432/db?x=1".to_string(),
-                Some("secret".to_string())
-            )
-        );
-        assert_eq!(
-            split_password("postgres://u@h/db"),
-            ("postgres://u@h/db".to_string(), None)
-        );
+    fn passwords_go_to_the_environment_never_to_argv() {
+        let password = "p@ss/w%rd";
+        let encoded = "p%40ss%2Fw%25rd";
+        for url in [
+            format!("postgres://app:{encoded}@db.example:6543/prod?sslmode=disable"),
+            format!("postgres://app@db.example:6543/prod?sslmode=disable&password={encoded}"),
+        ] {
+            let scratch = with_database(&url, "phased_verify_1");
+            for (name, cmd) in [
+                ("pg_dump", pg_dump_command(&url).expect("pg_dump command")),
+                ("psql", psql_command(&scratch).expect("psql command")),
+            ] {
+                let cmd = cmd.as_std();
+                let args: Vec<String> = cmd
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                for arg in &args {
+                    for secret in [password, encoded, "password=", "postgres://"] {
+                        assert!(
+                            !arg.contains(secret),
+                            "{name} argument `{arg}` holds `{secret}` ({url})"
+                        );
+                    }
+                }
+                assert!(
+                    args.iter().any(|a| a == "--no-password"),
+                    "{name}: {args:?}"
+                );
+                let env: std::collections::BTreeMap<String, String> = cmd
+                    .get_envs()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            k.to_string_lossy().into_owned(),
+                            v?.to_string_lossy().into_owned(),
+                        ))
+                    })
+                    .collect();
+                let get = |k: &str| env.get(k).map(String::as_str);
+                assert_eq!(get("PGPASSWORD"), Some(password), "{name} ({url})");
+                assert_eq!(get("PGHOST"), Some("db.example"), "{name}");
+                assert_eq!(get("PGPORT"), Some("6543"), "{name}");
+                assert_eq!(get("PGUSER"), Some("app"), "{name}");
+                assert_eq!(get("PGSSLMODE"), Some("disable"), "{name}");
+                let db = if name == "pg_dump" {
+                    "prod"
+                } else {
+                    "phased_verify_1"
+                };
+                assert_eq!(get("PGDATABASE"), Some(db), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn replaces_the_database_name() {
         assert_eq!(
             with_database("postgres://u@h/db?x=1", "other"),
             "postgres://u@h/other?x=1"

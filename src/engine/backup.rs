@@ -387,8 +387,52 @@ pub async fn list<T: Database>(target: &mut T, plan: &str) -> Result<Vec<BackupL
 pub struct BackupFile {
     pub path: PathBuf,
     pub dialect: Dialect,
-    /// The `<file>.json` written with it, when present.
+    /// The `<file>.json` written with it, when present and sound.
     pub sidecar: Option<Sidecar>,
+    /// Why the `<file>.json` beside it could not be read: its SHA-256 cannot be checked, so
+    /// [`restore`] refuses the file.
+    pub unreadable_sidecar: Option<BackupError>,
+}
+
+/// Is this a hex SHA-256 (what [`sha256_file`] writes)?
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Reads the `<file>.json` beside a backup. `Ok(None)`: there is none (a file of unknown origin).
+/// An error: there is one, but it cannot be read, is not a record phased wrote, or records no
+/// SHA-256, so the backup cannot be checked.
+fn read_sidecar(path: &Path) -> Result<Option<Sidecar>, BackupError> {
+    let sidecar = sidecar_path(path);
+    let refuse = |what: String| {
+        BackupError::new(format!(
+            "refusing to restore {}: its checksum record {} {what}, so the file cannot be checked against the SHA-256 recorded when it was taken",
+            path.display(),
+            sidecar.display()
+        ))
+        .with_hint(format!(
+            "put back the {} written with the backup (`phased backups PLAN --format json` on the database it was taken from shows its recorded sha256), or restore another backup; to restore this file without a checksum check, move {} aside and pass --database URL",
+            sidecar
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sidecar.display()
+        ))
+    };
+    let text = match std::fs::read_to_string(&sidecar) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refuse(format!("cannot be read ({e})"))),
+    };
+    let record: Sidecar = serde_json::from_str(&text)
+        .map_err(|e| refuse(format!("is not a backup record phased can read ({e})")))?;
+    if !is_sha256(&record.backup.sha256) {
+        return Err(refuse(format!(
+            "holds no SHA-256 (its sha256 is `{}`)",
+            record.backup.sha256
+        )));
+    }
+    Ok(Some(record))
 }
 
 /// Reads what a backup file is (by its first bytes) and the sidecar written with it.
@@ -410,13 +454,15 @@ pub fn inspect(path: &Path) -> Result<BackupFile, BackupError> {
         ))
         .with_hint("pass a file listed by `phased backups PLAN`"));
     };
-    let sidecar = std::fs::read_to_string(sidecar_path(path))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok());
+    let (sidecar, unreadable_sidecar) = match read_sidecar(path) {
+        Ok(sidecar) => (sidecar, None),
+        Err(e) => (None, Some(e)),
+    };
     Ok(BackupFile {
         path: path.to_path_buf(),
         dialect,
         sidecar,
+        unreadable_sidecar,
     })
 }
 
@@ -432,7 +478,14 @@ pub struct Restored {
 /// tables included, so the plan's state is the one from when the backup was taken. Records of
 /// backups the database knew before (whose files still exist) are kept, and the restore is noted
 /// so `status` can say so.
+///
+/// A backup whose sidecar is there but cannot be read is refused before anything is touched: its
+/// SHA-256 cannot be checked. One without a sidecar (a file of unknown origin) is restored
+/// unchecked.
 pub async fn restore(backup: &BackupFile, url: &DatabaseUrl) -> Result<Restored, BackupError> {
+    if let Some(e) = &backup.unreadable_sidecar {
+        return Err(e.clone());
+    }
     if let Some(sidecar) = &backup.sidecar {
         let actual = sha256_file(&backup.path)
             .map_err(|e| BackupError::new(format!("cannot read {}: {e}", backup.path.display())))?;
@@ -528,6 +581,27 @@ mod tests {
         let name = file_name("p", "drop old/cols", Dialect::Sqlite);
         assert!(name.starts_with("p-drop_old_cols-"), "{name}");
         assert!(name.ends_with(".sqlite"), "{name}");
+    }
+
+    #[test]
+    fn a_sidecar_that_is_there_but_unreadable_is_not_taken_for_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.sqlite");
+        std::fs::write(&file, b"SQLite format 3\0rest").unwrap();
+        let found = inspect(&file).unwrap();
+        assert!(found.sidecar.is_none() && found.unreadable_sidecar.is_none());
+        std::fs::write(sidecar_path(&file), b"{ \"dialect\": ").unwrap();
+        let found = inspect(&file).unwrap();
+        assert!(found.sidecar.is_none());
+        let refusal = found.unreadable_sidecar.expect("refused");
+        assert!(
+            refusal.message.contains("b.sqlite.json"),
+            "{}",
+            refusal.message
+        );
+        assert!(refusal.hint.is_some());
+        assert!(is_sha256(&"ab".repeat(32)));
+        assert!(!is_sha256("") && !is_sha256(&"zz".repeat(32)));
     }
 
     #[test]

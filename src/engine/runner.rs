@@ -115,7 +115,7 @@ pub(crate) fn step_id(step: &StepRef, def: &Step) -> StepId {
 pub(crate) fn find_drift(plan: &Plan, records: &Records) -> Option<EngineError> {
     plan.step_refs().into_iter().find_map(|(step, def)| {
         let record = records.get(&(step.phase.clone(), step.index as i32))?;
-        (record.status == StepStatus::Done && record.checksum != step.checksum).then(|| {
+        (record.status == StepStatus::Done && !step.matches_checksum(&record.checksum)).then(|| {
             EngineError::Drift {
                 step: step.id(),
                 label: def.label(),

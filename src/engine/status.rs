@@ -64,8 +64,9 @@ pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStat
                     started_at: record.and_then(|r| r.started_at.clone()),
                     finished_at: record.and_then(|r| r.finished_at.clone()),
                     last_error: record.and_then(|r| r.last_error.clone()),
-                    drift: record
-                        .is_some_and(|r| r.status == StepStatus::Done && r.checksum != s.checksum),
+                    drift: record.is_some_and(|r| {
+                        r.status == StepStatus::Done && !s.matches_checksum(&r.checksum)
+                    }),
                     rows_done: record.filter(|_| is_backfill).map(|r| r.rows_done),
                     rows_total: record.filter(|_| is_backfill).and_then(|r| r.rows_total),
                     checkpoint: record

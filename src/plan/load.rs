@@ -49,6 +49,7 @@ pub fn parse_str(file: &str, source: &str, base_dir: &Path) -> Result<LoadedPlan
         Ok(plan) => plan,
         Err(err) => return Err(report(vec![syntax_finding(&err)])),
     };
+    plan.written = written_steps(source);
     let mut findings = read_sql_files(&mut plan, base_dir);
     findings.extend(check_migration_folders(&plan, base_dir));
     findings.extend(validate::validate(&plan));
@@ -66,6 +67,36 @@ pub fn parse_str(file: &str, source: &str, base_dir: &Path) -> Result<LoadedPlan
         base_dir: base_dir.to_path_buf(),
         report: rep,
     })
+}
+
+/// Each step as the file writes it, by location: a second, generic reading of the phases' step
+/// lists (any other key is ignored). Should it fail, steps fall back to the legacy checksum.
+fn written_steps(source: &str) -> super::WrittenSteps {
+    use serde::Deserialize;
+    use serde_saphyr::Spanned;
+
+    #[derive(Deserialize)]
+    struct WrittenPlan {
+        #[serde(default)]
+        phases: Vec<WrittenPhase>,
+    }
+    #[derive(Deserialize)]
+    struct WrittenPhase {
+        #[serde(default)]
+        steps: Vec<Spanned<serde_json::Value>>,
+    }
+
+    let mut written = super::WrittenSteps::default();
+    match serde_saphyr::from_str::<WrittenPlan>(source) {
+        Ok(plan) => {
+            for step in plan.phases.into_iter().flat_map(|p| p.steps) {
+                let at = (step.referenced.line(), step.referenced.column());
+                written.0.insert(at, step.value);
+            }
+        }
+        Err(e) => tracing::debug!("steps not read as written ({e}); legacy checksums apply"),
+    }
+    written
 }
 
 /// Turns a serde-saphyr error into a finding at its location, with a hint where one helps.

@@ -23,6 +23,9 @@ pub struct Plan {
     #[serde(default)]
     pub backup: BackupConfig,
     pub phases: Spanned<Vec<Spanned<Phase>>>,
+    /// Each step as the file writes it, filled by `load`: what step checksums hash.
+    #[serde(skip)]
+    pub written: super::WrittenSteps,
 }
 
 impl Plan {
