@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use super::lock_policy::Attempts;
 use crate::db::render::versions::script_text;
 use crate::db::{Database, DbError, MigrationRun, Timeouts, VersionState};
 use crate::migrations::path::{self, applied_set};
@@ -234,25 +235,26 @@ pub async fn apply<T: Database>(
     let mut completed = Vec::new();
     for p in prepared {
         on_event(Progress::Start(p));
-        let mut attempt = 0u32;
+        // Without a policy the first error is returned as is: the plan step that runs these
+        // retries itself, under the same policy.
+        let mut attempts = Attempts::new(retry.copied().unwrap_or(RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        }));
         loop {
-            attempt += 1;
+            let attempt = attempts.begin();
             match target.run_migration(&p.run(timeouts)).await {
                 Ok(()) => break,
                 Err(error) => {
-                    let attempts = retry.map(|r| r.attempts.max(1)).unwrap_or(1);
-                    if error.is_retryable() && attempt < attempts {
-                        if let Some(policy) = retry {
-                            let wait = super::retry::backoff(policy, attempt);
-                            on_event(Progress::Retry {
-                                prepared: p,
-                                attempt,
-                                error: &error,
-                                wait_ms: super::runner::millis(wait),
-                            });
-                            tokio::time::sleep(wait).await;
-                            continue;
-                        }
+                    if let Some(wait) = attempts.retry_after(&error) {
+                        on_event(Progress::Retry {
+                            prepared: p,
+                            attempt,
+                            error: &error,
+                            wait_ms: super::runner::millis(wait),
+                        });
+                        tokio::time::sleep(wait).await;
+                        continue;
                     }
                     return Err(VersionError::Failed {
                         revision: p.migration.revision.clone(),

@@ -7,10 +7,11 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use super::events::{Event, Reporter};
+use super::lock_policy::{self, blocked_by, Attempts};
 use super::runner::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
-use super::{command, retry, EngineError};
+use super::{command, EngineError};
 use crate::db::render::{render_step, render_step_down};
-use crate::db::{Database, DbError, Dialect, StepStatus, Unit};
+use crate::db::{Database, DbError, Dialect, LockMode, StepStatus, TableLock, Unit};
 use crate::plan::{LoadedPlan, PhaseKind, Plan, Step, StepRef};
 
 /// How far to roll back.
@@ -158,6 +159,27 @@ pub fn irreversible_steps(plan: &Plan) -> Vec<(StepRef, String)> {
         .collect()
 }
 
+/// The locks an inverse takes that application traffic would queue behind: a transactional
+/// inverse (`DROP COLUMN`, `DROP CONSTRAINT`, `DROP TABLE`, `DROP TRIGGER`, a SQLite rebuild)
+/// asks for ACCESS EXCLUSIVE (or SHARE ROW EXCLUSIVE) on the step's table; a `CONCURRENTLY`
+/// drop takes none worth a look.
+fn inverse_locks(def: &Step, units: &[Unit]) -> Vec<TableLock> {
+    let transactional = units
+        .iter()
+        .any(|u| matches!(u, Unit::Transaction(_) | Unit::RebuildTable { .. }));
+    let table = match def {
+        Step::CreateTable(t) => Some(t.name.as_str()),
+        other => other.table(),
+    };
+    match (transactional, table) {
+        (true, Some(table)) => vec![TableLock {
+            table: table.to_string(),
+            mode: LockMode::AccessExclusive,
+        }],
+        _ => Vec::new(),
+    }
+}
+
 /// Rolls back a plan. Returns the steps undone, newest first.
 pub async fn rollback<T: Database>(
     target: &mut T,
@@ -299,30 +321,78 @@ async fn rollback_locked<T: Database>(
             }
             Inverse::Units(units) => {
                 let timeouts = timeouts_for(plan, def);
-                let policy = plan.defaults.retry;
-                let mut attempt = 0u32;
+                let needed = inverse_locks(def, units);
+                let mut attempts = Attempts::new(plan.defaults.retry);
                 loop {
-                    attempt += 1;
+                    let attempt = attempts.begin();
+                    // Look before queueing, as a run does: an inverse that queues behind a
+                    // long reader would make every query on the table queue behind it.
+                    if let Some(blocked) = lock_policy::look(target, &needed).await? {
+                        match attempts.wait() {
+                            Some(wait) => {
+                                reporter.emit(&Event::StepWaiting {
+                                    step: id.clone(),
+                                    attempt,
+                                    table: blocked.lock.table.clone(),
+                                    lock: blocked.lock.mode.to_string(),
+                                    blockers: blocked.lines(),
+                                    wait_ms: millis(wait),
+                                });
+                                tokio::time::sleep(wait).await;
+                                continue;
+                            }
+                            None => {
+                                let error = format!(
+                                    "{}{}; run again once they are gone",
+                                    blocked.message(),
+                                    attempts.gave_up()
+                                );
+                                reporter.emit(&Event::StepFailed {
+                                    step: id.clone(),
+                                    error: error.clone(),
+                                    sql: None,
+                                });
+                                return Err(EngineError::UndoFailed {
+                                    step: step.id(),
+                                    label: def.label(),
+                                    error,
+                                    sql: None,
+                                    undone,
+                                });
+                            }
+                        }
+                    }
                     match target
                         .apply(&key, units, timeouts, StepStatus::RolledBack)
                         .await
                     {
                         Ok(()) => break,
-                        Err(e) if e.is_retryable() && attempt < policy.attempts.max(1) => {
-                            let wait = retry::backoff(&policy, attempt);
-                            reporter.emit(&Event::StepRetry {
-                                step: id.clone(),
-                                attempt,
-                                error: e.to_string(),
-                                wait_ms: millis(wait),
-                                blockers: Vec::new(),
-                            });
-                            tokio::time::sleep(wait).await;
-                        }
                         Err(e) => {
+                            let blockers = if e.is_retryable() {
+                                lock_policy::who_was_in_the_way(
+                                    target,
+                                    &needed,
+                                    def.table(),
+                                    LockMode::AccessExclusive,
+                                )
+                                .await
+                            } else {
+                                Vec::new()
+                            };
+                            if let Some(wait) = attempts.retry_after(&e) {
+                                reporter.emit(&Event::StepRetry {
+                                    step: id.clone(),
+                                    attempt,
+                                    error: format!("{e}{}", blocked_by(&blockers)),
+                                    wait_ms: millis(wait),
+                                    blockers,
+                                });
+                                tokio::time::sleep(wait).await;
+                                continue;
+                            }
                             reporter.emit(&Event::StepFailed {
                                 step: id.clone(),
-                                error: e.to_string(),
+                                error: format!("{e}{}", blocked_by(&blockers)),
                                 sql: e.sql().map(str::to_string),
                             });
                             return Err(fail(e, &undone));

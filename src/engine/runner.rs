@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
-use super::{backfill, backup, command, gate, retry, EngineError};
+use super::lock_policy::{self, blocked_by, Attempts};
+use super::{backfill, backup, command, gate, EngineError};
 use crate::db::lock::locks_needed;
 use crate::db::recorder::Entry;
 use crate::db::render::render_step;
 use crate::db::{
-    Blocker, Database, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus, TableLock,
-    Timeouts,
+    Database, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus, Timeouts,
 };
 use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
 
@@ -347,11 +347,9 @@ pub(crate) fn timeouts_for(plan: &Plan, def: &Step) -> Timeouts {
     }
 }
 
-/// Runs one step with bounded retries on lock timeouts, deadlocks and serialization failures.
-///
-/// Before each attempt it looks before it queues: while other sessions hold locks on the step's
-/// table that its statement would queue behind (and application queries would then queue behind
-/// phased), it waits and looks again instead of attempting. Those waits use the same retry budget.
+/// Runs one step under the lock policy (`lock_policy`): look before queueing, `lock_timeout`,
+/// bounded jittered retries on lock timeouts, deadlocks and serialization failures. Waits for
+/// blockers use the same retry budget.
 async fn run_step<T: Database>(
     target: &mut T,
     loaded: &LoadedPlan,
@@ -364,14 +362,12 @@ async fn run_step<T: Database>(
     let plan = &loaded.plan;
     let key = key_of(plan, step);
     let label = def.label();
-    let policy = plan.defaults.retry;
-    let allowed = policy.attempts.max(1);
     let needed = locks_needed(def);
-    let mut attempt = 0u32;
+    let mut attempts = Attempts::new(plan.defaults.retry);
     // A backfill resumes from its checkpoint, even across attempts.
     let mut checkpoint = record.and_then(|r| r.checkpoint.clone());
     loop {
-        attempt += 1;
+        let attempt = attempts.begin();
         target
             .begin_step(&StepStart {
                 key: &key,
@@ -384,52 +380,49 @@ async fn run_step<T: Database>(
             step: step_id(step, def),
             attempt,
         });
-        let blocked = first_blocked(target, &needed).await?;
-        if let (Some((lock, blockers)), Some(recorder)) = (&blocked, target.recorder()) {
-            recorder.note(format!(
+        match (lock_policy::look(target, &needed).await?, target.recorder()) {
+            (None, _) => {}
+            (Some(blocked), Some(recorder)) => recorder.note(format!(
                 "right now {} session(s) hold locks on `{}` that conflict with the {} lock this step needs: `phased run` would wait for them{}",
-                blockers.len(),
-                lock.table,
-                lock.mode,
-                blocked_by(&blockers.iter().map(ToString::to_string).collect::<Vec<_>>())
-            ));
-        } else if let Some((lock, blockers)) = blocked {
-            let lines: Vec<String> = blockers.iter().map(ToString::to_string).collect();
-            let message = format!(
-                "not attempted: {} other session(s) hold locks on `{}` that conflict with the {} lock this step needs; \
-                 queueing behind them would make application queries queue behind phased{}",
-                blockers.len(),
-                lock.table,
-                lock.mode,
-                blocked_by(&lines)
-            );
-            if attempt < allowed {
-                let wait = retry::backoff(&policy, attempt);
-                reporter.emit(&Event::StepWaiting {
+                blocked.blockers.len(),
+                blocked.lock.table,
+                blocked.lock.mode,
+                blocked_by(&blocked.lines())
+            )),
+            (Some(blocked), None) => {
+                let message = blocked.message();
+                if let Some(wait) = attempts.wait() {
+                    reporter.emit(&Event::StepWaiting {
+                        step: step_id(step, def),
+                        attempt,
+                        table: blocked.lock.table.clone(),
+                        lock: blocked.lock.mode.to_string(),
+                        blockers: blocked.lines(),
+                        wait_ms: millis(wait),
+                    });
+                    target.fail_step(&key, &message).await?;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let mut message = format!(
+                    "{message}{}; run again once they are gone",
+                    attempts.gave_up()
+                );
+                if let Err(unrecorded) = target.fail_step(&key, &message).await {
+                    message.push_str(&format!(
+                        "\n(this failure could not be recorded in the state: {unrecorded})"
+                    ));
+                }
+                reporter.emit(&Event::StepFailed {
                     step: step_id(step, def),
-                    attempt,
-                    table: lock.table.clone(),
-                    lock: lock.mode.to_string(),
-                    blockers: lines,
-                    wait_ms: millis(wait),
+                    error: message.clone(),
+                    sql: None,
                 });
-                target.fail_step(&key, &message).await?;
-                tokio::time::sleep(wait).await;
-                continue;
+                return Err(StepFailure::Failed {
+                    error: message,
+                    sql: None,
+                });
             }
-            let message = format!(
-                "{message}\ngave up after {attempt} attempt(s) (retry.attempts); run again once they are gone"
-            );
-            target.fail_step(&key, &message).await?;
-            reporter.emit(&Event::StepFailed {
-                step: step_id(step, def),
-                error: message.clone(),
-                sql: None,
-            });
-            return Err(StepFailure::Failed {
-                error: message,
-                sql: None,
-            });
         }
         let checkpoint_before = checkpoint.clone();
         let result = execute(
@@ -450,21 +443,17 @@ async fn run_step<T: Database>(
         let mut message = error.to_string();
         let mut lines = Vec::new();
         if error.is_retryable() {
-            // Who was in the way (best effort: a failure to look must not hide the real error).
-            for lock in locks_to_report(def, &needed) {
-                if let Ok(found) = target.blockers(&lock.table, lock.mode).await {
-                    lines.extend(found.iter().map(ToString::to_string));
-                }
-            }
+            let fallback = match def {
+                Step::Backfill(_) => LockMode::RowExclusive,
+                _ => LockMode::AccessExclusive,
+            };
+            lines = lock_policy::who_was_in_the_way(target, &needed, def.table(), fallback).await;
             message.push_str(&blocked_by(&lines));
         }
-        // A backfill that moved its checkpoint before failing made progress: its retry budget
-        // starts again, so hours of batches are not cut short by a few scattered lock timeouts.
         if error.is_retryable() && checkpoint != checkpoint_before {
-            attempt = 1;
+            attempts.made_progress();
         }
-        if error.is_retryable() && attempt < allowed {
-            let wait = retry::backoff(&policy, attempt);
+        if let Some(wait) = attempts.retry_after(&error) {
             reporter.emit(&Event::StepRetry {
                 step: step_id(step, def),
                 attempt,
@@ -474,7 +463,7 @@ async fn run_step<T: Database>(
             });
             if let Err(unrecorded) = target.fail_step(&key, &message).await {
                 // The connection that would record the failure is gone too: the step's own
-                // error is what the operator needs first; the retry starts on a new attempt.
+                // error is what the operator needs first.
                 message.push_str(&format!(
                     "\n(this failure could not be recorded in the state either: {unrecorded})"
                 ));
@@ -484,9 +473,7 @@ async fn run_step<T: Database>(
             continue;
         }
         if error.is_retryable() {
-            message.push_str(&format!(
-                "\ngave up after {attempt} attempt(s) (retry.attempts)"
-            ));
+            message.push_str(&attempts.gave_up());
         }
         let sql = error.sql().map(str::to_string);
         let recorded = match &sql {
@@ -529,49 +516,6 @@ fn fail_unrecorded(
         error: message,
         sql,
     }
-}
-
-/// The first needed lock that other sessions stand in the way of, with who they are.
-async fn first_blocked<T: Database>(
-    target: &mut T,
-    needed: &[TableLock],
-) -> Result<Option<(TableLock, Vec<Blocker>)>, DbError> {
-    for lock in needed {
-        let found = target.blockers(&lock.table, lock.mode).await?;
-        if !found.is_empty() {
-            return Ok(Some((lock.clone(), found)));
-        }
-    }
-    Ok(None)
-}
-
-/// The locks to name blockers for after a failed attempt: the needed ones; for a backfill, who
-/// conflicts with its ROW EXCLUSIVE; for anything else on a table (a `CONCURRENTLY` index build
-/// or drop, which waits for every transaction that holds a lock on the table), every holder.
-fn locks_to_report(def: &Step, needed: &[TableLock]) -> Vec<TableLock> {
-    if !needed.is_empty() {
-        return needed.to_vec();
-    }
-    let mode = match def {
-        Step::Backfill(_) => LockMode::RowExclusive,
-        _ => LockMode::AccessExclusive,
-    };
-    def.table()
-        .map(|table| {
-            vec![TableLock {
-                table: table.to_string(),
-                mode,
-            }]
-        })
-        .unwrap_or_default()
-}
-
-/// `\nblocked by …` lines, for messages and the recorded last_error.
-fn blocked_by(lines: &[String]) -> String {
-    lines
-        .iter()
-        .map(|l| format!("\n  blocked by {l}"))
-        .collect()
 }
 
 /// One attempt at a step.
