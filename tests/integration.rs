@@ -7,6 +7,7 @@ mod backups;
 mod ci_recovery;
 mod cli;
 mod dry_run_is_the_run;
+mod engine_scripts;
 mod engine_steps;
 mod migrations;
 mod online_safety;

@@ -127,6 +127,9 @@ pub struct BatchRequest<'a> {
     /// The key columns' types as the plan declares them (a table the plan creates), for a dry
     /// run that cannot look them up; empty when the plan does not say.
     pub key_types_hint: &'a [String],
+    /// A rollback's walk of the backfill's `down`: its checkpoint is kept apart from the
+    /// backfill's own (see `state_sql::backfill_checkpoint`).
+    pub down: bool,
 }
 
 /// What one committed batch did.

@@ -44,8 +44,51 @@ pub fn parse_script_progress(checkpoint: Option<&str>) -> usize {
         .unwrap_or(0)
 }
 
+/// How a backfill batch's last key is kept in the step's checkpoint: the key's values as a
+/// JSON array for the backfill itself, `{"down": [...]}` for the walk of its `down` during a
+/// rollback — so that neither ever resumes from the other's position.
+pub fn backfill_checkpoint(last_key: &str, down: bool) -> String {
+    if down {
+        format!("{{\"down\":{last_key}}}")
+    } else {
+        last_key.to_string()
+    }
+}
+
+/// The last key (a JSON array) a backfill walk in this direction stopped at, if the checkpoint
+/// is one of its own.
+pub fn backfill_position(checkpoint: Option<&str>, down: bool) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(checkpoint?).ok()?;
+    let key = if down {
+        value.get("down")?.clone()
+    } else {
+        value
+    };
+    key.is_array().then(|| key.to_string())
+}
+
 #[cfg(test)]
-mod tests {
+mod walk_tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_resumes_only_from_its_own_checkpoint() {
+        let forward = backfill_checkpoint(r#"["17"]"#, false);
+        let down = backfill_checkpoint(r#"["17"]"#, true);
+        assert_eq!(
+            backfill_position(Some(&forward), false).as_deref(),
+            Some(r#"["17"]"#)
+        );
+        assert_eq!(backfill_position(Some(&forward), true), None);
+        assert_eq!(
+            backfill_position(Some(&down), true).as_deref(),
+            Some(r#"["17"]"#)
+        );
+        assert_eq!(backfill_position(Some(&down), false), None);
+        assert_eq!(backfill_position(Some(&script_progress(2)), false), None);
+        assert_eq!(backfill_position(None, false), None);
+    }
+
     use super::*;
 
     #[test]

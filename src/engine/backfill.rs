@@ -177,6 +177,13 @@ impl Walk<'_> {
     }
 }
 
+/// Which way a backfill walks: filling (`run`), or undoing with its `down` (`rollback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Down,
+}
+
 /// Runs (or resumes) a backfill. The checkpoint and rows done are read from the state at the
 /// start of every attempt, so a retry or a run after a crash continues from the last batch the
 /// database committed — never from a batch whose commit was lost on the way back. `checkpoint`
@@ -192,17 +199,29 @@ pub async fn run<T: Database>(
     throttle_file: Option<&Path>,
     id: &StepId,
     reporter: &mut dyn Reporter,
+    direction: Direction,
 ) -> Result<(), DbError> {
+    let down = direction == Direction::Down;
     let record = target
         .load_steps(&key.plan)
         .await?
         .into_iter()
         .find(|r| r.phase == key.phase && r.index == key.index);
-    *checkpoint = record.as_ref().and_then(|r| r.checkpoint.clone());
-    let rows_before = record
-        .as_ref()
-        .map(|r| u64::try_from(r.rows_done).unwrap_or(0))
-        .unwrap_or(0);
+    // Only a checkpoint of this walk's own direction is a place to resume from: a run never
+    // resumes from where a rollback's walk stopped, nor the other way round.
+    *checkpoint = crate::db::state_sql::backfill_position(
+        record.as_ref().and_then(|r| r.checkpoint.as_deref()),
+        down,
+    );
+    let foreign = record.as_ref().is_some_and(|r| r.checkpoint.is_some()) && checkpoint.is_none();
+    if foreign {
+        // The other direction's position and progress: this walk starts from the beginning.
+        target.set_checkpoint(key, None).await?;
+    }
+    let rows_before = match (&record, &checkpoint) {
+        (Some(r), Some(_)) => u64::try_from(r.rows_done).unwrap_or(0),
+        _ => 0,
+    };
 
     let dry = target.recorder().is_some();
     let key_columns = match target.backfill_key(&step.table, &step.key).await {
@@ -232,6 +251,7 @@ pub async fn run<T: Database>(
         timeouts,
         rows_per_second: 0.0,
         key_types_hint: &key_types_hint,
+        down,
     };
     let remaining = match target
         .backfill_remaining(&BatchRequest {
@@ -308,7 +328,15 @@ pub async fn run<T: Database>(
     }
     walk.total = walk.done;
     walk.report(reporter, None);
-    target.finish_step(key).await
+    match direction {
+        Direction::Forward => target.finish_step(key).await,
+        // Rolled back: the status write also forgets the walk's checkpoint.
+        Direction::Down => {
+            target
+                .set_step_status(key, crate::db::StepStatus::RolledBack)
+                .await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -544,6 +544,7 @@ async fn execute<T: Database>(
                 options.throttle_file.as_deref(),
                 &step_id(step, def),
                 reporter,
+                backfill::Direction::Forward,
             )
             .await
         }

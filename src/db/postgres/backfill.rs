@@ -275,14 +275,8 @@ pub async fn run_batch(
         .await
         .map_err(|e| sql_error(e, &sql.update))?;
     let last_json = serde_json::to_string(&last).unwrap_or_default();
-    state::checkpoint(
-        &tx,
-        batch.key,
-        &last_json,
-        rows as i64,
-        batch.rows_per_second,
-    )
-    .await?;
+    let stored = crate::db::state_sql::backfill_checkpoint(&last_json, batch.down);
+    state::checkpoint(&tx, batch.key, &stored, rows as i64, batch.rows_per_second).await?;
     tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))?;
     Ok(BatchOutcome {
         rows,

@@ -191,13 +191,8 @@ pub fn run_batch(conn: &mut Connection, batch: &BatchRequest<'_>) -> Result<Batc
         .map_err(|e| sql_error(e, &sql.update))?;
     let json: Vec<serde_json::Value> = last.iter().map(to_json).collect::<Result<_, _>>()?;
     let last_json = serde_json::to_string(&json).unwrap_or_default();
-    state::checkpoint(
-        &tx,
-        batch.key,
-        &last_json,
-        rows as i64,
-        batch.rows_per_second,
-    )?;
+    let stored = crate::db::state_sql::backfill_checkpoint(&last_json, batch.down);
+    state::checkpoint(&tx, batch.key, &stored, rows as i64, batch.rows_per_second)?;
     tx.commit().map_err(|e| sql_error(e, "COMMIT"))?;
     Ok(BatchOutcome {
         rows: rows as u64,
