@@ -68,8 +68,24 @@ pub fn backfill_position(checkpoint: Option<&str>, down: bool) -> Option<String>
 }
 
 #[cfg(test)]
-mod walk_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn script_progress_round_trips() {
+        assert_eq!(parse_script_progress(Some(&script_progress(3))), 3);
+        assert_eq!(parse_script_progress(None), 0);
+        assert_eq!(parse_script_progress(Some("[\"17\"]")), 0);
+    }
+
+    #[test]
+    fn rolling_back_forgets_the_checkpoint_in_the_same_statement() {
+        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            let sql = set_status(dialect, StepStatus::RolledBack);
+            assert!(sql.contains("checkpoint = NULL") && sql.contains("rows_done = 0"));
+            assert!(!set_status(dialect, StepStatus::Failed).contains("checkpoint"));
+        }
+    }
 
     #[test]
     fn a_walk_resumes_only_from_its_own_checkpoint() {
@@ -87,23 +103,5 @@ mod walk_tests {
         assert_eq!(backfill_position(Some(&down), false), None);
         assert_eq!(backfill_position(Some(&script_progress(2)), false), None);
         assert_eq!(backfill_position(None, false), None);
-    }
-
-    use super::*;
-
-    #[test]
-    fn script_progress_round_trips() {
-        assert_eq!(parse_script_progress(Some(&script_progress(3))), 3);
-        assert_eq!(parse_script_progress(None), 0);
-        assert_eq!(parse_script_progress(Some("[\"17\"]")), 0);
-    }
-
-    #[test]
-    fn rolling_back_forgets_the_checkpoint_in_the_same_statement() {
-        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
-            let sql = set_status(dialect, StepStatus::RolledBack);
-            assert!(sql.contains("checkpoint = NULL") && sql.contains("rows_done = 0"));
-            assert!(!set_status(dialect, StepStatus::Failed).contains("checkpoint"));
-        }
     }
 }
