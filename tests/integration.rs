@@ -11,4 +11,5 @@ mod migrations;
 mod online_safety;
 mod plan_errors;
 mod sqlite_rebuild;
+mod step_checksums;
 mod tls;
