@@ -5,15 +5,15 @@ pub mod backup;
 pub mod error;
 pub mod lock;
 pub mod postgres;
-pub mod render;
 pub mod scratch;
 pub mod sqlite;
 pub mod state_schema;
 pub mod url;
+pub mod versions_sql;
 
+pub use crate::ops::{Dialect, LockMode, TableLock, Unit};
 pub use error::DbError;
-pub use lock::{Blocker, LockMode, TableLock};
-pub use render::{Dialect, Unit};
+pub use lock::Blocker;
 pub use url::DatabaseUrl;
 
 use std::path::Path;

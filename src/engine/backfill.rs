@@ -203,11 +203,12 @@ pub async fn run<T: Target>(
         .map(|r| u64::try_from(r.rows_done).unwrap_or(0))
         .unwrap_or(0);
 
-    let key_columns = target.backfill_key(&step.table, &step.key).await?;
+    let walk: Vec<String> = step.key.iter().map(ToString::to_string).collect();
+    let key_columns = target.backfill_key(&step.table, &walk).await?;
     let set: Vec<(String, String)> = step
         .set
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     let base = BatchRequest {
         key,

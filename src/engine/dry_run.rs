@@ -8,12 +8,14 @@ use std::fmt::Write as _;
 use super::backfill::AUTO_START;
 use super::runner::{find_drift, load_records, timeouts_for, Records};
 use super::EngineError;
-use crate::db::render::{self, backfill, ident, literal, render_step, Dialect, Unit};
-use crate::db::{AppliedMigration, StepStatus, Target, Timeouts, VersionState};
+use crate::db::{AppliedMigration, Dialect, StepStatus, Target, Timeouts, Unit, VersionState};
+use crate::ops::backfill;
+use crate::ops::name::{ident, ident_list, literal};
+use crate::ops::TableName;
 use crate::plan::{Backfill, BatchSize, LoadedPlan, Plan, Step, StepRef};
 
 /// A backfill's key columns and their types, by table.
-type Keys = HashMap<String, (Vec<String>, Vec<String>)>;
+type Keys = HashMap<TableName, (Vec<String>, Vec<String>)>;
 
 /// The SQL of each pending `migrations` step (or why it cannot be shown), by (phase, index).
 type MigrationTexts = HashMap<(usize, usize), Result<String, String>>;
@@ -73,7 +75,7 @@ pub async fn dry_run<T: Target>(
         let Step::Backfill(b) = def else { continue };
         let (from_plan, plan_types) = key_from_plan(plan, b);
         let columns = if !b.key.is_empty() {
-            b.key.clone()
+            b.key.iter().map(ToString::to_string).collect()
         } else {
             match target.primary_key(&b.table).await {
                 Ok(k) if !k.is_empty() => k,
@@ -159,14 +161,14 @@ fn key_from_plan(plan: &Plan, b: &Backfill) -> (Vec<String>, Vec<String>) {
         _ => None,
     });
     let columns: Vec<String> = if !b.key.is_empty() {
-        b.key.clone()
+        b.key.iter().map(ToString::to_string).collect()
     } else {
         created
             .map(|t| {
                 t.columns
                     .iter()
                     .filter(|c| c.primary_key)
-                    .map(|c| c.name.clone())
+                    .map(|c| c.name.to_string())
                     .collect::<Vec<_>>()
             })
             .filter(|k| !k.is_empty())
@@ -325,7 +327,7 @@ fn render_plan(
                 }
                 let _ = writeln!(out, "{}", done_comment(plan, step, dialect, false));
             }
-            _ => match render_step(def, dialect) {
+            _ => match def.op().units(dialect) {
                 Ok(units) => render_units(&mut out, plan, step, &units, dialect, timeouts),
                 Err(e) => {
                     let _ = writeln!(out, "-- cannot be rendered for {}: {e}", dialect.as_str());
@@ -449,7 +451,7 @@ fn render_units(
                     out,
                     "-- outside any transaction. If a valid index {0} exists, nothing is done; an INVALID one left by\n\
                      -- a failed build is dropped first: DROP INDEX CONCURRENTLY IF EXISTS {0}",
-                    ident(name)
+                    name
                 );
                 let _ = writeln!(out, "{}", standalone(dialect, timeouts, create));
             }
@@ -485,7 +487,11 @@ fn render_backfill(
         .get(&b.table)
         .cloned()
         .unwrap_or_else(|| (vec!["id".to_string()], vec!["text".to_string()]));
-    let set: Vec<(String, String)> = b.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let set: Vec<(String, String)> = b
+        .set
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let size = match b.batch_size {
         BatchSize::Auto => format!(
             "auto (starts at {AUTO_START}, tuned toward {} per batch)",
@@ -496,7 +502,7 @@ fn render_backfill(
     let _ = writeln!(
         out,
         "-- keyset pagination on ({}), batch size {size}, pause {} between batches{}",
-        render::ident_list(&columns),
+        ident_list(&columns),
         b.pause,
         if b.max_rows_per_second > 0 {
             format!(", at most {} rows/s", b.max_rows_per_second)
@@ -539,7 +545,7 @@ fn render_backfill(
             let _ = writeln!(
                 out,
                 "-- the first batch; later ones add ({}) > (the previous batch's last key)",
-                render::ident_list(&columns)
+                ident_list(&columns)
             );
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::db::render::versions::script_text;
+use crate::db::versions_sql::script_text;
 use crate::db::{DbError, MigrationRun, Target, Timeouts, VersionState};
 use crate::migrations::path::{self, applied_set};
 use crate::migrations::{Direction, History, Migration, MigrationError, Move, Spec};

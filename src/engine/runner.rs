@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
 use super::{backfill, backup, command, gate, retry, EngineError};
-use crate::db::lock::locks_needed;
-use crate::db::render::render_step;
 use crate::db::{
     Blocker, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus, TableLock, Target,
     Timeouts,
@@ -295,7 +293,7 @@ async fn run_step<T: Target>(
     let label = def.label();
     let policy = plan.defaults.retry;
     let allowed = policy.attempts.max(1);
-    let needed = locks_needed(def);
+    let needed = def.op().locks();
     let mut attempt = 0u32;
     // A backfill resumes from its checkpoint, even across attempts.
     let mut checkpoint = record.and_then(|r| r.checkpoint.clone());
@@ -328,7 +326,7 @@ async fn run_step<T: Target>(
                 reporter.emit(&Event::StepWaiting {
                     step: step_id(step, def),
                     attempt,
-                    table: lock.table.clone(),
+                    table: lock.table.to_string(),
                     lock: lock.mode.to_string(),
                     blockers: lines,
                     wait_ms: millis(wait),
@@ -447,7 +445,7 @@ fn locks_to_report(def: &Step, needed: &[TableLock]) -> Vec<TableLock> {
     def.table()
         .map(|table| {
             vec![TableLock {
-                table: table.to_string(),
+                table: table.clone(),
                 mode,
             }]
         })
@@ -513,7 +511,9 @@ async fn execute<T: Target>(
                 .await
         }
         _ => {
-            let units = render_step(def, target.dialect())
+            let units = def
+                .op()
+                .units(target.dialect())
                 .map_err(|e| DbError::Unexpected(e.to_string()))?;
             target.apply(key, &units, timeouts).await
         }

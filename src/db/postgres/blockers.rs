@@ -4,8 +4,8 @@
 use tokio_postgres::Client;
 
 use super::sql_error;
-use crate::db::render::ident;
 use crate::db::{Blocker, DbError, LockMode};
+use crate::ops::name::ident;
 
 /// Sessions other than `ours` that hold or wait for a lock on `table` conflicting with `mode`,
 /// longest-running first. A table that does not exist has none. A routine autovacuum is not a

@@ -18,13 +18,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
 use super::backup::{BackupError, BackupRecord, RestoreNote};
-use super::render::{literal, Dialect, Unit};
 use super::url::redact;
 use super::{
     BatchOutcome, BatchRequest, DbError, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
     StepStatus, Target, Timeouts,
 };
+use super::{Dialect, Unit};
 use super::{MigrationRun, VersionState};
+use crate::ops::name::literal;
 
 /// A connection pool to one PostgreSQL database, plus the connection that holds the lease.
 pub struct PgTarget {
@@ -231,7 +232,8 @@ impl PgTarget {
         timeouts: Timeouts,
     ) -> Result<(), DbError> {
         let lookup = "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)";
-        let quoted = super::render::ident(name);
+        // `name` comes quoted and schema-qualified like its table (`Unit::ConcurrentIndex`).
+        let quoted = name.to_string();
         let valid: Option<bool> = self
             .work
             .query_opt(lookup, &[&quoted])
@@ -362,7 +364,7 @@ impl Target for PgTarget {
     async fn count_rows(&mut self, table: &str, predicate: Option<&str>) -> Result<i64, DbError> {
         let sql = format!(
             "SELECT count(*) FROM {}{}",
-            super::render::ident(table),
+            crate::ops::name::ident(table),
             predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default()
         );
         let row = self
@@ -383,7 +385,7 @@ impl Target for PgTarget {
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
              WHERE i.indrelid = {}::regclass AND i.indisprimary \
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            literal(&super::render::ident(table))
+            literal(&crate::ops::name::ident(table))
         );
         let rows = self
             .work

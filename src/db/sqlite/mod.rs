@@ -16,12 +16,13 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::backup::{BackupError, BackupRecord, RestoreNote};
-use super::render::{ident, Dialect, Unit};
 use super::{
     BatchOutcome, BatchRequest, DbError, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
     StepStatus, Target, Timeouts,
 };
+use super::{Dialect, Unit};
 use super::{MigrationRun, VersionState};
+use crate::ops::name::ident;
 
 /// One SQLite database file.
 pub struct SqliteTarget {
@@ -233,7 +234,9 @@ impl Target for SqliteTarget {
         let sql = "SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk";
         let mut stmt = self.conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
         let keys = stmt
-            .query_map([super::render::base_name(table)], |r| r.get::<_, String>(0))
+            .query_map([crate::ops::name::base_name(table)], |r| {
+                r.get::<_, String>(0)
+            })
             .map_err(|e| sql_error(e, sql))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| sql_error(e, sql))?;
@@ -241,7 +244,7 @@ impl Target for SqliteTarget {
             let exists = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1";
             let n: i64 = self
                 .conn
-                .query_row(exists, [super::render::base_name(table)], |r| r.get(0))
+                .query_row(exists, [crate::ops::name::base_name(table)], |r| r.get(0))
                 .map_err(|e| sql_error(e, exists))?;
             if n == 0 {
                 return Err(DbError::Unexpected(format!(
@@ -363,7 +366,9 @@ impl Target for SqliteTarget {
             }
             let ty: Option<String> = self
                 .conn
-                .query_row(sql, [super::render::base_name(table), column], |r| r.get(0))
+                .query_row(sql, [crate::ops::name::base_name(table), column], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(|e| sql_error(e, sql))?;
             types.push(ty.ok_or_else(|| {
