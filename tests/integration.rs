@@ -8,6 +8,7 @@ mod ci_recovery;
 mod cli;
 mod engine_steps;
 mod migrations;
+mod names;
 mod online_safety;
 mod plan_errors;
 mod sqlite_rebuild;
