@@ -43,16 +43,22 @@ phases:
     ));
     run_ok(&db, &loaded).await;
 
-    db.execute(&format!("INSERT INTO {one} (id, email) VALUES (1, 'Ann@Example.COM')"))
-        .await;
-    db.execute(&format!("INSERT INTO {two} (id, email) VALUES (1, 'Bob@Example.COM')"))
-        .await;
+    db.execute(&format!(
+        "INSERT INTO {one} (id, email) VALUES (1, 'Ann@Example.COM')"
+    ))
+    .await;
+    db.execute(&format!(
+        "INSERT INTO {two} (id, email) VALUES (1, 'Bob@Example.COM')"
+    ))
+    .await;
     assert_eq!(
-        db.text(&format!("SELECT a_lower FROM {one} WHERE id = 1")).await,
+        db.text(&format!("SELECT a_lower FROM {one} WHERE id = 1"))
+            .await,
         Some("ann@example.com".to_string())
     );
     assert_eq!(
-        db.text(&format!("SELECT b_upper FROM {two} WHERE id = 1")).await,
+        db.text(&format!("SELECT b_upper FROM {two} WHERE id = 1"))
+            .await,
         Some("BOB@EXAMPLE.COM".to_string())
     );
 
@@ -72,12 +78,19 @@ phases:
         )
     };
     assert_eq!(db.scalar(triggers).await, 0, "triggers left after rollback");
-    assert_eq!(db.scalar(functions).await, 0, "functions left after rollback");
-    // Both tables are back to plain tables: new rows are not filled any more.
-    db.execute(&format!("INSERT INTO {one} (id, email) VALUES (2, 'Cy@Example.COM')"))
-        .await;
     assert_eq!(
-        db.text(&format!("SELECT a_lower FROM {one} WHERE id = 2")).await,
+        db.scalar(functions).await,
+        0,
+        "functions left after rollback"
+    );
+    // Both tables are back to plain tables: new rows are not filled any more.
+    db.execute(&format!(
+        "INSERT INTO {one} (id, email) VALUES (2, 'Cy@Example.COM')"
+    ))
+    .await;
+    assert_eq!(
+        db.text(&format!("SELECT a_lower FROM {one} WHERE id = 2"))
+            .await,
         None
     );
 }
@@ -122,5 +135,9 @@ phases:
     if let Err(e) = roll_back_to(&db, &loaded, "setup").await {
         panic!("rollback failed: {e}");
     }
-    assert_eq!(db.scalar(in_app).await, 0, "the index is still in schema app");
+    assert_eq!(
+        db.scalar(in_app).await,
+        0,
+        "the index is still in schema app"
+    );
 }

@@ -141,3 +141,71 @@ fn parse_step(yaml: &str) -> crate::plan::Step {
         Err(e) => panic!("{yaml}: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_kind() -> Vec<crate::plan::Step> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/every_step_kind.yaml");
+        match crate::plan::load(&path) {
+            Ok(loaded) => loaded
+                .plan
+                .step_refs()
+                .into_iter()
+                .map(|(_, s)| s.clone())
+                .collect(),
+            Err(report) => panic!("{}", report.render_plain()),
+        }
+    }
+
+    #[test]
+    fn each_kind_is_named_as_plans_write_it() {
+        let steps = every_kind();
+        let mut kinds: Vec<&str> = steps.iter().map(|s| s.op().kind()).collect();
+        for step in &steps {
+            let json = serde_json::to_value(step).unwrap_or_default();
+            let tag = json.as_object().and_then(|o| o.keys().next().cloned());
+            assert_eq!(tag.as_deref(), Some(step.op().kind()));
+            assert!(step.label().starts_with(step.op().kind()));
+        }
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), 16, "the fixture has every kind: {kinds:?}");
+    }
+
+    #[test]
+    fn destructive_kinds_stand_in_contract_only() {
+        for step in every_kind() {
+            let op = step.op();
+            if op.is_destructive() {
+                assert_eq!(op.allowed_in(), &[PhaseKind::Contract], "{}", op.kind());
+            }
+        }
+    }
+
+    #[test]
+    fn steps_name_the_locks_they_need() {
+        let locks = |yaml: &str| parse_step(yaml).op().locks();
+        let table = |t: &str| TableName::new(t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            locks("set_not_null: { table: t, column: c }"),
+            vec![TableLock {
+                table: table("t"),
+                mode: LockMode::AccessExclusive
+            }]
+        );
+        assert_eq!(
+            locks("dual_write: { table: app.t, set: { c: \"1\" } }"),
+            vec![TableLock {
+                table: table("app.t"),
+                mode: LockMode::AccessExclusive
+            }]
+        );
+        assert!(locks("create_index: { table: t, name: i, columns: [c] }").is_empty());
+        assert!(locks("drop_index: { name: i }").is_empty());
+        assert!(locks("backfill: { table: t, set: { c: \"1\" } }").is_empty());
+        assert!(locks("sql: \"SELECT 1\"").is_empty());
+    }
+}
