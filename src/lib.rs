@@ -4,4 +4,5 @@ pub mod cli;
 pub mod db;
 pub mod engine;
 pub mod migrations;
+pub mod ops;
 pub mod plan;

@@ -50,6 +50,20 @@ fn wrong_type() {
 }
 
 #[test]
+fn name_longer_than_postgres_keeps() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - add_column: { table: accounts, name: email_address_normalised_to_lower_case_for_lookups_by_the_new_app, type: text }\n"
+    )));
+}
+
+#[test]
+fn table_name_with_two_dots() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - drop_table: { name: db.app.accounts }\n"
+    )));
+}
+
+#[test]
 fn unknown_step_kind() {
     insta::assert_snapshot!(errors(&with_phases(
         "  - name: e\n    kind: expand\n    steps:\n      - add_colum: { table: t, name: c, type: text }\n"

@@ -6,16 +6,16 @@ pub mod error;
 pub mod lock;
 pub mod postgres;
 pub mod recorder;
-pub mod render;
 pub mod scratch;
 pub mod sqlite;
 pub mod state_schema;
 pub mod state_sql;
 pub mod url;
+pub mod versions_sql;
 
+pub use crate::ops::{Dialect, LockMode, TableLock, Unit};
 pub use error::DbError;
-pub use lock::{Blocker, LockMode, TableLock};
-pub use render::{Dialect, Unit};
+pub use lock::Blocker;
 pub use url::DatabaseUrl;
 
 use std::path::Path;

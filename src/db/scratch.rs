@@ -71,7 +71,7 @@ impl Scratch {
             DatabaseUrl::Postgres(url) => {
                 let name = format!("phased_verify_{}", unique_suffix());
                 let client = admin(url).await?;
-                let create = format!("CREATE DATABASE {}", super::render::ident(&name));
+                let create = format!("CREATE DATABASE {}", crate::ops::name::ident(&name));
                 client
                     .batch_execute(&create)
                     .await
@@ -121,7 +121,7 @@ impl Scratch {
             Scratch::Postgres { source, name, .. } => {
                 let drop = format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    super::render::ident(name)
+                    crate::ops::name::ident(name)
                 );
                 match admin(source).await {
                     Ok(client) => {

@@ -1,7 +1,7 @@
 //! State bookkeeping that is the same for both dialects but for spelling: what a status write
 //! clears with it, and how a script's progress is kept in the step's checkpoint.
 
-use crate::db::render::Dialect;
+use crate::db::Dialect;
 use crate::db::StepStatus;
 
 /// The statement that sets a step's status (`$4`/`?4`), keyed by plan, phase and index.

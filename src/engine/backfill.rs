@@ -224,7 +224,8 @@ pub async fn run<T: Database>(
     };
 
     let dry = target.recorder().is_some();
-    let key_columns = match target.backfill_key(&step.table, &step.key).await {
+    let walk: Vec<String> = step.key.iter().map(ToString::to_string).collect();
+    let key_columns = match target.backfill_key(&step.table, &walk).await {
         Ok(columns) => columns,
         // A dry run of a plan that creates the table: the key as the plan declares it.
         Err(_) if dry => plan_key.0.clone(),
@@ -238,7 +239,7 @@ pub async fn run<T: Database>(
     let set: Vec<(String, String)> = step
         .set
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     let base = BatchRequest {
         key,

@@ -48,14 +48,14 @@ pub fn key_from_plan(plan: &Plan, b: &Backfill) -> (Vec<String>, Vec<String>) {
         _ => None,
     });
     let columns: Vec<String> = if !b.key.is_empty() {
-        b.key.clone()
+        b.key.iter().map(ToString::to_string).collect()
     } else {
         created
             .map(|t| {
                 t.columns
                     .iter()
                     .filter(|c| c.primary_key)
-                    .map(|c| c.name.clone())
+                    .map(|c| c.name.to_string())
                     .collect::<Vec<_>>()
             })
             .filter(|k| !k.is_empty())
@@ -65,7 +65,7 @@ pub fn key_from_plan(plan: &Plan, b: &Backfill) -> (Vec<String>, Vec<String>) {
         .iter()
         .map(|c| {
             created
-                .and_then(|t| t.columns.iter().find(|col| &col.name == c))
+                .and_then(|t| t.columns.iter().find(|col| col.name.as_str() == c))
                 .map(|col| col.ty.clone())
                 .unwrap_or_else(|| "text".to_string())
         })

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::retry;
 use crate::db::{Blocker, Database, DbError, LockMode, TableLock};
+use crate::ops::TableName;
 use crate::plan::RetryPolicy;
 
 /// The attempts at one unit of work (a step, an inverse, a migration) under the policy.
@@ -115,14 +116,14 @@ pub async fn look<T: Database>(
 pub async fn who_was_in_the_way<T: Database>(
     target: &mut T,
     needed: &[TableLock],
-    table: Option<&str>,
+    table: Option<&TableName>,
     fallback: LockMode,
 ) -> Vec<String> {
     let report: Vec<TableLock> = if needed.is_empty() {
         table
             .map(|t| {
                 vec![TableLock {
-                    table: t.to_string(),
+                    table: t.clone(),
                     mode: fallback,
                 }]
             })

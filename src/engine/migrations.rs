@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::lock_policy::Attempts;
-use crate::db::render::versions::script_text;
+use crate::db::versions_sql::script_text;
 use crate::db::{Database, DbError, MigrationRun, Timeouts, VersionState};
 use crate::migrations::path::{self, applied_set};
 use crate::migrations::{Direction, History, Migration, MigrationError, Move, Spec};

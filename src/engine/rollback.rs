@@ -3,160 +3,21 @@
 //! recorded `rolled_back` (in the inverse's own transaction where it has one), so an interrupted
 //! rollback resumes where it stopped and a later `phased run` does the steps again.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use super::events::{Event, Reporter};
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::runner::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{command, EngineError};
-use crate::db::render::{render_step, render_step_down};
-use crate::db::{Database, DbError, Dialect, LockMode, StepStatus, TableLock, Unit};
-use crate::plan::{LoadedPlan, PhaseKind, Plan, Step, StepRef};
+use crate::db::{Database, DbError, LockMode, StepStatus, TableLock, Unit};
+use crate::ops::{inverse_of, Inverse};
+use crate::plan::{LoadedPlan, PhaseKind, Step, StepRef};
 
 /// How far to roll back.
 #[derive(Debug, Clone, Default)]
 pub struct RollbackOptions {
     /// Keep this phase and the ones before it; undo the ones after. All phases when None.
     pub to: Option<String>,
-}
-
-/// How one step is undone.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inverse {
-    /// Nothing to run: the step left nothing behind (a failed atomic step, a backfill into
-    /// columns this plan added, which go with their `add_column`).
-    Nothing(String),
-    /// SQL units.
-    Units(Vec<Unit>),
-    /// Put a flag back to the value it had (remove it when it had none).
-    Flag { name: String },
-    /// Run the command step's `down`.
-    Command(Vec<String>),
-    /// Downgrade the versioned migrations to the revisions recorded before the step ran.
-    Migrations,
-    /// No inverse: rollback stops here.
-    Irreversible(String),
-}
-
-impl Inverse {
-    /// A one-line description for events and dry runs.
-    pub fn describe(&self) -> String {
-        match self {
-            Inverse::Nothing(why) => format!("nothing to undo ({why})"),
-            Inverse::Units(units) => units
-                .iter()
-                .map(Unit::sql_text)
-                .collect::<Vec<_>>()
-                .join("; "),
-            Inverse::Flag { name } => format!("put flag `{name}` back to its previous value"),
-            Inverse::Command(argv) => format!("run {}", argv.join(" ")),
-            Inverse::Migrations => {
-                "downgrade the migrations to the revisions recorded before the step".to_string()
-            }
-            Inverse::Irreversible(why) => format!("irreversible: {why}"),
-        }
-    }
-}
-
-/// The columns (table, column) and tables this plan creates: a backfill into them needs no undo.
-fn added_by_plan(plan: &Plan) -> (HashSet<(String, String)>, HashSet<String>) {
-    let mut columns = HashSet::new();
-    let mut tables = HashSet::new();
-    for phase in plan.phases() {
-        for step in phase.steps() {
-            match step {
-                Step::AddColumn(c) => {
-                    columns.insert((c.table.clone(), c.name.clone()));
-                }
-                Step::CreateTable(t) => {
-                    tables.insert(t.name.clone());
-                }
-                _ => {}
-            }
-        }
-    }
-    (columns, tables)
-}
-
-/// The inverse of a step in the state it was left in. Pure: no database needed.
-pub fn inverse_of(plan: &Plan, def: &Step, status: StepStatus, dialect: Dialect) -> Inverse {
-    let done = status == StepStatus::Done;
-    // A failed or interrupted step whose work is one transaction left nothing behind.
-    let atomic = matches!(
-        render_step(def, dialect).as_deref(),
-        Ok([Unit::Transaction(_)] | [Unit::RebuildTable { .. }])
-    );
-    if !done && (atomic || matches!(def, Step::Flag(_))) {
-        return Inverse::Nothing("its transaction never committed".to_string());
-    }
-    match def {
-        Step::Backfill(b) => {
-            let (columns, tables) = added_by_plan(plan);
-            let into_new = tables.contains(&b.table)
-                || b.set
-                    .keys()
-                    .all(|c| columns.contains(&(b.table.clone(), c.clone())));
-            if into_new {
-                return Inverse::Nothing(
-                    "it filled columns this plan added, which go with their add_column".to_string(),
-                );
-            }
-            match &b.down {
-                Some(sql) => Inverse::Units(vec![Unit::Transaction(vec![sql.clone()])]),
-                None => Inverse::Irreversible(
-                    "it changed pre-existing columns and has no `down` SQL to restore them"
-                        .to_string(),
-                ),
-            }
-        }
-        Step::Flag(f) => Inverse::Flag {
-            name: f.name.clone(),
-        },
-        // Partly applied or done, the downgrade goes back to where the step started.
-        Step::Migrations(_) => Inverse::Migrations,
-        Step::Command(c) if !done => Inverse::Nothing(format!(
-            "`{}` failed; its `down` only runs for a command that succeeded",
-            c.run.join(" ")
-        )),
-        Step::Command(c) => match &c.down {
-            Some(argv) if !argv.is_empty() => Inverse::Command(argv.clone()),
-            _ => Inverse::Irreversible("the command step has no `down` to undo it".to_string()),
-        },
-        Step::DropDualWrite(d) => {
-            let recreate = plan
-                .phases()
-                .flat_map(|p| p.steps())
-                .filter(|s| matches!(s, Step::DualWrite(w) if w.table == d.table))
-                .last();
-            match recreate.map(|s| render_step(s, dialect)) {
-                Some(Ok(units)) => Inverse::Units(units),
-                _ => Inverse::Irreversible(format!(
-                    "the plan has no `dual_write` for `{}` to re-create",
-                    d.table
-                )),
-            }
-        }
-        other => match render_step_down(other, dialect) {
-            Ok(units) => Inverse::Units(units),
-            Err(e) => Inverse::Irreversible(e.0),
-        },
-    }
-}
-
-/// Steps of the plan that cannot be undone on any target, outside contract phases (which are
-/// undone by restoring a backup): what `validate` warns about.
-pub fn irreversible_steps(plan: &Plan) -> Vec<(StepRef, String)> {
-    plan.step_refs()
-        .into_iter()
-        .filter(|(s, _)| plan.phases.value[s.phase_index].value.kind() != PhaseKind::Contract)
-        .filter_map(
-            |(s, def)| match inverse_of(plan, def, StepStatus::Done, Dialect::Postgres) {
-                Inverse::Irreversible(why) => Some((s, why)),
-                _ => None,
-            },
-        )
-        .collect()
 }
 
 /// The locks an inverse takes that application traffic would queue behind: a transactional
@@ -168,12 +29,12 @@ fn inverse_locks(def: &Step, units: &[Unit]) -> Vec<TableLock> {
         .iter()
         .any(|u| matches!(u, Unit::Transaction(_) | Unit::RebuildTable { .. }));
     let table = match def {
-        Step::CreateTable(t) => Some(t.name.as_str()),
+        Step::CreateTable(t) => Some(&t.name),
         other => other.table(),
     };
     match (transactional, table) {
         (true, Some(table)) => vec![TableLock {
-            table: table.to_string(),
+            table: table.clone(),
             mode: LockMode::AccessExclusive,
         }],
         _ => Vec::new(),
@@ -333,7 +194,7 @@ async fn rollback_locked<T: Database>(
                                 reporter.emit(&Event::StepWaiting {
                                     step: id.clone(),
                                     attempt,
-                                    table: blocked.lock.table.clone(),
+                                    table: blocked.lock.table.to_string(),
                                     lock: blocked.lock.mode.to_string(),
                                     blockers: blocked.lines(),
                                     wait_ms: millis(wait),

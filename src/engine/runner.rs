@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter, StepId};
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::{backfill, backup, command, gate, EngineError};
-use crate::db::lock::locks_needed;
 use crate::db::recorder::Entry;
-use crate::db::render::render_step;
 use crate::db::{
     Database, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus, Timeouts,
 };
@@ -362,7 +360,7 @@ async fn run_step<T: Database>(
     let plan = &loaded.plan;
     let key = key_of(plan, step);
     let label = def.label();
-    let needed = locks_needed(def);
+    let needed = def.op().locks();
     let mut attempts = Attempts::new(plan.defaults.retry);
     // A backfill resumes from its checkpoint, even across attempts.
     let mut checkpoint = record.and_then(|r| r.checkpoint.clone());
@@ -395,7 +393,7 @@ async fn run_step<T: Database>(
                     reporter.emit(&Event::StepWaiting {
                         step: step_id(step, def),
                         attempt,
-                        table: blocked.lock.table.clone(),
+                        table: blocked.lock.table.to_string(),
                         lock: blocked.lock.mode.to_string(),
                         blockers: blocked.lines(),
                         wait_ms: millis(wait),
@@ -586,7 +584,9 @@ async fn execute<T: Database>(
                 .await
         }
         _ => {
-            let units = render_step(def, target.dialect())
+            let units = def
+                .op()
+                .units(target.dialect())
                 .map_err(|e| DbError::Unexpected(e.to_string()))?;
             target.apply(key, &units, timeouts, StepStatus::Done).await
         }

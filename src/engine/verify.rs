@@ -6,9 +6,10 @@
 use serde::Serialize;
 
 use super::events::Reporter;
-use super::rollback::{inverse_of, rollback, Inverse, RollbackOptions};
+use super::rollback::{rollback, RollbackOptions};
 use super::{run, EngineError, RunOptions};
 use crate::db::{Database, StepStatus};
+use crate::ops::{inverse_of, Inverse};
 use crate::plan::{Command, LoadedPlan, PhaseKind, SqlStep, Step};
 
 /// What verify found.

@@ -157,31 +157,13 @@ fn check_gate(plan: &Plan, phase_index: usize, gate: &Spanned<Gate>, findings: &
     }
 }
 
-/// Which phase kinds each step kind may stand in.
-fn allowed_in(step: &Step) -> &'static [PhaseKind] {
-    use PhaseKind::*;
-    match step {
-        Step::CreateTable(_) | Step::AddColumn(_) | Step::DualWrite(_) => &[Expand],
-        Step::CreateIndex(_) | Step::AddCheck(_) | Step::AddForeignKey(_) => &[Expand, Contract],
-        Step::DropTable(_)
-        | Step::DropColumn(_)
-        | Step::DropIndex(_)
-        | Step::SetNotNull(_)
-        | Step::DropDualWrite(_) => &[Contract],
-        Step::Backfill(_) => &[Migrate],
-        Step::Flag(_) => &[SwitchFlag],
-        Step::Migrations(_) => &[Expand, Migrate],
-        Step::Sql(_) | Step::Command(_) => &[Expand, Migrate, SwitchFlag, Contract],
-    }
-}
-
 fn check_placement(
     kind: PhaseKind,
     phase: &str,
     step: &Spanned<Step>,
     findings: &mut Vec<Finding>,
 ) {
-    let allowed = allowed_in(&step.value);
+    let allowed = step.value.op().allowed_in();
     if allowed.contains(&kind) {
         return;
     }
@@ -272,6 +254,17 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
                     at,
                     format!("index `{}` has no columns", i.name),
                 ));
+            }
+            if let (Some(index), Some(table)) = (i.name.schema(), i.table.schema()) {
+                if index != table {
+                    findings.push(
+                        Finding::error(
+                            at,
+                            format!("index `{}` is on table `{}`, in another schema", i.name, i.table),
+                        )
+                        .with_help("an index lives in its table's schema: leave the schema off the index name"),
+                    );
+                }
             }
         }
         Step::AddForeignKey(fk)

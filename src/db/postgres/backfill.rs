@@ -9,8 +9,10 @@ use tokio_postgres::types::ToSql;
 use super::{set_local, sql_error, state};
 use crate::db::backfill_key::{check_key_columns, not_unique};
 use crate::db::recorder::{Effect, Recorder};
-use crate::db::render::{backfill, ident, literal, Dialect};
+use crate::db::Dialect;
 use crate::db::{BatchOutcome, BatchRequest, DbError};
+use crate::ops::backfill;
+use crate::ops::name::{ident, literal};
 
 /// The SQL types of the key columns, for casting bound text values.
 pub async fn key_types(

@@ -21,9 +21,9 @@ use super::tls::{self, Tls};
 
 use super::sql_error;
 use crate::db::backup::{BackupError, BackupRecord, RestoreNote, RESTORE_NOTE_KEY};
-use crate::db::render::ident;
 use crate::db::url::redact;
 use crate::db::DbError;
+use crate::ops::name::ident;
 
 /// Where `pg_dump` and `pg_restore` are taken from: the folder in `PHASED_PG_BIN`, else `PATH`.
 pub const BIN_ENV: &str = "PHASED_PG_BIN";

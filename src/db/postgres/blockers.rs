@@ -2,8 +2,8 @@
 //! conflicts with the one phased needs, with what `pg_stat_activity` says about them.
 
 use super::conn::Conn;
-use crate::db::render::ident;
 use crate::db::{Blocker, DbError, LockMode};
+use crate::ops::name::ident;
 
 /// Sessions other than `ours` that hold or wait for a lock on `table` conflicting with `mode`,
 /// longest-running first. A table that does not exist has none. A routine autovacuum is not a

@@ -22,13 +22,13 @@ use crate::db::recorder::Recorder;
 use conn::Conn;
 
 use super::backup::{BackupError, BackupRecord, RestoreNote};
-use super::render::{Dialect, Unit};
 use super::url::redact;
 use super::{Backups, Catalog, Executor, Lease, MigrationRun, StateStore, VersionState};
 use super::{
     BatchOutcome, BatchRequest, DbError, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
     StepStatus, Timeouts,
 };
+use super::{Dialect, Unit};
 use crate::migrations::statements;
 
 /// A connection pool to one PostgreSQL database, plus the connection that holds the lease.
@@ -286,7 +286,8 @@ impl PgTarget {
         timeouts: Timeouts,
     ) -> Result<(), DbError> {
         let lookup = "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)";
-        let quoted = super::render::ident(name);
+        // `name` comes quoted and schema-qualified like its table (`Unit::ConcurrentIndex`).
+        let quoted = name.to_string();
         let valid: Option<bool> = self
             .work
             .query_opt(lookup, &[&quoted])

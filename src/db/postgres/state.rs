@@ -1,7 +1,7 @@
 //! The `phased` schema: created and upgraded by version, read and written with bound values.
 
 use super::conn::Conn;
-use crate::db::render::Dialect;
+use crate::db::Dialect;
 use deadpool_postgres::GenericClient;
 
 use super::sql_error;

@@ -8,8 +8,10 @@ use rusqlite::{params_from_iter, Connection, TransactionBehavior};
 
 use super::{sql_error, state};
 use crate::db::backfill_key::{check_key_columns, not_unique};
-use crate::db::render::{backfill, base_name, Dialect};
+use crate::db::Dialect;
 use crate::db::{BatchOutcome, BatchRequest, DbError};
+use crate::ops::backfill;
+use crate::ops::name::base_name;
 
 fn to_json(value: &Value) -> Result<serde_json::Value, DbError> {
     Ok(match value {

@@ -17,12 +17,12 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::recorder::{effect_of_write, Effect, Recorder};
-use super::render::{Dialect, Unit};
 use super::{Backups, Catalog, Executor, Lease, MigrationRun, StateStore, VersionState};
 use super::{
     BatchOutcome, BatchRequest, DbError, FlagRecord, LeaseHolder, StepKey, StepRecord, StepStart,
     StepStatus, Timeouts,
 };
+use super::{Dialect, Unit};
 
 /// One SQLite database file.
 pub struct SqliteTarget {
@@ -383,7 +383,9 @@ impl Catalog for SqliteTarget {
             }
             let ty: Option<String> = self
                 .conn
-                .query_row(sql, [super::render::base_name(table), column], |r| r.get(0))
+                .query_row(sql, [crate::ops::name::base_name(table), column], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(|e| sql_error(e, sql))?;
             types.push(ty.ok_or_else(|| {

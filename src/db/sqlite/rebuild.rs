@@ -13,8 +13,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::table_definition::{drop_not_null, TableDefinition};
 use super::{sql_error, state};
-use crate::db::render::{base_name, ident, TableChange};
 use crate::db::{DbError, StepKey};
+use crate::ops::name::{base_name, ident};
+use crate::ops::TableChange;
 
 /// How many offending keys a failure names.
 const SHOWN: usize = 10;

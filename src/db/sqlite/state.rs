@@ -153,7 +153,7 @@ pub fn set_checkpoint(
 }
 
 pub fn set_status(conn: &Connection, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
-    let sql = crate::db::state_sql::set_status(crate::db::render::Dialect::Sqlite, status);
+    let sql = crate::db::state_sql::set_status(crate::db::Dialect::Sqlite, status);
     conn.execute(
         sql,
         params![key.plan, key.phase, key.index, status.as_str()],

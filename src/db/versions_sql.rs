@@ -2,8 +2,9 @@
 //! its script wrapped the way the target runs it, plus the version bookkeeping. The targets
 //! themselves bind the bookkeeping values as parameters; this text uses quoted literals.
 
-use super::{literal, Dialect};
+use crate::db::Dialect;
 use crate::db::{MigrationRun, Timeouts};
+use crate::ops::name::literal;
 
 fn millis(t: Timeouts) -> (u128, u128) {
     (t.lock_timeout.as_millis(), t.statement_timeout.as_millis())

@@ -1,0 +1,91 @@
+//! `drop_index`: PostgreSQL drops it `CONCURRENTLY` (no ACCESS EXCLUSIVE on the table), outside a
+//! transaction; SQLite in a transaction.
+//!
+//! Resumes: `IF EXISTS`, so a retry after a crash finishes the drop or finds nothing to do.
+
+use serde::{Deserialize, Serialize};
+
+use super::create_index::{drop_index_units, qualified_index};
+use super::name::TableName;
+use super::{lost, Dialect, Inverse, InverseContext, Operation, RenderError, Unit};
+use crate::plan::{PhaseKind, PlanDuration};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DropIndex {
+    /// `index` or `schema.index`.
+    pub name: TableName,
+    /// SQLite needs nothing more; on PostgreSQL, a schema-qualified table says where the index
+    /// lives (as a schema-qualified name does).
+    #[serde(default)]
+    pub table: Option<TableName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_timeout: Option<PlanDuration>,
+}
+
+impl Operation for DropIndex {
+    fn kind(&self) -> &'static str {
+        "drop_index"
+    }
+
+    fn subject(&self) -> String {
+        self.name.to_string()
+    }
+
+    fn allowed_in(&self) -> &'static [PhaseKind] {
+        &[PhaseKind::Contract]
+    }
+
+    fn is_destructive(&self) -> bool {
+        true
+    }
+
+    fn table(&self) -> Option<&TableName> {
+        self.table.as_ref()
+    }
+
+    // No locks to look for: DROP INDEX CONCURRENTLY takes no ACCESS EXCLUSIVE.
+
+    fn lock_timeout(&self) -> Option<PlanDuration> {
+        self.lock_timeout
+    }
+
+    fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+        let index = match dialect {
+            Dialect::Postgres => qualified_index(&self.name, self.table.as_ref()),
+            Dialect::Sqlite => self.name.clone(),
+        };
+        Ok(drop_index_units(&index, dialect))
+    }
+
+    fn inverse(&self, _ctx: &InverseContext<'_>, _done: bool, _dialect: Dialect) -> Inverse {
+        lost(
+            self.kind(),
+            "dropped an index whose definition the plan does not hold",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::parse_step;
+
+    #[test]
+    fn drops_in_the_tables_schema() {
+        let step = parse_step("drop_index: { name: idx, table: app.accounts }");
+        assert_eq!(
+            step.op().units(Dialect::Postgres).ok(),
+            Some(vec![Unit::Standalone(
+                "DROP INDEX CONCURRENTLY IF EXISTS \"app\".\"idx\"".into()
+            )])
+        );
+        let plain = parse_step("drop_index: { name: idx }");
+        assert_eq!(
+            plain.op().units(Dialect::Sqlite).ok(),
+            Some(vec![Unit::Transaction(vec![
+                "DROP INDEX IF EXISTS \"idx\"".into()
+            ])])
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! `dual_write`: a trigger that fills the new columns for rows written by old application code.
+//! Creating a trigger takes SHARE ROW EXCLUSIVE on the table, and the `DROP TRIGGER IF EXISTS`
+//! before it ACCESS EXCLUSIVE, briefly.
+//!
+//! Resumes: one transaction that replaces the function and the trigger, so a retry after a crash
+//! leaves exactly one trigger, whatever the crash left.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::name::{derived_name, quote, Name, TableName};
+use super::{Dialect, Inverse, InverseContext, LockMode, Operation, RenderError, TableLock, Unit};
+use crate::plan::{PhaseKind, PlanDuration};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DualWrite {
+    pub table: TableName,
+    /// column → SQL expression over `NEW`.
+    pub set: BTreeMap<Name, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_timeout: Option<PlanDuration>,
+}
+
+/// The names of a table's dual-write trigger and, on PostgreSQL, its function (in schema
+/// `phased`, so it must be unique across schemas and tables: see [`derived_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerNames {
+    pub trigger: Name,
+}
+
+impl TriggerNames {
+    pub fn for_table(table: &TableName) -> Self {
+        TriggerNames {
+            trigger: derived_name(table.schema(), &["phased_dual_write", table.name()]),
+        }
+    }
+
+    /// `"phased"."phased_dual_write_<table>"`
+    fn function(&self) -> String {
+        format!("{}.{}", quote("phased"), self.trigger.quoted())
+    }
+
+    /// SQLite's two triggers (it cannot assign NEW: one per event).
+    fn sqlite(&self) -> [String; 2] {
+        [
+            quote(&format!("{}_insert", self.trigger)),
+            quote(&format!("{}_update", self.trigger)),
+        ]
+    }
+}
+
+impl Operation for DualWrite {
+    fn kind(&self) -> &'static str {
+        "dual_write"
+    }
+
+    fn subject(&self) -> String {
+        self.table.to_string()
+    }
+
+    fn allowed_in(&self) -> &'static [PhaseKind] {
+        &[PhaseKind::Expand]
+    }
+
+    fn table(&self) -> Option<&TableName> {
+        Some(&self.table)
+    }
+
+    /// DROP TRIGGER (run before CREATE TRIGGER) takes ACCESS EXCLUSIVE.
+    fn locks(&self) -> Vec<TableLock> {
+        vec![TableLock {
+            table: self.table.clone(),
+            mode: LockMode::AccessExclusive,
+        }]
+    }
+
+    fn lock_timeout(&self) -> Option<PlanDuration> {
+        self.lock_timeout
+    }
+
+    fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+        let table = self.table.quoted();
+        let names = TriggerNames::for_table(&self.table);
+        let trigger = names.trigger.quoted();
+        Ok(match dialect {
+            Dialect::Postgres => {
+                let assignments: String = self
+                    .set
+                    .iter()
+                    .map(|(column, expr)| format!("  NEW.{} := {};\n", column.quoted(), expr))
+                    .collect();
+                let function = names.function();
+                vec![Unit::Transaction(vec![
+                    format!(
+                        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $phased$\nBEGIN\n{assignments}  RETURN NEW;\nEND\n$phased$"
+                    ),
+                    format!("DROP TRIGGER IF EXISTS {trigger} ON {table}"),
+                    format!(
+                        "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()"
+                    ),
+                ])]
+            }
+            Dialect::Sqlite => {
+                // SQLite cannot assign NEW in a BEFORE trigger: update the row just written
+                // instead. recursive_triggers is off by default, so the trigger's own UPDATE
+                // does not re-fire it.
+                let assignments = self
+                    .set
+                    .iter()
+                    .map(|(column, expr)| format!("{} = {}", column.quoted(), expr))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let body = format!("UPDATE {table} SET {assignments} WHERE rowid = NEW.rowid;");
+                let [insert, update] = names.sqlite();
+                vec![Unit::Transaction(vec![
+                    format!("DROP TRIGGER IF EXISTS {insert}"),
+                    format!("DROP TRIGGER IF EXISTS {update}"),
+                    format!(
+                        "CREATE TRIGGER {insert} AFTER INSERT ON {table} FOR EACH ROW BEGIN {body} END"
+                    ),
+                    format!(
+                        "CREATE TRIGGER {update} AFTER UPDATE ON {table} FOR EACH ROW BEGIN {body} END"
+                    ),
+                ])]
+            }
+        })
+    }
+
+    /// Drop the trigger (and its function).
+    fn inverse(&self, _ctx: &InverseContext<'_>, _done: bool, dialect: Dialect) -> Inverse {
+        Inverse::Units(drop_units(&self.table, dialect))
+    }
+}
+
+/// Drops a table's dual-write trigger (and its function): SHARE ROW EXCLUSIVE… ACCESS
+/// EXCLUSIVE for `DROP TRIGGER`, briefly. `IF EXISTS`, so it can run again.
+pub fn drop_units(table: &TableName, dialect: Dialect) -> Vec<Unit> {
+    let names = TriggerNames::for_table(table);
+    match dialect {
+        Dialect::Postgres => vec![Unit::Transaction(vec![
+            format!(
+                "DROP TRIGGER IF EXISTS {} ON {}",
+                names.trigger.quoted(),
+                table.quoted()
+            ),
+            format!("DROP FUNCTION IF EXISTS {}()", names.function()),
+        ])],
+        Dialect::Sqlite => {
+            let [insert, update] = names.sqlite();
+            vec![Unit::Transaction(vec![
+                format!("DROP TRIGGER IF EXISTS {insert}"),
+                format!("DROP TRIGGER IF EXISTS {update}"),
+            ])]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::parse_step;
+
+    #[test]
+    fn trigger_names_are_kept_when_they_fit() {
+        let step = parse_step(
+            "dual_write: { table: app.accounts, set: { email_lower: \"lower(NEW.email)\" } }",
+        );
+        let units = step.op().units(Dialect::Postgres).unwrap_or_default();
+        let text = units.iter().map(Unit::sql_text).collect::<String>();
+        assert!(
+            text.contains("CREATE OR REPLACE FUNCTION \"phased\".\"phased_dual_write_accounts\"()"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CREATE TRIGGER \"phased_dual_write_accounts\" BEFORE INSERT OR UPDATE ON \"app\".\"accounts\""),
+            "{text}"
+        );
+        let sqlite = step.op().units(Dialect::Sqlite).unwrap_or_default();
+        assert!(sqlite[0]
+            .sql_text()
+            .contains("CREATE TRIGGER \"phased_dual_write_accounts_insert\" AFTER INSERT"));
+    }
+
+    #[test]
+    fn long_table_names_get_their_own_function() {
+        let shared = "t".repeat(50);
+        let one = TableName::new(format!("{shared}_first_tbl")).unwrap_or_else(|e| panic!("{e}"));
+        let two = TableName::new(format!("{shared}_other_tbl")).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(TriggerNames::for_table(&one), TriggerNames::for_table(&two));
+    }
+}

@@ -1,0 +1,211 @@
+//! The operations a plan's steps perform, one file per step kind. Each kind owns everything about
+//! itself: its fields as plans write them, where it may stand, its label, the table it changes and
+//! the locks it takes there, its timeouts, its SQL per dialect, its inverse, and how it resumes
+//! after a crash. Pure: nothing here opens a connection.
+//!
+//! Adding a kind: its file here, one line in [`step_kinds!`], and its section in
+//! docs/plan-reference.md.
+
+pub mod constraint;
+pub mod inverse;
+pub mod lock;
+pub mod name;
+pub mod unit;
+
+pub mod add_check;
+pub mod add_column;
+pub mod add_foreign_key;
+pub mod backfill;
+pub mod command;
+pub mod create_index;
+pub mod create_table;
+pub mod drop_column;
+pub mod drop_dual_write;
+pub mod drop_index;
+pub mod drop_table;
+pub mod dual_write;
+pub mod flag;
+pub mod migrations;
+pub mod set_not_null;
+pub mod sql;
+
+pub use inverse::{inverse_of, irreversible_steps, Inverse, InverseContext};
+pub use lock::{LockMode, TableLock};
+pub use name::{Name, NameError, TableName};
+pub use unit::{Dialect, RenderError, TableChange, Unit};
+
+use crate::plan::{PhaseKind, PlanDuration};
+
+/// THE list of step kinds: `Variant(its operation type)`, in the order plans document them.
+/// `plan::Step` (the enum plans deserialize into) and its dispatch to [`Operation`] are
+/// generated from it; the variant's snake_case name is the key plans write.
+macro_rules! step_kinds {
+    ($m:ident) => {
+        $m! {
+            CreateTable($crate::ops::create_table::CreateTable),
+            DropTable($crate::ops::drop_table::DropTable),
+            AddColumn($crate::ops::add_column::AddColumn),
+            DropColumn($crate::ops::drop_column::DropColumn),
+            CreateIndex($crate::ops::create_index::CreateIndex),
+            DropIndex($crate::ops::drop_index::DropIndex),
+            AddCheck($crate::ops::add_check::AddCheck),
+            AddForeignKey($crate::ops::add_foreign_key::AddForeignKey),
+            SetNotNull($crate::ops::set_not_null::SetNotNull),
+            DualWrite($crate::ops::dual_write::DualWrite),
+            DropDualWrite($crate::ops::drop_dual_write::DropDualWrite),
+            Backfill($crate::ops::backfill::Backfill),
+            Flag($crate::ops::flag::Flag),
+            Sql($crate::ops::sql::SqlStep),
+            Migrations($crate::ops::migrations::Migrations),
+            Command($crate::ops::command::Command),
+        }
+    };
+}
+pub(crate) use step_kinds;
+
+/// One step kind. After validation the engine works on `&dyn Operation` (`Step::op`).
+pub trait Operation {
+    /// The kind's name as plans write it: `add_column`.
+    fn kind(&self) -> &'static str;
+
+    /// What the step works on, for labels: `accounts.email_lower`.
+    fn subject(&self) -> String;
+
+    /// A short human label: `add_column accounts.email_lower`.
+    fn label(&self) -> String {
+        format!("{} {}", self.kind(), self.subject())
+    }
+
+    /// The phase kinds the step may stand in (`validate` checks it).
+    fn allowed_in(&self) -> &'static [PhaseKind];
+
+    /// Destructive steps remove what the old application may still use: `contract` only.
+    fn is_destructive(&self) -> bool {
+        false
+    }
+
+    /// The existing table the step changes, when there is one (lock reports use it). A new
+    /// table nobody can hold a lock on yet, and steps that do not say what they touch, have none.
+    fn table(&self) -> Option<&TableName> {
+        None
+    }
+
+    /// The table locks (PostgreSQL) the step asks for that application traffic would queue
+    /// behind, for the look before it queues. Locks nobody queues behind are left out.
+    fn locks(&self) -> Vec<TableLock> {
+        Vec::new()
+    }
+
+    /// The step's own lock_timeout override, if it has one.
+    fn lock_timeout(&self) -> Option<PlanDuration> {
+        None
+    }
+
+    /// The step's own statement_timeout override, if it has one.
+    fn statement_timeout(&self) -> Option<PlanDuration> {
+        None
+    }
+
+    /// The units of work, in order, for a dialect. Kinds the engine drives itself (backfill,
+    /// flag, migrations, command) have no fixed SQL and say so.
+    fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError>;
+
+    /// How the step is undone, given what the plan creates, whether the step finished, and the
+    /// dialect. [`inverse_of`] handles what is common to all kinds first (an atomic step that
+    /// did not finish left nothing behind).
+    fn inverse(&self, ctx: &InverseContext<'_>, done: bool, dialect: Dialect) -> Inverse;
+}
+
+/// The error of `units` for kinds the engine drives.
+fn engine_driven(kind: &str) -> RenderError {
+    RenderError(format!("`{kind}` has no fixed SQL; the engine runs it"))
+}
+
+/// The inverse of a step whose work only a backup brings back.
+fn lost(kind: &str, what: &str) -> Inverse {
+    Inverse::Irreversible(format!(
+        "`{kind}` {what}; only a backup brings it back (`phased restore`)"
+    ))
+}
+
+/// Serde's default for flags that are on unless a plan says otherwise (`nullable`, `transactional`).
+fn yes() -> bool {
+    true
+}
+
+/// Parses one step as plans write it, for the kinds' tests.
+#[cfg(test)]
+fn parse_step(yaml: &str) -> crate::plan::Step {
+    match serde_saphyr::from_str(yaml) {
+        Ok(step) => step,
+        Err(e) => panic!("{yaml}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_kind() -> Vec<crate::plan::Step> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/every_step_kind.yaml");
+        match crate::plan::load(&path) {
+            Ok(loaded) => loaded
+                .plan
+                .step_refs()
+                .into_iter()
+                .map(|(_, s)| s.clone())
+                .collect(),
+            Err(report) => panic!("{}", report.render_plain()),
+        }
+    }
+
+    #[test]
+    fn each_kind_is_named_as_plans_write_it() {
+        let steps = every_kind();
+        let mut kinds: Vec<&str> = steps.iter().map(|s| s.op().kind()).collect();
+        for step in &steps {
+            let json = serde_json::to_value(step).unwrap_or_default();
+            let tag = json.as_object().and_then(|o| o.keys().next().cloned());
+            assert_eq!(tag.as_deref(), Some(step.op().kind()));
+            assert!(step.label().starts_with(step.op().kind()));
+        }
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), 16, "the fixture has every kind: {kinds:?}");
+    }
+
+    #[test]
+    fn destructive_kinds_stand_in_contract_only() {
+        for step in every_kind() {
+            let op = step.op();
+            if op.is_destructive() {
+                assert_eq!(op.allowed_in(), &[PhaseKind::Contract], "{}", op.kind());
+            }
+        }
+    }
+
+    #[test]
+    fn steps_name_the_locks_they_need() {
+        let locks = |yaml: &str| parse_step(yaml).op().locks();
+        let table = |t: &str| TableName::new(t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            locks("set_not_null: { table: t, column: c }"),
+            vec![TableLock {
+                table: table("t"),
+                mode: LockMode::AccessExclusive
+            }]
+        );
+        assert_eq!(
+            locks("dual_write: { table: app.t, set: { c: \"1\" } }"),
+            vec![TableLock {
+                table: table("app.t"),
+                mode: LockMode::AccessExclusive
+            }]
+        );
+        assert!(locks("create_index: { table: t, name: i, columns: [c] }").is_empty());
+        assert!(locks("drop_index: { name: i }").is_empty());
+        assert!(locks("backfill: { table: t, set: { c: \"1\" } }").is_empty());
+        assert!(locks("sql: \"SELECT 1\"").is_empty());
+    }
+}
