@@ -4,9 +4,9 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use super::args::{Cli, Format, RestoreArgs};
-use super::commands::{confirm, prepare};
-use super::config::{self, Open};
+use super::config::{self, prepare, Open};
 use super::exit;
+use super::prompt::confirm;
 use crate::db::backup::{BackupError, RestoreNote};
 use crate::db::{DatabaseUrl, Dialect};
 use crate::engine::backup::{self, BackupFile};

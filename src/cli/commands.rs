@@ -4,12 +4,12 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use super::args::{Cli, Command, DialectArg, FlagsAction, Format, PlanArgs, RollbackArgs, RunArgs};
-use super::config::{self, AnyTarget, Open};
+use super::config::{self, color, prepare, Open};
 use super::exit;
 use super::output::{HumanReporter, JsonReporter};
+use super::prompt::confirm;
 use crate::db::{DatabaseUrl, DbError};
 use crate::engine::{self, EngineError, Reporter};
-use crate::plan::LoadedPlan;
 use crate::with_target;
 
 /// Runs the parsed command line and returns the process exit code.
@@ -27,10 +27,6 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Backups { plan } => super::backups::list(&cli, plan).await,
         Command::Restore(args) => super::backups::restore(&cli, args).await,
     }
-}
-
-pub(super) fn color() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
@@ -78,29 +74,6 @@ fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
         }
     }
     code
-}
-
-/// Loads the plan and opens the database, or prints why not and returns the exit code.
-pub(super) async fn prepare(
-    cli: &Cli,
-    path: &Path,
-    mode: Open,
-) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
-    let loaded = config::load_plan(path).map_err(|report| {
-        eprint!("{}", report.render_for(color()));
-        exit::INVALID
-    })?;
-    let url = config::database_url(cli.database.as_deref()).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::INVALID
-    })?;
-    let target = config::open(&url, loaded.plan.id(), mode)
-        .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            exit::FAILED
-        })?;
-    Ok((loaded, url, target))
 }
 
 fn reporter(format: Format) -> Box<dyn Reporter> {
@@ -409,19 +382,6 @@ async fn flags(cli: &Cli, action: Option<&FlagsAction>) -> u8 {
             exit::FAILED
         }
     }
-}
-
-/// Asks on the terminal before something that cannot be taken back; false unless the answer
-/// is yes.
-pub(super) fn confirm(question: &str) -> bool {
-    use std::io::{BufRead, Write};
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    if std::io::stdin().lock().read_line(&mut answer).is_err() {
-        return false;
-    }
-    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 async fn rollback(cli: &Cli, args: &RollbackArgs) -> u8 {

@@ -1,9 +1,11 @@
 //! Resolving flags, environment and defaults into what a command runs against.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
-use crate::db::postgres::PgTarget;
-use crate::db::sqlite::SqliteTarget;
+use super::exit;
+use super::Cli;
+
 use crate::db::{DatabaseUrl, DbError};
 use crate::plan::{self, LoadedPlan, PlanReport};
 
@@ -20,94 +22,35 @@ pub fn load_plan(path: &Path) -> Result<LoadedPlan, PlanReport> {
     plan::load(path)
 }
 
-/// An opened target of either dialect.
-pub enum AnyTarget {
-    Postgres(Box<PgTarget>),
-    Sqlite(Box<SqliteTarget>),
-}
-
-/// Whether opening may create a missing SQLite file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Open {
-    /// `run`, `db upgrade`, `verify`'s scratch copy: a new database starts here.
-    Create,
-    /// Every command that reads or amends a database that must already be there: a mistyped
-    /// path is an error, not a new empty file whose steps all read as pending.
-    Existing,
-}
+pub use crate::db::open::{is_missing_file, recording, AnyTarget, Open};
 
 /// Opens the target; every PostgreSQL connection is named `phased/<plan>`.
 pub async fn open(url: &DatabaseUrl, plan_id: &str, mode: Open) -> Result<AnyTarget, DbError> {
-    match url {
-        DatabaseUrl::Postgres(u) => Ok(AnyTarget::Postgres(Box::new(
-            PgTarget::connect(u, &format!("phased/{plan_id}")).await?,
-        ))),
-        DatabaseUrl::Sqlite(path) => {
-            if mode == Open::Existing && is_missing_file(url) {
-                return Err(DbError::Connect {
-                    target: url.redacted(),
-                    message: "no such database file (`phased run` creates it); check --database \
-                              or DATABASE_URL"
-                        .to_string(),
-                });
-            }
-            Ok(AnyTarget::Sqlite(Box::new(SqliteTarget::open(path)?)))
-        }
-    }
+    crate::db::open::open(url, &format!("phased/{plan_id}"), mode).await
 }
 
-/// The target a dry run runs on: `opened` (or nothing, offline) with its connection recording
-/// into `recorder` (PostgreSQL: writes recorded, look-ups sent; SQLite: an in-memory copy).
-pub fn recording(
-    opened: Option<AnyTarget>,
-    dialect: crate::db::Dialect,
-    recorder: crate::db::recorder::Recorder,
-) -> Result<AnyTarget, DbError> {
-    Ok(match (opened, dialect) {
-        (Some(AnyTarget::Postgres(t)), _) => {
-            AnyTarget::Postgres(Box::new(PgTarget::recording(Some(*t), recorder)))
-        }
-        (Some(AnyTarget::Sqlite(t)), _) => {
-            AnyTarget::Sqlite(Box::new(SqliteTarget::recording(Some(&t), recorder)?))
-        }
-        (None, crate::db::Dialect::Postgres) => {
-            AnyTarget::Postgres(Box::new(PgTarget::recording(None, recorder)))
-        }
-        (None, crate::db::Dialect::Sqlite) => {
-            AnyTarget::Sqlite(Box::new(SqliteTarget::recording(None, recorder)?))
-        }
-    })
+/// Colour on stderr: only on a terminal, and not under `NO_COLOR`.
+pub fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-/// The URL names an SQLite file that does not exist (`:memory:` and `file:` URIs are SQLite's
-/// to resolve, so they count as there).
-pub fn is_missing_file(url: &DatabaseUrl) -> bool {
-    match url {
-        DatabaseUrl::Postgres(_) => false,
-        DatabaseUrl::Sqlite(path) => {
-            let text = path.to_string_lossy();
-            !(text == ":memory:" || text.starts_with("file:") || path.exists())
-        }
-    }
-}
-
-/// Runs `$body` with `$t` bound to the concrete target (the database traits are not object-safe).
-#[macro_export]
-macro_rules! with_target {
-    ($any:expr, $t:ident => $body:expr) => {
-        match $any {
-            $crate::cli::config::AnyTarget::Postgres($t) => {
-                #[allow(unused_imports)]
-                use $crate::db::prelude::*;
-                let $t = &mut **$t;
-                $body
-            }
-            $crate::cli::config::AnyTarget::Sqlite($t) => {
-                #[allow(unused_imports)]
-                use $crate::db::prelude::*;
-                let $t = &mut **$t;
-                $body
-            }
-        }
-    };
+/// Loads the plan and opens the database, or prints why not and returns the exit code.
+pub async fn prepare(
+    cli: &Cli,
+    path: &Path,
+    mode: Open,
+) -> Result<(LoadedPlan, DatabaseUrl, AnyTarget), u8> {
+    let loaded = load_plan(path).map_err(|report| {
+        eprint!("{}", report.render_for(color()));
+        exit::INVALID
+    })?;
+    let url = database_url(cli.database.as_deref()).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::INVALID
+    })?;
+    let target = open(&url, loaded.plan.id(), mode).await.map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILED
+    })?;
+    Ok((loaded, url, target))
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod junit;
 pub mod output;
+pub mod prompt;
 
 use std::process::ExitCode;
 

@@ -4,6 +4,7 @@ pub mod backfill_key;
 pub mod backup;
 pub mod error;
 pub mod lock;
+pub mod open;
 pub mod postgres;
 pub mod recorder;
 pub mod scratch;

@@ -14,15 +14,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::events::{Event, Reporter};
-use super::runner::millis;
+use super::records::millis;
 use super::EngineError;
 use crate::db::backup::{BackupError, BackupRecord, RestoreNote};
-use crate::db::postgres::PgTarget;
+use crate::db::open::{open, Open};
 use crate::db::prelude::*;
-use crate::db::sqlite::SqliteTarget;
 use crate::db::url::without_password;
 use crate::db::{DatabaseUrl, DbError, Dialect};
 use crate::plan::{LoadedPlan, Phase, Plan};
+use crate::with_target;
 
 /// Written next to each backup as `<file>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -513,33 +513,25 @@ pub async fn restore(backup: &BackupFile, url: &DatabaseUrl) -> Result<Restored,
         backup_created_at: own.as_ref().map(|b| b.created_at.clone()),
         restored_at: now_rfc3339(),
     };
+    // The records of the backups the database knew, so the restore does not lose them.
+    let previous = match open(url, "phased/restore", Open::Existing).await {
+        Ok(mut t) => with_target!(&mut t, t => t.backups(None).await).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
     let created = match url {
         DatabaseUrl::Postgres(u) => {
-            let previous = match PgTarget::connect(u, "phased/restore").await {
-                Ok(mut t) => t.backups(None).await.unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
-            let outcome = crate::db::postgres::backup::restore(u, &path).await?;
-            let mut t = PgTarget::connect(u, "phased/restore").await?;
-            after_restore(&mut t, previous, own, &note).await?;
-            outcome.created
+            crate::db::postgres::backup::restore(u, &path)
+                .await?
+                .created
         }
         DatabaseUrl::Sqlite(file) => {
             let existed = file.exists();
-            let previous = if existed {
-                match SqliteTarget::open(file) {
-                    Ok(mut t) => t.backups(None).await.unwrap_or_default(),
-                    Err(_) => Vec::new(),
-                }
-            } else {
-                Vec::new()
-            };
             crate::db::sqlite::backup::restore(&path, file)?;
-            let mut t = SqliteTarget::open(file)?;
-            after_restore(&mut t, previous, own, &note).await?;
             !existed
         }
     };
+    let mut t = open(url, "phased/restore", Open::Existing).await?;
+    with_target!(&mut t, t => after_restore(t, previous, own, &note).await)?;
     Ok(Restored { note, created })
 }
 

@@ -13,7 +13,7 @@ use super::runner::{self, RunOptions};
 use super::EngineError;
 use crate::db::recorder::{Effect, Entry, Sent};
 use crate::db::{Database, Dialect};
-use crate::plan::{Backfill, LoadedPlan, Plan, Step};
+use crate::plan::LoadedPlan;
 
 /// Runs the plan (or one phase of it) on a recording target; returns what was recorded.
 pub async fn dry_run<T: Database>(
@@ -38,39 +38,6 @@ struct Silent;
 
 impl Reporter for Silent {
     fn emit(&mut self, _event: &Event) {}
-}
-
-/// A backfill's key as the plan knows it: `key:`, else the primary key of a table it creates,
-/// else `id`; with the declared types where the plan has them.
-pub fn key_from_plan(plan: &Plan, b: &Backfill) -> (Vec<String>, Vec<String>) {
-    let created = plan.phases().flat_map(|p| p.steps()).find_map(|s| match s {
-        Step::CreateTable(t) if t.name == b.table => Some(t),
-        _ => None,
-    });
-    let columns: Vec<String> = if !b.key.is_empty() {
-        b.key.iter().map(ToString::to_string).collect()
-    } else {
-        created
-            .map(|t| {
-                t.columns
-                    .iter()
-                    .filter(|c| c.primary_key)
-                    .map(|c| c.name.to_string())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|k| !k.is_empty())
-            .unwrap_or_else(|| vec!["id".to_string()])
-    };
-    let types = columns
-        .iter()
-        .map(|c| {
-            created
-                .and_then(|t| t.columns.iter().find(|col| col.name.as_str() == c))
-                .map(|col| col.ty.clone())
-                .unwrap_or_else(|| "text".to_string())
-        })
-        .collect();
-    (columns, types)
 }
 
 /// The recording as SQL a person reads: statements as sent, look-ups and phased's own

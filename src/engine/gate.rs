@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter};
-use super::runner::load_records;
+use super::records::load_records;
 use super::EngineError;
 use crate::db::{Database, DbError, StepStatus};
 use crate::plan::{FlagGate, Gate, Phase, Plan};

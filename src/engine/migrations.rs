@@ -251,7 +251,7 @@ pub async fn apply<T: Database>(
                             prepared: p,
                             attempt,
                             error: &error,
-                            wait_ms: super::runner::millis(wait),
+                            wait_ms: super::records::millis(wait),
                         });
                         tokio::time::sleep(wait).await;
                         continue;

@@ -10,6 +10,7 @@ pub mod events;
 pub mod gate;
 pub mod lock_policy;
 pub mod migrations;
+pub mod records;
 pub mod retry;
 pub mod rollback;
 pub mod runner;

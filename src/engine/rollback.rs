@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::events::{Event, Reporter};
 use super::lock_policy::{self, blocked_by, Attempts};
-use super::runner::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
-use super::{command, EngineError};
+use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
+use super::{backfill, command, EngineError};
 use crate::db::{Database, DbError, LockMode, StepStatus, TableLock, Unit};
 use crate::ops::{inverse_of, Inverse};
 use crate::plan::{LoadedPlan, PhaseKind, Step, StepRef};
@@ -259,6 +259,58 @@ async fn rollback_locked<T: Database>(
                             return Err(fail(e, &undone));
                         }
                     }
+                }
+            }
+            Inverse::Backfill(walk) => {
+                // While the walk goes the step is not done: `rollback` again resumes the walk,
+                // `run` fills the rows again (from the start: it never resumes from where the
+                // walk stopped).
+                target
+                    .fail_step(
+                        &key,
+                        "rolling back: its `down` is being walked in batches; `phased rollback` resumes the walk, `phased run` fills the rows again",
+                    )
+                    .await?;
+                let timeouts = timeouts_for(plan, def);
+                let mut checkpoint = None;
+                let mut attempts = Attempts::new(plan.defaults.retry);
+                loop {
+                    let attempt = attempts.begin();
+                    let before = checkpoint.clone();
+                    let walked = backfill::run(
+                        target,
+                        &key,
+                        walk,
+                        &walk.key_from_plan(plan),
+                        timeouts,
+                        &mut checkpoint,
+                        None,
+                        &id,
+                        reporter,
+                        backfill::Direction::Down,
+                    )
+                    .await;
+                    let Err(e) = walked else { break };
+                    if e.is_retryable() && checkpoint != before {
+                        attempts.made_progress();
+                    }
+                    if let Some(wait) = attempts.retry_after(&e) {
+                        reporter.emit(&Event::StepRetry {
+                            step: id.clone(),
+                            attempt,
+                            error: e.to_string(),
+                            wait_ms: millis(wait),
+                            blockers: Vec::new(),
+                        });
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    reporter.emit(&Event::StepFailed {
+                        step: id.clone(),
+                        error: e.to_string(),
+                        sql: e.sql().map(str::to_string),
+                    });
+                    return Err(fail(e, &undone));
                 }
             }
             Inverse::Flag { name } => {

@@ -1,17 +1,15 @@
 //! `phased run`: phases in order, steps in order; done steps skipped, failed ones retried, drift
 //! refused, all under the plan's single-runner lease.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::events::{Event, Reporter, StepId};
+use super::events::{Event, Reporter};
 use super::lock_policy::{self, blocked_by, Attempts};
+use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, backup, command, gate, EngineError};
 use crate::db::recorder::Entry;
-use crate::db::{
-    Database, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus, Timeouts,
-};
+use crate::db::{Database, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus};
 use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
 
 /// Which phases to run, and how.
@@ -76,50 +74,6 @@ fn select_phases(plan: &Plan, options: &RunOptions) -> Result<std::ops::Range<us
         (None, Some(p)) => Ok(0..index_of(p)? + 1),
         (None, None) => Ok(0..count),
     }
-}
-
-/// The recorded state of every step, by (phase, index).
-pub(crate) type Records = HashMap<(String, i32), StepRecord>;
-
-pub(crate) async fn load_records<T: Database>(
-    target: &mut T,
-    plan: &Plan,
-) -> Result<Records, DbError> {
-    Ok(target
-        .load_steps(plan.id())
-        .await?
-        .into_iter()
-        .map(|r| ((r.phase.clone(), r.index), r))
-        .collect())
-}
-
-pub(crate) fn key_of(plan: &Plan, step: &StepRef) -> StepKey {
-    StepKey {
-        plan: plan.id().to_string(),
-        phase: step.phase.clone(),
-        index: step.index as i32,
-    }
-}
-
-pub(crate) fn step_id(step: &StepRef, def: &Step) -> StepId {
-    StepId {
-        phase: step.phase.clone(),
-        step: step.index + 1,
-        label: def.label(),
-    }
-}
-
-/// A done step whose definition changed since it ran.
-pub(crate) fn find_drift(plan: &Plan, records: &Records) -> Option<EngineError> {
-    plan.step_refs().into_iter().find_map(|(step, def)| {
-        let record = records.get(&(step.phase.clone(), step.index as i32))?;
-        (record.status == StepStatus::Done && !step.matches_checksum(&record.checksum)).then(|| {
-            EngineError::Drift {
-                step: step.id(),
-                label: def.label(),
-            }
-        })
-    })
 }
 
 fn is_done(records: &Records, step: &StepRef) -> bool {
@@ -316,10 +270,6 @@ async fn run_locked<T: Database>(
     Ok(())
 }
 
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// How a step ended when it did not succeed.
 pub(crate) enum StepFailure {
     /// The step failed (recorded in the state).
@@ -331,17 +281,6 @@ pub(crate) enum StepFailure {
 impl From<DbError> for StepFailure {
     fn from(e: DbError) -> Self {
         StepFailure::Engine(EngineError::Target(e))
-    }
-}
-
-/// The timeouts a step runs under: its own overrides, else the plan's defaults.
-pub(crate) fn timeouts_for(plan: &Plan, def: &Step) -> Timeouts {
-    Timeouts {
-        lock_timeout: def.lock_timeout().unwrap_or(plan.defaults.lock_timeout).0,
-        statement_timeout: def
-            .statement_timeout()
-            .unwrap_or(plan.defaults.statement_timeout)
-            .0,
     }
 }
 
@@ -536,7 +475,7 @@ async fn execute<T: Database>(
                 target,
                 key,
                 b,
-                &super::dry_run::key_from_plan(plan, b),
+                &b.key_from_plan(plan),
                 timeouts,
                 checkpoint,
                 options.throttle_file.as_deref(),

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::runner::load_records;
+use super::records::load_records;
 use crate::db::backup::RestoreNote;
 use crate::db::{Database, DbError, StepStatus};
 use crate::plan::Plan;

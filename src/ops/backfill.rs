@@ -39,9 +39,10 @@ pub struct Backfill {
     pub max_rows_per_second: u64,
     #[serde(default)]
     pub max_replica_lag: Option<PlanDuration>,
-    /// SQL run for rollback of a backfill into pre-existing columns.
+    /// How rollback undoes a backfill into pre-existing columns: a reverse walk (`{ set, where }`,
+    /// in batches like the backfill itself), or one SQL statement.
     #[serde(default)]
-    pub down: Option<String>,
+    pub down: Option<BackfillDown>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_timeout: Option<PlanDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,12 +163,127 @@ impl Operation for Backfill {
                 "it filled columns this plan added, which go with their add_column".to_string(),
             );
         }
-        match &self.down {
-            Some(sql) => Inverse::Units(vec![Unit::Transaction(vec![sql.clone()])]),
-            None => Inverse::Irreversible(
+        match (&self.down, self.down_walk()) {
+            (_, Some(walk)) => Inverse::Backfill(Box::new(walk)),
+            (Some(BackfillDown::Sql(sql)), None) => {
+                Inverse::Units(vec![Unit::Transaction(vec![sql.clone()])])
+            }
+            (None, None) | (Some(BackfillDown::Walk { .. }), None) => Inverse::Irreversible(
                 "it changed pre-existing columns and has no `down` SQL to restore them".to_string(),
             ),
         }
+    }
+}
+
+/// A backfill's `down`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackfillDown {
+    /// One statement, in one transaction: on a large table it holds its row locks until it
+    /// commits, so the walk form is the one to prefer.
+    Sql(String),
+    /// A reverse backfill: `set` on the rows `where` selects, walked by the same key, in
+    /// batches, with the same pace and checkpoints as the backfill (`rollback` resumes it).
+    Walk {
+        set: BTreeMap<Name, String>,
+        predicate: Option<String>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WalkFields {
+    set: BTreeMap<Name, String>,
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    predicate: Option<String>,
+}
+
+impl Serialize for BackfillDown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // As a string, exactly as before: checksums of recorded steps stay the same.
+            BackfillDown::Sql(sql) => s.serialize_str(sql),
+            BackfillDown::Walk { set, predicate } => WalkFields {
+                set: set.clone(),
+                predicate: predicate.clone(),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BackfillDown {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DownVisitor;
+        impl<'de> Visitor<'de> for DownVisitor {
+            type Value = BackfillDown;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`{ set: { column: expression }, where: condition }` or a SQL string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BackfillDown, E> {
+                Ok(BackfillDown::Sql(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<BackfillDown, A::Error> {
+                let f = WalkFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if f.set.is_empty() {
+                    return Err(de::Error::custom("`down.set` needs at least one column"));
+                }
+                Ok(BackfillDown::Walk {
+                    set: f.set,
+                    predicate: f.predicate,
+                })
+            }
+        }
+        deserializer.deserialize_any(DownVisitor)
+    }
+}
+
+impl Backfill {
+    /// The reverse walk of a `down: { set, where }`: the same table, key and pace.
+    pub fn down_walk(&self) -> Option<Backfill> {
+        match &self.down {
+            Some(BackfillDown::Walk { set, predicate }) => Some(Backfill {
+                set: set.clone(),
+                predicate: predicate.clone(),
+                down: None,
+                ..self.clone()
+            }),
+            _ => None,
+        }
+    }
+
+    /// The key as the plan knows it, for a dry run that cannot look it up: `key:`, else the
+    /// primary key of a table the plan creates, else `id`; with the declared types where the
+    /// plan has them (`text` where not).
+    pub fn key_from_plan(&self, plan: &crate::plan::Plan) -> (Vec<String>, Vec<String>) {
+        use crate::plan::Step;
+        let created = plan.phases().flat_map(|p| p.steps()).find_map(|s| match s {
+            Step::CreateTable(t) if t.name == self.table => Some(t),
+            _ => None,
+        });
+        let columns: Vec<String> = if !self.key.is_empty() {
+            self.key.iter().map(ToString::to_string).collect()
+        } else {
+            created
+                .map(|t| {
+                    t.columns
+                        .iter()
+                        .filter(|c| c.primary_key)
+                        .map(|c| c.name.to_string())
+                        .collect::<Vec<_>>()
+                })
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| vec!["id".to_string()])
+        };
+        let types = columns
+            .iter()
+            .map(|c| {
+                created
+                    .and_then(|t| t.columns.iter().find(|col| col.name.as_str() == c))
+                    .map(|col| col.ty.clone())
+                    .unwrap_or_else(|| "text".to_string())
+            })
+            .collect();
+        (columns, types)
     }
 }
 

@@ -17,6 +17,9 @@ pub enum Inverse {
     Nothing(String),
     /// SQL units.
     Units(Vec<Unit>),
+    /// A reverse backfill (a backfill's `down: { set, where }`), walked in batches by the
+    /// backfill engine.
+    Backfill(Box<super::backfill::Backfill>),
     /// Put a flag back to the value it had (remove it when it had none).
     Flag { name: String },
     /// Run the command step's `down`.
@@ -37,6 +40,19 @@ impl Inverse {
                 .map(Unit::sql_text)
                 .collect::<Vec<_>>()
                 .join("; "),
+            Inverse::Backfill(b) => format!(
+                "walk {} in batches, setting {}{}",
+                b.table,
+                b.set
+                    .iter()
+                    .map(|(c, e)| format!("{c} = {e}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                b.predicate
+                    .as_deref()
+                    .map(|p| format!(" where {p}"))
+                    .unwrap_or_default()
+            ),
             Inverse::Flag { name } => format!("put flag `{name}` back to its previous value"),
             Inverse::Command(argv) => format!("run {}", argv.join(" ")),
             Inverse::Migrations => {

@@ -352,7 +352,15 @@ pub fn reversibility(plan: &Plan) -> Vec<Finding> {
                 {
                     Some((
                         "this `backfill` writes columns that existed before the plan and has no `down`, so `phased rollback` cannot undo it",
-                        "add `down: \"UPDATE … SET …\"` that restores the old values, or backfill into a column the plan adds",
+                        "add `down: { set: { column: expression }, where: condition }`, which rollback walks in batches, or backfill into a column the plan adds",
+                    ))
+                }
+                Step::Backfill(b)
+                    if matches!(b.down, Some(crate::ops::backfill::BackfillDown::Sql(_))) =>
+                {
+                    Some((
+                        "this `backfill`'s `down` is one SQL statement: rollback runs it in one transaction, holding the row locks of every row it changes until it commits",
+                        "write it as `down: { set: { column: expression }, where: condition }`: rollback then walks it in batches, like the backfill",
                     ))
                 }
                 _ => None,
