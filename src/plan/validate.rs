@@ -355,14 +355,6 @@ pub fn reversibility(plan: &Plan) -> Vec<Finding> {
                         "add `down: { set: { column: expression }, where: condition }`, which rollback walks in batches, or backfill into a column the plan adds",
                     ))
                 }
-                Step::Backfill(b)
-                    if matches!(b.down, Some(crate::ops::backfill::BackfillDown::Sql(_))) =>
-                {
-                    Some((
-                        "this `backfill`'s `down` is one SQL statement: rollback runs it in one transaction, holding the row locks of every row it changes until it commits",
-                        "write it as `down: { set: { column: expression }, where: condition }`: rollback then walks it in batches, like the backfill",
-                    ))
-                }
                 _ => None,
             };
             if let Some((message, help)) = why {
