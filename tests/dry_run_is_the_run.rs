@@ -38,8 +38,8 @@ fn recorded(json: &str) -> Vec<(String, bool)> {
 }
 
 /// Matches the run's statements against the recording: a repeated block (a backfill's later
-/// batch) stands for any number of batches, then the last, empty batch (its transaction
-/// opened, its timeouts set, nothing found, committed).
+/// batch) stands for any number of batches (none when the first took every row), then the
+/// last, empty batch (its transaction opened, its timeouts set, nothing found, committed).
 fn assert_same(plan: &[(String, bool)], run: &[String]) {
     let mut r = 0;
     let mut p = 0;
@@ -48,18 +48,11 @@ fn assert_same(plan: &[(String, bool)], run: &[String]) {
         if plan[p].1 {
             let end = (p..plan.len()).find(|&i| !plan[i].1).unwrap_or(plan.len());
             let block: Vec<&String> = plan[p..end].iter().map(|(s, _)| s).collect();
-            let mut batches = 0;
             while run.len() >= r + block.len()
                 && block.iter().enumerate().all(|(i, s)| run[r + i] == **s)
             {
                 r += block.len();
-                batches += 1;
             }
-            assert!(
-                batches >= 1,
-                "expected later backfill batches {block:#?} at {}",
-                here(r)
-            );
             let empty = [block[0], block[1], block[block.len() - 1]];
             for s in empty {
                 assert_eq!(&here(r), s, "the last, empty batch");
@@ -112,19 +105,19 @@ phases:
       - set_not_null: { table: accounts, column: email_lower }
 "#;
 
-#[tokio::test]
-async fn postgres_receives_what_the_dry_run_printed() {
-    let db = TestDb::pg().await;
-    db.execute(
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL); \
-         INSERT INTO accounts SELECT i, 'User' || i || '@Example.COM' FROM generate_series(1, 100) i",
-    )
-    .await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let plan = dir.path().join("plan.yaml");
-    std::fs::write(&plan, PLAN).expect("write plan");
-    let plan = plan.display().to_string();
+/// What the run sends that the dry run describes in a note instead of recording: a backup
+/// (`SHOW server_version_num` before `pg_dump`, whose own session, `phased/backup`, is left out,
+/// and the verified backup's record in `phased.backups`).
+fn is_backup_bookkeeping(sql: &str) -> bool {
+    sql.starts_with("SHOW ")
+        || sql.starts_with("INSERT INTO phased.backups")
+        || sql.starts_with("DELETE FROM phased.backups")
+}
 
+/// Runs `plan` (a file in its folder) with `phased plan --format json`, then with `phased run`
+/// through a capturing proxy, and compares what PostgreSQL received with the recording.
+async fn assert_run_is_the_dry_run(db: &TestDb, plan: &std::path::Path) {
+    let plan = plan.display().to_string();
     let dry = common::phased_cmd()
         .args(["plan", &plan, "--format", "json", "--database", &db.url()])
         .output()
@@ -136,13 +129,6 @@ async fn postgres_receives_what_the_dry_run_printed() {
         String::from_utf8_lossy(&dry.stderr)
     );
     let shown = recorded(&String::from_utf8_lossy(&dry.stdout));
-    assert!(shown
-        .iter()
-        .any(|(s, _)| s.starts_with("CREATE INDEX CONCURRENTLY \"accounts_email_lower_idx\"")));
-    assert!(
-        shown.iter().any(|(_, repeats)| *repeats),
-        "a backfill batch: {shown:#?}"
-    );
 
     let mut capture = PgCapture::start_for_url(&db.url());
     let run = common::phased_cmd()
@@ -163,7 +149,7 @@ async fn postgres_receives_what_the_dry_run_printed() {
         .into_iter()
         .filter(|c| {
             c.application_name()
-                .is_some_and(|a| a.starts_with("phased/"))
+                .is_some_and(|a| a.starts_with("phased/") && a != "phased/backup")
         })
         .filter(|c| {
             !c.received
@@ -172,12 +158,68 @@ async fn postgres_receives_what_the_dry_run_printed() {
         })
         .flat_map(|c| c.received)
         .map(|r| normal(&r.sql))
-        .filter(|sql| !is_lookup(sql))
+        .filter(|sql| !is_lookup(sql) && !is_backup_bookkeeping(sql))
         .collect();
     assert_same(&shown, &sent);
+}
+
+#[tokio::test]
+async fn postgres_receives_what_the_dry_run_printed() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL); \
+         INSERT INTO accounts SELECT i, 'User' || i || '@Example.COM' FROM generate_series(1, 100) i",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, PLAN).expect("write plan");
+    assert_run_is_the_dry_run(&db, &plan).await;
     assert_eq!(
         db.scalar("SELECT count(*) FROM accounts WHERE email_lower IS NULL")
             .await,
         0
     );
+}
+
+/// The plan in the README, on the table it expects.
+#[tokio::test]
+async fn the_readme_example_sends_what_its_dry_run_printed() {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).expect("README");
+    let start = readme
+        .find("```yaml\nplan: accounts-email-lower")
+        .expect("the README's example plan");
+    let body = &readme[start + "```yaml\n".len()..];
+    let yaml = &body[..body.find("```").expect("the end of the example")];
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL); \
+         INSERT INTO accounts SELECT i, 'User' || i || '@Example.COM' FROM generate_series(1, 50) i",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, yaml).expect("write plan");
+    assert_run_is_the_dry_run(&db, &plan).await;
+    assert!(!db.has_column("accounts", "email").await);
+}
+
+/// The shipped plans, from copies in a temp folder (they name `../migrations`).
+#[tokio::test]
+async fn the_shipped_plans_send_what_their_dry_runs_printed() {
+    for name in ["quickstart.yaml", "migrations.yaml"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plans = dir.path().join("plans");
+        let migrations = dir.path().join("migrations");
+        std::fs::create_dir_all(&plans).expect("plans folder");
+        std::fs::create_dir_all(&migrations).expect("migrations folder");
+        let root = common::repo_root();
+        std::fs::copy(root.join("plans").join(name), plans.join(name)).expect("copy plan");
+        for entry in std::fs::read_dir(root.join("migrations")).expect("migrations") {
+            let entry = entry.expect("a migration");
+            std::fs::copy(entry.path(), migrations.join(entry.file_name())).expect("copy");
+        }
+        let db = TestDb::pg().await;
+        assert_run_is_the_dry_run(&db, &plans.join(name)).await;
+    }
 }
