@@ -9,7 +9,7 @@ use super::events::{Event, Reporter};
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, command, EngineError};
-use crate::db::{Database, DbError, LockMode, StepStatus, TableLock, Unit};
+use crate::db::{Database, DbError, LockMode, StepStatus};
 use crate::ops::{inverse_of, Inverse};
 use crate::plan::{LoadedPlan, PhaseKind, Step, StepRef};
 
@@ -18,27 +18,6 @@ use crate::plan::{LoadedPlan, PhaseKind, Step, StepRef};
 pub struct RollbackOptions {
     /// Keep this phase and the ones before it; undo the ones after. All phases when None.
     pub to: Option<String>,
-}
-
-/// The locks an inverse takes that application traffic would queue behind: a transactional
-/// inverse (`DROP COLUMN`, `DROP CONSTRAINT`, `DROP TABLE`, `DROP TRIGGER`, a SQLite rebuild)
-/// asks for ACCESS EXCLUSIVE (or SHARE ROW EXCLUSIVE) on the step's table; a `CONCURRENTLY`
-/// drop takes none worth a look.
-fn inverse_locks(def: &Step, units: &[Unit]) -> Vec<TableLock> {
-    let transactional = units
-        .iter()
-        .any(|u| matches!(u, Unit::Transaction(_) | Unit::RebuildTable { .. }));
-    let table = match def {
-        Step::CreateTable(t) => Some(&t.name),
-        other => other.table(),
-    };
-    match (transactional, table) {
-        (true, Some(table)) => vec![TableLock {
-            table: table.clone(),
-            mode: LockMode::AccessExclusive,
-        }],
-        _ => Vec::new(),
-    }
 }
 
 /// Rolls back a plan. Returns the steps undone, newest first.
@@ -182,7 +161,7 @@ async fn rollback_locked<T: Database>(
             }
             Inverse::Units(units) => {
                 let timeouts = timeouts_for(plan, def);
-                let needed = inverse_locks(def, units);
+                let needed = def.op().inverse_locks(units);
                 let mut attempts = Attempts::new(plan.defaults.retry);
                 loop {
                     let attempt = attempts.begin();

@@ -40,6 +40,11 @@ impl Operation for CreateTable {
         "create_table"
     }
 
+    /// Its inverse drops the table it made (ACCESS EXCLUSIVE), which others use by then.
+    fn inverse_locks(&self, units: &[Unit]) -> Vec<super::TableLock> {
+        super::inverse_locks_on(Some(&self.name), units)
+    }
+
     fn subject(&self) -> String {
         self.name.to_string()
     }

@@ -36,28 +36,30 @@ pub use unit::{Dialect, RenderError, TableChange, Unit};
 
 use crate::plan::{PhaseKind, PlanDuration};
 
-/// THE list of step kinds: `Variant(its operation type)`, in the order plans document them.
+/// THE list of step kinds: `Variant("name in plans", its operation type)`, in the order plans
+/// document them.
 /// `plan::Step` (the enum plans deserialize into) and its dispatch to [`Operation`] are
-/// generated from it; the variant's snake_case name is the key plans write.
+/// generated from it; the name is the key plans write (serde's snake_case of the variant: a
+/// test holds the two together).
 macro_rules! step_kinds {
     ($m:ident) => {
         $m! {
-            CreateTable($crate::ops::create_table::CreateTable),
-            DropTable($crate::ops::drop_table::DropTable),
-            AddColumn($crate::ops::add_column::AddColumn),
-            DropColumn($crate::ops::drop_column::DropColumn),
-            CreateIndex($crate::ops::create_index::CreateIndex),
-            DropIndex($crate::ops::drop_index::DropIndex),
-            AddCheck($crate::ops::add_check::AddCheck),
-            AddForeignKey($crate::ops::add_foreign_key::AddForeignKey),
-            SetNotNull($crate::ops::set_not_null::SetNotNull),
-            DualWrite($crate::ops::dual_write::DualWrite),
-            DropDualWrite($crate::ops::drop_dual_write::DropDualWrite),
-            Backfill($crate::ops::backfill::Backfill),
-            Flag($crate::ops::flag::Flag),
-            Sql($crate::ops::sql::SqlStep),
-            Migrations($crate::ops::migrations::Migrations),
-            Command($crate::ops::command::Command),
+            CreateTable("create_table", $crate::ops::create_table::CreateTable),
+            DropTable("drop_table", $crate::ops::drop_table::DropTable),
+            AddColumn("add_column", $crate::ops::add_column::AddColumn),
+            DropColumn("drop_column", $crate::ops::drop_column::DropColumn),
+            CreateIndex("create_index", $crate::ops::create_index::CreateIndex),
+            DropIndex("drop_index", $crate::ops::drop_index::DropIndex),
+            AddCheck("add_check", $crate::ops::add_check::AddCheck),
+            AddForeignKey("add_foreign_key", $crate::ops::add_foreign_key::AddForeignKey),
+            SetNotNull("set_not_null", $crate::ops::set_not_null::SetNotNull),
+            DualWrite("dual_write", $crate::ops::dual_write::DualWrite),
+            DropDualWrite("drop_dual_write", $crate::ops::drop_dual_write::DropDualWrite),
+            Backfill("backfill", $crate::ops::backfill::Backfill),
+            Flag("flag", $crate::ops::flag::Flag),
+            Sql("sql", $crate::ops::sql::SqlStep),
+            Migrations("migrations", $crate::ops::migrations::Migrations),
+            Command("command", $crate::ops::command::Command),
         }
     };
 }
@@ -96,6 +98,14 @@ pub trait Operation {
         Vec::new()
     }
 
+    /// The table locks its inverse asks for that application traffic would queue behind, for
+    /// rollback's look before it queues: a transactional inverse (`DROP COLUMN`, `DROP
+    /// CONSTRAINT`, `DROP TRIGGER`, a SQLite rebuild) asks for ACCESS EXCLUSIVE (or SHARE ROW
+    /// EXCLUSIVE) on the step's table; a `CONCURRENTLY` drop takes none worth a look.
+    fn inverse_locks(&self, units: &[Unit]) -> Vec<TableLock> {
+        inverse_locks_on(self.table(), units)
+    }
+
     /// The step's own lock_timeout override, if it has one.
     fn lock_timeout(&self) -> Option<PlanDuration> {
         None
@@ -114,6 +124,21 @@ pub trait Operation {
     /// dialect. [`inverse_of`] handles what is common to all kinds first (an atomic step that
     /// did not finish left nothing behind).
     fn inverse(&self, ctx: &InverseContext<'_>, done: bool, dialect: Dialect) -> Inverse;
+}
+
+/// ACCESS EXCLUSIVE on `table` when any of `units` is transactional (see
+/// [`Operation::inverse_locks`]).
+fn inverse_locks_on(table: Option<&TableName>, units: &[Unit]) -> Vec<TableLock> {
+    let transactional = units
+        .iter()
+        .any(|u| matches!(u, Unit::Transaction(_) | Unit::RebuildTable { .. }));
+    match (transactional, table) {
+        (true, Some(table)) => vec![TableLock {
+            table: table.clone(),
+            mode: LockMode::AccessExclusive,
+        }],
+        _ => Vec::new(),
+    }
 }
 
 /// The error of `units` for kinds the engine drives.
@@ -207,5 +232,20 @@ mod tests {
         assert!(locks("drop_index: { name: i }").is_empty());
         assert!(locks("backfill: { table: t, set: { c: \"1\" } }").is_empty());
         assert!(locks("sql: \"SELECT 1\"").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod kinds_tests {
+    use crate::plan::Step;
+
+    /// The names in the list are serde's keys: an unknown kind's error names exactly them.
+    #[test]
+    fn the_listed_names_are_the_keys_plans_write() {
+        let err = match serde_saphyr::from_str::<Step>("no_such_kind: {}") {
+            Err(e) => e.to_string(),
+            Ok(step) => panic!("parsed {step:?}"),
+        };
+        assert!(err.contains(&Step::KINDS.join(", ")), "{err}");
     }
 }

@@ -110,11 +110,9 @@ fn syntax_finding(err: &serde_saphyr::Error) -> Finding {
             finding =
                 finding.with_help("phase kinds are expand, migrate, switch-flag and contract");
         } else {
-            finding = finding.with_help(
-                "step kinds are create_table, drop_table, add_column, drop_column, create_index, \
-                 drop_index, add_check, add_foreign_key, set_not_null, dual_write, drop_dual_write, \
-                 backfill, flag, sql, migrations and command",
-            );
+            let kinds = Step::KINDS;
+            let (last, rest) = kinds.split_last().unwrap_or((&"", &[]));
+            finding = finding.with_help(format!("step kinds are {} and {last}", rest.join(", ")));
         }
     } else if message.contains("unknown field") {
         finding = finding.with_help("check the spelling; docs/plan-reference.md lists every field");

@@ -261,7 +261,7 @@ impl WaitGate {
 }
 
 macro_rules! step_enum {
-    ($($variant:ident($op:ty)),* $(,)?) => {
+    ($($variant:ident($name:literal, $op:ty)),* $(,)?) => {
         /// One step of a phase: exactly one kind, written as `kind: { fields }` (externally
         /// tagged). Its serialization is what step checksums hash: it must not change.
         #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -271,6 +271,9 @@ macro_rules! step_enum {
         }
 
         impl Step {
+            /// Every kind's name as plans write it, in the documented order.
+            pub const KINDS: &'static [&'static str] = &[$($name),*];
+
             /// The operation the step performs: everything about its kind.
             pub fn op(&self) -> &dyn Operation {
                 match self {
