@@ -141,3 +141,60 @@ phases:
         "the index is still in schema app"
     );
 }
+
+/// Two tables of one name in two schemas: their dual-write functions live in schema `phased`,
+/// shared by all schemas, and used to be one (`phased_dual_write_t`), so the second
+/// `dual_write` replaced the first's function. Each table keeps its own, and rollback removes
+/// both triggers and both functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_writes_on_tables_of_one_name_in_two_schemas() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE SCHEMA app; CREATE SCHEMA web; \
+         CREATE TABLE app.t (id integer PRIMARY KEY, email text, a_lower text); \
+         CREATE TABLE web.t (id integer PRIMARY KEY, email text, b_upper text)",
+    )
+    .await;
+    let loaded = plan(
+        r#"
+plan: two-schemas
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - dual_write: { table: app.t, set: { a_lower: "lower(NEW.email)" } }
+      - dual_write: { table: web.t, set: { b_upper: "upper(NEW.email)" } }
+"#,
+    );
+    run_ok(&db, &loaded).await;
+    db.execute("INSERT INTO app.t (id, email) VALUES (1, 'Ann@Example.COM')")
+        .await;
+    db.execute("INSERT INTO web.t (id, email) VALUES (1, 'Bob@Example.COM')")
+        .await;
+    assert_eq!(
+        db.text("SELECT a_lower FROM app.t").await.as_deref(),
+        Some("ann@example.com")
+    );
+    assert_eq!(
+        db.text("SELECT b_upper FROM web.t").await.as_deref(),
+        Some("BOB@EXAMPLE.COM")
+    );
+
+    let mut target = db.target(loaded.plan.id()).await;
+    let mut recorder = Recorder::default();
+    let undone = phased::with_target!(&mut target, t => rollback(t, &loaded, &RollbackOptions::default(), &mut recorder).await);
+    assert!(undone.is_ok(), "{:?}", undone.err().map(|e| e.to_string()));
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'phased_dual_write%'")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'phased' AND p.proname LIKE 'phased_dual_write%'"
+        )
+        .await,
+        0
+    );
+}

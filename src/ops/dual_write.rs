@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::name::{derived_name, quote, Name, TableName};
+use super::name::{derived_name, derived_name_in_schema, quote, Name, TableName};
 use super::{Dialect, Inverse, InverseContext, LockMode, Operation, RenderError, TableLock, Unit};
 use crate::plan::{PhaseKind, PlanDuration};
 
@@ -23,23 +23,42 @@ pub struct DualWrite {
     pub lock_timeout: Option<PlanDuration>,
 }
 
-/// The names of a table's dual-write trigger and, on PostgreSQL, its function (in schema
-/// `phased`, so it must be unique across schemas and tables: see [`derived_name`]).
+/// The names of a table's dual-write trigger and, on PostgreSQL, its function.
+///
+/// A trigger's name is the table's own (PostgreSQL scopes it to the table). The function lives
+/// in schema `phased`, shared by every schema, so it must be unique across schemas and tables:
+/// for a table in the default schema (`t`, `public.t`) it is named like the trigger, as it
+/// always was; for a table in another schema it carries a hash of the schema-qualified name, so
+/// `app.t` and `web.t` no longer share (and overwrite) one function. An older phased named
+/// those functions like the trigger: `legacy_function` is that name, dropped with the trigger
+/// when nothing else uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerNames {
     pub trigger: Name,
+    pub function: Name,
+    pub legacy_function: Option<Name>,
 }
 
 impl TriggerNames {
     pub fn for_table(table: &TableName) -> Self {
-        TriggerNames {
-            trigger: derived_name(table.schema(), &["phased_dual_write", table.name()]),
+        let trigger = derived_name(table.schema(), &["phased_dual_write", table.name()]);
+        match table.schema().filter(|s| s.as_str() != "public") {
+            Some(schema) => TriggerNames {
+                function: derived_name_in_schema(schema, &["phased_dual_write", table.name()]),
+                legacy_function: Some(trigger.clone()),
+                trigger,
+            },
+            None => TriggerNames {
+                function: trigger.clone(),
+                legacy_function: None,
+                trigger,
+            },
         }
     }
 
-    /// `"phased"."phased_dual_write_<table>"`
+    /// `"phased"."phased_dual_write_<table>[_<hash>]"`
     fn function(&self) -> String {
-        format!("{}.{}", quote("phased"), self.trigger.quoted())
+        format!("{}.{}", quote("phased"), self.function.quoted())
     }
 
     /// SQLite's two triggers (it cannot assign NEW: one per event).
@@ -146,7 +165,18 @@ pub fn drop_units(table: &TableName, dialect: Dialect) -> Vec<Unit> {
                 table.quoted()
             ),
             format!("DROP FUNCTION IF EXISTS {}()", names.function()),
-        ])],
+        ]
+        .into_iter()
+        .chain(names.legacy_function.iter().map(|legacy| {
+            // The function an older phased made for this table, unless another table's
+            // trigger (a table of the same name in the default schema) still uses it.
+            format!(
+                "DO $phased$\nBEGIN\n  DROP FUNCTION IF EXISTS {}.{}();\nEXCEPTION WHEN dependent_objects_still_exist THEN NULL;\nEND\n$phased$",
+                quote("phased"),
+                legacy.quoted()
+            )
+        }))
+        .collect())],
         Dialect::Sqlite => {
             let [insert, update] = names.sqlite();
             vec![Unit::Transaction(vec![
@@ -169,8 +199,10 @@ mod tests {
         );
         let units = step.op().units(Dialect::Postgres).unwrap_or_default();
         let text = units.iter().map(Unit::sql_text).collect::<String>();
+        // The trigger keeps its name; the function, shared by every schema, is the table's
+        // own.
         assert!(
-            text.contains("CREATE OR REPLACE FUNCTION \"phased\".\"phased_dual_write_accounts\"()"),
+            text.contains("CREATE OR REPLACE FUNCTION \"phased\".\"phased_dual_write_accounts_"),
             "{text}"
         );
         assert!(
@@ -189,5 +221,25 @@ mod tests {
         let one = TableName::new(format!("{shared}_first_tbl")).unwrap_or_else(|e| panic!("{e}"));
         let two = TableName::new(format!("{shared}_other_tbl")).unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(TriggerNames::for_table(&one), TriggerNames::for_table(&two));
+    }
+
+    #[test]
+    fn tables_of_one_name_in_two_schemas_get_two_functions() {
+        let app = TableName::new("app.t").unwrap_or_else(|e| panic!("{e}"));
+        let web = TableName::new("web.t").unwrap_or_else(|e| panic!("{e}"));
+        let public = TableName::new("t").unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<Name> = [&app, &web, &public]
+            .iter()
+            .map(|t| TriggerNames::for_table(t).function)
+            .collect();
+        assert_ne!(names[0], names[1]);
+        assert_ne!(names[0], names[2]);
+        assert_eq!(names[2].as_str(), "phased_dual_write_t");
+        assert_eq!(
+            TriggerNames::for_table(&TableName::new("public.t").unwrap_or_else(|e| panic!("{e}")))
+                .function
+                .as_str(),
+            "phased_dual_write_t"
+        );
     }
 }

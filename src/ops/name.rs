@@ -244,6 +244,20 @@ pub fn derived_name(schema: Option<&Name>, parts: &[&str]) -> Name {
     Name(format!("{}_{hash}", &natural[..keep]))
 }
 
+/// A name phased makes up that must be unique across schemas (a function in schema `phased`
+/// made for a table in another schema): `parts` joined by `_`, then `_` + 8 hex digits of a
+/// sha256 of `schema.` and the name, cut to fit 63 bytes.
+pub fn derived_name_in_schema(schema: &Name, parts: &[&str]) -> Name {
+    let natural = parts.join("_");
+    let digest = Sha256::digest(format!("{schema}.{natural}").as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let mut keep = natural.len().min(MAX_NAME_BYTES - 1 - hash.len());
+    while !natural.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    Name(format!("{}_{hash}", &natural[..keep]))
+}
+
 /// THE quoting rule: `"…"`, with embedded quotes doubled.
 pub fn quote(part: &str) -> String {
     format!("\"{}\"", part.replace('"', "\"\""))
