@@ -741,6 +741,7 @@ async fn plan_step(db: TestDb) {
     let timeouts = phased::db::Timeouts {
         lock_timeout: std::time::Duration::from_secs(2),
         statement_timeout: std::time::Duration::ZERO,
+        index_wait: std::time::Duration::ZERO,
     };
     let data = checkpoint("data");
     phased::with_target!(&mut target, t => phased::engine::migrations::rollback_step(

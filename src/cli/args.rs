@@ -139,6 +139,10 @@ pub struct DbArgs {
     /// lock_timeout each migration runs under (SQLite: busy_timeout); lock timeouts are retried.
     #[arg(long, global = true, default_value = "2s", value_parser = crate::plan::PlanDuration::parse)]
     pub lock_timeout: crate::plan::PlanDuration,
+    /// How long a CONCURRENTLY statement may wait, in total, for older transactions to finish
+    /// (PostgreSQL; 0 = no limit). Its wait for the table lock stays under --lock-timeout.
+    #[arg(long, global = true, default_value = "1h", value_parser = crate::plan::PlanDuration::parse)]
+    pub index_wait_timeout: crate::plan::PlanDuration,
     #[command(subcommand)]
     pub action: DbAction,
 }

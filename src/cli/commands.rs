@@ -276,6 +276,17 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
                 line.push_str("  DRIFT: definition changed since it ran");
             }
             crate::outln!("{line}");
+            if let Some(progress) = &step.progress {
+                let when = if step.status == crate::db::StepStatus::Running {
+                    "now"
+                } else {
+                    "stopped at"
+                };
+                crate::outln!("      {} {when}: {}", progress.command, progress.summary());
+                for session in &progress.waiting_for {
+                    crate::outln!("        waiting for {session}");
+                }
+            }
             if let Some(error) = &step.last_error {
                 if step.status != crate::db::StepStatus::Done {
                     crate::outln!("      last error: {}", error.replace('\n', "\n      "));

@@ -133,6 +133,7 @@ fn timeouts(args: &DbArgs) -> Timeouts {
     Timeouts {
         lock_timeout: args.lock_timeout.0,
         statement_timeout: std::time::Duration::ZERO,
+        index_wait: args.index_wait_timeout.0,
     }
 }
 
@@ -414,6 +415,7 @@ async fn migrate_locked<T: Database>(
         eprintln!("nothing to do");
     }
     let retry = RetryPolicy::default();
+    let mut last_index_line: Option<(String, std::time::Instant)> = None;
     let mut on_event = |event: Progress<'_>| match (event, format) {
         (Progress::Start(p), Format::Human) => eprintln!("Running {}", p.describe()),
         (Progress::Start(p), Format::Json) => crate::outln!(
@@ -447,8 +449,51 @@ async fn migrate_locked<T: Database>(
             serde_json::json!({"event": "migration_retry", "revision": prepared.migration.revision,
                 "attempt": attempt, "error": error.to_string(), "wait_ms": wait_ms})
         ),
+        (Progress::Index { prepared, progress }, Format::Human) => {
+            // Every change of phase or of the sessions waited for, and every 10s meanwhile.
+            let key = format!(
+                "{}|{:?}",
+                progress.phase,
+                progress
+                    .waiting_for
+                    .iter()
+                    .map(|w| w.pid)
+                    .collect::<Vec<_>>()
+            );
+            let due =
+                last_index_line
+                    .as_ref()
+                    .is_none_or(|(k, at): &(String, std::time::Instant)| {
+                        *k != key || at.elapsed() >= std::time::Duration::from_secs(10)
+                    });
+            if due {
+                eprintln!(
+                    "  {} {}: {}",
+                    prepared.migration.revision,
+                    progress.command,
+                    progress.summary()
+                );
+                for session in &progress.waiting_for {
+                    eprintln!("      waiting for {session}");
+                }
+                last_index_line = Some((key, std::time::Instant::now()));
+            }
+        }
+        (Progress::Index { prepared, progress }, Format::Json) => crate::outln!(
+            "{}",
+            serde_json::json!({"event": "index_progress", "revision": prepared.migration.revision,
+                "progress": progress})
+        ),
     };
-    engine::apply(target, &prepared, timeouts, Some(&retry), &mut on_event).await?;
+    engine::apply(
+        target,
+        &prepared,
+        timeouts,
+        Some(&retry),
+        None,
+        &mut on_event,
+    )
+    .await?;
     let state = target.version_state().await?;
     let heads = history.heads_of(&engine::applied(&state));
     match format {

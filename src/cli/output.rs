@@ -24,7 +24,7 @@ impl Reporter for JsonReporter {
     }
 }
 
-/// Lines for people on stderr; a bar per backfill when stderr is a terminal.
+/// Lines for people on stderr; a bar per backfill or index build when stderr is a terminal.
 pub struct HumanReporter {
     terminal: bool,
     bar: Option<(Span, String)>,
@@ -32,6 +32,9 @@ pub struct HumanReporter {
     /// The latest progress line not printed yet (plain output prints every few seconds, and
     /// always the last one before the step's end).
     pending_plain: Option<String>,
+    /// An index build's phase and the sessions it waits for, as last shown: a change is shown
+    /// at once.
+    index_shown: Option<String>,
 }
 
 impl HumanReporter {
@@ -41,7 +44,30 @@ impl HumanReporter {
             bar: None,
             last_plain_progress: None,
             pending_plain: None,
+            index_shown: None,
         }
+    }
+
+    /// The terminal's bar for step `id`, started with `template` (after the step's name) when
+    /// the step has none yet.
+    fn bar_for(&mut self, id: &str, label: &str, template: &str) -> Option<&Span> {
+        if self.bar.as_ref().map(|(_, i)| i != id).unwrap_or(true) {
+            self.end_bar();
+            let span = tracing::info_span!("phased_progress");
+            // indicatif templates treat braces as keys: the label is escaped.
+            let prefix = format!("{id} {label}")
+                .replace('{', "{{")
+                .replace('}', "}}");
+            let template = format!("  {{spinner}} {prefix} {template}");
+            span.pb_set_style(
+                &ProgressStyle::with_template(&template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            span.pb_start();
+            self.bar = Some((span, id.to_string()));
+        }
+        self.bar.as_ref().map(|(span, _)| span)
     }
 
     fn line(&self, text: String) {
@@ -197,27 +223,8 @@ impl Reporter for HumanReporter {
                 };
                 if self.terminal {
                     let id = format!("{}#{}", step.phase, step.step);
-                    if self.bar.as_ref().map(|(_, i)| i != &id).unwrap_or(true) {
-                        self.end_bar();
-                        let span = tracing::info_span!("phased_progress");
-                        // indicatif templates treat braces as keys: the label is escaped.
-                        let prefix = format!("{id} {}", step.label)
-                            .replace('{', "{{")
-                            .replace('}', "}}");
-                        let template = format!(
-                            "  {{spinner}} {prefix} [{{bar:30}}] {{human_pos}}/{{human_len}} rows, eta {{eta}} — {{msg}}"
-                        );
-                        span.pb_set_style(
-                            &ProgressStyle::with_template(&template)
-                                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                                .progress_chars("=> "),
-                        );
-                        span.pb_set_length(rows_total.unwrap_or(0));
-                        span.pb_set_position(*rows_done);
-                        span.pb_start();
-                        self.bar = Some((span, id));
-                    }
-                    if let Some((span, _)) = &self.bar {
+                    let template = "[{bar:30}] {human_pos}/{human_len} rows, eta {eta} — {msg}";
+                    if let Some(span) = self.bar_for(&id, &step.label, template) {
                         span.pb_set_length(rows_total.unwrap_or(0).max(*rows_done));
                         span.pb_set_position(*rows_done);
                         span.pb_set_message(&status);
@@ -235,6 +242,54 @@ impl Reporter for HumanReporter {
                     if due {
                         self.pending_plain = None;
                         self.line(line);
+                        self.last_plain_progress = Some(Instant::now());
+                    } else {
+                        self.pending_plain = Some(line);
+                    }
+                }
+            }
+            Event::IndexProgress { step, progress } => {
+                let id = format!("{}#{}", step.phase, step.step);
+                let shown = format!(
+                    "{id}|{}|{:?}",
+                    progress.phase,
+                    progress
+                        .waiting_for
+                        .iter()
+                        .map(|w| w.pid)
+                        .collect::<Vec<_>>()
+                );
+                let changed = self.index_shown.as_deref() != Some(shown.as_str());
+                self.index_shown = Some(shown);
+                let waiting: String = progress
+                    .waiting_for
+                    .iter()
+                    .map(|w| format!("\n      waiting for {w}"))
+                    .collect();
+                if self.terminal {
+                    if changed && !waiting.is_empty() {
+                        self.line(format!(
+                            "    {id} {}: {}{waiting}",
+                            step.label, progress.phase
+                        ));
+                    }
+                    if let Some(span) = self.bar_for(&id, &step.label, "[{bar:30}] {msg}") {
+                        span.pb_set_length(progress.total.unwrap_or(0));
+                        span.pb_set_position(progress.done.unwrap_or(0));
+                        span.pb_set_message(&progress.summary());
+                    }
+                } else {
+                    let line = format!("    {id} {}: {}", step.label, progress.summary());
+                    let due = self
+                        .last_plain_progress
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+                    if changed || due {
+                        self.pending_plain = None;
+                        self.line(if changed {
+                            format!("{line}{waiting}")
+                        } else {
+                            line
+                        });
                         self.last_plain_progress = Some(Instant::now());
                     } else {
                         self.pending_plain = Some(line);

@@ -3,6 +3,8 @@
 pub mod backfill_key;
 pub mod backup;
 pub mod error;
+pub mod index_build;
+pub mod interrupt;
 pub mod lock;
 pub mod open;
 pub mod postgres;
@@ -16,6 +18,7 @@ pub mod versions_sql;
 
 pub use crate::ops::{Dialect, LockMode, TableLock, Unit};
 pub use error::DbError;
+pub use index_build::IndexProgress;
 pub use lock::Blocker;
 pub use url::DatabaseUrl;
 
@@ -86,6 +89,9 @@ pub struct StepRecord {
     pub rows_total: Option<i64>,
     /// Backfill rate (rows per second) as of its last committed batch.
     pub rows_per_second: Option<f64>,
+    /// Where a concurrent index build (or drop) of the step stands, as JSON
+    /// ([`IndexProgress`]), written while it runs (PostgreSQL).
+    pub progress: Option<String>,
 }
 
 /// What a step starting is recorded with.
@@ -103,6 +109,9 @@ pub struct Timeouts {
     pub lock_timeout: Duration,
     /// Zero: none.
     pub statement_timeout: Duration,
+    /// How long a `CONCURRENTLY` statement may wait, in total, for older transactions to finish
+    /// (`index_wait_timeout`). Zero: no limit.
+    pub index_wait: Duration,
 }
 
 /// Who holds a plan's single-runner lease.
@@ -185,6 +194,8 @@ pub struct MigrationRun<'a> {
     /// The version heads once this migration is recorded.
     pub heads_after: &'a [String],
     pub timeouts: Timeouts,
+    /// The plan step running it, whose state records the progress of a concurrent index build.
+    pub step: Option<&'a StepKey>,
 }
 
 /// Phased's own state in the target: steps, their checkpoints, flags. Every write that
@@ -345,13 +356,16 @@ pub trait Executor {
 
     /// Runs a step's units in order. The last transactional unit also sets the step's status to
     /// `status` (done, or rolled back when the units are an inverse), in the same transaction;
-    /// when the last unit cannot be transactional the status is written right after it.
+    /// when the last unit cannot be transactional the status is written right after it. A
+    /// concurrent index build or drop reports where it stands to `progress` while it runs (and
+    /// records it in the step's state).
     async fn apply(
         &mut self,
         key: &StepKey,
         units: &[Unit],
         timeouts: Timeouts,
         status: StepStatus,
+        progress: &mut dyn FnMut(&IndexProgress),
     ) -> Result<(), DbError>;
 
     /// Runs one backfill batch and commits it with the checkpoint.
@@ -359,8 +373,13 @@ pub trait Executor {
 
     /// Runs one migration's script under the lock timeout and records it (or, going down,
     /// forgets it) together with the new version heads, in one transaction; a non-transactional
-    /// script runs first and is recorded right after.
-    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError>;
+    /// script runs first and is recorded right after; its concurrent index builds report to
+    /// `progress`.
+    async fn run_migration(
+        &mut self,
+        run: &MigrationRun<'_>,
+        progress: &mut dyn FnMut(&IndexProgress),
+    ) -> Result<(), DbError>;
 }
 
 /// Everything the engine needs from a database, split by concern. One implementation per

@@ -52,6 +52,10 @@ pub const POSTGRES: &[&[&str]] = &[
     ],
     // 2: a backfill's rate, saved with its checkpoint.
     &["ALTER TABLE phased.steps ADD COLUMN IF NOT EXISTS rows_per_second double precision"],
+    // 3: where a concurrent index build stands (JSON), written from a second session while it
+    // runs. Not the checkpoint: a script's checkpoint counts its statements done, and progress
+    // must never be mistaken for a place to resume from.
+    &["ALTER TABLE phased.steps ADD COLUMN IF NOT EXISTS progress text"],
 ];
 
 /// SQLite: tables prefixed `phased_`.

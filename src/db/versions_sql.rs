@@ -95,7 +95,9 @@ mod tests {
             timeouts: Timeouts {
                 lock_timeout: Duration::from_secs(2),
                 statement_timeout: Duration::ZERO,
+                index_wait: Duration::ZERO,
             },
+            step: None,
         }
     }
 

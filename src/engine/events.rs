@@ -82,6 +82,15 @@ pub enum Event {
         error: String,
         sql: Option<String>,
     },
+    /// Where a concurrent index build (or drop) stands: PostgreSQL's phase, blocks or tuples
+    /// done, an ETA, and the older transactions it waits for (which it outlasts up to
+    /// `index_wait_timeout`). Sent when the phase or the sessions waited for change, and about
+    /// once a second meanwhile.
+    IndexProgress {
+        #[serde(flatten)]
+        step: StepId,
+        progress: crate::db::IndexProgress,
+    },
     BackfillProgress {
         #[serde(flatten)]
         step: StepId,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::lock_policy::Attempts;
 use crate::db::versions_sql::script_text;
-use crate::db::{Database, DbError, MigrationRun, Timeouts, VersionState};
+use crate::db::{Database, DbError, IndexProgress, MigrationRun, Timeouts, VersionState};
 use crate::migrations::path::{self, applied_set};
 use crate::migrations::{Direction, History, Migration, MigrationError, Move, Spec};
 use crate::plan::RetryPolicy;
@@ -134,6 +134,7 @@ impl Prepared<'_> {
             transactional: self.migration.transactional,
             heads_after: &self.step.heads_after,
             timeouts,
+            step: None,
         }
     }
 
@@ -225,11 +226,13 @@ pub fn sql_text(
 
 /// Runs prepared moves in order. With a retry policy each migration is retried on lock
 /// timeouts; without one the first error is returned as is (the plan step retries itself).
+/// `step` is the plan step running them, whose state records a concurrent build's progress.
 pub async fn apply<T: Database>(
     target: &mut T,
     prepared: &[Prepared<'_>],
     timeouts: Timeouts,
     retry: Option<&RetryPolicy>,
+    step: Option<&crate::db::StepKey>,
     on_event: &mut dyn FnMut(Progress<'_>),
 ) -> Result<(), VersionError> {
     let mut completed = Vec::new();
@@ -243,7 +246,17 @@ pub async fn apply<T: Database>(
         }));
         loop {
             let attempt = attempts.begin();
-            match target.run_migration(&p.run(timeouts)).await {
+            let run = MigrationRun {
+                step,
+                ..p.run(timeouts)
+            };
+            let mut progress = |index: &IndexProgress| {
+                on_event(Progress::Index {
+                    prepared: p,
+                    progress: index,
+                })
+            };
+            match target.run_migration(&run, &mut progress).await {
                 Ok(()) => break,
                 Err(error) => {
                     if let Some(wait) = attempts.retry_after(&error) {
@@ -283,6 +296,11 @@ pub enum Progress<'a> {
         error: &'a DbError,
         wait_ms: u64,
     },
+    /// Where a concurrent index build of a `transactional: false` migration stands.
+    Index {
+        prepared: &'a Prepared<'a>,
+        progress: &'a IndexProgress,
+    },
 }
 
 /// The single-runner lease of a migrations folder: `db:` and the folder's name, so that
@@ -314,6 +332,7 @@ pub async fn run_step<T: Database>(
     key: &crate::db::StepKey,
     checkpoint: &mut Option<String>,
     timeouts: Timeouts,
+    progress: &mut dyn FnMut(&IndexProgress),
 ) -> Result<(), DbError> {
     let key_name = lease_key(&step.dir);
     if let Some(holder) = target.acquire_lease(&key_name).await? {
@@ -322,7 +341,7 @@ pub async fn run_step<T: Database>(
             holder: holder.description,
         }));
     }
-    let result = run_step_locked(target, base_dir, step, key, checkpoint, timeouts).await;
+    let result = run_step_locked(target, base_dir, step, key, checkpoint, timeouts, progress).await;
     let released = target.release_lease(&key_name).await;
     result?;
     released
@@ -335,6 +354,7 @@ async fn run_step_locked<T: Database>(
     key: &crate::db::StepKey,
     checkpoint: &mut Option<String>,
     timeouts: Timeouts,
+    progress: &mut dyn FnMut(&IndexProgress),
 ) -> Result<(), DbError> {
     let history = crate::migrations::load(&base_dir.join(&step.dir)).map_err(step_error)?;
     let spec = Spec::parse(&step.to).map_err(step_error)?;
@@ -353,7 +373,12 @@ async fn run_step_locked<T: Database>(
             None => tracing::info!("running {}", p.describe()),
         }
     }
-    match apply(target, &prepared, timeouts, None, &mut |_| {}).await {
+    let mut on_event = |event: Progress<'_>| {
+        if let Progress::Index { progress: p, .. } = event {
+            progress(p)
+        }
+    };
+    match apply(target, &prepared, timeouts, None, Some(key), &mut on_event).await {
         Ok(()) => target.finish_step(key).await,
         Err(VersionError::Failed { error, .. }) | Err(VersionError::Target(error)) => Err(error),
         Err(other) => Err(step_error(other)),
@@ -398,7 +423,7 @@ pub async fn rollback_step<T: Database>(
         for p in &prepared {
             tracing::info!("running {}", p.describe());
         }
-        apply(target, &prepared, timeouts, retry, &mut |_| {}).await
+        apply(target, &prepared, timeouts, retry, None, &mut |_| {}).await
     }
     .await;
     let released = target.release_lease(&key).await;

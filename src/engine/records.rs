@@ -67,5 +67,9 @@ pub(crate) fn timeouts_for(plan: &Plan, def: &Step) -> Timeouts {
             .statement_timeout()
             .unwrap_or(plan.defaults.statement_timeout)
             .0,
+        index_wait: def
+            .index_wait_timeout()
+            .unwrap_or(plan.defaults.index_wait_timeout)
+            .0,
     }
 }

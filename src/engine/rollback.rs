@@ -202,10 +202,16 @@ async fn rollback_locked<T: Database>(
                             }
                         }
                     }
-                    match target
-                        .apply(&key, units, timeouts, StepStatus::RolledBack)
-                        .await
-                    {
+                    let mut progress = |p: &crate::db::IndexProgress| {
+                        reporter.emit(&Event::IndexProgress {
+                            step: id.clone(),
+                            progress: p.clone(),
+                        })
+                    };
+                    let applied = target
+                        .apply(&key, units, timeouts, StepStatus::RolledBack, &mut progress)
+                        .await;
+                    match applied {
                         Ok(()) => break,
                         Err(e) => {
                             let blockers = if e.is_retryable() {

@@ -9,7 +9,9 @@ use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, backup, command, gate, EngineError};
 use crate::db::recorder::Entry;
-use crate::db::{Database, DbError, LockMode, StepKey, StepRecord, StepStart, StepStatus};
+use crate::db::{
+    Database, DbError, IndexProgress, LockMode, StepKey, StepRecord, StepStart, StepStatus,
+};
 use crate::plan::{LoadedPlan, Phase, Plan, Step, StepRef};
 
 /// Which phases to run, and how.
@@ -519,15 +521,39 @@ async fn execute<T: Database>(
             target.finish_step(key).await
         }
         Step::Migrations(m) => {
-            super::migrations::run_step(target, &loaded.base_dir, m, key, checkpoint, timeouts)
-                .await
+            let id = step_id(step, def);
+            let mut progress = |p: &IndexProgress| {
+                reporter.emit(&Event::IndexProgress {
+                    step: id.clone(),
+                    progress: p.clone(),
+                })
+            };
+            super::migrations::run_step(
+                target,
+                &loaded.base_dir,
+                m,
+                key,
+                checkpoint,
+                timeouts,
+                &mut progress,
+            )
+            .await
         }
         _ => {
             let units = def
                 .op()
                 .units(target.dialect())
                 .map_err(|e| DbError::Unexpected(e.to_string()))?;
-            target.apply(key, &units, timeouts, StepStatus::Done).await
+            let id = step_id(step, def);
+            let mut progress = |p: &IndexProgress| {
+                reporter.emit(&Event::IndexProgress {
+                    step: id.clone(),
+                    progress: p.clone(),
+                })
+            };
+            target
+                .apply(key, &units, timeouts, StepStatus::Done, &mut progress)
+                .await
         }
     }
 }

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::records::load_records;
 use crate::db::backup::RestoreNote;
-use crate::db::{Database, DbError, StepStatus};
+use crate::db::{Database, DbError, IndexProgress, StepStatus};
 use crate::plan::Plan;
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +42,9 @@ pub struct StepStatusView {
     pub checkpoint: Option<String>,
     /// A backfill's rate as of its last committed batch.
     pub rows_per_second: Option<f64>,
+    /// Where a concurrent index build (or drop) of the step stands while it runs, or where it
+    /// stopped when it failed (PostgreSQL).
+    pub progress: Option<IndexProgress>,
 }
 
 pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStatus, DbError> {
@@ -75,6 +78,10 @@ pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStat
                     rows_per_second: record
                         .filter(|_| is_backfill)
                         .and_then(|r| r.rows_per_second),
+                    progress: record
+                        .filter(|r| r.status != StepStatus::Done)
+                        .and_then(|r| r.progress.as_deref())
+                        .and_then(|p| serde_json::from_str(p).ok()),
                 }
             })
             .collect();

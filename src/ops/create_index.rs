@@ -30,6 +30,10 @@ pub struct CreateIndex {
     pub lock_timeout: Option<PlanDuration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_timeout: Option<PlanDuration>,
+    /// How long the build may wait, in total, for older transactions (`defaults`' when absent).
+    /// Absent from the serialization when not written, so existing steps keep their checksums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_wait_timeout: Option<PlanDuration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -79,7 +83,10 @@ impl Operation for CreateIndex {
     }
 
     // No locks to look for: CONCURRENTLY takes SHARE UPDATE EXCLUSIVE, which application
-    // traffic never queues behind.
+    // traffic never queues behind. Its queue for that lock is bounded by lock_timeout; its
+    // waits for older transactions (which block no one) by index_wait_timeout — the database
+    // layer watches the build from a second session to tell the two apart
+    // (`db/postgres/index_build.rs`).
 
     fn lock_timeout(&self) -> Option<PlanDuration> {
         self.lock_timeout
@@ -87,6 +94,10 @@ impl Operation for CreateIndex {
 
     fn statement_timeout(&self) -> Option<PlanDuration> {
         self.statement_timeout
+    }
+
+    fn index_wait_timeout(&self) -> Option<PlanDuration> {
+        self.index_wait_timeout
     }
 
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {

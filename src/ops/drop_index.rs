@@ -21,6 +21,10 @@ pub struct DropIndex {
     pub table: Option<TableName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_timeout: Option<PlanDuration>,
+    /// How long the drop may wait, in total, for transactions using the index (`defaults`'
+    /// when absent; not serialized when absent, so existing checksums stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_wait_timeout: Option<PlanDuration>,
 }
 
 impl Operation for DropIndex {
@@ -48,6 +52,10 @@ impl Operation for DropIndex {
 
     fn lock_timeout(&self) -> Option<PlanDuration> {
         self.lock_timeout
+    }
+
+    fn index_wait_timeout(&self) -> Option<PlanDuration> {
+        self.index_wait_timeout
     }
 
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {

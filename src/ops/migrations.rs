@@ -19,6 +19,11 @@ pub struct Migrations {
     pub dir: PathBuf,
     #[serde(default = "Migrations::default_to")]
     pub to: String,
+    /// How long a `CONCURRENTLY` statement of a `transactional: false` migration may wait, in
+    /// total, for older transactions (`defaults`' when absent; not serialized when absent, so
+    /// existing checksums stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_wait_timeout: Option<crate::plan::PlanDuration>,
 }
 
 impl Migrations {
@@ -41,6 +46,10 @@ impl Operation for Migrations {
 
     fn allowed_in(&self) -> &'static [PhaseKind] {
         &[PhaseKind::Expand, PhaseKind::Migrate]
+    }
+
+    fn index_wait_timeout(&self) -> Option<crate::plan::PlanDuration> {
+        self.index_wait_timeout
     }
 
     fn units(&self, _dialect: Dialect) -> Result<Vec<Unit>, RenderError> {

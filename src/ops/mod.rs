@@ -116,6 +116,12 @@ pub trait Operation {
         None
     }
 
+    /// The step's own index_wait_timeout override, if it has one: kinds whose statements may
+    /// build or drop an index `CONCURRENTLY` take it.
+    fn index_wait_timeout(&self) -> Option<PlanDuration> {
+        None
+    }
+
     /// The units of work, in order, for a dialect. Kinds the engine drives itself (backfill,
     /// flag, migrations, command) have no fixed SQL and say so.
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError>;

@@ -29,6 +29,10 @@ pub struct SqlStep {
     pub lock_timeout: Option<PlanDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statement_timeout: Option<PlanDuration>,
+    /// How long a `CONCURRENTLY` statement of a `transactional: false` step may wait, in
+    /// total, for older transactions (not serialized when absent: existing checksums stay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_wait_timeout: Option<PlanDuration>,
     /// The text of `file`, read when the plan is loaded (part of the checksum).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_text: Option<String>,
@@ -66,6 +70,8 @@ struct SqlStepFields {
     lock_timeout: Option<PlanDuration>,
     #[serde(default)]
     statement_timeout: Option<PlanDuration>,
+    #[serde(default)]
+    index_wait_timeout: Option<PlanDuration>,
 }
 
 impl<'de> Deserialize<'de> for SqlStep {
@@ -111,6 +117,7 @@ impl<'de> Deserialize<'de> for SqlStep {
                     transactional: f.transactional,
                     lock_timeout: f.lock_timeout,
                     statement_timeout: f.statement_timeout,
+                    index_wait_timeout: f.index_wait_timeout,
                     file_text: None,
                     down_file_text: None,
                 })
@@ -159,6 +166,10 @@ impl Operation for SqlStep {
 
     fn statement_timeout(&self) -> Option<PlanDuration> {
         self.statement_timeout
+    }
+
+    fn index_wait_timeout(&self) -> Option<PlanDuration> {
+        self.index_wait_timeout
     }
 
     fn units(&self, _dialect: Dialect) -> Result<Vec<Unit>, RenderError> {

@@ -69,6 +69,10 @@ pub struct Defaults {
     pub lock_timeout: PlanDuration,
     #[serde(default)]
     pub statement_timeout: PlanDuration,
+    /// How long a `CONCURRENTLY` build or drop may wait, in total, for older transactions to
+    /// finish (PostgreSQL); 0 = no limit. Its wait for the table lock stays under lock_timeout.
+    #[serde(default = "Defaults::default_index_wait_timeout")]
+    pub index_wait_timeout: PlanDuration,
     #[serde(default)]
     pub retry: RetryPolicy,
 }
@@ -77,6 +81,11 @@ impl Defaults {
     fn default_lock_timeout() -> PlanDuration {
         PlanDuration::from_millis(2000)
     }
+
+    /// Generous: waiting blocks no application query, and giving up costs a whole new build.
+    fn default_index_wait_timeout() -> PlanDuration {
+        PlanDuration::from_millis(3_600_000)
+    }
 }
 
 impl Default for Defaults {
@@ -84,6 +93,7 @@ impl Default for Defaults {
         Self {
             lock_timeout: Self::default_lock_timeout(),
             statement_timeout: PlanDuration::default(),
+            index_wait_timeout: Self::default_index_wait_timeout(),
             retry: RetryPolicy::default(),
         }
     }
@@ -316,5 +326,10 @@ impl Step {
     /// The step's own statement_timeout override, if it has one.
     pub fn statement_timeout(&self) -> Option<PlanDuration> {
         self.op().statement_timeout()
+    }
+
+    /// The step's own index_wait_timeout override, if it has one.
+    pub fn index_wait_timeout(&self) -> Option<PlanDuration> {
+        self.op().index_wait_timeout()
     }
 }

@@ -5,6 +5,7 @@ mod backfill;
 pub mod backup;
 mod blockers;
 pub mod conn;
+mod index_build;
 mod lease;
 mod snapshot;
 mod state;
@@ -18,8 +19,11 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
+use crate::db::index_build::ConcurrentStatement;
 use crate::db::recorder::Recorder;
+use crate::db::IndexProgress;
 use conn::Conn;
+use index_build::Statement;
 
 use super::backup::{BackupError, BackupRecord, RestoreNote};
 use super::url::redact;
@@ -46,6 +50,13 @@ pub struct PgTarget {
     key_types: std::collections::HashMap<String, Vec<String>>,
     /// In a dry run, the versions as the recorded migrations would leave them.
     dry_versions: Option<VersionState>,
+    /// Sessions that watch a concurrent index build while the step connection runs it,
+    /// announced as `phased/<plan>/watch` (none offline).
+    watchers: Option<Pool>,
+    /// The step connection's backend pid, once looked up.
+    work_pid: Option<i32>,
+    /// The server's `server_version_num`, once looked up (None inside: offline).
+    server_version: Option<Option<i32>>,
 }
 
 /// Renders `Duration` as a PostgreSQL interval string in milliseconds.
@@ -98,8 +109,17 @@ impl PgTarget {
         let (mut config, tls) =
             tls::parse(url).map_err(|e| connect_error(format!("invalid URL: {e}")))?;
         let tls = tls.connector().map_err(connect_error)?;
-        config.application_name(application);
         config.connect_timeout(Duration::from_secs(10));
+        let mut watch_config = config.clone();
+        watch_config.application_name(format!("{application}/watch"));
+        config.application_name(application);
+        let watch_manager = Manager::from_config(
+            watch_config,
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let manager = Manager::from_config(
             config,
             tls,
@@ -107,6 +127,12 @@ impl PgTarget {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // Connections are opened when first needed: a run without concurrent index builds
+        // never opens one.
+        let watchers = Pool::builder(watch_manager)
+            .max_size(2)
+            .build()
+            .map_err(|e| connect_error(e.to_string()))?;
         let pool = Pool::builder(manager)
             .max_size(4)
             .build()
@@ -122,6 +148,9 @@ impl PgTarget {
             url: url.to_string(),
             key_types: Default::default(),
             dry_versions: None,
+            watchers: Some(watchers),
+            work_pid: None,
+            server_version: None,
         })
     }
 
@@ -140,6 +169,9 @@ impl PgTarget {
                 url: "postgres://(offline)".to_string(),
                 key_types: Default::default(),
                 dry_versions: None,
+                watchers: None,
+                work_pid: None,
+                server_version: None,
             },
         }
     }
@@ -190,6 +222,7 @@ impl PgTarget {
         units: &[Unit],
         timeouts: Timeouts,
         status: StepStatus,
+        progress: &mut dyn FnMut(&IndexProgress),
     ) -> Result<(), DbError> {
         let last_tx = units
             .iter()
@@ -199,10 +232,14 @@ impl PgTarget {
             let done = (Some(i) == last_tx).then_some((key, status));
             match unit {
                 Unit::Transaction(stmts) => self.run_transaction(stmts, timeouts, done).await?,
-                Unit::Standalone(sql) => self.run_standalone(sql, timeouts).await?,
-                Unit::Script(sql) => self.run_script(key, sql, timeouts).await?,
+                Unit::Standalone(sql) => {
+                    self.run_standalone(sql, timeouts, Some(key), progress)
+                        .await?
+                }
+                Unit::Script(sql) => self.run_script(key, sql, timeouts, progress).await?,
                 Unit::ConcurrentIndex { name, create } => {
-                    self.concurrent_index(name, create, timeouts).await?
+                    self.concurrent_index(key, name, create, timeouts, progress)
+                        .await?
                 }
                 Unit::RebuildTable { .. } => {
                     return Err(DbError::Unexpected(
@@ -226,6 +263,7 @@ impl PgTarget {
         key: &StepKey,
         script: &str,
         timeouts: Timeouts,
+        progress: &mut dyn FnMut(&IndexProgress),
     ) -> Result<(), DbError> {
         let statements = statements::split(script);
         let done = state::script_progress(&self.work, key).await?;
@@ -236,15 +274,60 @@ impl PgTarget {
             );
         }
         for (i, statement) in statements.iter().enumerate().skip(done) {
-            self.run_standalone(statement, timeouts).await?;
+            self.run_standalone(statement, timeouts, Some(key), progress)
+                .await?;
             state::set_script_progress(&self.work, key, i + 1).await?;
         }
         Ok(())
     }
 
+    /// Runs one statement outside a transaction. One that waits for older transactions
+    /// (`… CONCURRENTLY`) is watched from a second session (`index_build`), and an INVALID
+    /// index a failed build leaves is dropped; any other runs under session-level timeouts.
+    async fn run_standalone(
+        &mut self,
+        sql: &str,
+        timeouts: Timeouts,
+        step: Option<&StepKey>,
+        progress: &mut dyn FnMut(&IndexProgress),
+    ) -> Result<(), DbError> {
+        let Some(kind) = ConcurrentStatement::of(sql) else {
+            return self.run_plain(sql, timeouts).await;
+        };
+        let ran = self
+            .run_concurrent(
+                Statement {
+                    sql,
+                    kind,
+                    timeouts,
+                    step,
+                    interruptible: true,
+                },
+                progress,
+            )
+            .await;
+        let error = match ran.result {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        // A name that exists already is someone else's index (or a build in progress):
+        // never ours to drop.
+        let duplicate = matches!(&error, DbError::Sql { code: Some(c), .. } if c == "42P07");
+        match (kind, ran.index) {
+            (ConcurrentStatement::CreateIndex, Some(index)) if !duplicate => Err(self
+                .clean_up_failed_build(&index, error, timeouts, step, progress)
+                .await),
+            (ConcurrentStatement::DropIndex, _) => Err(index_build::with_note(
+                error,
+                "a DROP INDEX CONCURRENTLY that stops half-way can leave the index INVALID (no query uses it); running the step again finishes the drop",
+            )),
+            _ => Err(error),
+        }
+    }
+
     /// Runs SQL outside a transaction with session-level timeouts, then resets them, since a
     /// pooled connection keeps its `SET`s.
-    async fn run_standalone(&mut self, sql: &str, timeouts: Timeouts) -> Result<(), DbError> {
+    async fn run_plain(&mut self, sql: &str, timeouts: Timeouts) -> Result<(), DbError> {
         let set = format!(
             "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
             pg_millis(timeouts.lock_timeout),
@@ -278,22 +361,20 @@ impl PgTarget {
         Ok(t)
     }
 
-    /// Builds an index concurrently; an INVALID leftover of a failed build is dropped first.
+    /// Builds an index concurrently, watched (`index_build`): an INVALID leftover of an
+    /// earlier failed build is dropped first, and one this build leaves when it fails (a
+    /// timeout, an error, an interrupt) is dropped before the error is returned.
     async fn concurrent_index(
         &mut self,
+        key: &StepKey,
         name: &str,
         create: &str,
         timeouts: Timeouts,
+        progress: &mut dyn FnMut(&IndexProgress),
     ) -> Result<(), DbError> {
-        let lookup = "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)";
         // `name` comes quoted and schema-qualified like its table (`Unit::ConcurrentIndex`).
         let quoted = name.to_string();
-        let valid: Option<bool> = self
-            .work
-            .query_opt(lookup, &[&quoted])
-            .await?
-            .map(|row| row.get(0));
-        match valid {
+        match self.index_validity(&quoted).await? {
             Some(true) => {
                 tracing::info!(index = name, "index already exists and is valid");
                 return Ok(());
@@ -304,11 +385,29 @@ impl PgTarget {
                     "found an INVALID index left by an earlier failed build; dropping it concurrently"
                 );
                 let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {quoted}");
-                self.run_standalone(&drop, timeouts).await?;
+                self.run_standalone(&drop, timeouts, Some(key), progress)
+                    .await?;
             }
             None => {}
         }
-        self.run_standalone(create, timeouts).await
+        let ran = self
+            .run_concurrent(
+                Statement {
+                    sql: create,
+                    kind: ConcurrentStatement::CreateIndex,
+                    timeouts,
+                    step: Some(key),
+                    interruptible: true,
+                },
+                progress,
+            )
+            .await;
+        match ran.result {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self
+                .clean_up_failed_build(&quoted, error, timeouts, Some(key), progress)
+                .await),
+        }
     }
 }
 
@@ -571,8 +670,10 @@ impl Executor for PgTarget {
         units: &[Unit],
         timeouts: Timeouts,
         status: StepStatus,
+        progress: &mut dyn FnMut(&IndexProgress),
     ) -> Result<(), DbError> {
-        self.apply_units(key, units, timeouts, status).await
+        self.apply_units(key, units, timeouts, status, progress)
+            .await
     }
 
     async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
@@ -580,8 +681,12 @@ impl Executor for PgTarget {
         backfill::run_batch(&mut self.work, batch, &types).await
     }
 
-    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
-        self.run_one_migration(run).await?;
+    async fn run_migration(
+        &mut self,
+        run: &MigrationRun<'_>,
+        progress: &mut dyn FnMut(&IndexProgress),
+    ) -> Result<(), DbError> {
+        self.run_one_migration(run, progress).await?;
         if self.work.recorder().is_some() {
             // Recorded, not sent: the versions the next step of the dry run reads are the ones
             // this migration would have left.

@@ -81,7 +81,8 @@ pub async fn load_steps(conn: &Conn, plan: &str) -> Result<Vec<StepRecord>, DbEr
     let sql = format!(
         "SELECT phase, step_index, kind, label, checksum, status, attempts, \
          to_char(started_at AT TIME ZONE 'UTC', '{TS}'), to_char(finished_at AT TIME ZONE 'UTC', '{TS}'), \
-         last_error, checkpoint, rows_done, rows_total, (to_jsonb(s) ->> 'rows_per_second')::float8 \
+         last_error, checkpoint, rows_done, rows_total, (to_jsonb(s) ->> 'rows_per_second')::float8, \
+         to_jsonb(s) ->> 'progress' \
          FROM phased.steps s WHERE plan = $1 ORDER BY phase, step_index"
     );
     let rows = conn.query(&sql, &[&plan]).await?;
@@ -102,6 +103,7 @@ pub async fn load_steps(conn: &Conn, plan: &str) -> Result<Vec<StepRecord>, DbEr
             rows_done: r.get(11),
             rows_total: r.get(12),
             rows_per_second: r.get(13),
+            progress: r.get(14),
         })
         .collect())
 }
@@ -263,4 +265,20 @@ pub async fn flags(conn: &Conn) -> Result<Vec<FlagRecord>, DbError> {
             plan: r.get(3),
         })
         .collect())
+}
+
+/// Records where a concurrent index build stands (`None` clears it). Sent from the session that
+/// watches the build, never from the step connection, which is busy running it; never in a dry
+/// run.
+pub async fn set_progress(
+    conn: &deadpool_postgres::Object,
+    key: &StepKey,
+    progress: Option<&str>,
+) -> Result<(), DbError> {
+    let sql = "UPDATE phased.steps SET progress = $4, updated_at = now() \
+               WHERE plan = $1 AND phase = $2 AND step_index = $3";
+    conn.execute(sql, &[&key.plan, &key.phase, &key.index, &progress])
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    Ok(())
 }

@@ -68,10 +68,12 @@ impl PgTarget {
     pub(super) async fn run_one_migration(
         &mut self,
         run: &MigrationRun<'_>,
+        progress: &mut dyn FnMut(&crate::db::IndexProgress),
     ) -> Result<(), DbError> {
         if !run.transactional {
             for statement in statements::split(run.script) {
-                self.run_standalone(&statement, run.timeouts).await?;
+                self.run_standalone(&statement, run.timeouts, run.step, progress)
+                    .await?;
             }
         }
         let work = &self.work;

@@ -477,6 +477,8 @@ impl Executor for SqliteTarget {
         units: &[Unit],
         timeouts: Timeouts,
         status: StepStatus,
+        // SQLite has no concurrent build: nothing runs long enough to report on.
+        _progress: &mut dyn FnMut(&crate::db::IndexProgress),
     ) -> Result<(), DbError> {
         self.apply_units(key, units, timeouts, status)
     }
@@ -490,7 +492,11 @@ impl Executor for SqliteTarget {
         result
     }
 
-    async fn run_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
+    async fn run_migration(
+        &mut self,
+        run: &MigrationRun<'_>,
+        _progress: &mut dyn FnMut(&crate::db::IndexProgress),
+    ) -> Result<(), DbError> {
         self.run_one_migration(run)
     }
 }

@@ -74,6 +74,7 @@ pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, DbEr
                 rows_total: r.get("rows_total")?,
                 // Added by state version 2.
                 rows_per_second: r.get::<_, Option<f64>>("rows_per_second").ok().flatten(),
+                progress: None,
             })
         })
         .map_err(|e| sql_error(e, sql))?;
