@@ -5,6 +5,7 @@ pub mod backups;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod interrupts;
 pub mod junit;
 pub mod output;
 pub mod prompt;
@@ -95,5 +96,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    ExitCode::from(runtime.block_on(commands::execute(cli)))
+    ExitCode::from(runtime.block_on(async {
+        tokio::spawn(interrupts::listen());
+        commands::execute(cli).await
+    }))
 }
