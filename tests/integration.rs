@@ -9,6 +9,7 @@ mod cli;
 mod dry_run_is_the_run;
 mod engine_scripts;
 mod engine_steps;
+mod index_builds;
 mod migrations;
 mod names;
 mod online_safety;

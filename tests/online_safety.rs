@@ -229,43 +229,50 @@ async fn index_validity(db: &TestDb) -> Vec<bool> {
         .collect()
 }
 
+/// Before index_wait_timeout existed, the build's lock_timeout cancelled its wait for the
+/// writer and it was retried, each attempt a new build; now it waits for the writer (which it
+/// blocks in no way) up to index_wait_timeout, gives up naming it, and says that the INVALID
+/// index it left could not be dropped yet (the drop waits for the writer too). The next run
+/// drops it and builds again.
 #[tokio::test]
-async fn concurrent_index_timed_out_on_a_writer_leaves_invalid_index_that_the_next_run_repairs() {
+async fn concurrent_index_giving_up_on_a_writer_names_it_and_the_next_run_repairs_what_it_left() {
     let db = TestDb::pg().await;
     items_table(&db).await;
     let pgdb = pg(&db);
     // A writer in an open transaction: CREATE INDEX CONCURRENTLY must wait for it after creating
-    // the (still invalid) index, and its lock_timeout gives up.
+    // the (still invalid) index.
     let writer = pgdb.client().await;
     writer
         .batch_execute("BEGIN; INSERT INTO items VALUES (5000, 'new');")
         .await
         .expect("writer");
     let writer_pid = backend_pid(&writer).await;
-    let loaded = plan(&index_plan(2, "300ms"));
+    let loaded = plan(&index_plan(2, "300ms").replace(
+        "  lock_timeout: 300ms\n",
+        "  lock_timeout: 300ms\n  index_wait_timeout: 1s\n",
+    ));
     let (err, events) = run(&db, &loaded, RunOptions::default())
         .await
         .expect_err("the build cannot finish while the writer is open");
     assert!(matches!(err, EngineError::StepFailed { .. }), "{err}");
-    assert!(err.to_string().contains("lock timeout"), "{err}");
-    let retry_blockers: Vec<&String> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::StepRetry { blockers, .. } => Some(blockers),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let text = err.to_string();
+    assert!(text.contains("index_wait_timeout"), "{text}");
     assert!(
-        retry_blockers
-            .iter()
-            .any(|b| b.contains(&format!("pid {writer_pid} "))),
-        "the retry names the writer {writer_pid}: {events:?}"
+        text.contains(&format!("waiting for pid {writer_pid} ")),
+        "the error names the writer {writer_pid}: {text}"
+    );
+    assert!(
+        text.contains("dropping it failed too") && text.contains("the next run drops it"),
+        "{text}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::StepRetry { .. })),
+        "waiting for a transaction is not retried: {events:?}"
     );
     assert_eq!(
         index_validity(&db).await,
         vec![false],
-        "an INVALID index is left"
+        "an INVALID index is left while the writer is open"
     );
 
     writer.batch_execute("COMMIT").await.expect("commit");
@@ -274,7 +281,8 @@ async fn concurrent_index_timed_out_on_a_writer_leaves_invalid_index_that_the_ne
 }
 
 #[tokio::test]
-async fn concurrent_index_cancelled_with_pg_cancel_backend_is_repaired_by_the_next_run() {
+async fn concurrent_index_cancelled_with_pg_cancel_backend_drops_its_invalid_index_before_failing()
+{
     let db = TestDb::pg().await;
     items_table(&db).await;
     let pgdb = pg(&db);
@@ -304,13 +312,28 @@ async fn concurrent_index_cancelled_with_pg_cancel_backend_is_repaired_by_the_ne
             .expect("cancel")
             .get(0);
         assert!(cancelled);
+        // phased drops the INVALID index the cancelled build left; the drop waits for the
+        // writer in turn, until it commits.
+        wait_until(
+            &dba,
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'phased/online-index' \
+             AND query LIKE 'DROP INDEX CONCURRENTLY%' AND wait_event_type = 'Lock')",
+            30,
+        )
+        .await;
+        writer.batch_execute("COMMIT").await.expect("commit");
     };
     let (result, ()) = tokio::join!(run(&db, &loaded, RunOptions::default()), cancel);
     let (err, _) = result.expect_err("the cancelled build fails the step");
-    assert!(err.to_string().contains("57014"), "{err}");
-    assert_eq!(index_validity(&db).await, vec![false]);
+    let text = err.to_string();
+    assert!(text.contains("57014"), "{text}");
+    assert!(text.contains("phased dropped the INVALID index"), "{text}");
+    assert_eq!(
+        index_validity(&db).await,
+        Vec::<bool>::new(),
+        "nothing is left"
+    );
 
-    writer.batch_execute("COMMIT").await.expect("commit");
     run_ok(&db, &loaded).await;
     assert_eq!(index_validity(&db).await, vec![true]);
 }
@@ -736,7 +759,8 @@ async fn concurrent_index_whose_runner_was_killed_mid_build_is_repaired_by_the_n
     wait_until(&dba, building, 30).await;
     runner.kill().expect("kill the runner");
     runner.wait().expect("reap the runner");
-    // The orphaned build gives up at its lock_timeout, leaving its INVALID index behind.
+    // The orphaned build notices that its runner is gone (client_connection_check_interval)
+    // and stops, leaving its INVALID index behind.
     wait_until(&dba, &format!("SELECT NOT ({building})"), 30).await;
     assert_eq!(index_validity(&db).await, vec![false]);
     assert_eq!(

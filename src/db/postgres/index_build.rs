@@ -796,7 +796,6 @@ impl PgTarget {
         index: &str,
         error: DbError,
         timeouts: Timeouts,
-        step: Option<&StepKey>,
         progress: &mut dyn FnMut(&IndexProgress),
     ) -> DbError {
         if self.work.recorder().is_some() {
@@ -837,7 +836,8 @@ impl PgTarget {
                                 index_wait: allowance,
                                 ..timeouts
                             },
-                            step,
+                            // The step's state keeps where the build stopped, for `status`.
+                            step: None,
                             interruptible: false,
                         },
                         progress,

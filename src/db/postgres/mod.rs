@@ -315,7 +315,7 @@ impl PgTarget {
         let duplicate = matches!(&error, DbError::Sql { code: Some(c), .. } if c == "42P07");
         match (kind, ran.index) {
             (ConcurrentStatement::CreateIndex, Some(index)) if !duplicate => Err(self
-                .clean_up_failed_build(&index, error, timeouts, step, progress)
+                .clean_up_failed_build(&index, error, timeouts, progress)
                 .await),
             (ConcurrentStatement::DropIndex, _) => Err(index_build::with_note(
                 error,
@@ -405,7 +405,7 @@ impl PgTarget {
         match ran.result {
             Ok(()) => Ok(()),
             Err(error) => Err(self
-                .clean_up_failed_build(&quoted, error, timeouts, Some(key), progress)
+                .clean_up_failed_build(&quoted, error, timeouts, progress)
                 .await),
         }
     }
