@@ -23,8 +23,10 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     (MERGE, &[ORDERS_INDEX, EMAILS]),
 ];
 
+/// The example history, as a frozen fixture: the shipped `migrations/` is the user's to change
+/// (`phased db new` there must not break the suite).
 fn examples_dir() -> PathBuf {
-    repo_root().join("migrations")
+    repo_root().join("tests/fixtures/migrations")
 }
 
 /// A copy of the example folder in a temporary directory, without the named revisions.
@@ -693,7 +695,7 @@ async fn a_second_runner_is_refused_on_postgres() {
 }
 
 async fn plan_step(db: TestDb) {
-    let loaded = phased::plan::load(&repo_root().join("plans/migrations.yaml"))
+    let loaded = phased::plan::load(&repo_root().join("tests/fixtures/plans/migrations.yaml"))
         .unwrap_or_else(|r| panic!("{}", r.render_plain()));
     let options = phased::engine::RunOptions {
         until: Some("schema".to_string()),
@@ -867,7 +869,7 @@ async fn malformed_files_and_unknown_revisions_are_usage_errors() {
 }
 
 async fn plan_step_waits_for_no_one(db: TestDb) {
-    let loaded = phased::plan::load(&repo_root().join("plans/migrations.yaml"))
+    let loaded = phased::plan::load(&repo_root().join("tests/fixtures/plans/migrations.yaml"))
         .unwrap_or_else(|r| panic!("{}", r.render_plain()));
     // `phased db …` on the same folder (keyed by its name) holds the lease.
     let key = phased::engine::migrations::lease_key(Path::new("migrations"));
@@ -935,7 +937,7 @@ fn validate_checks_the_migrations_folder_and_target() {
     );
     phased_cmd()
         .arg("validate")
-        .arg(repo_root().join("plans/migrations.yaml"))
+        .arg(repo_root().join("tests/fixtures/plans/migrations.yaml"))
         .assert()
         .success();
 }
