@@ -353,6 +353,7 @@ pub fn init_logging(verbose: u8, json: bool) {
     let only_progress = filter_fn(|meta| meta.name() == "phased_progress");
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
+        .with_ansi(super::config::color())
         .with_target(false)
         .without_time();
     let registry = tracing_subscriber::registry();
