@@ -160,3 +160,14 @@ fn valid_example_plans_pass() {
         }
     }
 }
+
+/// Two `dual_write`s on one table would be one trigger, the second replacing the first's: the
+/// second is refused where it stands (one after a `drop_dual_write` of the table is fine).
+#[test]
+fn a_second_dual_write_on_a_table() {
+    let out = errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - dual_write: { table: t, set: { a: \"1\" } }\n      - dual_write: { table: t, set: { b: \"2\" } }\n",
+    ));
+    assert!(out.contains("plan.yaml:7:9"), "{out}");
+    insta::assert_snapshot!(out);
+}
