@@ -6,6 +6,7 @@ mod backfill;
 mod backups;
 mod ci_recovery;
 mod cli;
+mod docs_examples;
 mod dry_run_is_the_run;
 mod engine_scripts;
 mod engine_steps;

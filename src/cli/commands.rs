@@ -258,8 +258,12 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
                 line.push_str(&format!("  [{} attempts]", step.attempts));
             }
             if let Some(done) = step.rows_done {
-                let total = step.rows_total.map(|t| format!("/{t}")).unwrap_or_default();
-                line.push_str(&format!("  {done}{total} rows"));
+                line.push_str(&format!("  {done} rows written"));
+                match (step.status, step.rows_remaining, step.rows_total) {
+                    (crate::db::StepStatus::Done, _, _) => line.push_str(", 0 remaining"),
+                    (_, Some(left), Some(_)) => line.push_str(&format!(", {left} remaining")),
+                    _ => {}
+                }
                 if let Some(rate) = step.rows_per_second {
                     line.push_str(&format!(", {rate:.0} rows/s"));
                 }

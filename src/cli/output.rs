@@ -9,6 +9,7 @@ use tracing::Span;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 use tracing_indicatif::suspend_tracing_indicatif;
 
+use crate::engine::events::Outcome;
 use crate::engine::{Event, Reporter};
 
 /// NDJSON: one event per line on stdout.
@@ -270,10 +271,20 @@ impl Reporter for HumanReporter {
             )),
             Event::RunEnd {
                 outcome,
+                remaining,
                 elapsed_ms,
             } => {
                 self.end_bar();
-                self.line(format!("\n{outcome} in {}", secs(*elapsed_ms)))
+                let took = secs(*elapsed_ms);
+                self.line(match outcome {
+                    Outcome::Done => format!("\ndone in {took}: every phase of the plan is done"),
+                    Outcome::Partial => format!(
+                        "\nthe phases asked for are done in {took}; still to run: {} (`phased run` continues)",
+                        remaining.join(", ")
+                    ),
+                    Outcome::RolledBack => format!("\nrolled back in {took}"),
+                    Outcome::Restored => format!("\nrestored in {took}"),
+                })
             }
             Event::BackupStart { phase, path } => {
                 self.end_bar();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::events::{Event, Reporter};
+use super::events::{Event, Outcome, Reporter};
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, backup, command, gate, EngineError};
@@ -145,6 +145,7 @@ async fn run_locked<T: Database>(
             .collect(),
     });
     let mut completed = Vec::new();
+    let last_phase = range.end.saturating_sub(1);
     // A dry run of one phase goes through the earlier phases that are not done first, muted, so
     // that the phase starts from the state it would see (a `migrations` step from the revisions
     // the earlier ones reach).
@@ -172,8 +173,10 @@ async fn run_locked<T: Database>(
                 ));
             }
             for gate in &phase.gate {
-                let shown = serde_json::to_string(&gate.value).unwrap_or_default();
-                notes.push(format!("gate (checked before the phase starts): {shown}"));
+                notes.push(format!(
+                    "gate (checked before the phase starts): {}",
+                    gate.value.describe()
+                ));
             }
             recorder.push(Entry::Phase {
                 name: phase.name().to_string(),
@@ -263,8 +266,25 @@ async fn run_locked<T: Database>(
             elapsed_ms: millis(phase_started.elapsed()),
         });
     }
+    // What this run did not cover and is not done: the phases after the range.
+    let remaining: Vec<String> = plan
+        .phases()
+        .enumerate()
+        .skip(last_phase + 1)
+        .filter(|(i, _)| {
+            steps
+                .iter()
+                .any(|(s, _)| s.phase_index == *i && !is_done(&records, s))
+        })
+        .map(|(_, p)| p.name().to_string())
+        .collect();
     reporter.emit(&Event::RunEnd {
-        outcome: format!("plan {} done", plan.id()),
+        outcome: if remaining.is_empty() {
+            Outcome::Done
+        } else {
+            Outcome::Partial
+        },
+        remaining,
         elapsed_ms: millis(started.elapsed()),
     });
     Ok(())

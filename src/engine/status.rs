@@ -37,8 +37,11 @@ pub struct StepStatusView {
     pub last_error: Option<String>,
     /// The definition changed since the step was done.
     pub drift: bool,
+    /// Rows the backfill wrote (rows a dual-write trigger filled meanwhile are not among them).
     pub rows_done: Option<i64>,
     pub rows_total: Option<i64>,
+    /// Rows still to visit: 0 once the backfill is done, whatever the estimate at its start.
+    pub rows_remaining: Option<i64>,
     pub checkpoint: Option<String>,
     /// A backfill's rate as of its last committed batch.
     pub rows_per_second: Option<f64>,
@@ -69,6 +72,13 @@ pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStat
                     }),
                     rows_done: record.filter(|_| is_backfill).map(|r| r.rows_done),
                     rows_total: record.filter(|_| is_backfill).and_then(|r| r.rows_total),
+                    rows_remaining: record.filter(|_| is_backfill).map(|r| {
+                        if r.status == StepStatus::Done {
+                            0
+                        } else {
+                            r.rows_total.map_or(0, |t| (t - r.rows_done).max(0))
+                        }
+                    }),
                     checkpoint: record
                         .filter(|_| is_backfill)
                         .and_then(|r| r.checkpoint.clone()),
