@@ -411,3 +411,26 @@ fn no_colour_codes_in_piped_output_unless_forced() {
         .expect("phased validate");
     assert!(String::from_utf8_lossy(&out.stderr).contains('\u{1b}'));
 }
+
+/// A plan given by a bare file name (`phased run plan.yaml` in its own folder) runs its
+/// `command` steps in that folder: its parent used to be `""`, where no program can start.
+#[test]
+fn a_plan_named_without_a_folder_runs_its_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("plan.yaml"),
+        "plan: bare\nphases:\n  - name: c\n    kind: expand\n    steps:\n      - command: { run: [touch, ran.txt] }\n",
+    )
+    .expect("write plan");
+    let out = phased_cmd()
+        .current_dir(dir.path())
+        .args(["run", "plan.yaml", "--database", "sqlite://phased.db"])
+        .output()
+        .expect("phased run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("ran.txt").exists());
+}

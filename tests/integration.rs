@@ -10,6 +10,7 @@ mod docs_examples;
 mod dry_run_is_the_run;
 mod engine_scripts;
 mod engine_steps;
+mod interrupts;
 mod migrations;
 mod names;
 mod online_safety;

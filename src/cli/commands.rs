@@ -107,6 +107,7 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         EngineError::GateNotMet(_) => exit::GATE,
         EngineError::LeaseHeld { .. } => exit::LOCKED,
         EngineError::Usage(_) => exit::INVALID,
+        EngineError::Interrupted { signal, .. } => crate::engine::interrupt::exit_code(signal),
     };
     if format == Format::Json {
         let mut line =
@@ -120,6 +121,28 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         crate::outln!("{line}");
     }
     match err {
+        EngineError::Interrupted {
+            signal,
+            step,
+            detail,
+        } => {
+            let resume = match step {
+                Some((id, label)) => format!(
+                    "`phased run {}` resumes from step {id} ({label}){}",
+                    plan.display(),
+                    detail
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
+                None => format!("`phased run {}` continues", plan.display()),
+            };
+            eprintln!("\ninterrupted ({signal}) — {resume}.");
+            eprintln!(
+                "  The state is saved and the plan's lease released; `phased status {}` shows where everything stands.",
+                plan.display()
+            );
+        }
         EngineError::StepFailed {
             step,
             label,
@@ -202,14 +225,19 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         Ok(v) => v,
         Err(code) => return code,
     };
+    let interrupt = crate::engine::interrupt::Interrupt::new();
     let options = engine::RunOptions {
         phase: args.phase.clone(),
         until: args.until.clone(),
         throttle_file: args.throttle_file.clone(),
+        interrupt: Some(interrupt.clone()),
     };
+    let canceller = with_target!(&mut target, t => t.canceller());
+    let signals = tokio::spawn(watch_signals(interrupt, canceller));
     let mut recorder = super::junit::JunitRecorder::new(reporter(cli.format));
     let result =
         with_target!(&mut target, t => engine::run(t, &loaded, &options, &mut recorder).await);
+    signals.abort();
     if let Some(file) = &args.junit {
         let xml = super::junit::render(loaded.plan.id(), &recorder.events, result.as_ref().err());
         if let Err(e) = std::fs::write(file, xml) {
@@ -223,6 +251,39 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         Ok(()) => exit::OK,
         Err(err) => report_engine_error(&err, &args.plan, cli.format),
     }
+}
+
+/// Ctrl-C and SIGTERM during a run: the first raises the interrupt (the run stops at its next
+/// safe point) and cancels the statement running for phased; the second ends the process at
+/// once, which is safe too: every unit of work is a transaction, a PostgreSQL lease ends with its
+/// session, and a SQLite lease of a process that is gone is taken over.
+async fn watch_signals(
+    interrupt: crate::engine::interrupt::Interrupt,
+    canceller: Option<crate::db::cancel::Canceller>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let first = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    eprintln!("\n{first}: stopping at a safe point (send it again to exit at once)");
+    interrupt.raise(first);
+    if let Some(canceller) = &canceller {
+        canceller.cancel().await;
+    }
+    let second = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    eprintln!("{second} again: exiting now");
+    #[allow(clippy::disallowed_methods)] // on purpose: the operator asked twice
+    std::process::exit(i32::from(crate::engine::interrupt::exit_code(second)));
 }
 
 async fn status(cli: &Cli, path: &Path) -> u8 {
@@ -244,6 +305,14 @@ async fn status(cli: &Cli, path: &Path) -> u8 {
     crate::outln!("plan {} on {}", status.plan, status.database);
     if let Some(note) = &status.restored {
         crate::outln!("{}", super::backups::restore_line(note));
+    }
+    match (&status.runner, status.orphaned) {
+        (Some(runner), _) => crate::outln!("runner: alive — {runner} holds the plan's lease"),
+        (None, true) => crate::outln!(
+            "runner: none — a step shows `running` but no runner holds the lease: its run was interrupted or killed; `phased run {}` resumes it",
+            path.display()
+        ),
+        (None, false) => crate::outln!("runner: none"),
     }
     for phase in &status.phases {
         crate::outln!("\n{} ({}) — {}", phase.name, phase.kind, phase.status);

@@ -67,6 +67,7 @@ pub mod exit {
     pub const GATE: u8 = 3;
     /// Another runner holds the plan's lock.
     pub const LOCKED: u8 = 4;
+    // `run` interrupted by SIGINT / SIGTERM: 130 / 143 (engine::interrupt::exit_code).
 }
 
 /// Entry point used by `main.rs`.

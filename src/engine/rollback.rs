@@ -267,6 +267,7 @@ async fn rollback_locked<T: Database>(
                         &id,
                         reporter,
                         backfill::Direction::Down,
+                        None,
                     )
                     .await;
                     let Err(e) = walked else { break };

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::events::{Event, Outcome, Reporter};
+use super::interrupt::Interrupt;
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, backup, command, gate, EngineError};
@@ -21,6 +22,26 @@ pub struct RunOptions {
     pub until: Option<String>,
     /// While this file exists, backfills pause.
     pub throttle_file: Option<PathBuf>,
+    /// Raised by an operator's signal: the run stops at the next safe point.
+    pub interrupt: Option<Interrupt>,
+}
+
+impl RunOptions {
+    /// The signal that interrupted the run, once one has.
+    fn interrupted(&self) -> Option<&'static str> {
+        self.interrupt.as_ref().and_then(Interrupt::signal)
+    }
+
+    /// Sleeps `wait`, or less when interrupted meanwhile; true when interrupted.
+    async fn sleep(&self, wait: std::time::Duration) -> bool {
+        match &self.interrupt {
+            Some(interrupt) => interrupt.sleep(wait).await,
+            None => {
+                tokio::time::sleep(wait).await;
+                false
+            }
+        }
+    }
 }
 
 /// Runs (or resumes) a plan.
@@ -241,6 +262,13 @@ async fn run_locked<T: Database>(
                 });
                 continue;
             }
+            if let Some(signal) = options.interrupted() {
+                return Err(EngineError::Interrupted {
+                    signal,
+                    step: Some((step.id(), def.label())),
+                    detail: Some("before it started".to_string()),
+                });
+            }
             let step_started = Instant::now();
             let record = records.get(&(step.phase.clone(), step.index as i32));
             run_step(target, loaded, step, def, record, options, reporter)
@@ -358,7 +386,9 @@ async fn run_step<T: Database>(
                         wait_ms: millis(wait),
                     });
                     target.fail_step(&key, &message).await?;
-                    tokio::time::sleep(wait).await;
+                    if options.sleep(wait).await {
+                        return Err(interrupted(target, options, step, def, &key, None).await);
+                    }
                     continue;
                 }
                 let mut message = format!(
@@ -394,7 +424,14 @@ async fn run_step<T: Database>(
         )
         .await;
         let error = match result {
-            Ok(()) => return Ok(()),
+            Ok(Completion::Done) => return Ok(()),
+            Ok(Completion::Stopped(detail)) => {
+                return Err(interrupted(target, options, step, def, &key, Some(detail)).await)
+            }
+            Err(e) if options.interrupted().is_some() => {
+                let detail = format!("its statement was cancelled: {e}");
+                return Err(interrupted(target, options, step, def, &key, Some(detail)).await);
+            }
             Err(e) => e,
         };
         let mut message = error.to_string();
@@ -426,7 +463,9 @@ async fn run_step<T: Database>(
                 ));
                 return Err(fail_unrecorded(reporter, step, def, message, &error));
             }
-            tokio::time::sleep(wait).await;
+            if options.sleep(wait).await {
+                return Err(interrupted(target, options, step, def, &key, None).await);
+            }
             continue;
         }
         if error.is_retryable() {
@@ -452,6 +491,42 @@ async fn run_step<T: Database>(
             sql,
         });
     }
+}
+
+/// How an attempt at a step ended when it did not fail.
+enum Completion {
+    Done,
+    /// The interrupt stopped it at a safe point (a backfill between batches), with where.
+    Stopped(String),
+}
+
+/// Records a step stopped by the interrupt (failed, with why and how to resume: a rerun
+/// retries it, a backfill from its checkpoint) and returns the run's error.
+async fn interrupted<T: Database>(
+    target: &mut T,
+    options: &RunOptions,
+    step: &StepRef,
+    def: &Step,
+    key: &StepKey,
+    detail: Option<String>,
+) -> StepFailure {
+    let signal = options.interrupted().unwrap_or("SIGINT");
+    let note = format!(
+        "interrupted by {signal}{}; `phased run` resumes here",
+        detail
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default()
+    );
+    // A cancel meant for the statement before may land on this write: one more try.
+    if target.fail_step(key, &note).await.is_err() {
+        let _ = target.fail_step(key, &note).await;
+    }
+    StepFailure::Engine(EngineError::Interrupted {
+        signal,
+        step: Some((step.id(), def.label())),
+        detail,
+    })
 }
 
 /// A step failure whose recording failed as well: the step's own error first, reported and
@@ -486,12 +561,12 @@ async fn execute<T: Database>(
     checkpoint: &mut Option<String>,
     options: &RunOptions,
     reporter: &mut dyn Reporter,
-) -> Result<(), DbError> {
+) -> Result<Completion, DbError> {
     let plan = &loaded.plan;
     let timeouts = timeouts_for(plan, def);
     match def {
         Step::Backfill(b) => {
-            backfill::run(
+            let walked = backfill::run(
                 target,
                 key,
                 b,
@@ -502,8 +577,15 @@ async fn execute<T: Database>(
                 &step_id(step, def),
                 reporter,
                 backfill::Direction::Forward,
+                options.interrupt.as_ref(),
             )
-            .await
+            .await?;
+            Ok(match walked {
+                backfill::Walked::Done => Completion::Done,
+                backfill::Walked::Stopped { rows_done } => Completion::Stopped(format!(
+                    "the backfill stopped between batches after {rows_done} rows; it resumes from its checkpoint"
+                )),
+            })
         }
         Step::Flag(f) => {
             // The value it replaces is kept in the step's checkpoint: rollback puts it back.
@@ -517,7 +599,8 @@ async fn execute<T: Database>(
             target.set_checkpoint(key, Some(&remembered)).await?;
             target
                 .set_flag(&f.name, &f.value.0, Some(plan.id()), Some(key))
-                .await
+                .await?;
+            Ok(Completion::Done)
         }
         Step::Command(c) => {
             match target.recorder() {
@@ -534,20 +617,39 @@ async fn execute<T: Database>(
                         )
                     }
                 )),
-                None => command::run(c, &loaded.base_dir, reporter).await?,
+                None => {
+                    let program = command::run(c, &loaded.base_dir, reporter);
+                    match &options.interrupt {
+                        // Dropping the program's future kills it (kill_on_drop).
+                        Some(interrupt) => tokio::select! {
+                            ran = program => ran?,
+                            _ = interrupt.raised() => {
+                                return Ok(Completion::Stopped(
+                                    "its program was stopped; a rerun starts it again".to_string(),
+                                ))
+                            }
+                        },
+                        None => program.await?,
+                    }
+                }
             }
-            target.finish_step(key).await
+            target.finish_step(key).await?;
+            Ok(Completion::Done)
         }
         Step::Migrations(m) => {
             super::migrations::run_step(target, &loaded.base_dir, m, key, checkpoint, timeouts)
-                .await
+                .await?;
+            Ok(Completion::Done)
         }
         _ => {
             let units = def
                 .op()
                 .units(target.dialect())
                 .map_err(|e| DbError::Unexpected(e.to_string()))?;
-            target.apply(key, &units, timeouts, StepStatus::Done).await
+            target
+                .apply(key, &units, timeouts, StepStatus::Done)
+                .await?;
+            Ok(Completion::Done)
         }
     }
 }

@@ -14,6 +14,11 @@ pub struct PlanStatus {
     pub phases: Vec<PhaseStatus>,
     /// The database was restored from a backup (its state is the backup's).
     pub restored: Option<RestoreNote>,
+    /// The runner holding the plan's lease right now (a live run), or None.
+    pub runner: Option<String>,
+    /// A step recorded `running` while no runner holds the lease: its run was interrupted or
+    /// killed, and `phased run` resumes it.
+    pub orphaned: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,10 +115,18 @@ pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStat
             steps,
         });
     }
+    let runner = target.lease_holder(plan.id()).await?.map(|h| h.description);
+    let orphaned = runner.is_none()
+        && phases
+            .iter()
+            .flat_map(|p| &p.steps)
+            .any(|s| s.status == StepStatus::Running);
     Ok(PlanStatus {
         plan: plan.id().to_string(),
         database: target.describe(),
         phases,
         restored: target.last_restore().await?,
+        runner,
+        orphaned,
     })
 }

@@ -31,8 +31,10 @@ pub fn load(path: &Path) -> Result<LoadedPlan, PlanReport> {
             })
         }
     };
+    // `plan.yaml` has the parent `""`, which a child process cannot start in: that is `.`.
     let base_dir = path
         .parent()
+        .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     parse_str(&file, &source, &base_dir)
