@@ -349,3 +349,64 @@ async fn status_tells_a_live_runner_from_a_dead_one_on_postgres() {
 async fn status_tells_a_live_runner_from_a_dead_one_on_sqlite() {
     status_tells_a_live_runner_from_a_dead_one(TestDb::sqlite()).await;
 }
+
+/// `status --watch` follows a running backfill from another process: in a pipe it prints a
+/// line each time the state changed, and the rows written go up.
+async fn status_watch_follows_a_running_backfill(db: TestDb) {
+    seed(&db).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, PLAN).expect("write plan");
+    ensure_state(&db, "interrupted").await;
+    let _run = start(&plan, &db, &[]);
+    let steps = steps_table(&db);
+    until("the first batches", async || {
+        db.scalar(&format!("SELECT count(*) FROM {steps} WHERE rows_done > 0"))
+            .await
+            > 0
+    })
+    .await;
+    let watch = phased_cmd()
+        .arg("status")
+        .arg(&plan)
+        .args([
+            "--database",
+            &db.url(),
+            "--watch",
+            "--interval",
+            "50ms",
+            "--count",
+            "40",
+        ])
+        .output()
+        .expect("phased status --watch");
+    assert!(watch.status.success());
+    let out = String::from_utf8_lossy(&watch.stdout);
+    let written: Vec<u64> = out
+        .lines()
+        .filter_map(|l| {
+            l.split(" rows written")
+                .next()?
+                .rsplit('(')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        written.windows(2).any(|w| w[1] > w[0]),
+        "the rows written did not go up:\n{out}"
+    );
+    assert!(out.lines().all(|l| l.contains("runner: ")), "{out}");
+    assert!(!out.contains('\u{1b}'), "escape codes in a pipe:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_follows_a_running_backfill_on_postgres() {
+    status_watch_follows_a_running_backfill(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_follows_a_running_backfill_on_sqlite() {
+    status_watch_follows_a_running_backfill(TestDb::sqlite()).await;
+}

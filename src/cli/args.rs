@@ -41,10 +41,7 @@ pub enum Command {
     /// Execute a plan, or resume it where it stopped.
     Run(RunArgs),
     /// Show every phase and step: state, timings, progress, last error.
-    Status {
-        /// The plan file (YAML; its id keys the state in the database).
-        plan: PathBuf,
-    },
+    Status(StatusArgs),
     /// Check a phase's gate without running anything (exit 3 when it is not met).
     Gate {
         /// The plan file (YAML; its id keys the state in the database).
@@ -85,6 +82,22 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The plan file (YAML; its id keys the state in the database).
+    pub plan: PathBuf,
+    /// Keep watching: redraw from the state in the database every --interval (on a terminal),
+    /// or print a line each time something changed (elsewhere), until Ctrl-C or --count.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch reads the state (e.g. 1s, 250ms).
+    #[arg(long, default_value = "1s", requires = "watch")]
+    pub interval: String,
+    /// Stop --watch after this many reads.
+    #[arg(long, requires = "watch")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]

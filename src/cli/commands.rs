@@ -17,7 +17,7 @@ pub async fn execute(cli: Cli) -> u8 {
     match &cli.command {
         Command::Validate { plans } => validate(plans, cli.format),
         Command::Run(args) => run(&cli, args).await,
-        Command::Status { plan } => status(&cli, plan).await,
+        Command::Status(args) => super::status::status(&cli, args).await,
         Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
         Command::Rollback(args) => rollback(&cli, args).await,
@@ -284,79 +284,6 @@ async fn watch_signals(
     eprintln!("{second} again: exiting now");
     #[allow(clippy::disallowed_methods)] // on purpose: the operator asked twice
     std::process::exit(i32::from(crate::engine::interrupt::exit_code(second)));
-}
-
-async fn status(cli: &Cli, path: &Path) -> u8 {
-    let (loaded, _url, mut target) = match prepare(cli, path, Open::Existing).await {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    let result = with_target!(&mut target, t => engine::status::status(t, &loaded.plan).await);
-    let status = match result {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILED;
-        }
-    };
-    if cli.format == Format::Json {
-        return super::out_json(&status);
-    }
-    crate::outln!("plan {} on {}", status.plan, status.database);
-    if let Some(note) = &status.restored {
-        crate::outln!("{}", super::backups::restore_line(note));
-    }
-    match (&status.runner, status.orphaned) {
-        (Some(runner), _) => crate::outln!("runner: alive — {runner} holds the plan's lease"),
-        (None, true) => crate::outln!(
-            "runner: none — a step shows `running` but no runner holds the lease: its run was interrupted or killed; `phased run {}` resumes it",
-            path.display()
-        ),
-        (None, false) => crate::outln!("runner: none"),
-    }
-    for phase in &status.phases {
-        crate::outln!("\n{} ({}) — {}", phase.name, phase.kind, phase.status);
-        for step in &phase.steps {
-            let mut line = format!(
-                "  {:>2}. {:<12} {}",
-                step.step,
-                step.status.as_str(),
-                step.label
-            );
-            if step.attempts > 1 {
-                line.push_str(&format!("  [{} attempts]", step.attempts));
-            }
-            if let Some(done) = step.rows_done {
-                line.push_str(&format!("  {done} rows written"));
-                match (step.status, step.rows_remaining, step.rows_total) {
-                    (crate::db::StepStatus::Done, _, _) => line.push_str(", 0 remaining"),
-                    (_, Some(left), Some(_)) => line.push_str(&format!(", {left} remaining")),
-                    _ => {}
-                }
-                if let Some(rate) = step.rows_per_second {
-                    line.push_str(&format!(", {rate:.0} rows/s"));
-                }
-                if let Some(checkpoint) = &step.checkpoint {
-                    if step.status != crate::db::StepStatus::Done {
-                        line.push_str(&format!(", checkpoint key {checkpoint}"));
-                    }
-                }
-            }
-            if let Some(finished) = &step.finished_at {
-                line.push_str(&format!("  at {finished}"));
-            }
-            if step.drift {
-                line.push_str("  DRIFT: definition changed since it ran");
-            }
-            crate::outln!("{line}");
-            if let Some(error) = &step.last_error {
-                if step.status != crate::db::StepStatus::Done {
-                    crate::outln!("      last error: {}", error.replace('\n', "\n      "));
-                }
-            }
-        }
-    }
-    exit::OK
 }
 
 async fn gate(cli: &Cli, path: &Path, phase_name: &str) -> u8 {

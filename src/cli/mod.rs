@@ -8,6 +8,7 @@ pub mod db;
 pub mod junit;
 pub mod output;
 pub mod prompt;
+pub mod status;
 
 use std::process::ExitCode;
 
