@@ -5,10 +5,10 @@ pub mod backups;
 pub mod commands;
 pub mod config;
 pub mod db;
-pub mod interrupts;
 pub mod junit;
 pub mod output;
 pub mod prompt;
+pub mod status;
 
 use std::process::ExitCode;
 
@@ -68,6 +68,7 @@ pub mod exit {
     pub const GATE: u8 = 3;
     /// Another runner holds the plan's lock.
     pub const LOCKED: u8 = 4;
+    // `run` interrupted by SIGINT / SIGTERM: 130 / 143 (engine::interrupt::exit_code).
 }
 
 /// Entry point used by `main.rs`.
@@ -96,8 +97,5 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    ExitCode::from(runtime.block_on(async {
-        tokio::spawn(interrupts::listen());
-        commands::execute(cli).await
-    }))
+    ExitCode::from(runtime.block_on(commands::execute(cli)))
 }

@@ -79,6 +79,22 @@ pub fn find_drift(history: &History, state: &VersionState) -> Vec<Drift> {
     out
 }
 
+impl Drift {
+    /// What to do about it.
+    pub fn advice(&self) -> String {
+        match self {
+            Drift::Edited { revision, file } => format!(
+                "restore {file} as it was when {revision} was applied and put the change in a new revision (`phased db new`); \
+                 if the edit changes nothing (a comment), `phased db stamp` records its new checksum"
+            ),
+            Drift::Missing { revision } => format!(
+                "put the file of {revision} back (from version control), or check that --dir names the right folder; \
+                 if the database should not be at {revision}, `phased db stamp REV` records the revision it is really at"
+            ),
+        }
+    }
+}
+
 /// The applied revisions as a set.
 pub fn applied(state: &VersionState) -> BTreeSet<String> {
     applied_set(state.applied.iter().map(|a| a.revision.as_str()))

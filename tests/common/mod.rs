@@ -65,6 +65,23 @@ async fn admin_client() -> tokio_postgres::Client {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Runs one scenario `async fn name(db: TestDb)` as two tests: on PostgreSQL and on SQLite.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(crate::common::TestDb::pg().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::common::TestDb::sqlite()).await;
+            }
+        }
+    };
+}
+pub(crate) use on_both;
+
 /// A PostgreSQL database created for one test and dropped when it ends.
 pub struct PgDb {
     pub name: String,
@@ -291,8 +308,22 @@ impl TestDb {
 }
 
 /// A plan from YAML text; relative files resolve against `base` (or the current folder).
+/// Relative paths in it (a backup folder, SQL files) resolve in a folder of its own under
+/// Cargo's scratch space for tests, never in the repository.
 pub fn plan(yaml: &str) -> LoadedPlan {
-    plan_in(yaml, Path::new("."))
+    plan_in(yaml, &scratch_dir())
+}
+
+/// A new, empty folder under `CARGO_TARGET_TMPDIR` (Cargo's place for integration tests' files).
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "plan-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("a scratch folder for the test plan");
+    dir
 }
 
 pub fn plan_in(yaml: &str, base: &Path) -> LoadedPlan {

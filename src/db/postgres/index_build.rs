@@ -18,8 +18,11 @@
 //!   it waits for other transactions, it reports them (pid, age, the start of their query) and
 //!   lets it wait, up to `index_wait_timeout` in total;
 //! - its progress (phase, blocks or tuples done of the total, an ETA) goes to the caller as
-//!   events and into the step's state for `phased status`;
-//! - an interrupt (Ctrl-C, SIGTERM) cancels the statement before phased exits.
+//!   events and into the step's state for `phased status`.
+//!
+//! When a build fails — a timeout, a real error, a cancel (an operator's Ctrl-C cancels the
+//! step connection's statement: `db::cancel`) — the INVALID index it leaves is dropped, the same
+//! way, before the error is returned (`clean_up_failed_build`).
 //!
 //! A dry run sends nothing from the second session: the step connection records the settings,
 //! the statement and the reset, and a note says how the run watches it.
@@ -31,7 +34,7 @@ use tokio::sync::oneshot;
 
 use super::{pg_millis, state, PgTarget};
 use crate::db::index_build::{human_duration, ConcurrentStatement, Eta, IndexProgress, WaitingFor};
-use crate::db::{interrupt, DbError, StepKey, Timeouts};
+use crate::db::{DbError, StepKey, Timeouts};
 
 /// How often the watcher looks.
 const POLL: Duration = Duration::from_millis(250);
@@ -42,8 +45,9 @@ const RECORD_EVERY: Duration = Duration::from_secs(2);
 /// A cancel that did not end the statement is sent again after this long.
 const CANCEL_AGAIN: Duration = Duration::from_secs(5);
 /// The most the clean-up of a failed build waits for older transactions (and at most the step's
-/// own `index_wait_timeout`): an operator who pressed Ctrl-C is waiting too.
-const CLEANUP_WAIT: Duration = Duration::from_secs(60);
+/// own `index_wait_timeout`): an operator who pressed Ctrl-C is waiting too, and the next run
+/// drops what is left anyway.
+const CLEANUP_WAIT: Duration = Duration::from_secs(10);
 /// The session `lock_timeout` is a backstop for when the watcher is gone: it lets the watcher
 /// act first.
 const BACKSTOP_MARGIN: Duration = Duration::from_secs(60);
@@ -57,8 +61,6 @@ pub(super) struct Statement<'a> {
     pub timeouts: Timeouts,
     /// The step whose state records the progress.
     pub step: Option<&'a StepKey>,
-    /// False for the clean-up after a failure: a second interrupt ends phased at once.
-    pub interruptible: bool,
 }
 
 /// How a concurrent statement ended.
@@ -82,8 +84,6 @@ enum Cancel {
         waited: Duration,
         sessions: Vec<WaitingFor>,
     },
-    /// An operator's interrupt.
-    Interrupted(&'static str),
 }
 
 /// The lock the statement waits for, as `pg_locks` shows it.
@@ -444,39 +444,14 @@ async fn watch(
         },
     );
     let mut watcher = Watcher::new(st.kind, st.timeouts, Instant::now());
-    let mut listener = st.interruptible.then(interrupt::listen);
-    let mut interrupted: Option<&'static str> = None;
     let mut warned = false;
     loop {
-        let listening = interrupted.is_none() && listener.is_some();
         tokio::select! {
             biased;
             _ = &mut done => return watcher,
-            signal = async {
-                match listener.as_mut() {
-                    Some(l) => l.interrupted().await,
-                    None => std::future::pending().await,
-                }
-            }, if listening => {
-                interrupted = Some(signal);
-            }
             _ = tokio::time::sleep(POLL) => {}
         }
         let now = Instant::now();
-        if let Some(signal) = interrupted {
-            let again = watcher
-                .cancelled
-                .as_ref()
-                .is_none_or(|(_, at)| now.saturating_duration_since(*at) >= CANCEL_AGAIN);
-            let already = matches!(watcher.cancelled, Some((Cancel::Interrupted(_), _)));
-            if (!already || again) && cancel(conn, pid, st.sql).await {
-                tracing::warn!(
-                    "{signal}: cancelled the {} that was running",
-                    st.kind.command()
-                );
-                watcher.cancelled = Some((Cancel::Interrupted(signal), now));
-            }
-        }
         let snapshot = match look(conn, &query, pid, st.sql).await {
             Ok(s) => s,
             Err(e) => {
@@ -582,14 +557,6 @@ fn explain(error: DbError, watcher: &Watcher, st: &Statement<'_>) -> DbError {
                  End those transactions (or wait for a quieter moment), or raise index_wait_timeout, then run again.",
                 human_duration(*waited),
                 session_lines(sessions)
-            ),
-            code: Some("57014".to_string()),
-            sql,
-            retryable: false,
-        },
-        Some(Cancel::Interrupted(signal)) if canceled_by_us => DbError::Sql {
-            message: format!(
-                "interrupted ({signal}): phased cancelled the {command} before exiting (SQLSTATE 57014)"
             ),
             code: Some("57014".to_string()),
             sql,
@@ -838,7 +805,6 @@ impl PgTarget {
                             },
                             // The step's state keeps where the build stopped, for `status`.
                             step: None,
-                            interruptible: false,
                         },
                         progress,
                     )

@@ -53,7 +53,8 @@ pub struct PgTarget {
     /// Sessions that watch a concurrent index build while the step connection runs it,
     /// announced as `phased/<plan>/watch` (none offline).
     watchers: Option<Pool>,
-    /// The step connection's backend pid, once looked up.
+    /// The step connection's backend pid (to cancel its statement on an interrupt, and for
+    /// the session that watches a concurrent index build).
     work_pid: Option<i32>,
     /// The server's `server_version_num`, once looked up (None inside: offline).
     server_version: Option<Option<i32>>,
@@ -141,15 +142,20 @@ impl PgTarget {
             .get()
             .await
             .map_err(|e| connect_error(pool_error_message(e)))?;
+        let work_pid = work
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ok()
+            .map(|row| row.get(0));
         Ok(Self {
             pool: Some(pool),
+            work_pid,
             work: Conn::live(work),
             leases: Default::default(),
             url: url.to_string(),
             key_types: Default::default(),
             dry_versions: None,
             watchers: Some(watchers),
-            work_pid: None,
             server_version: None,
         })
     }
@@ -301,7 +307,6 @@ impl PgTarget {
                     kind,
                     timeouts,
                     step,
-                    interruptible: true,
                 },
                 progress,
             )
@@ -363,7 +368,7 @@ impl PgTarget {
 
     /// Builds an index concurrently, watched (`index_build`): an INVALID leftover of an
     /// earlier failed build is dropped first, and one this build leaves when it fails (a
-    /// timeout, an error, an interrupt) is dropped before the error is returned.
+    /// timeout, an error, a cancel) is dropped before the error is returned.
     async fn concurrent_index(
         &mut self,
         key: &StepKey,
@@ -397,7 +402,6 @@ impl PgTarget {
                     kind: ConcurrentStatement::CreateIndex,
                     timeouts,
                     step: Some(key),
-                    interruptible: true,
                 },
                 progress,
             )
@@ -562,6 +566,15 @@ impl Lease for PgTarget {
         }
     }
 
+    async fn lease_holder(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
+        if self.leases.contains_key(plan) {
+            return Ok(Some(LeaseHolder {
+                description: "this process".to_string(),
+            }));
+        }
+        lease::holder(self.work.client()?, plan).await
+    }
+
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
         if let Some((conn, _)) = self.leases.remove(plan) {
             lease::release(&conn, plan).await?;
@@ -662,6 +675,16 @@ impl Executor for PgTarget {
 
     fn recorder(&self) -> Option<&crate::db::recorder::Recorder> {
         self.work.recorder()
+    }
+
+    fn canceller(&self) -> Option<crate::db::cancel::Canceller> {
+        match (&self.pool, self.work_pid, self.work.recorder()) {
+            (Some(pool), Some(pid), None) => Some(crate::db::cancel::Canceller::Postgres {
+                pool: pool.clone(),
+                pid,
+            }),
+            _ => None,
+        }
     }
 
     async fn apply(
