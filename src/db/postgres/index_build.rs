@@ -672,7 +672,7 @@ impl PgTarget {
         };
         if let Some(recorder) = self.work.recorder() {
             recorder.note(format!(
-                "`phased run` watches this {} from a second session: queued for a lock on its table longer than lock_timeout ({}), it is cancelled and retried; waiting for older transactions to finish (they block no application query), it waits up to index_wait_timeout ({}) and names them",
+                "`phased run` watches this {} from a second session: queued for a lock on its table longer than lock_timeout ({}), it is cancelled and retried; waiting for older transactions to finish (they block no application query), it waits up to index_wait_timeout ({}) and names them; the session lock_timeout below is only a backstop for when the watching session is gone",
                 st.kind.command(),
                 human_duration(st.timeouts.lock_timeout),
                 if st.timeouts.index_wait.is_zero() {
