@@ -885,3 +885,58 @@ async fn an_interrupt_cancels_the_build_and_drops_what_it_left() {
         .get(0);
     assert_eq!(recorded, "failed");
 }
+
+/// `index_wait_timeout` is read in `defaults` and on steps; a typo is a located error; on a
+/// transactional `sql` step, where it cannot apply, `validate` warns.
+#[test]
+fn index_wait_timeout_is_validated_where_it_is_written() {
+    let loaded = plan(
+        "plan: knobs
+defaults: { index_wait_timeout: 30m }
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - create_index: { table: big, name: big_v_idx, columns: [v], index_wait_timeout: 0 }
+",
+    );
+    assert_eq!(
+        loaded.plan.defaults.index_wait_timeout.0,
+        Duration::from_secs(1800)
+    );
+    let typo = phased::plan::parse_str(
+        "typo.yaml",
+        "plan: typo
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - create_index: { table: big, name: big_v_idx, columns: [v], index_wait_timeout: 2 hours }
+",
+        std::path::Path::new("."),
+    );
+    let report = match typo {
+        Ok(_) => panic!("`2 hours` is not a duration"),
+        Err(report) => report.render_plain(),
+    };
+    assert!(report.contains("typo.yaml:6:"), "{report}");
+    let warned = plan(
+        "plan: warned
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - sql: { up: \"CREATE INDEX i ON big (v)\", index_wait_timeout: 5m }
+",
+    );
+    let findings: Vec<String> = phased::plan::validate::validate(&warned.plan)
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains("`index_wait_timeout` has no effect on a transactional `sql` step")),
+        "{findings:?}"
+    );
+}

@@ -202,6 +202,21 @@ mod tests {
     }
 
     #[test]
+    fn index_wait_timeout_is_read_and_left_out_when_not_written() {
+        let step =
+            parse_step("create_index: { table: t, name: i, columns: [c], index_wait_timeout: 2h }");
+        assert_eq!(
+            step.op().index_wait_timeout(),
+            Some(PlanDuration::from_millis(7_200_000))
+        );
+        // Not written: not serialized, so the checksums of existing steps stay the same.
+        let plain = parse_step("create_index: { table: t, name: i, columns: [c] }");
+        assert_eq!(plain.op().index_wait_timeout(), None);
+        let json = serde_json::to_string(&plain).unwrap_or_default();
+        assert!(!json.contains("index_wait_timeout"), "{json}");
+    }
+
+    #[test]
     fn inverses_per_dialect() {
         let index = parse_step("create_index: { table: t, name: t_c_idx, columns: [c] }");
         let ctx = InverseContext::default();

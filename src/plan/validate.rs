@@ -307,6 +307,18 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
                 .with_help("list the same number of columns on both sides"),
             );
         }
+        Step::Sql(sql) if sql.transactional && sql.index_wait_timeout.is_some() => {
+            findings.push(
+                Finding::warning(
+                    at,
+                    "`index_wait_timeout` has no effect on a transactional `sql` step",
+                )
+                .with_help(
+                    "it bounds how long a CONCURRENTLY statement waits for older transactions, and those \
+                     only run with `transactional: false`",
+                ),
+            );
+        }
         Step::DualWrite(d) if d.set.is_empty() => {
             findings.push(Finding::error(
                 at,
