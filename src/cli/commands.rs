@@ -105,7 +105,7 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         | EngineError::UndoFailed { .. }
         | EngineError::Backup { .. } => exit::FAILED,
         EngineError::GateNotMet(_) => exit::GATE,
-        EngineError::LeaseHeld { .. } => exit::LOCKED,
+        EngineError::LeaseHeld { .. } | EngineError::LeaseWaitTimedOut { .. } => exit::LOCKED,
         EngineError::Usage(_) => exit::INVALID,
     };
     if format == Format::Json {
@@ -206,6 +206,9 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         phase: args.phase.clone(),
         until: args.until.clone(),
         throttle_file: args.throttle_file.clone(),
+        wait: args.wait.wait(),
+        // `--wait` is startup mode (see docs/startup.md).
+        refuse_destructive: args.wait.wait,
     };
     let mut recorder = super::junit::JunitRecorder::new(reporter(cli.format));
     let result =

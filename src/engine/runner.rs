@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::events::{Event, Reporter};
+use super::lease_wait::{self, LeaseError, Wait, Watch};
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, backup, command, gate, EngineError};
@@ -21,6 +22,12 @@ pub struct RunOptions {
     pub until: Option<String>,
     /// While this file exists, backfills pause.
     pub throttle_file: Option<PathBuf>,
+    /// Startup mode: wait for the plan's lease (and a `migrations` step's folder lease) when
+    /// another runner holds it, instead of failing at once.
+    pub wait: Option<Wait>,
+    /// Startup mode's safety rule: `migrations` steps refuse revisions with destructive
+    /// statements they do not opt into.
+    pub refuse_destructive: bool,
 }
 
 /// Runs (or resumes) a plan.
@@ -37,11 +44,53 @@ pub async fn run<T: Database>(
         // A dry run changes nothing, so it takes no lease: it must work while a run is underway.
         return run_locked(target, loaded, range, options, reporter).await;
     }
-    if let Some(holder) = target.acquire_lease(plan.id()).await? {
-        return Err(EngineError::LeaseHeld {
-            plan: plan.id().to_string(),
-            holder: holder.description,
-        });
+    let mut waited_for = None;
+    let acquired = lease_wait::acquire(
+        target,
+        plan.id(),
+        options.wait,
+        Watch::Plan(plan),
+        &mut |w| {
+            waited_for = Some(w.key.clone());
+            reporter.emit(&Event::LeaseWait {
+                key: w.key.clone(),
+                holder: w.holder.clone(),
+                progress: w.progress.clone(),
+                waited_ms: w.waited_ms,
+                timeout_ms: w.timeout_ms,
+            });
+        },
+    )
+    .await;
+    match acquired {
+        Ok(waited) => {
+            if let Some(key) = waited_for {
+                reporter.emit(&Event::LeaseAcquired {
+                    key,
+                    waited_ms: millis(waited),
+                });
+            }
+        }
+        Err(LeaseError::Held { holder, .. }) => {
+            return Err(EngineError::LeaseHeld {
+                plan: plan.id().to_string(),
+                holder,
+            })
+        }
+        Err(LeaseError::TimedOut {
+            holder,
+            progress,
+            waited,
+            ..
+        }) => {
+            return Err(EngineError::LeaseWaitTimedOut {
+                plan: plan.id().to_string(),
+                holder,
+                progress,
+                waited,
+            })
+        }
+        Err(LeaseError::Db(e)) => return Err(e.into()),
     }
     let result = run_locked(target, loaded, range, options, reporter).await;
     let released = target.release_lease(plan.id()).await;
@@ -519,8 +568,26 @@ async fn execute<T: Database>(
             target.finish_step(key).await
         }
         Step::Migrations(m) => {
-            super::migrations::run_step(target, &loaded.base_dir, m, key, checkpoint, timeouts)
-                .await
+            super::migrations::run_step(
+                target,
+                &loaded.base_dir,
+                m,
+                key,
+                checkpoint,
+                timeouts,
+                options.wait,
+                options.refuse_destructive,
+                &mut |w| {
+                    reporter.emit(&Event::LeaseWait {
+                        key: w.key.clone(),
+                        holder: w.holder.clone(),
+                        progress: w.progress.clone(),
+                        waited_ms: w.waited_ms,
+                        timeout_ms: w.timeout_ms,
+                    })
+                },
+            )
+            .await
         }
         _ => {
             let units = def
