@@ -38,9 +38,7 @@
 
 mod startup;
 
-pub use startup::{
-    Current, DestructiveStatement, Error, Migrator, PlanFile, PlanRun, Upgraded,
-};
+pub use startup::{Current, DestructiveStatement, Error, Migrator, PlanFile, PlanRun, Upgraded};
 
 #[doc(hidden)]
 pub use startup::__private;

@@ -24,9 +24,11 @@ pub async fn execute(cli: &Cli, args: &DbArgs) -> u8 {
         DbAction::History => history(cli, args),
         DbAction::Heads => heads(cli, args),
         DbAction::Current => current(cli, args).await,
-        DbAction::Upgrade { revision, sql, wait } => {
-            migrate(cli, args, revision, *sql, Direction::Up, wait.wait()).await
-        }
+        DbAction::Upgrade {
+            revision,
+            sql,
+            wait,
+        } => migrate(cli, args, revision, *sql, Direction::Up, wait.wait()).await,
         DbAction::Downgrade { revision, sql } => {
             migrate(cli, args, revision, *sql, Direction::Down, None).await
         }
@@ -125,17 +127,31 @@ fn report(err: &DbCommandError, format: Format) -> u8 {
             eprintln!("  {revision} is not recorded. Fix the cause and run the command again; `phased db current` shows where the database stands.");
         }
         Some(VersionError::Destructive(refusals)) => {
-            eprintln!("error: startup mode (--wait) refuses destructive migrations. Nothing was run.");
+            eprintln!(
+                "error: startup mode (--wait) refuses destructive migrations. Nothing was run."
+            );
             for r in refusals {
                 eprintln!(
                     "  - revision {} ({}), rule {}:\n      {}\n    {}.",
-                    r.revision, r.file, r.rule, r.statement, r.rule.why()
+                    r.revision,
+                    r.file,
+                    r.rule,
+                    r.statement,
+                    r.rule.why()
                 );
             }
             eprintln!("  A boot must not run these by accident. When a revision is meant to do it (no running version of the\n  application uses what it changes any more), say so in its header, e.g. `-- destructive: {}`,\n  or apply it with `phased db upgrade` without --wait.", refusals.first().map(|r| r.rule.name()).unwrap_or("drop-column"));
         }
-        Some(VersionError::WaitTimedOut { key, holder, progress, waited }) => {
-            eprintln!("error: gave up after waiting {} for the lease {key}", crate::plan::PlanDuration(*waited));
+        Some(VersionError::WaitTimedOut {
+            key,
+            holder,
+            progress,
+            waited,
+        }) => {
+            eprintln!(
+                "error: gave up after waiting {} for the lease {key}",
+                crate::plan::PlanDuration(*waited)
+            );
             eprintln!("  still held by {holder}\n  its progress: {progress}");
             eprintln!("  Nothing was run. If the holder is working, wait longer (--wait-timeout); if it is stuck, stop it:\n  its lease goes with it.");
         }

@@ -90,7 +90,7 @@ pub enum LeaseError {
 /// [`LeaseError::Held`] at once. With it, the attempt is repeated until the lease is free or
 /// `wait.timeout` has passed, calling `on_wait` when the holder's progress changes (and every
 /// 10 seconds); SQLite's "database is busy" while another process writes counts as held.
-/// Returns how long it waited.
+/// Returns how long it waited (zero when the lease was free at once).
 pub async fn acquire<T: Database>(
     target: &mut T,
     key: &str,
@@ -101,19 +101,27 @@ pub async fn acquire<T: Database>(
     let started = Instant::now();
     let mut pause = FIRST_PAUSE;
     let mut last: Option<(String, String, Instant)> = None;
+    let mut held = false;
     loop {
         let attempt = match target.ensure_state().await {
             Ok(()) => target.acquire_lease(key).await,
             Err(e) => Err(e),
         };
         let holder = match attempt {
-            Ok(None) => return Ok(started.elapsed()),
+            Ok(None) => {
+                return Ok(if held {
+                    started.elapsed()
+                } else {
+                    Duration::ZERO
+                })
+            }
             Ok(Some(holder)) => holder.description,
             Err(e) if wait.is_some() && e.is_retryable() => {
                 "another process writing to the database (SQLite cannot say which)".to_string()
             }
             Err(e) => return Err(e.into()),
         };
+        held = true;
         let Some(wait) = wait else {
             return Err(LeaseError::Held {
                 key: key.to_string(),

@@ -370,7 +370,10 @@ pub enum Progress<'a> {
     /// Another runner holds the lease; this one waits (startup mode).
     Waiting(&'a Waiting),
     /// The lease was taken after waiting this long.
-    Acquired { key: &'a str, waited_ms: u64 },
+    Acquired {
+        key: &'a str,
+        waited_ms: u64,
+    },
     Start(&'a Prepared<'a>),
     Retry {
         prepared: &'a Prepared<'a>,

@@ -160,10 +160,10 @@ fn check_statement(
         [first, second] if first == "ALTER" && (second == "TABLE" || second == "VIEW") => {
             alter_table(tokens, validated, out)
         }
-        [first, second] if first == "ALTER" && second == "MATERIALIZED" => {
-            if has_word(tokens, "RENAME") {
-                out.push(found(Rule::Rename));
-            }
+        [first, second]
+            if first == "ALTER" && second == "MATERIALIZED" && has_word(tokens, "RENAME") =>
+        {
+            out.push(found(Rule::Rename))
         }
         _ => {}
     }
@@ -191,19 +191,15 @@ fn alter_table(tokens: &[Token], checks: &mut Vec<ValidatedCheck>, out: &mut Vec
         rule,
         statement: shown(tokens),
     };
+    if matches!(tokens.get(i), Some(Token::Other(star)) if star == "*") {
+        i += 1; // `ALTER TABLE t *`: t and its descendants
+    }
     for action in split_actions(&tokens[i.min(tokens.len())..]) {
         let first = word_at(action, 0);
+        let on_constraint = word_at(action, 1).as_deref() == Some("CONSTRAINT");
         match first.as_deref() {
-            Some("DROP") => {
-                if word_at(action, 1).as_deref() != Some("CONSTRAINT") {
-                    out.push(found(Rule::DropColumn));
-                }
-            }
-            Some("RENAME") => {
-                if word_at(action, 1).as_deref() != Some("CONSTRAINT") {
-                    out.push(found(Rule::Rename));
-                }
-            }
+            Some("DROP") if !on_constraint => out.push(found(Rule::DropColumn)),
+            Some("RENAME") if !on_constraint => out.push(found(Rule::Rename)),
             Some("ALTER") => {
                 let mut j = 1;
                 if word_at(action, j).as_deref() == Some("COLUMN") {
@@ -308,9 +304,12 @@ fn created_name(tokens: &[Token]) -> Option<(String, String)> {
         return None;
     }
     let mut i = 1;
-    while word_at(tokens, i)
-        .is_some_and(|w| matches!(w.as_str(), "UNIQUE" | "OR" | "REPLACE" | "TEMP" | "TEMPORARY"))
-    {
+    while word_at(tokens, i).is_some_and(|w| {
+        matches!(
+            w.as_str(),
+            "UNIQUE" | "OR" | "REPLACE" | "TEMP" | "TEMPORARY"
+        )
+    }) {
         i += 1;
     }
     let kind = word_at(tokens, i)?;
@@ -514,7 +513,8 @@ fn shown(tokens: &[Token]) -> String {
             Token::Comma => ",".to_string(),
             Token::Other(o) => o.clone(),
         };
-        let glue = !out.is_empty() && !out.ends_with('(') && !matches!(t, Token::Close | Token::Comma);
+        let glue =
+            !out.is_empty() && !out.ends_with('(') && !matches!(t, Token::Close | Token::Comma);
         if glue {
             out.push(' ');
         }
@@ -554,18 +554,39 @@ mod tests {
     #[test]
     fn each_rule_is_recognised() {
         assert_eq!(rules("DROP TABLE IF EXISTS orders"), ["drop-table"]);
-        assert_eq!(rules("alter table orders drop column note"), ["drop-column"]);
+        assert_eq!(
+            rules("alter table orders drop column note"),
+            ["drop-column"]
+        );
         assert_eq!(rules("ALTER TABLE orders DROP note"), ["drop-column"]);
-        assert_eq!(rules("ALTER TABLE ONLY app.orders DROP COLUMN IF EXISTS note CASCADE"), ["drop-column"]);
+        assert_eq!(
+            rules("ALTER TABLE ONLY app.orders DROP COLUMN IF EXISTS note CASCADE"),
+            ["drop-column"]
+        );
         assert_eq!(rules("DROP INDEX CONCURRENTLY orders_idx"), ["drop-index"]);
-        assert_eq!(rules("DROP VIEW v; DROP SCHEMA s CASCADE; DROP TYPE e"), ["drop-object"; 3]);
+        assert_eq!(
+            rules("DROP VIEW v; DROP SCHEMA s CASCADE; DROP TYPE e"),
+            ["drop-object"; 3]
+        );
         assert_eq!(rules("TRUNCATE orders"), ["truncate"]);
         assert_eq!(rules("ALTER TABLE customers RENAME TO clients"), ["rename"]);
-        assert_eq!(rules("ALTER TABLE customers RENAME COLUMN email TO email_address"), ["rename"]);
+        assert_eq!(
+            rules("ALTER TABLE customers RENAME COLUMN email TO email_address"),
+            ["rename"]
+        );
         assert_eq!(rules("ALTER VIEW v RENAME TO w"), ["rename"]);
-        assert_eq!(rules("ALTER TABLE orders ALTER COLUMN total TYPE bigint"), ["change-type"]);
-        assert_eq!(rules("ALTER TABLE orders ALTER total SET DATA TYPE bigint USING total::bigint"), ["change-type"]);
-        assert_eq!(rules("ALTER TABLE orders ALTER COLUMN note SET NOT NULL"), ["set-not-null"]);
+        assert_eq!(
+            rules("ALTER TABLE orders ALTER COLUMN total TYPE bigint"),
+            ["change-type"]
+        );
+        assert_eq!(
+            rules("ALTER TABLE orders ALTER total SET DATA TYPE bigint USING total::bigint"),
+            ["change-type"]
+        );
+        assert_eq!(
+            rules("ALTER TABLE orders ALTER COLUMN note SET NOT NULL"),
+            ["set-not-null"]
+        );
         assert_eq!(
             rules("ALTER TABLE t ADD COLUMN a int, DROP COLUMN b, ALTER COLUMN c TYPE text"),
             ["drop-column", "change-type"]
@@ -574,13 +595,22 @@ mod tests {
 
     #[test]
     fn comments_and_quoted_names_are_read_as_written() {
-        assert_eq!(rules("-- DROP TABLE x\n/* DROP TABLE y */ SELECT 1"), Vec::<&str>::new());
-        assert_eq!(rules("ALTER TABLE \"Orders\" DROP COLUMN \"Note\""), ["drop-column"]);
+        assert_eq!(
+            rules("-- DROP TABLE x\n/* DROP TABLE y */ SELECT 1"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            rules("ALTER TABLE \"Orders\" DROP COLUMN \"Note\""),
+            ["drop-column"]
+        );
         let f = check("-- why\nALTER TABLE orders\n    DROP COLUMN note;");
         assert_eq!(f[0].statement, "ALTER TABLE orders DROP COLUMN note");
         // A column called `type` is not a type change.
         assert!(rules("ALTER TABLE t ALTER COLUMN type DROP DEFAULT").is_empty());
-        assert_eq!(rules("ALTER TABLE t ALTER COLUMN type SET NOT NULL"), ["set-not-null"]);
+        assert_eq!(
+            rules("ALTER TABLE t ALTER COLUMN type SET NOT NULL"),
+            ["set-not-null"]
+        );
     }
 
     #[test]
@@ -597,16 +627,21 @@ mod tests {
             ["drop-index"]
         );
         // A table dropped and created again has lost its rows.
-        assert_eq!(rules("DROP TABLE t; CREATE TABLE t (id int)"), ["drop-table"]);
+        assert_eq!(
+            rules("DROP TABLE t; CREATE TABLE t (id int)"),
+            ["drop-table"]
+        );
     }
 
     #[test]
     fn set_not_null_after_a_validated_check_in_the_same_revision_is_allowed() {
-        let safe = "ALTER TABLE orders ADD CONSTRAINT orders_note_nn CHECK (note IS NOT NULL) NOT VALID;
+        let safe =
+            "ALTER TABLE orders ADD CONSTRAINT orders_note_nn CHECK (note IS NOT NULL) NOT VALID;
                     ALTER TABLE orders VALIDATE CONSTRAINT orders_note_nn;
                     ALTER TABLE orders ALTER COLUMN note SET NOT NULL;";
         assert!(rules(safe).is_empty());
-        let unvalidated = "ALTER TABLE orders ADD CONSTRAINT orders_note_nn CHECK (note IS NOT NULL) NOT VALID;
+        let unvalidated =
+            "ALTER TABLE orders ADD CONSTRAINT orders_note_nn CHECK (note IS NOT NULL) NOT VALID;
                            ALTER TABLE orders ALTER COLUMN note SET NOT NULL;";
         assert_eq!(rules(unvalidated), ["set-not-null"]);
         let other_column = "ALTER TABLE orders ADD CONSTRAINT c CHECK (total IS NOT NULL);

@@ -274,7 +274,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
                 }
             }
             "destructive" => {
-                for name in value.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()) {
+                for name in value
+                    .split([',', ' '])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
                     let rule = Rule::parse(name).ok_or_else(|| {
                         err(
                             line_no,
@@ -488,10 +492,15 @@ mod tests {
     fn destructive_names_the_rules_a_revision_opts_into() {
         let m = p("-- revision: a1\n-- revises: none\n-- destructive: drop-column, rename\n-- migrate:up\nSELECT 1;\n").unwrap();
         assert_eq!(m.destructive, vec![Rule::DropColumn, Rule::Rename]);
-        assert!(p("-- revision: a1\n-- revises: none\n-- migrate:up\n").unwrap().destructive.is_empty());
-        let e = p("-- revision: a1\n-- revises: none\n-- destructive: drop-colum\n-- migrate:up\n").unwrap_err();
+        assert!(p("-- revision: a1\n-- revises: none\n-- migrate:up\n")
+            .unwrap()
+            .destructive
+            .is_empty());
+        let e = p("-- revision: a1\n-- revises: none\n-- destructive: drop-colum\n-- migrate:up\n")
+            .unwrap_err();
         assert!(e.to_string().starts_with("m.sql:3: unknown rule `drop-colum` in `destructive`; the rules are drop-table, drop-column"), "{e}");
-        let e = p("-- revision: a1\n-- revises: none\n-- destructive:\n-- migrate:up\n").unwrap_err();
+        let e =
+            p("-- revision: a1\n-- revises: none\n-- destructive:\n-- migrate:up\n").unwrap_err();
         assert!(e.to_string().contains("names the rules"), "{e}");
     }
 

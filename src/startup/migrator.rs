@@ -112,9 +112,7 @@ impl Migrator {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, Error> {
         let dir = dir.as_ref();
         let history = crate::migrations::load(dir)?;
-        let name = engine::lease_key(dir)
-            .trim_start_matches("db:")
-            .to_string();
+        let name = engine::lease_key(dir).trim_start_matches("db:").to_string();
         Ok(Self::new(history, name))
     }
 
@@ -144,10 +142,7 @@ impl Migrator {
 
     /// What [`embed_migrations!`](crate::embed_migrations) expands to. Not API.
     #[doc(hidden)]
-    pub fn __from_include_dir(
-        path: &str,
-        dir: &include_dir::Dir<'static>,
-    ) -> Result<Self, Error> {
+    pub fn __from_include_dir(path: &str, dir: &include_dir::Dir<'static>) -> Result<Self, Error> {
         let folder = engine::lease_key(Path::new(path))
             .trim_start_matches("db:")
             .to_string();

@@ -53,8 +53,8 @@ impl PlanFile {
     /// Reads and validates a plan file (relative paths in it resolve against its folder). An
     /// invalid plan is [`Error::Plan`] with every finding, located.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let loaded =
-            crate::plan::load(path.as_ref()).map_err(|report| Error::Plan(report.render_plain()))?;
+        let loaded = crate::plan::load(path.as_ref())
+            .map_err(|report| Error::Plan(report.render_plain()))?;
         Ok(Self {
             loaded,
             until: None,
