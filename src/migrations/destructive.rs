@@ -98,9 +98,29 @@ pub struct Finding {
 
 /// The destructive statements of a script, in order.
 pub fn check(sql: &str) -> Vec<Finding> {
+    check_script(sql, false)
+}
+
+/// `block`: a `DO` block's PL/pgSQL body, whose statements may follow `BEGIN`, `THEN`, `LOOP`…
+/// in the same piece: each is read from its first `DROP`, `TRUNCATE` or `ALTER`.
+fn check_script(sql: &str, block: bool) -> Vec<Finding> {
     let statements: Vec<Vec<Token>> = super::statements::split(sql)
         .iter()
-        .map(|s| tokens(s))
+        .map(|s| {
+            let mut t = tokens(s);
+            if block {
+                let first = t
+                    .iter()
+                    .position(|t| {
+                        matches!(t, Token::Word(w) if ["DROP", "TRUNCATE", "ALTER", "CREATE"]
+                            .iter()
+                            .any(|k| w.eq_ignore_ascii_case(k)))
+                    })
+                    .unwrap_or(t.len());
+                t.drain(..first);
+            }
+            t
+        })
         .collect();
     let mut recreated = BTreeSet::new();
     for tokens in &statements {
@@ -130,9 +150,7 @@ fn check_statement(
         [first, ..] if first == "DO" => {
             for token in tokens {
                 if let Token::Body(body) = token {
-                    for finding in check(body) {
-                        out.push(finding);
-                    }
+                    out.extend(check_script(body, true));
                 }
             }
         }
