@@ -86,7 +86,7 @@ pub enum LeaseError {
     Db(#[from] DbError),
 }
 
-/// Makes sure the state tables exist and takes the lease `key`. Without `wait`, a held lease is
+/// Takes the lease `key` (the state tables must exist: [`ensure_state`]). Without `wait`, a held lease is
 /// [`LeaseError::Held`] at once. With it, the attempt is repeated until the lease is free or
 /// `wait.timeout` has passed, calling `on_wait` when the holder's progress changes (and every
 /// 10 seconds); SQLite's "database is busy" while another process writes counts as held.
@@ -103,11 +103,7 @@ pub async fn acquire<T: Database>(
     let mut last: Option<(String, String, Instant)> = None;
     let mut held = false;
     loop {
-        let attempt = match target.ensure_state().await {
-            Ok(()) => target.acquire_lease(key).await,
-            Err(e) => Err(e),
-        };
-        let holder = match attempt {
+        let holder = match target.acquire_lease(key).await {
             Ok(None) => {
                 return Ok(if held {
                     started.elapsed()
@@ -154,6 +150,22 @@ pub async fn acquire<T: Database>(
         }
         tokio::time::sleep(pause.min(wait.timeout.saturating_sub(waited))).await;
         pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// Creates or upgrades the state tables. In startup mode SQLite's "database is busy" (another
+/// process creating them, or committing) is tried again, within the wait's timeout.
+pub async fn ensure_state<T: Database>(target: &mut T, wait: Option<Wait>) -> Result<(), DbError> {
+    let started = Instant::now();
+    let mut pause = FIRST_PAUSE;
+    loop {
+        match target.ensure_state().await {
+            Err(e) if e.is_retryable() && wait.is_some_and(|w| started.elapsed() < w.timeout) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+            other => return other,
+        }
     }
 }
 

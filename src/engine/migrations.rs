@@ -419,6 +419,7 @@ pub async fn migrate<T: Database>(
     options: MigrateOptions,
     on_event: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Migrated, VersionError> {
+    lease_wait::ensure_state(target, options.wait).await?;
     let mut reported = false;
     let waited = lease_wait::acquire(
         target,

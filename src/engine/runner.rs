@@ -39,7 +39,7 @@ pub async fn run<T: Database>(
 ) -> Result<(), EngineError> {
     let plan = &loaded.plan;
     let range = select_phases(plan, options)?;
-    target.ensure_state().await?;
+    lease_wait::ensure_state(target, options.wait).await?;
     if target.recorder().is_some() {
         // A dry run changes nothing, so it takes no lease: it must work while a run is underway.
         return run_locked(target, loaded, range, options, reporter).await;
