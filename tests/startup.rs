@@ -881,3 +881,59 @@ async fn run_wait_waits_for_the_plan_and_finds_its_steps_done_on_postgres() {
     );
     assert!(db.has_table("started").await);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The library's plan runner.
+
+#[tokio::test]
+async fn plan_file_runs_a_plan_then_finds_it_done_and_reports_an_invalid_one_located() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        "plan: startup-library\nphases:\n  - name: expand\n    kind: expand\n    steps:\n      \
+         - create_table: { name: things, columns: [ { name: id, type: bigint, primary_key: true } ] }\n  \
+         - name: switch\n    kind: switch-flag\n    steps:\n      - flag: { name: use_things, value: true }\n",
+    )
+    .expect("plan");
+    let file = phased::PlanFile::load(&plan).expect("valid plan");
+    assert_eq!(file.id(), "startup-library");
+    let first = file.run(&db.url()).await.expect("run");
+    assert_eq!(
+        first.completed,
+        vec![
+            "expand#1 create_table things",
+            "switch#1 flag use_things = true"
+        ]
+    );
+    assert_eq!(first.waited, Duration::ZERO);
+    // Another replica starting later finds everything done.
+    let again = phased::PlanFile::load(&plan)
+        .expect("valid plan")
+        .run(&db.url())
+        .await
+        .expect("run");
+    assert!(again.completed.is_empty(), "{again:?}");
+    assert!(db.has_table("things").await);
+
+    // `until` stops before a phase.
+    let other = TestDb::sqlite();
+    let partial = phased::PlanFile::load(&plan)
+        .expect("valid plan")
+        .until("expand")
+        .run(&other.url())
+        .await
+        .expect("run");
+    assert_eq!(partial.completed, vec!["expand#1 create_table things"]);
+
+    std::fs::write(&plan, "plan: broken\nphases:\n  - name: e\n    kind: expand\n    steps:\n      - drop_table: { name: old }\n")
+        .expect("plan");
+    match phased::PlanFile::load(&plan) {
+        Err(phased::Error::Plan(report)) => {
+            assert!(report.contains("plan.yaml:6:9"), "{report}");
+            assert!(report.contains("`drop_table` is destructive"), "{report}");
+        }
+        other => panic!("expected Error::Plan, got {other:?}"),
+    }
+}
