@@ -140,7 +140,19 @@ fn report(err: &DbCommandError, format: Format) -> u8 {
                     r.rule.why()
                 );
             }
-            eprintln!("  A boot must not run these by accident. When a revision is meant to do it (no running version of the\n  application uses what it changes any more), say so in its header, e.g. `-- destructive: {}`,\n  or apply it with `phased db upgrade` without --wait.", refusals.first().map(|r| r.rule.name()).unwrap_or("drop-column"));
+            eprintln!("  A boot must not run these by accident. When a revision is meant to do it (no running version of\n  the application uses what it changes any more), say so in its header:");
+            let mut files: Vec<(&str, Vec<&str>)> = Vec::new();
+            for r in refusals {
+                match files.iter_mut().find(|(file, _)| *file == r.file) {
+                    Some((_, rules)) if rules.contains(&r.rule.name()) => {}
+                    Some((_, rules)) => rules.push(r.rule.name()),
+                    None => files.push((&r.file, vec![r.rule.name()])),
+                }
+            }
+            for (file, rules) in files {
+                eprintln!("    {file}: -- destructive: {}", rules.join(", "));
+            }
+            eprintln!("  or apply it deliberately with `phased db upgrade` (without --wait).");
         }
         Some(VersionError::WaitTimedOut {
             key,
