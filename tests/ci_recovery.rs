@@ -1211,7 +1211,7 @@ fn validate_warns_about_steps_rollback_cannot_undo() {
 /// A `migrations` step shows the SQL of each pending migration, counting the steps before it as
 /// applied (offline) or reading the version state (online).
 async fn plan_shows_the_sql_of_pending_migrations(db: TestDb) {
-    let path = common::repo_root().join("plans/migrations.yaml");
+    let path = common::repo_root().join("tests/fixtures/plans/migrations.yaml");
     let path = path.display().to_string();
     let offline = common::phased_cmd()
         .args([

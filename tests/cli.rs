@@ -348,3 +348,89 @@ fn status_reads_a_state_from_an_older_version() {
         .expect("version");
     assert_eq!(version, "2", "run upgraded the state");
 }
+
+/// Logs and rendered errors carry colour only on a terminal: a pipe (a CI log) gets none, and
+/// neither does a terminal under `NO_COLOR`; `CLICOLOR_FORCE` turns it on anyway.
+#[test]
+fn no_colour_codes_in_piped_output_unless_forced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A `migrations` step logs each revision it runs (INFO).
+    let plan = repo_root().join("tests/fixtures/plans/migrations.yaml");
+    let run = |db: &str| {
+        let mut cmd = phased_cmd();
+        cmd.arg("run")
+            .arg(&plan)
+            .args(["--phase", "schema", "--database"])
+            .arg(format!("sqlite://{}", dir.path().join(db).display()))
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        cmd
+    };
+    let piped = run("piped.db").output().expect("phased run");
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{stderr}");
+    assert!(stderr.contains("running upgrade"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in a pipe: {stderr:?}"
+    );
+
+    let forced = run("forced.db")
+        .env("CLICOLOR_FORCE", "1")
+        .output()
+        .expect("phased run");
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(forced.status.success(), "{stderr}");
+    assert!(
+        stderr.contains('\u{1b}'),
+        "CLICOLOR_FORCE gave no colour: {stderr:?}"
+    );
+
+    // A rendered plan error, piped: plain text; forced: coloured.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "plan: x\nphases:\n  - name: e\n    kind: expand\n    steps:\n      - drop_table: { name: t }\n",
+    )
+    .expect("write plan");
+    let validate = || {
+        let mut cmd = phased_cmd();
+        cmd.env_remove("NO_COLOR").arg("validate").arg(&bad);
+        cmd
+    };
+    let out = validate().output().expect("phased validate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in a pipe: {stderr:?}"
+    );
+    let out = validate()
+        .env("CLICOLOR_FORCE", "1")
+        .output()
+        .expect("phased validate");
+    assert!(String::from_utf8_lossy(&out.stderr).contains('\u{1b}'));
+}
+
+/// A plan given by a bare file name (`phased run plan.yaml` in its own folder) runs its
+/// `command` steps in that folder: its parent used to be `""`, where no program can start.
+#[test]
+fn a_plan_named_without_a_folder_runs_its_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("plan.yaml"),
+        "plan: bare\nphases:\n  - name: c\n    kind: expand\n    steps:\n      - command: { run: [touch, ran.txt] }\n",
+    )
+    .expect("write plan");
+    let out = phased_cmd()
+        .current_dir(dir.path())
+        .args(["run", "plan.yaml", "--database", "sqlite://phased.db"])
+        .output()
+        .expect("phased run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("ran.txt").exists());
+}

@@ -325,3 +325,31 @@ async fn status_reports_every_step(db: TestDb) {
     assert_eq!(status.phases[0].status, "failed");
 }
 on_both!(status_reports_every_step);
+
+/// A `dual_write`'s `set` runs in the order written (PostgreSQL assigns `NEW.…` one after the
+/// other), so an expression can use a column assigned before it; it used to run sorted by
+/// column name, so `b_from_z` below saw `z_first` still NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_write_assigns_in_the_written_order_on_postgres() {
+    let db = TestDb::pg().await;
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, src text, z_first text, b_from_z text)")
+        .await;
+    let p = plan(
+        r#"
+plan: order
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - dual_write: { table: t, set: { z_first: "upper(NEW.src)", b_from_z: "NEW.z_first || '!'" } }
+"#,
+    );
+    run_ok(&db, &p).await;
+    db.execute("INSERT INTO t (id, src) VALUES (1, 'a')").await;
+    assert_eq!(
+        db.text("SELECT b_from_z FROM t WHERE id = 1")
+            .await
+            .as_deref(),
+        Some("A!")
+    );
+}

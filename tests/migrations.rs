@@ -23,8 +23,10 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     (MERGE, &[ORDERS_INDEX, EMAILS]),
 ];
 
+/// The example history, as a frozen fixture: the shipped `migrations/` is the user's to change
+/// (`phased db new` there must not break the suite).
 fn examples_dir() -> PathBuf {
-    repo_root().join("migrations")
+    repo_root().join("tests/fixtures/migrations")
 }
 
 /// A copy of the example folder in a temporary directory, without the named revisions.
@@ -693,7 +695,7 @@ async fn a_second_runner_is_refused_on_postgres() {
 }
 
 async fn plan_step(db: TestDb) {
-    let loaded = phased::plan::load(&repo_root().join("plans/migrations.yaml"))
+    let loaded = phased::plan::load(&repo_root().join("tests/fixtures/plans/migrations.yaml"))
         .unwrap_or_else(|r| panic!("{}", r.render_plain()));
     let options = phased::engine::RunOptions {
         until: Some("schema".to_string()),
@@ -867,7 +869,7 @@ async fn malformed_files_and_unknown_revisions_are_usage_errors() {
 }
 
 async fn plan_step_waits_for_no_one(db: TestDb) {
-    let loaded = phased::plan::load(&repo_root().join("plans/migrations.yaml"))
+    let loaded = phased::plan::load(&repo_root().join("tests/fixtures/plans/migrations.yaml"))
         .unwrap_or_else(|r| panic!("{}", r.render_plain()));
     // `phased db …` on the same folder (keyed by its name) holds the lease.
     let key = phased::engine::migrations::lease_key(Path::new("migrations"));
@@ -935,7 +937,70 @@ fn validate_checks_the_migrations_folder_and_target() {
     );
     phased_cmd()
         .arg("validate")
-        .arg(repo_root().join("plans/migrations.yaml"))
+        .arg(repo_root().join("tests/fixtures/plans/migrations.yaml"))
         .assert()
         .success();
+}
+
+/// A database at a revision no file declares: `db current` says so and exits 1 with the fix,
+/// instead of printing the folder's heads; the drift refusal gives the advice for a deleted
+/// file, not for an edited one.
+async fn a_revision_the_folder_does_not_know(db: TestDb) {
+    let full = copy_examples(&[]);
+    db_ok(&db, full.path(), &["upgrade", "head"]);
+    let without_merge = copy_examples(&[MERGE]);
+    let current = db_cmd(&db, without_merge.path(), &["current"]);
+    assert_eq!(current.code, 1, "{}", current.stderr);
+    assert!(current.stdout.is_empty(), "{}", current.stdout);
+    assert!(
+        current
+            .stderr
+            .contains(&format!("the database is at revision {MERGE}"))
+            && current.stderr.contains("phased db stamp"),
+        "{}",
+        current.stderr
+    );
+    let upgrade = db_cmd(&db, without_merge.path(), &["upgrade", "head"]);
+    assert_eq!(upgrade.code, 1, "{}", upgrade.stderr);
+    assert!(
+        upgrade
+            .stderr
+            .contains(&format!("put the file of {MERGE} back")),
+        "{}",
+        upgrade.stderr
+    );
+    assert!(!upgrade.stderr.contains("edit"), "{}", upgrade.stderr);
+}
+
+#[tokio::test]
+async fn a_revision_the_folder_does_not_know_on_sqlite() {
+    a_revision_the_folder_does_not_know(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_revision_the_folder_does_not_know_on_postgres() {
+    a_revision_the_folder_does_not_know(TestDb::pg().await).await;
+}
+
+/// After undoing the merge there are two heads: `downgrade -1` cannot choose, and
+/// `downgrade REV@-1` undoes one branch (Alembic's branch-relative form); `upgrade REV@+1`
+/// applies it again.
+#[tokio::test]
+async fn one_branch_of_a_merge_is_undone_with_rev_at_minus_1() {
+    let db = TestDb::sqlite();
+    let dir = copy_examples(&[]);
+    db_ok(&db, dir.path(), &["upgrade", "head"]);
+    db_ok(&db, dir.path(), &["downgrade", "-1"]);
+    let ambiguous = db_cmd(&db, dir.path(), &["downgrade", "-1"]);
+    assert_eq!(ambiguous.code, 2, "{}", ambiguous.stderr);
+    db_ok(&db, dir.path(), &["downgrade", &format!("{EMAILS}@-1")]);
+    let heads = current(&db, dir.path());
+    assert!(
+        heads.iter().any(|h| h.starts_with(ORDERS_INDEX))
+            && !heads.iter().any(|h| h.starts_with(EMAILS)),
+        "{heads:?}"
+    );
+    db_ok(&db, dir.path(), &["upgrade", &format!("{ORDERS}@+1")]);
+    let after = current(&db, dir.path());
+    assert_eq!(after.len(), 2, "{after:?}");
 }

@@ -160,3 +160,28 @@ fn valid_example_plans_pass() {
         }
     }
 }
+
+/// Two `dual_write`s on one table would be one trigger, the second replacing the first's: the
+/// second is refused where it stands (one after a `drop_dual_write` of the table is fine).
+#[test]
+fn a_second_dual_write_on_a_table() {
+    let out = errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - dual_write: { table: t, set: { a: \"1\" } }\n      - dual_write: { table: t, set: { b: \"2\" } }\n",
+    ));
+    assert!(out.contains("plan.yaml:7:9"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+/// Mistakes that serde finds (an unknown field, a wrong type, a missing field) are all
+/// reported, each where it stands, not only the first.
+#[test]
+fn three_mistakes_in_three_steps_are_three_errors() {
+    let out = errors(&with_phases(
+        "  - name: e\n    kind: expand\n    steps:\n      - add_column: { table: t, nme: c, type: text }\n      - create_index:\n          table: t\n          name: t_idx\n          columns: [c]\n          unique: maybe\n      - add_check: { table: t, name: t_chk }\n",
+    ));
+    assert_eq!(out.matches("error:").count(), 3, "{out}");
+    for at in ["plan.yaml:6:", "plan.yaml:11:", "plan.yaml:12:"] {
+        assert!(out.contains(at), "no error at {at}:\n{out}");
+    }
+    insta::assert_snapshot!(out);
+}

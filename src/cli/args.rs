@@ -41,9 +41,10 @@ pub enum Command {
     /// Execute a plan, or resume it where it stopped.
     Run(RunArgs),
     /// Show every phase and step: state, timings, progress, last error.
-    Status { plan: PathBuf },
+    Status(StatusArgs),
     /// Check a phase's gate without running anything (exit 3 when it is not met).
     Gate {
+        /// The plan file (YAML; its id keys the state in the database).
         plan: PathBuf,
         /// The phase whose gate to check
         #[arg(long)]
@@ -52,7 +53,10 @@ pub enum Command {
     /// Print the SQL each pending step would run (dry run); writes nothing.
     Plan(PlanArgs),
     /// On a scratch copy of the schema: run the phases before the first contract, roll back, compare.
-    Verify { plan: PathBuf },
+    Verify {
+        /// The plan file (YAML; its id keys the state in the database).
+        plan: PathBuf,
+    },
     /// Undo the done steps of the phases after --to (all phases without it), newest first.
     Rollback(RollbackArgs),
     /// Read the flag store, or set a flag by hand.
@@ -63,7 +67,10 @@ pub enum Command {
     /// Alembic-style versioned migrations: one SQL file per revision in a folder.
     Db(DbArgs),
     /// List the recorded backups of a plan, newest first.
-    Backups { plan: PathBuf },
+    Backups {
+        /// The plan file (YAML; its id keys the state in the database).
+        plan: PathBuf,
+    },
     /// Restore a backup into the database it was taken from, or the one given with --database.
     Restore(RestoreArgs),
 }
@@ -78,7 +85,24 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The plan file (YAML; its id keys the state in the database).
+    pub plan: PathBuf,
+    /// Keep watching: redraw from the state in the database every --interval (on a terminal),
+    /// or print a line each time something changed (elsewhere), until Ctrl-C or --count.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch reads the state (e.g. 1s, 250ms).
+    #[arg(long, default_value = "1s", requires = "watch")]
+    pub interval: String,
+    /// Stop --watch after this many reads.
+    #[arg(long, requires = "watch")]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The plan file (YAML; its id keys the state in the database).
     pub plan: PathBuf,
     /// Run exactly this phase (the earlier ones must be done).
     #[arg(long, conflicts_with = "until")]
@@ -120,6 +144,7 @@ impl WaitArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    /// The plan file (YAML; its id keys the state in the database).
     pub plan: PathBuf,
     /// Only this phase.
     #[arg(long)]
@@ -140,6 +165,7 @@ pub enum DialectArg {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The plan file (YAML; its id keys the state in the database).
     pub plan: PathBuf,
     /// Keep this phase and the ones before it; undo the phases after it.
     #[arg(long)]
@@ -152,7 +178,12 @@ pub struct RollbackArgs {
 #[derive(Debug, Subcommand)]
 pub enum FlagsAction {
     /// Set a flag: phased flags set NAME VALUE
-    Set { name: String, value: String },
+    Set {
+        /// The flag's name.
+        name: String,
+        /// Its new value (stored as text: true, false, a number, a word).
+        value: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +208,7 @@ pub enum DbAction {
     },
     /// Apply migrations up to a revision: head (default), heads, REV (or a unique prefix), +N.
     Upgrade {
+        /// Where to go: head, heads, REV (or a unique prefix), +N.
         #[arg(default_value = "head", allow_hyphen_values = true)]
         revision: String,
         /// Print the SQL instead of running it.
@@ -187,6 +219,7 @@ pub enum DbAction {
     },
     /// Undo migrations down to a revision: -N (default -1), REV (or a unique prefix), base.
     Downgrade {
+        /// Where to go: -N, REV (or a unique prefix), base.
         #[arg(default_value = "-1", allow_hyphen_values = true)]
         revision: String,
         /// Print the SQL instead of running it.
@@ -201,6 +234,7 @@ pub enum DbAction {
     Heads,
     /// Write a merge revision joining two (or more) branches.
     Merge {
+        /// What the merge joins (also the file name's slug).
         #[arg(short, long)]
         message: String,
         /// The revisions to join (ids or unique prefixes).
@@ -212,4 +246,32 @@ pub enum DbAction {
         /// A revision (or unique prefix), head, heads or base.
         revision: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and subcommand says what it does, and every argument and flag what it is.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let here = format!("{path} {}", cmd.get_name()).trim().to_string();
+            if cmd.get_about().is_none() && cmd.get_name() != "help" && !path.is_empty() {
+                missing.push(format!("`{here}` has no description"));
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if arg.get_help().is_none() && !builtin {
+                    missing.push(format!("`{here}`: `{}` has no help", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

@@ -177,18 +177,28 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> u8 {
             url.redacted()
         );
     }
+    let started = std::time::Instant::now();
     match backup::restore(&file, &url).await {
         Ok(restored) => {
             match cli.format {
-                Format::Json => crate::outln!(
-                    "{}",
-                    serde_json::json!({
-                        "event": "restored",
-                        "database": url.redacted(),
-                        "created": restored.created,
-                        "note": restored.note,
-                    })
-                ),
+                Format::Json => {
+                    crate::outln!(
+                        "{}",
+                        serde_json::json!({
+                            "event": "restored",
+                            "database": url.redacted(),
+                            "created": restored.created,
+                            "note": restored.note,
+                        })
+                    );
+                    let end = crate::engine::Event::RunEnd {
+                        outcome: crate::engine::events::Outcome::Restored,
+                        remaining: Vec::new(),
+                        elapsed_ms: u64::try_from(started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                    };
+                    crate::outln!("{}", serde_json::to_string(&end).unwrap_or_default());
+                }
                 Format::Human => {
                     crate::outln!(
                         "restored {} into {}{}",

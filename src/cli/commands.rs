@@ -17,7 +17,7 @@ pub async fn execute(cli: Cli) -> u8 {
     match &cli.command {
         Command::Validate { plans } => validate(plans, cli.format),
         Command::Run(args) => run(&cli, args).await,
-        Command::Status { plan } => status(&cli, plan).await,
+        Command::Status(args) => super::status::status(&cli, args).await,
         Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
         Command::Rollback(args) => rollback(&cli, args).await,
@@ -107,6 +107,7 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         EngineError::GateNotMet(_) => exit::GATE,
         EngineError::LeaseHeld { .. } | EngineError::LeaseWaitTimedOut { .. } => exit::LOCKED,
         EngineError::Usage(_) => exit::INVALID,
+        EngineError::Interrupted { signal, .. } => crate::engine::interrupt::exit_code(signal),
     };
     if format == Format::Json {
         let mut line =
@@ -120,6 +121,28 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         crate::outln!("{line}");
     }
     match err {
+        EngineError::Interrupted {
+            signal,
+            step,
+            detail,
+        } => {
+            let resume = match step {
+                Some((id, label)) => format!(
+                    "`phased run {}` resumes from step {id} ({label}){}",
+                    plan.display(),
+                    detail
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
+                None => format!("`phased run {}` continues", plan.display()),
+            };
+            eprintln!("\ninterrupted ({signal}) — {resume}.");
+            eprintln!(
+                "  The state is saved and the plan's lease released; `phased status {}` shows where everything stands.",
+                plan.display()
+            );
+        }
         EngineError::StepFailed {
             step,
             label,
@@ -202,17 +225,22 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         Ok(v) => v,
         Err(code) => return code,
     };
+    let interrupt = crate::engine::interrupt::Interrupt::new();
     let options = engine::RunOptions {
         phase: args.phase.clone(),
         until: args.until.clone(),
         throttle_file: args.throttle_file.clone(),
+        interrupt: Some(interrupt.clone()),
         wait: args.wait.wait(),
         // `--wait` is startup mode (see docs/startup.md).
         refuse_destructive: args.wait.wait,
     };
+    let canceller = with_target!(&mut target, t => t.canceller());
+    let signals = tokio::spawn(watch_signals(interrupt, canceller));
     let mut recorder = super::junit::JunitRecorder::new(reporter(cli.format));
     let result =
         with_target!(&mut target, t => engine::run(t, &loaded, &options, &mut recorder).await);
+    signals.abort();
     if let Some(file) = &args.junit {
         let xml = super::junit::render(loaded.plan.id(), &recorder.events, result.as_ref().err());
         if let Err(e) = std::fs::write(file, xml) {
@@ -228,65 +256,37 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
     }
 }
 
-async fn status(cli: &Cli, path: &Path) -> u8 {
-    let (loaded, _url, mut target) = match prepare(cli, path, Open::Existing).await {
-        Ok(v) => v,
-        Err(code) => return code,
+/// Ctrl-C and SIGTERM during a run: the first raises the interrupt (the run stops at its next
+/// safe point) and cancels the statement running for phased; the second ends the process at
+/// once, which is safe too: every unit of work is a transaction, a PostgreSQL lease ends with its
+/// session, and a SQLite lease of a process that is gone is taken over.
+async fn watch_signals(
+    interrupt: crate::engine::interrupt::Interrupt,
+    canceller: Option<crate::db::cancel::Canceller>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
     };
-    let result = with_target!(&mut target, t => engine::status::status(t, &loaded.plan).await);
-    let status = match result {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILED;
-        }
+    let first = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     };
-    if cli.format == Format::Json {
-        return super::out_json(&status);
+    eprintln!("\n{first}: stopping at a safe point (send it again to exit at once)");
+    interrupt.raise(first);
+    if let Some(canceller) = &canceller {
+        canceller.cancel().await;
     }
-    crate::outln!("plan {} on {}", status.plan, status.database);
-    if let Some(note) = &status.restored {
-        crate::outln!("{}", super::backups::restore_line(note));
-    }
-    for phase in &status.phases {
-        crate::outln!("\n{} ({}) — {}", phase.name, phase.kind, phase.status);
-        for step in &phase.steps {
-            let mut line = format!(
-                "  {:>2}. {:<12} {}",
-                step.step,
-                step.status.as_str(),
-                step.label
-            );
-            if step.attempts > 1 {
-                line.push_str(&format!("  [{} attempts]", step.attempts));
-            }
-            if let Some(done) = step.rows_done {
-                let total = step.rows_total.map(|t| format!("/{t}")).unwrap_or_default();
-                line.push_str(&format!("  {done}{total} rows"));
-                if let Some(rate) = step.rows_per_second {
-                    line.push_str(&format!(", {rate:.0} rows/s"));
-                }
-                if let Some(checkpoint) = &step.checkpoint {
-                    if step.status != crate::db::StepStatus::Done {
-                        line.push_str(&format!(", checkpoint key {checkpoint}"));
-                    }
-                }
-            }
-            if let Some(finished) = &step.finished_at {
-                line.push_str(&format!("  at {finished}"));
-            }
-            if step.drift {
-                line.push_str("  DRIFT: definition changed since it ran");
-            }
-            crate::outln!("{line}");
-            if let Some(error) = &step.last_error {
-                if step.status != crate::db::StepStatus::Done {
-                    crate::outln!("      last error: {}", error.replace('\n', "\n      "));
-                }
-            }
-        }
-    }
-    exit::OK
+    let second = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    eprintln!("{second} again: exiting now");
+    #[allow(clippy::disallowed_methods)] // on purpose: the operator asked twice
+    std::process::exit(i32::from(crate::engine::interrupt::exit_code(second)));
 }
 
 async fn gate(cli: &Cli, path: &Path, phase_name: &str) -> u8 {

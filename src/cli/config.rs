@@ -29,9 +29,29 @@ pub async fn open(url: &DatabaseUrl, plan_id: &str, mode: Open) -> Result<AnyTar
     crate::db::open::open(url, &format!("phased/{plan_id}"), mode).await
 }
 
-/// Colour on stderr: only on a terminal, and not under `NO_COLOR`.
+/// Colour on stderr (logs, rendered plan errors): `CLICOLOR_FORCE` (not `0`) forces it,
+/// `NO_COLOR` (not empty) turns it off, and otherwise it is on only on a terminal — never in a
+/// pipe or a CI log.
 pub fn color() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    color_from(
+        std::env::var_os("CLICOLOR_FORCE").as_deref(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::io::stderr().is_terminal(),
+    )
+}
+
+fn color_from(
+    force: Option<&std::ffi::OsStr>,
+    no_color: Option<&std::ffi::OsStr>,
+    terminal: bool,
+) -> bool {
+    if force.is_some_and(|v| !v.is_empty() && v != "0") {
+        return true;
+    }
+    if no_color.is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    terminal
 }
 
 /// Loads the plan and opens the database, or prints why not and returns the exit code.
@@ -53,4 +73,21 @@ pub async fn prepare(
         exit::FAILED
     })?;
     Ok((loaded, url, target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::color_from;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_unless_forced_or_refused() {
+        let yes = Some(OsStr::new("1"));
+        assert!(color_from(None, None, true));
+        assert!(!color_from(None, None, false));
+        assert!(!color_from(None, yes, true));
+        assert!(!color_from(Some(OsStr::new("0")), None, false));
+        assert!(color_from(yes, yes, false));
+        assert!(color_from(None, Some(OsStr::new("")), true));
+    }
 }

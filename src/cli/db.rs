@@ -57,6 +57,9 @@ enum DbCommandError {
     /// Writing a new migration file failed.
     #[error("{0}")]
     Io(String),
+    /// The database's versions do not fit the folder (a revision no file declares).
+    #[error("{0}")]
+    Unknown(String),
 }
 
 impl From<VersionError> for DbCommandError {
@@ -85,7 +88,7 @@ fn report(err: &DbCommandError, format: Format) -> u8 {
             VersionError::LeaseHeld { .. } | VersionError::WaitTimedOut { .. } => exit::LOCKED,
             _ => exit::FAILED,
         },
-        DbCommandError::Io(_) => exit::FAILED,
+        DbCommandError::Io(_) | DbCommandError::Unknown(_) => exit::FAILED,
     };
     if format == Format::Json {
         crate::outln!(
@@ -103,9 +106,8 @@ fn report(err: &DbCommandError, format: Format) -> u8 {
                 "error: drift: applied migrations no longer match their files. Nothing was run."
             );
             for item in items {
-                eprintln!("  - {item}");
+                eprintln!("  - {item}\n    {}", item.advice());
             }
-            eprintln!("  Restore the applied files as they were and put changes in a new revision (`phased db new`);\n  if the edit is intended (e.g. a comment), record the new checksums with `phased db stamp`.");
         }
         Some(VersionError::Failed {
             revision,
@@ -367,6 +369,12 @@ async fn current(cli: &Cli, args: &DbArgs) -> Result<(), DbCommandError> {
     let state: VersionState = with_target!(&mut target, t => t.version_state().await)?;
     let heads = history.heads_of(&engine::applied(&state));
     let drift = engine::find_drift(&history, &state);
+    // The database's own heads that no file declares: the folder cannot say where it is.
+    let unknown: Vec<&String> = state
+        .heads
+        .iter()
+        .filter(|h| !history.contains(h))
+        .collect();
     match cli.format {
         Format::Json => crate::outln!(
             "{}",
@@ -376,14 +384,24 @@ async fn current(cli: &Cli, args: &DbArgs) -> Result<(), DbCommandError> {
                 "drift": drift.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })
         ),
-        Format::Human => {
+        Format::Human if unknown.is_empty() => {
             for line in head_lines(&history, &heads) {
                 crate::outln!("{line}");
             }
             for item in &drift {
-                eprintln!("warning: drift: {item}");
+                eprintln!("warning: drift: {item}\n  {}", item.advice());
             }
         }
+        Format::Human => {}
+    }
+    if !unknown.is_empty() {
+        let revisions: Vec<&str> = unknown.iter().map(|r| r.as_str()).collect();
+        return Err(DbCommandError::Unknown(format!(
+            "the database is at revision {}, which no file in {} declares (deleted, renamed, or the wrong folder?); \
+             put the file back, or record the revision the database really is at with `phased db stamp REV`",
+            revisions.join(", "),
+            args.dir.display()
+        )));
     }
     Ok(())
 }

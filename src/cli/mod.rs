@@ -8,6 +8,7 @@ pub mod db;
 pub mod junit;
 pub mod output;
 pub mod prompt;
+pub mod status;
 
 use std::process::ExitCode;
 
@@ -68,6 +69,7 @@ pub mod exit {
     pub const GATE: u8 = 3;
     /// Another runner holds the plan's lock.
     pub const LOCKED: u8 = 4;
+    // `run` interrupted by SIGINT / SIGTERM: 130 / 143 (engine::interrupt::exit_code).
 }
 
 /// Entry point used by `main.rs`.

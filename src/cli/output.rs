@@ -9,6 +9,7 @@ use tracing::Span;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 use tracing_indicatif::suspend_tracing_indicatif;
 
+use crate::engine::events::Outcome;
 use crate::engine::{Event, Reporter};
 
 /// NDJSON: one event per line on stdout.
@@ -285,10 +286,20 @@ impl Reporter for HumanReporter {
             )),
             Event::RunEnd {
                 outcome,
+                remaining,
                 elapsed_ms,
             } => {
                 self.end_bar();
-                self.line(format!("\n{outcome} in {}", secs(*elapsed_ms)))
+                let took = secs(*elapsed_ms);
+                self.line(match outcome {
+                    Outcome::Done => format!("\ndone in {took}: every phase of the plan is done"),
+                    Outcome::Partial => format!(
+                        "\nthe phases asked for are done in {took}; still to run: {} (`phased run` continues)",
+                        remaining.join(", ")
+                    ),
+                    Outcome::RolledBack => format!("\nrolled back in {took}"),
+                    Outcome::Restored => format!("\nrestored in {took}"),
+                })
             }
             Event::BackupStart { phase, path } => {
                 self.end_bar();
@@ -368,6 +379,7 @@ pub fn init_logging(verbose: u8, json: bool) {
     let only_progress = filter_fn(|meta| meta.name() == "phased_progress");
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
+        .with_ansi(super::config::color())
         .with_target(false)
         .without_time();
     let registry = tracing_subscriber::registry();

@@ -41,7 +41,9 @@ impl fmt::Display for Blocker {
             f,
             "pid {} ({app}), {state} for {:.1}s, {} {}",
             self.pid,
-            self.seconds,
+            // Clocks of two sessions can put a just-started transaction a hair in the future:
+            // never show `-0.0s`.
+            self.seconds.max(0.0),
             if self.granted { "holds" } else { "waits for" },
             self.mode
         )?;
@@ -52,5 +54,27 @@ impl fmt::Display for Blocker {
             write!(f, ": {}", self.query)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Blocker;
+
+    #[test]
+    fn a_blocker_is_never_idle_for_a_negative_time() {
+        let blocker = Blocker {
+            pid: 42,
+            mode: "AccessShareLock".into(),
+            granted: true,
+            application_name: "report".into(),
+            state: "idle in transaction".into(),
+            seconds: -0.01,
+            query_start: None,
+            query: String::new(),
+        };
+        let text = blocker.to_string();
+        assert!(text.contains("idle in transaction for 0.0s"), "{text}");
+        assert!(!text.contains("-0.0"), "{text}");
     }
 }

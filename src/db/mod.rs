@@ -2,6 +2,7 @@
 
 pub mod backfill_key;
 pub mod backup;
+pub mod cancel;
 pub mod error;
 pub mod lock;
 pub mod open;
@@ -259,6 +260,9 @@ pub trait Lease {
     async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError>;
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError>;
+
+    /// Who holds the plan's lease right now, without taking it: a live runner, or None.
+    async fn lease_holder(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError>;
 }
 
 /// Look-ups in the database's catalog and activity: only reads.
@@ -342,6 +346,10 @@ pub trait Executor {
 
     /// The recording of a dry run (`phased plan`), when this is one.
     fn recorder(&self) -> Option<&recorder::Recorder>;
+
+    /// A handle that cancels the statement running on the step connection, from another task
+    /// (none in a dry run).
+    fn canceller(&self) -> Option<cancel::Canceller>;
 
     /// Runs a step's units in order. The last transactional unit also sets the step's status to
     /// `status` (done, or rolled back when the units are an inverse), in the same transaction;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
+use super::interrupt::Interrupt;
 use crate::db::{BatchRequest, Database, DbError, StepKey, Timeouts};
 use crate::plan::{Backfill, BatchSize};
 
@@ -152,6 +153,7 @@ impl Walk<'_> {
         &mut self,
         target: &mut T,
         reporter: &mut dyn Reporter,
+        interrupt: Option<&Interrupt>,
     ) -> Result<(), DbError> {
         let mut announced: Option<PauseReason> = None;
         loop {
@@ -172,9 +174,25 @@ impl Walk<'_> {
                 PauseReason::ThrottleFile(_) => FILE_POLL,
                 PauseReason::ReplicaLag { .. } => LAG_POLL,
             };
-            tokio::time::sleep(poll).await;
+            match interrupt {
+                Some(interrupt) => {
+                    if interrupt.sleep(poll).await {
+                        return Ok(());
+                    }
+                }
+                None => tokio::time::sleep(poll).await,
+            }
         }
     }
+}
+
+/// How a walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walked {
+    /// Every row visited; the step is recorded done (or rolled back, for a `down` walk).
+    Done,
+    /// The interrupt stopped it between batches; it resumes from its checkpoint.
+    Stopped { rows_done: u64 },
 }
 
 /// Which way a backfill walks: filling (`run`), or undoing with its `down` (`rollback`).
@@ -200,7 +218,9 @@ pub async fn run<T: Database>(
     id: &StepId,
     reporter: &mut dyn Reporter,
     direction: Direction,
-) -> Result<(), DbError> {
+    interrupt: Option<&Interrupt>,
+) -> Result<Walked, DbError> {
+    let interrupted = || interrupt.is_some_and(|i| i.signal().is_some());
     let down = direction == Direction::Down;
     let record = target
         .load_steps(&key.plan)
@@ -287,7 +307,14 @@ pub async fn run<T: Database>(
     };
     walk.report(reporter, None);
     loop {
-        walk.wait_while_throttled(target, reporter).await?;
+        walk.wait_while_throttled(target, reporter, interrupt)
+            .await?;
+        if interrupted() {
+            walk.report(reporter, Some("interrupted".to_string()));
+            return Ok(Walked::Stopped {
+                rows_done: walk.done,
+            });
+        }
         let batch_started = Instant::now();
         let outcome = target
             .backfill_batch(&BatchRequest {
@@ -324,20 +351,26 @@ pub async fn run<T: Database>(
         }
         let pause = pause_after(outcome.rows, took, step.pause.0, step.max_rows_per_second);
         if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
+            match interrupt {
+                Some(interrupt) => {
+                    interrupt.sleep(pause).await;
+                }
+                None => tokio::time::sleep(pause).await,
+            }
         }
     }
     walk.total = walk.done;
     walk.report(reporter, None);
     match direction {
-        Direction::Forward => target.finish_step(key).await,
+        Direction::Forward => target.finish_step(key).await?,
         // Rolled back: the status write also forgets the walk's checkpoint.
         Direction::Down => {
             target
                 .set_step_status(key, crate::db::StepStatus::RolledBack)
-                .await
+                .await?
         }
     }
+    Ok(Walked::Done)
 }
 
 #[cfg(test)]

@@ -58,6 +58,15 @@ pub enum EngineError {
         sql: Option<String>,
         undone: Vec<String>,
     },
+    /// An operator's signal (Ctrl-C, SIGTERM) stopped the run at a safe point; `step` (id,
+    /// label) is where a rerun resumes, when there is one left.
+    #[error("interrupted ({signal}){}", step.as_ref().map(|(id, label)| format!(" at step {id} ({label})")).unwrap_or_default())]
+    Interrupted {
+        signal: &'static str,
+        step: Option<(String, String)>,
+        /// Where exactly (a backfill's rows, what was cancelled).
+        detail: Option<String>,
+    },
     /// The database failed outside a step (state tables, lease).
     #[error(transparent)]
     Target(#[from] DbError),

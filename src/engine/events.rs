@@ -3,6 +3,21 @@
 
 use serde::Serialize;
 
+/// How a command ended: one documented set for `run`, `rollback` and `restore`
+/// (docs/ci.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// `run`: every phase of the plan is done.
+    Done,
+    /// `run --phase`/`--until`: the phases asked for are done; later ones remain.
+    Partial,
+    /// `rollback`: the steps after `--to` are undone.
+    RolledBack,
+    /// `restore`: the database is the backup's.
+    Restored,
+}
+
 /// A step as named in events.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StepId {
@@ -111,8 +126,12 @@ pub enum Event {
         level: String,
         message: String,
     },
+    /// The end of a run, rollback or restore that did what was asked.
     RunEnd {
-        outcome: String,
+        outcome: Outcome,
+        /// The plan's phases still to run (a run of some of them: `--phase`, `--until`).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        remaining: Vec<String>,
         elapsed_ms: u64,
     },
     /// `phased rollback` starts: the phases after `to` (all when None) are undone.

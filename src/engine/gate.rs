@@ -52,7 +52,7 @@ async fn evaluate_one<T: Database>(
                 };
                 if outcome.ok || Instant::now() >= deadline {
                     return Ok(GateOutcome {
-                        condition: format!("wait {} for {}", wait.timeout, outcome.condition),
+                        condition: gate.describe(),
                         ok: outcome.ok,
                         detail: outcome.detail,
                     });
@@ -70,7 +70,7 @@ async fn sql_condition<T: Database>(target: &mut T, sql: &str) -> Result<GateOut
         Err(e) => (false, format!("failed: {e}")),
     };
     Ok(GateOutcome {
-        condition: format!("sql: {sql}"),
+        condition: Gate::Sql(sql.to_string()).describe(),
         ok,
         detail,
     })
@@ -88,7 +88,7 @@ async fn flag_condition<T: Database>(
         .map(|f| f.value);
     let ok = current.as_deref() == Some(flag.is.0.as_str());
     Ok(GateOutcome {
-        condition: format!("flag {} is {}", flag.name, flag.is),
+        condition: flag.describe(),
         ok,
         detail: match current {
             Some(v) => format!("it is {v}"),
@@ -113,7 +113,7 @@ async fn phase_done<T: Database>(
         })
         .count();
     Ok(GateOutcome {
-        condition: format!("phase {name} is done"),
+        condition: Gate::PhaseDone(name.to_string()).describe(),
         ok: phase.is_some() && done == total,
         detail: format!("{done} of {total} steps done"),
     })

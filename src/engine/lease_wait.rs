@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::interrupt::Interrupt;
 use super::migrations::applied;
 use crate::db::{Database, DbError, StepStatus};
 use crate::migrations::History;
@@ -81,6 +82,9 @@ pub enum LeaseError {
         progress: String,
         waited: Duration,
     },
+    /// An operator's signal (`phased run`'s SIGINT/SIGTERM) stopped the wait.
+    #[error("interrupted ({signal}) while waiting for {key}")]
+    Interrupted { key: String, signal: &'static str },
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -89,13 +93,15 @@ pub enum LeaseError {
 /// Takes the lease `key` (the state tables must exist: [`ensure_state`]). Without `wait`, a held lease is
 /// [`LeaseError::Held`] at once. With it, the attempt is repeated until the lease is free or
 /// `wait.timeout` has passed, calling `on_wait` when the holder's progress changes (and every
-/// 10 seconds); SQLite's "database is busy" while another process writes counts as held.
+/// 10 seconds); SQLite's "database is busy" while another process writes counts as held. An
+/// `interrupt` raised meanwhile ends the wait at once.
 /// Returns how long it waited (zero when the lease was free at once).
 pub async fn acquire<T: Database>(
     target: &mut T,
     key: &str,
     wait: Option<Wait>,
     watch: Watch<'_>,
+    interrupt: Option<&Interrupt>,
     on_wait: &mut dyn FnMut(&Waiting),
 ) -> Result<Duration, LeaseError> {
     let started = Instant::now();
@@ -148,7 +154,18 @@ pub async fn acquire<T: Database>(
             });
             last = Some((holder, progress, Instant::now()));
         }
-        tokio::time::sleep(pause.min(wait.timeout.saturating_sub(waited))).await;
+        let nap = pause.min(wait.timeout.saturating_sub(waited));
+        match interrupt {
+            Some(interrupt) => {
+                if interrupt.sleep(nap).await {
+                    return Err(LeaseError::Interrupted {
+                        key: key.to_string(),
+                        signal: interrupt.signal().unwrap_or("SIGINT"),
+                    });
+                }
+            }
+            None => tokio::time::sleep(nap).await,
+        }
         pause = (pause * 2).min(MAX_PAUSE);
     }
 }

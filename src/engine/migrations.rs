@@ -71,6 +71,9 @@ impl From<LeaseError> for VersionError {
                 waited,
             },
             LeaseError::Db(e) => VersionError::Target(e),
+            interrupted @ LeaseError::Interrupted { .. } => {
+                VersionError::Target(DbError::Unexpected(interrupted.to_string()))
+            }
         }
     }
 }
@@ -168,6 +171,22 @@ pub fn find_drift(history: &History, state: &VersionState) -> Vec<Drift> {
         }
     }
     out
+}
+
+impl Drift {
+    /// What to do about it.
+    pub fn advice(&self) -> String {
+        match self {
+            Drift::Edited { revision, file } => format!(
+                "restore {file} as it was when {revision} was applied and put the change in a new revision (`phased db new`); \
+                 if the edit changes nothing (a comment), `phased db stamp` records its new checksum"
+            ),
+            Drift::Missing { revision } => format!(
+                "put the file of {revision} back (from version control), or check that --dir names the right folder; \
+                 if the database should not be at {revision}, `phased db stamp REV` records the revision it is really at"
+            ),
+        }
+    }
 }
 
 /// The applied revisions as a set.
@@ -426,6 +445,7 @@ pub async fn migrate<T: Database>(
         key,
         options.wait,
         Watch::Migrations(history),
+        None,
         &mut |w| {
             reported = true;
             on_event(Progress::Waiting(w));
@@ -514,6 +534,7 @@ pub async fn run_step<T: Database>(
     timeouts: Timeouts,
     wait: Option<Wait>,
     refuse_destructive: bool,
+    interrupt: Option<&super::interrupt::Interrupt>,
     on_wait: &mut dyn FnMut(&Waiting),
 ) -> Result<(), DbError> {
     let key_name = lease_key(&step.dir);
@@ -523,6 +544,7 @@ pub async fn run_step<T: Database>(
         &key_name,
         wait,
         Watch::Migrations(&history),
+        interrupt,
         on_wait,
     )
     .await

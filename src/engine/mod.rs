@@ -8,6 +8,7 @@ pub mod dry_run;
 pub mod error;
 pub mod events;
 pub mod gate;
+pub mod interrupt;
 pub mod lease_wait;
 pub mod lock_policy;
 pub mod migrations;

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::events::{Event, Reporter};
+use super::events::{Event, Outcome, Reporter};
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, command, EngineError};
@@ -267,6 +267,7 @@ async fn rollback_locked<T: Database>(
                         &id,
                         reporter,
                         backfill::Direction::Down,
+                        None,
                     )
                     .await;
                     let Err(e) = walked else { break };
@@ -379,7 +380,8 @@ async fn rollback_locked<T: Database>(
         });
     }
     reporter.emit(&Event::RunEnd {
-        outcome: "rolled_back".to_string(),
+        outcome: Outcome::RolledBack,
+        remaining: Vec::new(),
         elapsed_ms: millis(started.elapsed()),
     });
     Ok(undone)

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::events::{Event, Reporter};
+use super::events::{Event, Outcome, Reporter};
+use super::interrupt::Interrupt;
 use super::lease_wait::{self, LeaseError, Wait, Watch};
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
@@ -22,12 +23,32 @@ pub struct RunOptions {
     pub until: Option<String>,
     /// While this file exists, backfills pause.
     pub throttle_file: Option<PathBuf>,
+    /// Raised by an operator's signal: the run stops at the next safe point.
+    pub interrupt: Option<Interrupt>,
     /// Startup mode: wait for the plan's lease (and a `migrations` step's folder lease) when
     /// another runner holds it, instead of failing at once.
     pub wait: Option<Wait>,
     /// Startup mode's safety rule: `migrations` steps refuse revisions with destructive
     /// statements they do not opt into.
     pub refuse_destructive: bool,
+}
+
+impl RunOptions {
+    /// The signal that interrupted the run, once one has.
+    fn interrupted(&self) -> Option<&'static str> {
+        self.interrupt.as_ref().and_then(Interrupt::signal)
+    }
+
+    /// Sleeps `wait`, or less when interrupted meanwhile; true when interrupted.
+    async fn sleep(&self, wait: std::time::Duration) -> bool {
+        match &self.interrupt {
+            Some(interrupt) => interrupt.sleep(wait).await,
+            None => {
+                tokio::time::sleep(wait).await;
+                false
+            }
+        }
+    }
 }
 
 /// Runs (or resumes) a plan.
@@ -50,6 +71,7 @@ pub async fn run<T: Database>(
         plan.id(),
         options.wait,
         Watch::Plan(plan),
+        options.interrupt.as_ref(),
         &mut |w| {
             waited_for = Some(w.key.clone());
             reporter.emit(&Event::LeaseWait {
@@ -88,6 +110,13 @@ pub async fn run<T: Database>(
                 holder,
                 progress,
                 waited,
+            })
+        }
+        Err(LeaseError::Interrupted { signal, .. }) => {
+            return Err(EngineError::Interrupted {
+                signal,
+                step: None,
+                detail: Some("while waiting for the plan's lease".to_string()),
             })
         }
         Err(LeaseError::Db(e)) => return Err(e.into()),
@@ -194,6 +223,7 @@ async fn run_locked<T: Database>(
             .collect(),
     });
     let mut completed = Vec::new();
+    let last_phase = range.end.saturating_sub(1);
     // A dry run of one phase goes through the earlier phases that are not done first, muted, so
     // that the phase starts from the state it would see (a `migrations` step from the revisions
     // the earlier ones reach).
@@ -221,8 +251,10 @@ async fn run_locked<T: Database>(
                 ));
             }
             for gate in &phase.gate {
-                let shown = serde_json::to_string(&gate.value).unwrap_or_default();
-                notes.push(format!("gate (checked before the phase starts): {shown}"));
+                notes.push(format!(
+                    "gate (checked before the phase starts): {}",
+                    gate.value.describe()
+                ));
             }
             recorder.push(Entry::Phase {
                 name: phase.name().to_string(),
@@ -287,6 +319,13 @@ async fn run_locked<T: Database>(
                 });
                 continue;
             }
+            if let Some(signal) = options.interrupted() {
+                return Err(EngineError::Interrupted {
+                    signal,
+                    step: Some((step.id(), def.label())),
+                    detail: Some("before it started".to_string()),
+                });
+            }
             let step_started = Instant::now();
             let record = records.get(&(step.phase.clone(), step.index as i32));
             run_step(target, loaded, step, def, record, options, reporter)
@@ -312,8 +351,25 @@ async fn run_locked<T: Database>(
             elapsed_ms: millis(phase_started.elapsed()),
         });
     }
+    // What this run did not cover and is not done: the phases after the range.
+    let remaining: Vec<String> = plan
+        .phases()
+        .enumerate()
+        .skip(last_phase + 1)
+        .filter(|(i, _)| {
+            steps
+                .iter()
+                .any(|(s, _)| s.phase_index == *i && !is_done(&records, s))
+        })
+        .map(|(_, p)| p.name().to_string())
+        .collect();
     reporter.emit(&Event::RunEnd {
-        outcome: format!("plan {} done", plan.id()),
+        outcome: if remaining.is_empty() {
+            Outcome::Done
+        } else {
+            Outcome::Partial
+        },
+        remaining,
         elapsed_ms: millis(started.elapsed()),
     });
     Ok(())
@@ -387,7 +443,9 @@ async fn run_step<T: Database>(
                         wait_ms: millis(wait),
                     });
                     target.fail_step(&key, &message).await?;
-                    tokio::time::sleep(wait).await;
+                    if options.sleep(wait).await {
+                        return Err(interrupted(target, options, step, def, &key, None).await);
+                    }
                     continue;
                 }
                 let mut message = format!(
@@ -423,7 +481,14 @@ async fn run_step<T: Database>(
         )
         .await;
         let error = match result {
-            Ok(()) => return Ok(()),
+            Ok(Completion::Done) => return Ok(()),
+            Ok(Completion::Stopped(detail)) => {
+                return Err(interrupted(target, options, step, def, &key, Some(detail)).await)
+            }
+            Err(e) if options.interrupted().is_some() => {
+                let detail = format!("its statement was cancelled: {e}");
+                return Err(interrupted(target, options, step, def, &key, Some(detail)).await);
+            }
             Err(e) => e,
         };
         let mut message = error.to_string();
@@ -455,7 +520,9 @@ async fn run_step<T: Database>(
                 ));
                 return Err(fail_unrecorded(reporter, step, def, message, &error));
             }
-            tokio::time::sleep(wait).await;
+            if options.sleep(wait).await {
+                return Err(interrupted(target, options, step, def, &key, None).await);
+            }
             continue;
         }
         if error.is_retryable() {
@@ -481,6 +548,42 @@ async fn run_step<T: Database>(
             sql,
         });
     }
+}
+
+/// How an attempt at a step ended when it did not fail.
+enum Completion {
+    Done,
+    /// The interrupt stopped it at a safe point (a backfill between batches), with where.
+    Stopped(String),
+}
+
+/// Records a step stopped by the interrupt (failed, with why and how to resume: a rerun
+/// retries it, a backfill from its checkpoint) and returns the run's error.
+async fn interrupted<T: Database>(
+    target: &mut T,
+    options: &RunOptions,
+    step: &StepRef,
+    def: &Step,
+    key: &StepKey,
+    detail: Option<String>,
+) -> StepFailure {
+    let signal = options.interrupted().unwrap_or("SIGINT");
+    let note = format!(
+        "interrupted by {signal}{}; `phased run` resumes here",
+        detail
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default()
+    );
+    // A cancel meant for the statement before may land on this write: one more try.
+    if target.fail_step(key, &note).await.is_err() {
+        let _ = target.fail_step(key, &note).await;
+    }
+    StepFailure::Engine(EngineError::Interrupted {
+        signal,
+        step: Some((step.id(), def.label())),
+        detail,
+    })
 }
 
 /// A step failure whose recording failed as well: the step's own error first, reported and
@@ -515,12 +618,12 @@ async fn execute<T: Database>(
     checkpoint: &mut Option<String>,
     options: &RunOptions,
     reporter: &mut dyn Reporter,
-) -> Result<(), DbError> {
+) -> Result<Completion, DbError> {
     let plan = &loaded.plan;
     let timeouts = timeouts_for(plan, def);
     match def {
         Step::Backfill(b) => {
-            backfill::run(
+            let walked = backfill::run(
                 target,
                 key,
                 b,
@@ -531,8 +634,15 @@ async fn execute<T: Database>(
                 &step_id(step, def),
                 reporter,
                 backfill::Direction::Forward,
+                options.interrupt.as_ref(),
             )
-            .await
+            .await?;
+            Ok(match walked {
+                backfill::Walked::Done => Completion::Done,
+                backfill::Walked::Stopped { rows_done } => Completion::Stopped(format!(
+                    "the backfill stopped between batches after {rows_done} rows; it resumes from its checkpoint"
+                )),
+            })
         }
         Step::Flag(f) => {
             // The value it replaces is kept in the step's checkpoint: rollback puts it back.
@@ -546,7 +656,8 @@ async fn execute<T: Database>(
             target.set_checkpoint(key, Some(&remembered)).await?;
             target
                 .set_flag(&f.name, &f.value.0, Some(plan.id()), Some(key))
-                .await
+                .await?;
+            Ok(Completion::Done)
         }
         Step::Command(c) => {
             match target.recorder() {
@@ -563,9 +674,24 @@ async fn execute<T: Database>(
                         )
                     }
                 )),
-                None => command::run(c, &loaded.base_dir, reporter).await?,
+                None => {
+                    let program = command::run(c, &loaded.base_dir, reporter);
+                    match &options.interrupt {
+                        // Dropping the program's future kills it (kill_on_drop).
+                        Some(interrupt) => tokio::select! {
+                            ran = program => ran?,
+                            _ = interrupt.raised() => {
+                                return Ok(Completion::Stopped(
+                                    "its program was stopped; a rerun starts it again".to_string(),
+                                ))
+                            }
+                        },
+                        None => program.await?,
+                    }
+                }
             }
-            target.finish_step(key).await
+            target.finish_step(key).await?;
+            Ok(Completion::Done)
         }
         Step::Migrations(m) => {
             super::migrations::run_step(
@@ -577,6 +703,7 @@ async fn execute<T: Database>(
                 timeouts,
                 options.wait,
                 options.refuse_destructive,
+                options.interrupt.as_ref(),
                 &mut |w| {
                     reporter.emit(&Event::LeaseWait {
                         key: w.key.clone(),
@@ -587,14 +714,18 @@ async fn execute<T: Database>(
                     })
                 },
             )
-            .await
+            .await?;
+            Ok(Completion::Done)
         }
         _ => {
             let units = def
                 .op()
                 .units(target.dialect())
                 .map_err(|e| DbError::Unexpected(e.to_string()))?;
-            target.apply(key, &units, timeouts, StepStatus::Done).await
+            target
+                .apply(key, &units, timeouts, StepStatus::Done)
+                .await?;
+            Ok(Completion::Done)
         }
     }
 }

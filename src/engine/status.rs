@@ -14,6 +14,11 @@ pub struct PlanStatus {
     pub phases: Vec<PhaseStatus>,
     /// The database was restored from a backup (its state is the backup's).
     pub restored: Option<RestoreNote>,
+    /// The runner holding the plan's lease right now (a live run), or None.
+    pub runner: Option<String>,
+    /// A step recorded `running` while no runner holds the lease: its run was interrupted or
+    /// killed, and `phased run` resumes it.
+    pub orphaned: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,8 +42,11 @@ pub struct StepStatusView {
     pub last_error: Option<String>,
     /// The definition changed since the step was done.
     pub drift: bool,
+    /// Rows the backfill wrote (rows a dual-write trigger filled meanwhile are not among them).
     pub rows_done: Option<i64>,
     pub rows_total: Option<i64>,
+    /// Rows still to visit: 0 once the backfill is done, whatever the estimate at its start.
+    pub rows_remaining: Option<i64>,
     pub checkpoint: Option<String>,
     /// A backfill's rate as of its last committed batch.
     pub rows_per_second: Option<f64>,
@@ -69,6 +77,13 @@ pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStat
                     }),
                     rows_done: record.filter(|_| is_backfill).map(|r| r.rows_done),
                     rows_total: record.filter(|_| is_backfill).and_then(|r| r.rows_total),
+                    rows_remaining: record.filter(|_| is_backfill).map(|r| {
+                        if r.status == StepStatus::Done {
+                            0
+                        } else {
+                            r.rows_total.map_or(0, |t| (t - r.rows_done).max(0))
+                        }
+                    }),
                     checkpoint: record
                         .filter(|_| is_backfill)
                         .and_then(|r| r.checkpoint.clone()),
@@ -100,10 +115,18 @@ pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStat
             steps,
         });
     }
+    let runner = target.lease_holder(plan.id()).await?.map(|h| h.description);
+    let orphaned = runner.is_none()
+        && phases
+            .iter()
+            .flat_map(|p| &p.steps)
+            .any(|s| s.status == StepStatus::Running);
     Ok(PlanStatus {
         plan: plan.id().to_string(),
         database: target.describe(),
         phases,
         restored: target.last_restore().await?,
+        runner,
+        orphaned,
     })
 }

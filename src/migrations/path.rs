@@ -109,10 +109,19 @@ pub fn upgrade(
         }
         Spec::Revision(name) => history.ancestors_inclusive(&history.resolve(name)?.revision),
         Spec::Relative(n) if *n > 0 => return relative_up(history, applied, *n, spec),
-        Spec::Relative(_) => {
+        Spec::Relative(_) | Spec::BranchRelative { n: ..0, .. } => {
             return Err(MigrationError::Usage(format!(
                 "`upgrade {spec}` goes down: use `downgrade {spec}`"
             )))
+        }
+        Spec::BranchRelative { revision, n } => {
+            return branch_up(
+                history,
+                applied,
+                &history.resolve(revision)?.revision,
+                *n,
+                spec,
+            )
         }
     };
     Ok(up_to(history, applied, &goal))
@@ -156,6 +165,121 @@ fn relative_up(
             direction: Direction::Up,
             heads_after: history.heads_of(&now),
         });
+    }
+    Ok(moves)
+}
+
+/// `downgrade REV@-N`: undoes `REV`, then its parent, … (N revisions) along its own branch.
+/// Each must be applied and a head when its turn comes: what revises it is undone first (a
+/// merge is undone with `-1` or by name), and a revision that is itself a merge has no single
+/// branch to go down.
+fn branch_down(
+    history: &History,
+    applied: &BTreeSet<String>,
+    start: &str,
+    n: i64,
+    spec: &Spec,
+) -> Result<Vec<Move>, MigrationError> {
+    let mut now = applied.clone();
+    let mut moves = Vec::new();
+    let mut at = start.to_string();
+    for done in 0..n.unsigned_abs() {
+        if !now.contains(&at) {
+            return Err(MigrationError::OutOfRange {
+                spec: spec.to_string(),
+                end: "base of the branch",
+                available: usize::try_from(done).unwrap_or(0),
+            });
+        }
+        let above: Vec<String> = history
+            .descendants(&at)
+            .into_iter()
+            .filter(|d| now.contains(d))
+            .collect();
+        if !above.is_empty() {
+            return Err(MigrationError::Usage(format!(
+                "`downgrade {spec}`: {at} is not a head: {} revise(s) it and must be undone first",
+                above.join(", ")
+            )));
+        }
+        now.remove(&at);
+        moves.push(Move {
+            revision: at.clone(),
+            direction: Direction::Down,
+            heads_after: history.heads_of(&now),
+        });
+        let parents = history
+            .get(&at)
+            .map(|m| m.revises.clone())
+            .unwrap_or_default();
+        match parents.as_slice() {
+            [one] => at = one.clone(),
+            [] => at = String::new(),
+            _ if done + 1 == n.unsigned_abs() => {}
+            many => {
+                return Err(MigrationError::AmbiguousStep {
+                    spec: spec.to_string(),
+                    verb: "undo",
+                    options: many.to_vec(),
+                })
+            }
+        }
+    }
+    Ok(moves)
+}
+
+/// `upgrade REV@+N`: applies the next N revisions after `REV` along its branch (each the single
+/// unapplied revision that revises the one before and whose parents are all applied).
+fn branch_up(
+    history: &History,
+    applied: &BTreeSet<String>,
+    start: &str,
+    n: i64,
+    spec: &Spec,
+) -> Result<Vec<Move>, MigrationError> {
+    let mut now = applied.clone();
+    if !now.contains(start) {
+        return Err(MigrationError::Usage(format!(
+            "`upgrade {spec}`: {start} is not applied; `upgrade {start}` applies it"
+        )));
+    }
+    let mut moves = Vec::new();
+    let mut at = start.to_string();
+    for done in 0..n {
+        let next: Vec<&str> = history
+            .children(&at)
+            .into_iter()
+            .filter(|c| !now.contains(*c))
+            .filter(|c| {
+                history
+                    .get(c)
+                    .is_some_and(|m| m.revises.iter().all(|p| now.contains(p)))
+            })
+            .collect();
+        let revision = match next.as_slice() {
+            [] => {
+                return Err(MigrationError::OutOfRange {
+                    spec: spec.to_string(),
+                    end: "head of the branch",
+                    available: usize::try_from(done).unwrap_or(0),
+                })
+            }
+            [one] => one.to_string(),
+            many => {
+                return Err(MigrationError::AmbiguousStep {
+                    spec: spec.to_string(),
+                    verb: "apply",
+                    options: many.iter().map(|s| s.to_string()).collect(),
+                })
+            }
+        };
+        now.insert(revision.clone());
+        moves.push(Move {
+            revision: revision.clone(),
+            direction: Direction::Up,
+            heads_after: history.heads_of(&now),
+        });
+        at = revision;
     }
     Ok(moves)
 }
@@ -210,7 +334,14 @@ pub fn downgrade(
             }
             Ok(moves)
         }
-        Spec::Relative(_) => Err(MigrationError::Usage(format!(
+        Spec::BranchRelative { revision, n } if *n < 0 => branch_down(
+            history,
+            applied,
+            &history.resolve(revision)?.revision,
+            *n,
+            spec,
+        ),
+        Spec::Relative(_) | Spec::BranchRelative { .. } => Err(MigrationError::Usage(format!(
             "`downgrade {spec}` goes up: use `upgrade {spec}`"
         ))),
         Spec::Head | Spec::Heads => Err(MigrationError::Usage(format!(
@@ -235,7 +366,7 @@ pub fn stamp(history: &History, spec: &Spec) -> Result<BTreeSet<String>, Migrati
             Ok(closure(history, &heads))
         }
         Spec::Revision(name) => Ok(history.ancestors_inclusive(&history.resolve(name)?.revision)),
-        Spec::Relative(_) => Err(MigrationError::Usage(
+        Spec::Relative(_) | Spec::BranchRelative { .. } => Err(MigrationError::Usage(
             "stamp takes a revision, `head`, `heads` or `base`, not a relative step".to_string(),
         )),
     }
@@ -252,6 +383,34 @@ mod tests {
 
     fn revs(moves: &[Move]) -> Vec<&str> {
         moves.iter().map(|m| m.revision.as_str()).collect()
+    }
+
+    /// After undoing the merge there are two heads: `-1` is ambiguous, `REV@-1` undoes one
+    /// branch, and `REV@+1` applies it again.
+    #[test]
+    fn one_branch_of_a_merge_is_undone_and_redone_by_name() {
+        let h = diamond();
+        let two_heads = set(&["aa01", "bb02", "cc03", "dd04"]);
+        assert!(downgrade(&h, &two_heads, &Spec::Relative(-1)).is_err());
+        let branch = Spec::parse("dd04@-1").unwrap();
+        let moves = downgrade(&h, &two_heads, &branch).unwrap();
+        assert_eq!(revs(&moves), vec!["dd04"]);
+        assert_eq!(moves[0].heads_after, vec!["cc03"]);
+        // Not a head: the merge revises it.
+        let all = set(&["aa01", "bb02", "cc03", "dd04", "ee05"]);
+        let err = downgrade(&h, &all, &branch).unwrap_err().to_string();
+        assert!(err.contains("ee05"), "{err}");
+        // Two down the branch of cc03: cc03, then bb02 — which dd04 still revises.
+        let err = downgrade(&h, &two_heads, &Spec::parse("cc03@-2").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dd04"), "{err}");
+        let up = upgrade(
+            &h,
+            &set(&["aa01", "bb02", "cc03"]),
+            &Spec::parse("bb02@+1").unwrap(),
+        );
+        assert_eq!(revs(&up.unwrap()), vec!["dd04"]);
     }
 
     #[test]

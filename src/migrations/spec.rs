@@ -18,6 +18,10 @@ pub enum Spec {
     Relative(i64),
     /// A revision id or a unique prefix of one.
     Revision(String),
+    /// N revisions up or down along one branch, from a revision (Alembic's `REV@-1`, `REV@+2`):
+    /// down undoes `REV` and its own ancestors; up applies its own descendants. What `-N` cannot
+    /// say when there are several heads (after undoing a merge).
+    BranchRelative { revision: String, n: i64 },
 }
 
 impl Spec {
@@ -29,6 +33,23 @@ impl Spec {
             "base" => return Ok(Spec::Base),
             "" => return Err(MigrationError::Usage("a revision is required".to_string())),
             _ => {}
+        }
+        if let Some((revision, step)) = text.split_once('@') {
+            let n = match Spec::parse(step)? {
+                Spec::Relative(n) => n,
+                _ => {
+                    return Err(MigrationError::Usage(format!(
+                        "`{text}`: after `@` comes +N or -N (`REV@-1` undoes REV on its branch)"
+                    )))
+                }
+            };
+            if !super::file::valid_revision_id(revision) {
+                return Err(MigrationError::UnknownRevision(revision.to_string()));
+            }
+            return Ok(Spec::BranchRelative {
+                revision: revision.to_string(),
+                n,
+            });
         }
         if let Some(rest) = text.strip_prefix(['+', '-']) {
             let n: i64 = rest.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -54,6 +75,8 @@ impl fmt::Display for Spec {
             Spec::Relative(n) if *n > 0 => write!(f, "+{n}"),
             Spec::Relative(n) => write!(f, "{n}"),
             Spec::Revision(r) => f.write_str(r),
+            Spec::BranchRelative { revision, n } if *n > 0 => write!(f, "{revision}@+{n}"),
+            Spec::BranchRelative { revision, n } => write!(f, "{revision}@{n}"),
         }
     }
 }
@@ -75,5 +98,17 @@ mod tests {
         assert!(Spec::parse("a-b").is_err());
         assert_eq!(Spec::Relative(-3).to_string(), "-3");
         assert_eq!(Spec::Relative(3).to_string(), "+3");
+        let branch = Spec::parse("cc03@-1").unwrap();
+        assert_eq!(
+            branch,
+            Spec::BranchRelative {
+                revision: "cc03".into(),
+                n: -1
+            }
+        );
+        assert_eq!(branch.to_string(), "cc03@-1");
+        assert_eq!(Spec::parse("cc@+2").unwrap().to_string(), "cc@+2");
+        assert!(Spec::parse("cc03@head").is_err());
+        assert!(Spec::parse("cc03@-0").is_err());
     }
 }

@@ -6,12 +6,12 @@
 //! Resumes: from the checkpoint (the last key of the last committed batch), which is written in
 //! the batch's own transaction, so no batch is done twice or skipped.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::assignments::Assignments;
 use super::name::{ident, ident_list, quote, Name, TableName};
 use super::{engine_driven, Dialect, Inverse, InverseContext, Operation, RenderError, Unit};
 use crate::plan::{PhaseKind, PlanDuration};
@@ -21,7 +21,7 @@ use crate::plan::{PhaseKind, PlanDuration};
 pub struct Backfill {
     pub table: TableName,
     /// column → SQL expression over the row.
-    pub set: BTreeMap<Name, String>,
+    pub set: Assignments,
     #[serde(default, rename = "where")]
     pub predicate: Option<String>,
     /// The key to walk; the primary key when left out.
@@ -184,7 +184,7 @@ pub enum BackfillDown {
     /// A reverse backfill: `set` on the rows `where` selects, walked by the same key, in
     /// batches, with the same pace and checkpoints as the backfill (`rollback` resumes it).
     Walk {
-        set: BTreeMap<Name, String>,
+        set: Assignments,
         predicate: Option<String>,
     },
 }
@@ -192,7 +192,7 @@ pub enum BackfillDown {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WalkFields {
-    set: BTreeMap<Name, String>,
+    set: Assignments,
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     predicate: Option<String>,
 }

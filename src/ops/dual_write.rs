@@ -5,10 +5,9 @@
 //! Resumes: one transaction that replaces the function and the trigger, so a retry after a crash
 //! leaves exactly one trigger, whatever the crash left.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
+use super::assignments::Assignments;
 use super::name::{derived_name, derived_name_in_schema, quote, Name, TableName};
 use super::{Dialect, Inverse, InverseContext, LockMode, Operation, RenderError, TableLock, Unit};
 use crate::plan::{PhaseKind, PlanDuration};
@@ -18,7 +17,7 @@ use crate::plan::{PhaseKind, PlanDuration};
 pub struct DualWrite {
     pub table: TableName,
     /// column → SQL expression over `NEW`.
-    pub set: BTreeMap<Name, String>,
+    pub set: Assignments,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_timeout: Option<PlanDuration>,
 }

@@ -6,6 +6,7 @@
 //! Adding a kind: its file here, one line in [`step_kinds!`], and its section in
 //! docs/plan-reference.md.
 
+pub mod assignments;
 pub mod constraint;
 pub mod inverse;
 pub mod lock;

@@ -31,8 +31,10 @@ pub fn load(path: &Path) -> Result<LoadedPlan, PlanReport> {
             })
         }
     };
+    // `plan.yaml` has the parent `""`, which a child process cannot start in: that is `.`.
     let base_dir = path
         .parent()
+        .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     parse_str(&file, &source, &base_dir)
@@ -47,7 +49,7 @@ pub fn parse_str(file: &str, source: &str, base_dir: &Path) -> Result<LoadedPlan
     };
     let mut plan: Plan = match serde_saphyr::from_str(source) {
         Ok(plan) => plan,
-        Err(err) => return Err(report(vec![syntax_finding(&err)])),
+        Err(err) => return Err(report(all_parse_findings(source, &err))),
     };
     plan.written = written_steps(source);
     let mut findings = read_sql_files(&mut plan, base_dir);
@@ -97,6 +99,96 @@ fn written_steps(source: &str) -> super::WrittenSteps {
         Err(e) => tracing::debug!("steps not read as written ({e}); legacy checksums apply"),
     }
     written
+}
+
+/// Every mistake serde finds, not only the first: the plan's error, then each step and gate
+/// read on its own (from its own lines of the file, so each finding keeps its line and column).
+/// A YAML syntax error stops there; so does a second mistake outside the steps and gates.
+fn all_parse_findings(source: &str, err: &serde_saphyr::Error) -> Vec<Finding> {
+    use serde::de::IgnoredAny;
+    use serde::Deserialize;
+    use serde_saphyr::Spanned;
+
+    #[derive(Deserialize)]
+    struct Items {
+        #[serde(default)]
+        phases: Vec<PhaseItems>,
+    }
+    #[derive(Deserialize)]
+    struct PhaseItems {
+        #[serde(default)]
+        gate: Vec<Spanned<IgnoredAny>>,
+        #[serde(default)]
+        steps: Vec<Spanned<IgnoredAny>>,
+    }
+
+    let first = syntax_finding(err);
+    let Ok(items) = serde_saphyr::from_str::<Items>(source) else {
+        return vec![first];
+    };
+    let lines: Vec<&str> = source.lines().collect();
+    let mut findings = Vec::new();
+    for phase in &items.phases {
+        for (list, parse) in [
+            (
+                &phase.steps,
+                item_error::<Step> as fn(&str) -> Option<serde_saphyr::Error>,
+            ),
+            (&phase.gate, item_error::<super::Gate>),
+        ] {
+            for item in list {
+                let (line, column) = (item.referenced.line(), item.referenced.column());
+                let Some((text, offset)) = item_text(&lines, line, column) else {
+                    continue;
+                };
+                if let Some(e) = parse(&text) {
+                    let mut finding = syntax_finding(&e);
+                    if finding.line > 0 {
+                        finding.line += line - 1;
+                        finding.column += offset;
+                    } else {
+                        (finding.line, finding.column) = (line, column);
+                    }
+                    findings.push(finding);
+                }
+            }
+        }
+    }
+    if !findings
+        .iter()
+        .any(|f| (f.line, f.column) == (first.line, first.column))
+    {
+        findings.push(first);
+    }
+    findings.sort_by_key(|f| (f.line, f.column));
+    findings.dedup_by_key(|f| (f.line, f.column));
+    findings
+}
+
+fn item_error<T: serde::de::DeserializeOwned>(text: &str) -> Option<serde_saphyr::Error> {
+    serde_saphyr::from_str::<T>(text).err()
+}
+
+/// The text of a sequence item that starts at `line`:`column` (1-based): from there to the next
+/// line indented no deeper than its `- `, with the indentation of its later lines taken off so it
+/// reads on its own; and how many columns were taken off.
+fn item_text(lines: &[&str], line: u64, column: u64) -> Option<(String, u64)> {
+    let first = lines.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let offset = usize::try_from(column).ok()?.checked_sub(1)?;
+    let mut text = first.get(offset..)?.to_string();
+    // The item's `- ` stands two columns before it.
+    let dash = offset.saturating_sub(2);
+    for next in lines.iter().skip(usize::try_from(line).ok()?) {
+        let indent = next.len() - next.trim_start().len();
+        let blank = next.trim().is_empty() || next.trim_start().starts_with('#');
+        if !blank && indent <= dash {
+            break;
+        }
+        let cut = indent.min(offset);
+        text.push('\n');
+        text.push_str(&next[cut..]);
+    }
+    Some((text, offset as u64))
 }
 
 /// Turns a serde-saphyr error into a finding at its location, with a hint where one helps.

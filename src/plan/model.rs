@@ -229,11 +229,37 @@ pub enum Gate {
     Wait(WaitGate),
 }
 
+impl Gate {
+    /// The condition in words, as `gate` reports it and `plan` shows it: `flag f is true`.
+    pub fn describe(&self) -> String {
+        match self {
+            Gate::Sql(sql) => format!("sql: {sql}"),
+            Gate::Flag(flag) => flag.describe(),
+            Gate::PhaseDone(name) => format!("phase {name} is done"),
+            Gate::Wait(wait) => {
+                let what = match (&wait.sql, &wait.flag, &wait.phase_done) {
+                    (Some(sql), _, _) => format!("sql: {sql}"),
+                    (None, Some(flag), _) => flag.describe(),
+                    (None, None, Some(name)) => format!("phase {name} is done"),
+                    (None, None, None) => "nothing".to_string(),
+                };
+                format!("wait {} for {what}", wait.timeout)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FlagGate {
     pub name: String,
     pub is: FlagValue,
+}
+
+impl FlagGate {
+    pub fn describe(&self) -> String {
+        format!("flag {} is {}", self.name, self.is)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

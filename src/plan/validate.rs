@@ -19,6 +19,8 @@ pub fn validate(plan: &Plan) -> Vec<Finding> {
     }
     let mut seen: HashMap<&str, Location> = HashMap::new();
     let mut created_tables: HashSet<&str> = HashSet::new();
+    // The `dual_write` standing on each table: one trigger per table.
+    let mut dual_writes: HashMap<&str, Location> = HashMap::new();
     for (index, phase) in plan.phases.value.iter().enumerate() {
         let phase = &phase.value;
         let name = phase.name.value.as_str();
@@ -57,8 +59,30 @@ pub fn validate(plan: &Plan) -> Vec<Finding> {
         for step in &phase.steps.value {
             check_placement(phase.kind.value, name, step, &mut findings);
             check_step(step, &created_tables, &mut findings);
-            if let Step::CreateTable(t) = &step.value {
-                created_tables.insert(t.name.as_str());
+            match &step.value {
+                Step::CreateTable(t) => {
+                    created_tables.insert(t.name.as_str());
+                }
+                Step::DualWrite(d) => match dual_writes.get(d.table.as_str()) {
+                    Some(first) => findings.push(
+                        Finding::error(
+                            step.referenced,
+                            format!(
+                                "a `dual_write` on `{}` already stands on line {}: a table has one dual-write trigger, and this one would replace it",
+                                d.table,
+                                first.line()
+                            ),
+                        )
+                        .with_help("put every column in the first step's `set` (they run in the order written)"),
+                    ),
+                    None => {
+                        dual_writes.insert(d.table.as_str(), step.referenced);
+                    }
+                },
+                Step::DropDualWrite(d) => {
+                    dual_writes.remove(d.table.as_str());
+                }
+                _ => {}
             }
         }
     }

@@ -291,8 +291,22 @@ impl TestDb {
 }
 
 /// A plan from YAML text; relative files resolve against `base` (or the current folder).
+/// Relative paths in it (a backup folder, SQL files) resolve in a folder of its own under
+/// Cargo's scratch space for tests, never in the repository.
 pub fn plan(yaml: &str) -> LoadedPlan {
-    plan_in(yaml, Path::new("."))
+    plan_in(yaml, &scratch_dir())
+}
+
+/// A new, empty folder under `CARGO_TARGET_TMPDIR` (Cargo's place for integration tests' files).
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "plan-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("a scratch folder for the test plan");
+    dir
 }
 
 pub fn plan_in(yaml: &str, base: &Path) -> LoadedPlan {

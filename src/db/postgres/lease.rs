@@ -27,6 +27,17 @@ pub async fn try_acquire(conn: &Client, plan: &str) -> Result<Option<LeaseHolder
     if got {
         return Ok(None);
     }
+    Ok(Some(holder(conn, plan).await?.unwrap_or_else(|| {
+        LeaseHolder {
+            description: "another session (it has just released it or is not visible to this user)"
+                .to_string(),
+        }
+    })))
+}
+
+/// Who holds the plan's lease, without taking it (`phased status`): None when nobody does.
+pub async fn holder(conn: &Client, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
+    let key = key(plan);
     // A bigint advisory key shows in pg_locks as classid (high half) / objid (low half), objsubid 1;
     // advisory locks belong to a database, and the same plan may be running on another one.
     let classid = (key >> 32) as u32;
@@ -40,22 +51,18 @@ pub async fn try_acquire(conn: &Client, plan: &str) -> Result<Option<LeaseHolder
         .query_opt(who, &[&classid, &objid])
         .await
         .map_err(|e| sql_error(e, who))?;
-    let description = match row {
-        Some(r) => {
-            let pid: i32 = r.get(0);
-            let app: String = r.get(1);
-            let addr: String = r.get(2);
-            let since: Option<String> = r.get(3);
-            format!(
+    Ok(row.map(|r| {
+        let pid: i32 = r.get(0);
+        let app: String = r.get(1);
+        let addr: String = r.get(2);
+        let since: Option<String> = r.get(3);
+        LeaseHolder {
+            description: format!(
                 "pid {pid} ({app}) from {addr}, connected since {}",
                 since.unwrap_or_else(|| "an unknown time".into())
-            )
+            ),
         }
-        None => {
-            "another session (it has just released it or is not visible to this user)".to_string()
-        }
-    };
-    Ok(Some(LeaseHolder { description }))
+    }))
 }
 
 pub async fn release(conn: &Client, plan: &str) -> Result<(), DbError> {

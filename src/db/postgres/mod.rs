@@ -46,6 +46,8 @@ pub struct PgTarget {
     key_types: std::collections::HashMap<String, Vec<String>>,
     /// In a dry run, the versions as the recorded migrations would leave them.
     dry_versions: Option<VersionState>,
+    /// The step connection's backend pid (to cancel its statement on an interrupt).
+    work_pid: Option<i32>,
 }
 
 /// Renders `Duration` as a PostgreSQL interval string in milliseconds.
@@ -115,8 +117,14 @@ impl PgTarget {
             .get()
             .await
             .map_err(|e| connect_error(pool_error_message(e)))?;
+        let work_pid = work
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ok()
+            .map(|row| row.get(0));
         Ok(Self {
             pool: Some(pool),
+            work_pid,
             work: Conn::live(work),
             leases: Default::default(),
             url: url.to_string(),
@@ -140,6 +148,7 @@ impl PgTarget {
                 url: "postgres://(offline)".to_string(),
                 key_types: Default::default(),
                 dry_versions: None,
+                work_pid: None,
             },
         }
     }
@@ -463,6 +472,15 @@ impl Lease for PgTarget {
         }
     }
 
+    async fn lease_holder(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
+        if self.leases.contains_key(plan) {
+            return Ok(Some(LeaseHolder {
+                description: "this process".to_string(),
+            }));
+        }
+        lease::holder(self.work.client()?, plan).await
+    }
+
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
         if let Some((conn, _)) = self.leases.remove(plan) {
             lease::release(&conn, plan).await?;
@@ -563,6 +581,16 @@ impl Executor for PgTarget {
 
     fn recorder(&self) -> Option<&crate::db::recorder::Recorder> {
         self.work.recorder()
+    }
+
+    fn canceller(&self) -> Option<crate::db::cancel::Canceller> {
+        match (&self.pool, self.work_pid, self.work.recorder()) {
+            (Some(pool), Some(pid), None) => Some(crate::db::cancel::Canceller::Postgres {
+                pool: pool.clone(),
+                pid,
+            }),
+            _ => None,
+        }
     }
 
     async fn apply(

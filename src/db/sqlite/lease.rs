@@ -74,6 +74,29 @@ pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHold
     Ok(None)
 }
 
+/// Who holds the plan's lease, without taking it (`phased status`): None when nobody does, or
+/// when the row's process is gone (the next run takes it over).
+pub fn holder(conn: &Connection, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
+    let exists =
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'phased_lease'";
+    let n: i64 = conn
+        .query_row(exists, [], |r| r.get(0))
+        .map_err(|e| sql_error(e, exists))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let read = "SELECT pid, host, since FROM phased_lease WHERE plan = ?1";
+    let row: Option<(u32, String, String)> = conn
+        .query_row(read, [plan], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()
+        .map_err(|e| sql_error(e, read))?;
+    Ok(row
+        .filter(|(pid, host, _)| *host != self::host() || process_alive(*pid))
+        .map(|(pid, host, since)| LeaseHolder {
+            description: format!("phased pid {pid} on {host}, since {since}"),
+        }))
+}
+
 pub fn release(conn: &Connection, plan: &str) -> Result<(), DbError> {
     let sql = "DELETE FROM phased_lease WHERE plan = ?1 AND pid = ?2";
     conn.execute(sql, params![plan, std::process::id()])

@@ -342,6 +342,10 @@ impl Lease for SqliteTarget {
         lease::try_acquire(&mut self.conn, plan)
     }
 
+    async fn lease_holder(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
+        lease::holder(&self.conn, plan)
+    }
+
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
         lease::release(&self.conn, plan)
     }
@@ -469,6 +473,12 @@ impl Executor for SqliteTarget {
 
     fn recorder(&self) -> Option<&crate::db::recorder::Recorder> {
         self.recorder.as_ref()
+    }
+
+    fn canceller(&self) -> Option<crate::db::cancel::Canceller> {
+        self.recorder
+            .is_none()
+            .then(|| crate::db::cancel::Canceller::Sqlite(self.conn.get_interrupt_handle()))
     }
 
     async fn apply(
