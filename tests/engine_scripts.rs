@@ -7,22 +7,7 @@
 use phased::db::StepStatus;
 use phased::engine::RunOptions;
 
-use crate::common::{plan, run, run_ok, TestDb};
-
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::common::TestDb::pg().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::common::TestDb::sqlite()).await;
-            }
-        }
-    };
-}
+use crate::common::{on_both, plan, run, run_ok, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_index_builds_in_one_script_both_run_on_postgres() {

@@ -4,23 +4,7 @@
 use phased::db::StepStatus;
 use phased::engine::{EngineError, Event, RunOptions};
 
-use crate::common::{plan, plan_in, run, run_ok, TestDb};
-
-/// Runs one scenario as two tests: on PostgreSQL and on SQLite.
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::common::TestDb::pg().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::common::TestDb::sqlite()).await;
-            }
-        }
-    };
-}
+use crate::common::{on_both, plan, plan_in, run, run_ok, TestDb};
 
 const SCHEMA_STEPS: &str = r#"
 plan: steps

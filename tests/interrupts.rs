@@ -128,17 +128,40 @@ phases:
       - backfill: { table: items, set: { touched: "touched + 1" }, batch_size: 200, pause: 20ms, down: { set: { touched: "0" } } }
 "#;
 
-/// Mid-backfill, paused by the throttle file (so the signal lands at a known point whatever the
-/// machine's speed), the signal stops the run between batches.
-async fn a_signal_mid_backfill_stops_between_batches(db: TestDb, signal: &str, code: i32) {
-    seed(&db).await;
+/// A seeded table, the backfill plan in a temp folder, the state tables made, and `phased run`
+/// started on it — with a throttle file at `pause` in that folder when `throttled` (present
+/// from the start when `paused`).
+struct Backfilling {
+    dir: tempfile::TempDir,
+    plan: std::path::PathBuf,
+    run: Running,
+}
+
+async fn start_backfill(db: &TestDb, throttled: bool, paused: bool) -> Backfilling {
+    seed(db).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = dir.path().join("plan.yaml");
     std::fs::write(&plan, PLAN).expect("write plan");
     let throttle = dir.path().join("pause");
+    if paused {
+        std::fs::write(&throttle, "").expect("throttle file");
+    }
+    ensure_state(db, "interrupted").await;
     let throttle_arg = throttle.display().to_string();
-    ensure_state(&db, "interrupted").await;
-    let mut run = start(&plan, &db, &["--throttle-file", &throttle_arg]);
+    let extra: &[&str] = if throttled {
+        &["--throttle-file", &throttle_arg]
+    } else {
+        &[]
+    };
+    let run = start(&plan, db, extra);
+    Backfilling { dir, plan, run }
+}
+
+/// Mid-backfill, paused by the throttle file (so the signal lands at a known point whatever the
+/// machine's speed), the signal stops the run between batches.
+async fn a_signal_mid_backfill_stops_between_batches(db: TestDb, signal: &str, code: i32) {
+    let Backfilling { dir, plan, mut run } = start_backfill(&db, true, false).await;
+    let throttle = dir.path().join("pause");
     let steps = steps_table(&db);
     until("the first batches", async || {
         db.scalar(&format!("SELECT count(*) FROM {steps} WHERE rows_done > 0"))
@@ -306,15 +329,11 @@ phases:
 /// runner; after a kill -9 (no chance to record anything) it says the step shown `running` has
 /// no runner and that `phased run` resumes it.
 async fn status_tells_a_live_runner_from_a_dead_one(db: TestDb) {
-    seed(&db).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let plan = dir.path().join("plan.yaml");
-    std::fs::write(&plan, PLAN).expect("write plan");
-    let throttle = dir.path().join("pause");
-    std::fs::write(&throttle, "").expect("throttle file");
-    let throttle_arg = throttle.display().to_string();
-    ensure_state(&db, "interrupted").await;
-    let mut run = start(&plan, &db, &["--throttle-file", &throttle_arg]);
+    let Backfilling {
+        dir: _dir,
+        plan,
+        mut run,
+    } = start_backfill(&db, true, true).await;
     until("the backfill to pause", async || {
         run.stderr().contains("paused")
     })
@@ -353,12 +372,11 @@ async fn status_tells_a_live_runner_from_a_dead_one_on_sqlite() {
 /// `status --watch` follows a running backfill from another process: in a pipe it prints a
 /// line each time the state changed, and the rows written go up.
 async fn status_watch_follows_a_running_backfill(db: TestDb) {
-    seed(&db).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let plan = dir.path().join("plan.yaml");
-    std::fs::write(&plan, PLAN).expect("write plan");
-    ensure_state(&db, "interrupted").await;
-    let _run = start(&plan, &db, &[]);
+    let Backfilling {
+        dir: _dir,
+        plan,
+        run: _run,
+    } = start_backfill(&db, false, false).await;
     let steps = steps_table(&db);
     until("the first batches", async || {
         db.scalar(&format!("SELECT count(*) FROM {steps} WHERE rows_done > 0"))

@@ -2,22 +2,7 @@
 //! write, and a failure that cannot be recorded reported with the step's own error first.
 //! Regression tests for the issue "One operation model".
 
-use crate::common::{self, plan, run_ok, TestDb};
-
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::common::TestDb::pg().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::common::TestDb::sqlite()).await;
-            }
-        }
-    };
-}
+use crate::common::{self, on_both, plan, run_ok, TestDb};
 
 const BACKFILL: &str = r#"
 plan: rollback-state

@@ -7,23 +7,7 @@ use phased::engine::{EngineError, Event, RunOptions};
 use phased::plan::{PlanDuration, Step};
 use sha2::{Digest, Sha256};
 
-use crate::common::{phased_cmd, plan, run, run_ok, TestDb};
-
-/// Runs one scenario as two tests: on PostgreSQL and on SQLite.
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::common::TestDb::pg().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::common::TestDb::sqlite()).await;
-            }
-        }
-    };
-}
+use crate::common::{on_both, phased_cmd, plan, run, run_ok, TestDb};
 
 /// The backfill leaves `pause`, `target_batch_time` and `batch_size` to phased's defaults.
 const PLAN: &str = r#"

@@ -127,6 +127,29 @@ pub fn upgrade(
     Ok(up_to(history, applied, &goal))
 }
 
+/// The one revision a step up applies, or why there is none (the `end` reached after `done`
+/// steps) or more than one.
+fn next_one(
+    next: &[&str],
+    spec: &Spec,
+    end: &'static str,
+    done: i64,
+) -> Result<String, MigrationError> {
+    match next {
+        [] => Err(MigrationError::OutOfRange {
+            spec: spec.to_string(),
+            end,
+            available: usize::try_from(done).unwrap_or(0),
+        }),
+        [one] => Ok(one.to_string()),
+        many => Err(MigrationError::AmbiguousStep {
+            spec: spec.to_string(),
+            verb: "apply",
+            options: many.iter().map(|s| s.to_string()).collect(),
+        }),
+    }
+}
+
 fn relative_up(
     history: &History,
     applied: &BTreeSet<String>,
@@ -142,23 +165,7 @@ fn relative_up(
             .filter(|m| m.revises.iter().all(|p| now.contains(p)))
             .map(|m| m.revision.as_str())
             .collect();
-        let revision = match next.as_slice() {
-            [] => {
-                return Err(MigrationError::OutOfRange {
-                    spec: spec.to_string(),
-                    end: "head",
-                    available: usize::try_from(done).unwrap_or(0),
-                })
-            }
-            [one] => one.to_string(),
-            many => {
-                return Err(MigrationError::AmbiguousStep {
-                    spec: spec.to_string(),
-                    verb: "apply",
-                    options: many.iter().map(|s| s.to_string()).collect(),
-                })
-            }
-        };
+        let revision = next_one(&next, spec, "head", done)?;
         now.insert(revision.clone());
         moves.push(Move {
             revision,
@@ -256,23 +263,7 @@ fn branch_up(
                     .is_some_and(|m| m.revises.iter().all(|p| now.contains(p)))
             })
             .collect();
-        let revision = match next.as_slice() {
-            [] => {
-                return Err(MigrationError::OutOfRange {
-                    spec: spec.to_string(),
-                    end: "head of the branch",
-                    available: usize::try_from(done).unwrap_or(0),
-                })
-            }
-            [one] => one.to_string(),
-            many => {
-                return Err(MigrationError::AmbiguousStep {
-                    spec: spec.to_string(),
-                    verb: "apply",
-                    options: many.iter().map(|s| s.to_string()).collect(),
-                })
-            }
-        };
+        let revision = next_one(&next, spec, "head of the branch", done)?;
         now.insert(revision.clone());
         moves.push(Move {
             revision: revision.clone(),

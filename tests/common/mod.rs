@@ -65,6 +65,23 @@ async fn admin_client() -> tokio_postgres::Client {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Runs one scenario `async fn name(db: TestDb)` as two tests: on PostgreSQL and on SQLite.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(crate::common::TestDb::pg().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::common::TestDb::sqlite()).await;
+            }
+        }
+    };
+}
+pub(crate) use on_both;
+
 /// A PostgreSQL database created for one test and dropped when it ends.
 pub struct PgDb {
     pub name: String,

@@ -100,6 +100,23 @@ pub async fn resolve_key(conn: &Conn, table: &str, key: &[String]) -> Result<Vec
     Ok(key.to_vec())
 }
 
+/// The batch's SQL on PostgreSQL, with or without the previous batch's key as lower bound.
+fn batch_sql(
+    batch: &BatchRequest<'_>,
+    types: &[String],
+    has_lower_bound: bool,
+) -> backfill::BatchSql {
+    backfill::render(
+        Dialect::Postgres,
+        batch.table,
+        batch.key_columns,
+        types,
+        batch.set,
+        batch.predicate,
+        has_lower_bound,
+    )
+}
+
 /// Rows still to visit after the checkpoint, matching the predicate.
 pub async fn count_remaining(
     conn: &Conn,
@@ -107,15 +124,7 @@ pub async fn count_remaining(
     types: &[String],
 ) -> Result<i64, DbError> {
     let after = parse_after(batch)?;
-    let sql = backfill::render(
-        Dialect::Postgres,
-        batch.table,
-        batch.key_columns,
-        types,
-        batch.set,
-        batch.predicate,
-        after.is_some(),
-    );
+    let sql = batch_sql(batch, types, after.is_some());
     let params: Vec<&(dyn ToSql + Sync)> = after
         .iter()
         .flatten()
@@ -184,30 +193,14 @@ pub async fn run_batch(
     types: &[String],
 ) -> Result<BatchOutcome, DbError> {
     let after = parse_after(batch)?;
-    let sql = backfill::render(
-        Dialect::Postgres,
-        batch.table,
-        batch.key_columns,
-        types,
-        batch.set,
-        batch.predicate,
-        after.is_some(),
-    );
+    let sql = batch_sql(batch, types, after.is_some());
     if let Some(recorder) = conn.recorder() {
         // The first batch as it is sent, then the form every later batch takes (after the
         // previous batch's last key), once per batch.
         if after.is_none() {
             record_batch(recorder, batch, &sql, None, false);
         }
-        let later = backfill::render(
-            Dialect::Postgres,
-            batch.table,
-            batch.key_columns,
-            types,
-            batch.set,
-            batch.predicate,
-            true,
-        );
+        let later = batch_sql(batch, types, true);
         let previous: Vec<String> = match &after {
             Some(after) => after.clone(),
             None => batch
