@@ -19,6 +19,7 @@ mod pg_capture_selftest;
 mod plan_errors;
 mod restore_checksum;
 mod sqlite_rebuild;
+mod startup;
 mod state_writes;
 mod step_checksum;
 mod step_checksums;

@@ -116,6 +116,30 @@ pub struct RunArgs {
     /// Also write a JUnit XML report here (phase = testsuite, step = testcase).
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Startup mode, for an init container or an entrypoint that many replicas run at once.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Startup mode: when another runner holds the lease, wait for it (showing its progress)
+    /// instead of exiting 4, then find its work done; refuse migrations with destructive
+    /// statements whose revision does not allow them (`-- destructive: RULE`).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits for the lease before giving up (exit 4).
+    #[arg(long, requires = "wait", default_value = "10m", value_parser = crate::plan::PlanDuration::parse)]
+    pub wait_timeout: crate::plan::PlanDuration,
+}
+
+impl WaitArgs {
+    /// The engine's wait, when `--wait` is given.
+    pub fn wait(&self) -> Option<crate::engine::lease_wait::Wait> {
+        self.wait.then_some(crate::engine::lease_wait::Wait {
+            timeout: self.wait_timeout.0,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -192,8 +216,10 @@ pub enum DbAction {
         #[arg(default_value = "head", allow_hyphen_values = true)]
         revision: String,
         /// Print the SQL instead of running it.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         sql: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Undo migrations down to a revision: -N (default -1), REV (or a unique prefix), base.
     Downgrade {

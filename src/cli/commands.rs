@@ -105,7 +105,7 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         | EngineError::UndoFailed { .. }
         | EngineError::Backup { .. } => exit::FAILED,
         EngineError::GateNotMet(_) => exit::GATE,
-        EngineError::LeaseHeld { .. } => exit::LOCKED,
+        EngineError::LeaseHeld { .. } | EngineError::LeaseWaitTimedOut { .. } => exit::LOCKED,
         EngineError::Usage(_) => exit::INVALID,
         EngineError::Interrupted { signal, .. } => crate::engine::interrupt::exit_code(signal),
     };
@@ -231,6 +231,9 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         until: args.until.clone(),
         throttle_file: args.throttle_file.clone(),
         interrupt: Some(interrupt.clone()),
+        wait: args.wait.wait(),
+        // `--wait` is startup mode (see docs/startup.md).
+        refuse_destructive: args.wait.wait,
     };
     let canceller = with_target!(&mut target, t => t.canceller());
     let signals = tokio::spawn(watch_signals(interrupt, canceller));

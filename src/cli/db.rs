@@ -6,8 +6,12 @@ use rand::Rng;
 use super::args::{Cli, DbAction, DbArgs, Format};
 use super::config::{self, AnyTarget, Open};
 use super::exit;
-use crate::db::{Database, DatabaseUrl, DbError, Timeouts, VersionState};
-use crate::engine::migrations::{self as engine, Progress, Request, VersionError};
+use crate::db::{DatabaseUrl, DbError, Timeouts, VersionState};
+use crate::engine::lease_wait::Wait;
+use crate::engine::migrations::{
+    self as engine, MigrateOptions, Migrated, Progress, Request, VersionError,
+};
+use crate::engine::Event;
 use crate::migrations::{self, file, path, History, MigrationError, Spec};
 use crate::plan::RetryPolicy;
 use crate::with_target;
@@ -20,11 +24,13 @@ pub async fn execute(cli: &Cli, args: &DbArgs) -> u8 {
         DbAction::History => history(cli, args),
         DbAction::Heads => heads(cli, args),
         DbAction::Current => current(cli, args).await,
-        DbAction::Upgrade { revision, sql } => {
-            migrate(cli, args, revision, *sql, Direction::Up).await
-        }
+        DbAction::Upgrade {
+            revision,
+            sql,
+            wait,
+        } => migrate(cli, args, revision, *sql, Direction::Up, wait.wait()).await,
         DbAction::Downgrade { revision, sql } => {
-            migrate(cli, args, revision, *sql, Direction::Down).await
+            migrate(cli, args, revision, *sql, Direction::Down, None).await
         }
         DbAction::Stamp { revision } => stamp(cli, args, revision).await,
     };
@@ -78,8 +84,8 @@ fn report(err: &DbCommandError, format: Format) -> u8 {
     let code = match err {
         DbCommandError::Usage(_) => exit::INVALID,
         DbCommandError::Version(v) => match **v {
-            VersionError::Migrations(_) => exit::INVALID,
-            VersionError::LeaseHeld { .. } => exit::LOCKED,
+            VersionError::Migrations(_) | VersionError::Destructive(_) => exit::INVALID,
+            VersionError::LeaseHeld { .. } | VersionError::WaitTimedOut { .. } => exit::LOCKED,
             _ => exit::FAILED,
         },
         DbCommandError::Io(_) | DbCommandError::Unknown(_) => exit::FAILED,
@@ -121,6 +127,47 @@ fn report(err: &DbCommandError, format: Format) -> u8 {
                 );
             }
             eprintln!("  {revision} is not recorded. Fix the cause and run the command again; `phased db current` shows where the database stands.");
+        }
+        Some(VersionError::Destructive(refusals)) => {
+            eprintln!(
+                "error: startup mode (--wait) refuses destructive migrations. Nothing was run."
+            );
+            for r in refusals {
+                eprintln!(
+                    "  - revision {} ({}), rule {}:\n      {}\n    {}.",
+                    r.revision,
+                    r.file,
+                    r.rule,
+                    r.statement,
+                    r.rule.why()
+                );
+            }
+            eprintln!("  A boot must not run these by accident. When a revision is meant to do it (no running version of\n  the application uses what it changes any more), say so in its header:");
+            let mut files: Vec<(&str, Vec<&str>)> = Vec::new();
+            for r in refusals {
+                match files.iter_mut().find(|(file, _)| *file == r.file) {
+                    Some((_, rules)) if rules.contains(&r.rule.name()) => {}
+                    Some((_, rules)) => rules.push(r.rule.name()),
+                    None => files.push((&r.file, vec![r.rule.name()])),
+                }
+            }
+            for (file, rules) in files {
+                eprintln!("    {file}: -- destructive: {}", rules.join(", "));
+            }
+            eprintln!("  or apply it deliberately with `phased db upgrade` (without --wait).");
+        }
+        Some(VersionError::WaitTimedOut {
+            key,
+            holder,
+            progress,
+            waited,
+        }) => {
+            eprintln!(
+                "error: gave up after waiting {} for the lease {key}",
+                crate::plan::PlanDuration(*waited)
+            );
+            eprintln!("  still held by {holder}\n  its progress: {progress}");
+            eprintln!("  Nothing was run. If the holder is working, wait longer (--wait-timeout); if it is stuck, stop it:\n  its lease goes with it.");
         }
         _ => eprintln!("error: {err}"),
     }
@@ -366,6 +413,7 @@ async fn migrate(
     revision: &str,
     sql_only: bool,
     direction: Direction,
+    wait: Option<Wait>,
 ) -> Result<(), DbCommandError> {
     let history = load(args)?;
     let spec = Spec::parse(revision)?;
@@ -389,52 +437,101 @@ async fn migrate(
     let key = engine::lease_key(&args.dir);
     let timeouts = timeouts(args);
     let format = cli.format;
+    let request = match direction {
+        Direction::Up => Request::Upgrade(&spec),
+        Direction::Down => Request::Downgrade(&spec),
+    };
     with_target!(&mut target, t => {
         if sql_only {
             let state = engine::checked_state(t, &history).await?;
-            let request = match direction {
-                Direction::Up => Request::Upgrade(&spec),
-                Direction::Down => Request::Downgrade(&spec),
-            };
             let moves = engine::moves_for(&history, &state, request)?;
             let prepared = engine::prepare(&history, moves, t.dialect())?;
             crate::cli::out_text(&engine::sql_text(&prepared, t.dialect(), timeouts));
             Ok(())
         } else {
-            t.ensure_state().await?;
-            if let Some(holder) = t.acquire_lease(&key).await? {
-                return Err(VersionError::LeaseHeld { key, holder: holder.description }.into());
-            }
-            let result = migrate_locked(t, &history, &spec, direction, timeouts, format).await;
-            let released = t.release_lease(&key).await;
-            result?;
-            released?;
+            let options = MigrateOptions {
+                timeouts,
+                retry: RetryPolicy::default(),
+                wait,
+                // `--wait` is startup mode: an init container or entrypoint must not drop a
+                // column because a file was merged too early.
+                refuse_destructive: wait.is_some(),
+            };
+            let mut shown = None;
+            let migrated = engine::migrate(t, &history, &key, request, options, &mut |event| {
+                print_progress(event, format, &mut shown)
+            })
+            .await?;
+            print_migrated(&history, &migrated, format);
             Ok(())
         }
     })
 }
 
-async fn migrate_locked<T: Database>(
-    target: &mut T,
-    history: &History,
-    spec: &Spec,
-    direction: Direction,
-    timeouts: Timeouts,
+/// What `upgrade`/`downgrade` report as they go: on stderr for people, NDJSON on stdout.
+/// `shown` is the concurrent index build's phase (and whom it waits for) last printed, and when:
+/// people get a line when it changes, and every 10s meanwhile.
+fn print_progress(
+    event: Progress<'_>,
     format: Format,
-) -> Result<(), DbCommandError> {
-    let state = engine::checked_state(target, history).await?;
-    let request = match direction {
-        Direction::Up => Request::Upgrade(spec),
-        Direction::Down => Request::Downgrade(spec),
-    };
-    let moves = engine::moves_for(history, &state, request)?;
-    let prepared = engine::prepare(history, moves, target.dialect())?;
-    if prepared.is_empty() && format == Format::Human {
-        eprintln!("nothing to do");
-    }
-    let retry = RetryPolicy::default();
-    let mut last_index_line: Option<(String, std::time::Instant)> = None;
-    let mut on_event = |event: Progress<'_>| match (event, format) {
+    shown: &mut Option<(String, std::time::Instant)>,
+) {
+    match (event, format) {
+        (Progress::Index { prepared, progress }, Format::Human) => {
+            let key = format!(
+                "{}|{:?}",
+                progress.phase,
+                progress
+                    .waiting_for
+                    .iter()
+                    .map(|w| w.pid)
+                    .collect::<Vec<_>>()
+            );
+            let due = shown.as_ref().is_none_or(|(k, at)| {
+                *k != key || at.elapsed() >= std::time::Duration::from_secs(10)
+            });
+            if due {
+                eprintln!(
+                    "  {} {}: {}",
+                    prepared.migration.revision,
+                    progress.command,
+                    progress.summary()
+                );
+                for session in &progress.waiting_for {
+                    eprintln!("      waiting for {session}");
+                }
+                *shown = Some((key, std::time::Instant::now()));
+            }
+        }
+        (Progress::Index { prepared, progress }, Format::Json) => crate::outln!(
+            "{}",
+            serde_json::json!({"event": "index_progress", "revision": prepared.migration.revision,
+                "progress": progress})
+        ),
+        (Progress::Waiting(w), Format::Human) => eprintln!(
+            "waiting for {}: held by {}; {} (waited {} of {})",
+            w.key,
+            w.holder,
+            w.progress,
+            secs(w.waited_ms),
+            crate::plan::PlanDuration::from_millis(w.timeout_ms)
+        ),
+        (Progress::Waiting(w), Format::Json) => json_event(&Event::LeaseWait {
+            key: w.key.clone(),
+            holder: w.holder.clone(),
+            progress: w.progress.clone(),
+            waited_ms: w.waited_ms,
+            timeout_ms: w.timeout_ms,
+        }),
+        (Progress::Acquired { key, waited_ms }, Format::Human) => {
+            eprintln!("took the lease {key} after waiting {}", secs(waited_ms))
+        }
+        (Progress::Acquired { key, waited_ms }, Format::Json) => {
+            json_event(&Event::LeaseAcquired {
+                key: key.to_string(),
+                waited_ms,
+            })
+        }
         (Progress::Start(p), Format::Human) => eprintln!("Running {}", p.describe()),
         (Progress::Start(p), Format::Json) => crate::outln!(
             "{}",
@@ -467,62 +564,39 @@ async fn migrate_locked<T: Database>(
             serde_json::json!({"event": "migration_retry", "revision": prepared.migration.revision,
                 "attempt": attempt, "error": error.to_string(), "wait_ms": wait_ms})
         ),
-        (Progress::Index { prepared, progress }, Format::Human) => {
-            // Every change of phase or of the sessions waited for, and every 10s meanwhile.
-            let key = format!(
-                "{}|{:?}",
-                progress.phase,
-                progress
-                    .waiting_for
-                    .iter()
-                    .map(|w| w.pid)
-                    .collect::<Vec<_>>()
-            );
-            let due =
-                last_index_line
-                    .as_ref()
-                    .is_none_or(|(k, at): &(String, std::time::Instant)| {
-                        *k != key || at.elapsed() >= std::time::Duration::from_secs(10)
-                    });
-            if due {
-                eprintln!(
-                    "  {} {}: {}",
-                    prepared.migration.revision,
-                    progress.command,
-                    progress.summary()
-                );
-                for session in &progress.waiting_for {
-                    eprintln!("      waiting for {session}");
-                }
-                last_index_line = Some((key, std::time::Instant::now()));
-            }
-        }
-        (Progress::Index { prepared, progress }, Format::Json) => crate::outln!(
-            "{}",
-            serde_json::json!({"event": "index_progress", "revision": prepared.migration.revision,
-                "progress": progress})
-        ),
-    };
-    engine::apply(
-        target,
-        &prepared,
-        timeouts,
-        Some(&retry),
-        None,
-        &mut on_event,
-    )
-    .await?;
-    let state = target.version_state().await?;
-    let heads = history.heads_of(&engine::applied(&state));
+    }
+}
+
+fn json_event(event: &Event) {
+    if let Ok(line) = serde_json::to_string(event) {
+        crate::outln!("{line}");
+    }
+}
+
+fn secs(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// The end of `upgrade`/`downgrade`: the revision(s) reached, on stdout.
+fn print_migrated(history: &History, migrated: &Migrated, format: Format) {
     match format {
-        Format::Json => crate::outln!("{}", serde_json::json!({"event": "done", "heads": heads})),
+        Format::Json => crate::outln!(
+            "{}",
+            serde_json::json!({"event": "done", "heads": migrated.heads})
+        ),
         Format::Human => {
-            for line in head_lines(history, &heads) {
+            if migrated.revisions.is_empty() {
+                eprintln!("nothing to do");
+            }
+            for line in head_lines(history, &migrated.heads) {
                 crate::outln!("{line}");
             }
         }
     }
-    Ok(())
 }
 
 async fn stamp(cli: &Cli, args: &DbArgs, revision: &str) -> Result<(), DbCommandError> {

@@ -47,6 +47,7 @@ pub fn out_json<T: serde::Serialize>(value: &T) -> u8 {
 
 /// `println!` that tolerates a closed stdout.
 #[macro_export]
+#[doc(hidden)]
 macro_rules! outln {
     () => {
         $crate::cli::out_line(format_args!(""))

@@ -110,6 +110,21 @@ impl Reporter for HumanReporter {
                 "phased: plan {plan} on {database} — phases: {}",
                 phases.join(" → ")
             )),
+            Event::LeaseWait {
+                key,
+                holder,
+                progress,
+                waited_ms,
+                timeout_ms,
+            } => self.line(format!(
+                "  ⏳ waiting for the lease {key}: held by {holder}; {progress} (waited {} of {})",
+                secs(*waited_ms),
+                crate::plan::PlanDuration::from_millis(*timeout_ms)
+            )),
+            Event::LeaseAcquired { key, waited_ms } => self.line(format!(
+                "  took the lease {key} after waiting {}",
+                secs(*waited_ms)
+            )),
             Event::PhaseStart {
                 phase,
                 kind,

@@ -78,6 +78,7 @@ pub fn is_missing_file(url: &DatabaseUrl) -> bool {
 
 /// Runs `$body` with `$t` bound to the concrete target (the database traits are not object-safe).
 #[macro_export]
+#[doc(hidden)]
 macro_rules! with_target {
     ($any:expr, $t:ident => $body:expr) => {
         match $any {

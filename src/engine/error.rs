@@ -26,6 +26,17 @@ pub enum EngineError {
     /// Another runner holds the plan's lease.
     #[error("another runner is working on plan `{plan}`: {holder}")]
     LeaseHeld { plan: String, holder: String },
+    /// Another runner still held the plan's lease when the wait (`--wait`) ran out.
+    #[error(
+        "gave up after waiting {} for plan `{plan}`: another runner still holds its lease ({holder}); {progress}",
+        crate::plan::PlanDuration(*waited)
+    )]
+    LeaseWaitTimedOut {
+        plan: String,
+        holder: String,
+        progress: String,
+        waited: std::time::Duration,
+    },
     /// The command was used wrongly (unknown phase name…).
     #[error("{0}")]
     Usage(String),

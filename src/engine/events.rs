@@ -37,6 +37,22 @@ pub enum Event {
         database: String,
         phases: Vec<String>,
     },
+    /// Startup mode (`--wait`): another runner holds the lease `key` (a plan id, or
+    /// `db:<folder>` for a `migrations` step); this one waits. Repeated when the holder's
+    /// progress changes, and every 10 seconds.
+    LeaseWait {
+        key: String,
+        holder: String,
+        /// How far the holder got, read from the state it records.
+        progress: String,
+        waited_ms: u64,
+        timeout_ms: u64,
+    },
+    /// The lease was taken after waiting for it.
+    LeaseAcquired {
+        key: String,
+        waited_ms: u64,
+    },
     PhaseStart {
         phase: String,
         kind: String,

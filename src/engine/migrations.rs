@@ -4,9 +4,13 @@
 
 use std::collections::BTreeSet;
 
+use std::time::Duration;
+
+use super::lease_wait::{self, LeaseError, Wait, Waiting, Watch};
 use super::lock_policy::Attempts;
 use crate::db::versions_sql::script_text;
 use crate::db::{Database, DbError, IndexProgress, MigrationRun, Timeouts, VersionState};
+use crate::migrations::destructive::{self, Rule};
 use crate::migrations::path::{self, applied_set};
 use crate::migrations::{Direction, History, Migration, MigrationError, Move, Spec};
 use crate::plan::RetryPolicy;
@@ -23,6 +27,20 @@ pub enum VersionError {
     /// Another runner holds the migrations' lease.
     #[error("another runner is applying the migrations in {key}: {holder}")]
     LeaseHeld { key: String, holder: String },
+    /// Another runner still held the lease when the wait (startup mode) ran out.
+    #[error(
+        "gave up after waiting {} for the lease {key}: another runner still holds it ({holder}); {progress}",
+        crate::plan::PlanDuration(*waited)
+    )]
+    WaitTimedOut {
+        key: String,
+        holder: String,
+        progress: String,
+        waited: Duration,
+    },
+    /// Startup mode refuses revisions with destructive statements they do not opt into.
+    #[error("{}", Refusal::describe_all(.0))]
+    Destructive(Vec<Refusal>),
     /// A migration failed; the ones before it stay applied and recorded.
     #[error("{direction} of {revision} failed: {error}")]
     Failed {
@@ -35,6 +53,82 @@ pub enum VersionError {
     /// The database failed outside a migration (state tables, lease).
     #[error(transparent)]
     Target(#[from] DbError),
+}
+
+impl From<LeaseError> for VersionError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::Held { key, holder } => VersionError::LeaseHeld { key, holder },
+            LeaseError::TimedOut {
+                key,
+                holder,
+                progress,
+                waited,
+            } => VersionError::WaitTimedOut {
+                key,
+                holder,
+                progress,
+                waited,
+            },
+            LeaseError::Db(e) => VersionError::Target(e),
+            interrupted @ LeaseError::Interrupted { .. } => {
+                VersionError::Target(DbError::Unexpected(interrupted.to_string()))
+            }
+        }
+    }
+}
+
+/// A destructive statement in a revision that does not opt into its rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub revision: String,
+    pub file: String,
+    pub rule: Rule,
+    pub statement: String,
+}
+
+impl Refusal {
+    fn describe_all(all: &[Refusal]) -> String {
+        all.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "revision {} ({}) is refused at startup by rule {}: `{}` — {}. If it is meant, add `-- destructive: {}` to its header",
+            self.revision,
+            self.file,
+            self.rule,
+            self.statement,
+            self.rule.why(),
+            self.rule
+        )
+    }
+}
+
+/// The startup safety rule: every destructive statement (see `migrations::destructive`) of the
+/// upgrades about to run whose revision does not name its rule in `-- destructive:`.
+pub fn refusals(prepared: &[Prepared<'_>]) -> Vec<Refusal> {
+    prepared
+        .iter()
+        .filter(|p| p.step.direction == Direction::Up)
+        .flat_map(|p| {
+            destructive::check(p.script)
+                .into_iter()
+                .filter(|f| !p.migration.destructive.contains(&f.rule))
+                .map(|f| Refusal {
+                    revision: p.migration.revision.clone(),
+                    file: p.migration.path.display().to_string(),
+                    rule: f.rule,
+                    statement: f.statement,
+                })
+        })
+        .collect()
 }
 
 /// An applied migration that no longer matches the folder.
@@ -303,8 +397,15 @@ pub async fn apply<T: Database>(
     Ok(())
 }
 
-/// What [`apply`] reports as it goes.
+/// What [`apply`] and [`migrate`] report as they go.
 pub enum Progress<'a> {
+    /// Another runner holds the lease; this one waits (startup mode).
+    Waiting(&'a Waiting),
+    /// The lease was taken after waiting this long.
+    Acquired {
+        key: &'a str,
+        waited_ms: u64,
+    },
     Start(&'a Prepared<'a>),
     Retry {
         prepared: &'a Prepared<'a>,
@@ -317,6 +418,105 @@ pub enum Progress<'a> {
         prepared: &'a Prepared<'a>,
         progress: &'a IndexProgress,
     },
+}
+
+/// How [`migrate`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MigrateOptions {
+    pub timeouts: Timeouts,
+    /// Each migration retried on lock timeouts under this policy.
+    pub retry: RetryPolicy,
+    /// Wait for a lease another runner holds instead of failing at once.
+    pub wait: Option<Wait>,
+    /// Startup mode's safety rule: refuse revisions with destructive statements they do not
+    /// opt into, before anything runs.
+    pub refuse_destructive: bool,
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The revisions applied (or undone), in order.
+    pub revisions: Vec<String>,
+    /// The heads of the folder the database is at afterwards.
+    pub heads: Vec<String>,
+    /// How long it waited for the lease.
+    pub waited: Duration,
+}
+
+/// `phased db upgrade|downgrade` and the library's `Migrator::upgrade`: takes the folder's
+/// lease (waiting for it in startup mode), reads the version state once it has it (so a runner
+/// that waited finds the work done), refuses on drift — and in startup mode on destructive
+/// revisions — before anything runs, then applies the moves one by one.
+pub async fn migrate<T: Database>(
+    target: &mut T,
+    history: &History,
+    key: &str,
+    request: Request<'_>,
+    options: MigrateOptions,
+    on_event: &mut dyn FnMut(Progress<'_>),
+) -> Result<Migrated, VersionError> {
+    lease_wait::ensure_state(target, options.wait).await?;
+    let mut reported = false;
+    let waited = lease_wait::acquire(
+        target,
+        key,
+        options.wait,
+        Watch::Migrations(history),
+        None,
+        &mut |w| {
+            reported = true;
+            on_event(Progress::Waiting(w));
+        },
+    )
+    .await?;
+    if reported {
+        on_event(Progress::Acquired {
+            key,
+            waited_ms: super::records::millis(waited),
+        });
+    }
+    let result = migrate_locked(target, history, request, options, on_event).await;
+    let released = target.release_lease(key).await;
+    let revisions = result?;
+    released?;
+    let state = target.version_state().await?;
+    Ok(Migrated {
+        revisions,
+        heads: history.heads_of(&applied(&state)),
+        waited,
+    })
+}
+
+async fn migrate_locked<T: Database>(
+    target: &mut T,
+    history: &History,
+    request: Request<'_>,
+    options: MigrateOptions,
+    on_event: &mut dyn FnMut(Progress<'_>),
+) -> Result<Vec<String>, VersionError> {
+    let state = checked_state(target, history).await?;
+    let moves = moves_for(history, &state, request)?;
+    let prepared = prepare(history, moves, target.dialect())?;
+    if options.refuse_destructive {
+        let refused = refusals(&prepared);
+        if !refused.is_empty() {
+            return Err(VersionError::Destructive(refused));
+        }
+    }
+    apply(
+        target,
+        &prepared,
+        options.timeouts,
+        Some(&options.retry),
+        None,
+        on_event,
+    )
+    .await?;
+    Ok(prepared
+        .iter()
+        .map(|p| p.migration.revision.clone())
+        .collect())
 }
 
 /// The single-runner lease of a migrations folder: `db:` and the folder's name, so that
@@ -340,7 +540,10 @@ fn step_error(e: impl std::fmt::Display) -> DbError {
 
 /// The plan's `migrations` step: records the heads it starts from in the step's checkpoint (on
 /// its first attempt only, so retries and resumes keep the original), then upgrades to `to`.
-/// A failed migration's error is returned as is, so the runner retries lock timeouts.
+/// A failed migration's error is returned as is, so the runner retries lock timeouts. In
+/// startup mode (`phased run --wait`) it waits for the folder's lease, and refuses revisions
+/// with destructive statements they do not opt into.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_step<T: Database>(
     target: &mut T,
     base_dir: &std::path::Path,
@@ -348,41 +551,71 @@ pub async fn run_step<T: Database>(
     key: &crate::db::StepKey,
     checkpoint: &mut Option<String>,
     timeouts: Timeouts,
+    wait: Option<Wait>,
+    refuse_destructive: bool,
+    interrupt: Option<&super::interrupt::Interrupt>,
+    on_wait: &mut dyn FnMut(&Waiting),
     progress: &mut dyn FnMut(&IndexProgress),
 ) -> Result<(), DbError> {
     let key_name = lease_key(&step.dir);
-    if let Some(holder) = target.acquire_lease(&key_name).await? {
-        return Err(step_error(VersionError::LeaseHeld {
-            key: key_name,
-            holder: holder.description,
-        }));
+    let history = crate::migrations::load(&base_dir.join(&step.dir)).map_err(step_error)?;
+    match lease_wait::acquire(
+        target,
+        &key_name,
+        wait,
+        Watch::Migrations(&history),
+        interrupt,
+        on_wait,
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(LeaseError::Db(e)) => return Err(e),
+        Err(other) => return Err(step_error(VersionError::from(other))),
     }
-    let result = run_step_locked(target, base_dir, step, key, checkpoint, timeouts, progress).await;
+    let result = run_step_locked(
+        target,
+        &history,
+        step,
+        key,
+        checkpoint,
+        timeouts,
+        refuse_destructive,
+        progress,
+    )
+    .await;
     let released = target.release_lease(&key_name).await;
     result?;
     released
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_step_locked<T: Database>(
     target: &mut T,
-    base_dir: &std::path::Path,
+    history: &History,
     step: &crate::plan::Migrations,
     key: &crate::db::StepKey,
     checkpoint: &mut Option<String>,
     timeouts: Timeouts,
+    refuse_destructive: bool,
     progress: &mut dyn FnMut(&IndexProgress),
 ) -> Result<(), DbError> {
-    let history = crate::migrations::load(&base_dir.join(&step.dir)).map_err(step_error)?;
     let spec = Spec::parse(&step.to).map_err(step_error)?;
-    let state = checked_state(target, &history).await.map_err(step_error)?;
+    let state = checked_state(target, history).await.map_err(step_error)?;
+    let moves = moves_for(history, &state, Request::Upgrade(&spec)).map_err(step_error)?;
+    let prepared = prepare(history, moves, target.dialect()).map_err(step_error)?;
+    if refuse_destructive {
+        let refused = refusals(&prepared);
+        if !refused.is_empty() {
+            return Err(step_error(VersionError::Destructive(refused)));
+        }
+    }
     if checkpoint.is_none() {
         let before = history.heads_of(&applied(&state));
         let text = serde_json::to_string(&before).map_err(step_error)?;
         target.set_checkpoint(key, Some(&text)).await?;
         *checkpoint = Some(text);
     }
-    let moves = moves_for(&history, &state, Request::Upgrade(&spec)).map_err(step_error)?;
-    let prepared = prepare(&history, moves, target.dialect()).map_err(step_error)?;
     for p in &prepared {
         match target.recorder() {
             Some(recorder) => recorder.note(format!("Running {}", p.describe())),

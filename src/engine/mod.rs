@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod gate;
 pub mod interrupt;
+pub mod lease_wait;
 pub mod lock_policy;
 pub mod migrations;
 pub mod records;

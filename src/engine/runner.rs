@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::events::{Event, Outcome, Reporter};
 use super::interrupt::Interrupt;
+use super::lease_wait::{self, LeaseError, Wait, Watch};
 use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, backup, command, gate, EngineError};
@@ -26,6 +27,12 @@ pub struct RunOptions {
     pub throttle_file: Option<PathBuf>,
     /// Raised by an operator's signal: the run stops at the next safe point.
     pub interrupt: Option<Interrupt>,
+    /// Startup mode: wait for the plan's lease (and a `migrations` step's folder lease) when
+    /// another runner holds it, instead of failing at once.
+    pub wait: Option<Wait>,
+    /// Startup mode's safety rule: `migrations` steps refuse revisions with destructive
+    /// statements they do not opt into.
+    pub refuse_destructive: bool,
 }
 
 impl RunOptions {
@@ -55,16 +62,66 @@ pub async fn run<T: Database>(
 ) -> Result<(), EngineError> {
     let plan = &loaded.plan;
     let range = select_phases(plan, options)?;
-    target.ensure_state().await?;
+    lease_wait::ensure_state(target, options.wait).await?;
     if target.recorder().is_some() {
         // A dry run changes nothing, so it takes no lease: it must work while a run is underway.
         return run_locked(target, loaded, range, options, reporter).await;
     }
-    if let Some(holder) = target.acquire_lease(plan.id()).await? {
-        return Err(EngineError::LeaseHeld {
-            plan: plan.id().to_string(),
-            holder: holder.description,
-        });
+    let mut waited_for = None;
+    let acquired = lease_wait::acquire(
+        target,
+        plan.id(),
+        options.wait,
+        Watch::Plan(plan),
+        options.interrupt.as_ref(),
+        &mut |w| {
+            waited_for = Some(w.key.clone());
+            reporter.emit(&Event::LeaseWait {
+                key: w.key.clone(),
+                holder: w.holder.clone(),
+                progress: w.progress.clone(),
+                waited_ms: w.waited_ms,
+                timeout_ms: w.timeout_ms,
+            });
+        },
+    )
+    .await;
+    match acquired {
+        Ok(waited) => {
+            if let Some(key) = waited_for {
+                reporter.emit(&Event::LeaseAcquired {
+                    key,
+                    waited_ms: millis(waited),
+                });
+            }
+        }
+        Err(LeaseError::Held { holder, .. }) => {
+            return Err(EngineError::LeaseHeld {
+                plan: plan.id().to_string(),
+                holder,
+            })
+        }
+        Err(LeaseError::TimedOut {
+            holder,
+            progress,
+            waited,
+            ..
+        }) => {
+            return Err(EngineError::LeaseWaitTimedOut {
+                plan: plan.id().to_string(),
+                holder,
+                progress,
+                waited,
+            })
+        }
+        Err(LeaseError::Interrupted { signal, .. }) => {
+            return Err(EngineError::Interrupted {
+                signal,
+                step: None,
+                detail: Some("while waiting for the plan's lease".to_string()),
+            })
+        }
+        Err(LeaseError::Db(e)) => return Err(e.into()),
     }
     let result = run_locked(target, loaded, range, options, reporter).await;
     let released = target.release_lease(plan.id()).await;
@@ -639,9 +696,11 @@ async fn execute<T: Database>(
             Ok(Completion::Done)
         }
         Step::Migrations(m) => {
+            // Both callbacks report; they are called one at a time.
+            let reporter = std::cell::RefCell::new(&mut *reporter);
             let id = step_id(step, def);
             let mut progress = |p: &IndexProgress| {
-                reporter.emit(&Event::IndexProgress {
+                reporter.borrow_mut().emit(&Event::IndexProgress {
                     step: id.clone(),
                     progress: p.clone(),
                 })
@@ -653,6 +712,18 @@ async fn execute<T: Database>(
                 key,
                 checkpoint,
                 timeouts,
+                options.wait,
+                options.refuse_destructive,
+                options.interrupt.as_ref(),
+                &mut |w| {
+                    reporter.borrow_mut().emit(&Event::LeaseWait {
+                        key: w.key.clone(),
+                        holder: w.holder.clone(),
+                        progress: w.progress.clone(),
+                        waited_ms: w.waited_ms,
+                        timeout_ms: w.timeout_ms,
+                    })
+                },
                 &mut progress,
             )
             .await?;

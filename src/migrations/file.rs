@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::destructive::Rule;
 use super::MigrationError;
 use crate::db::Dialect;
 
@@ -60,6 +61,9 @@ pub struct Migration {
     pub path: PathBuf,
     /// sha256 of the file with line endings normalised to `\n`.
     pub checksum: String,
+    /// The destructive rules the revision opts into (`-- destructive: drop-column`), so that
+    /// startup mode applies it (see [`super::destructive`]).
+    pub destructive: Vec<Rule>,
 }
 
 impl Migration {
@@ -77,7 +81,14 @@ pub fn checksum(text: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-const KEYS: &[&str] = &["revision", "revises", "message", "created", "transactional"];
+const KEYS: &[&str] = &[
+    "revision",
+    "revises",
+    "message",
+    "created",
+    "transactional",
+    "destructive",
+];
 
 /// A usable revision id: letters, digits and `_`, not one of the reserved target words.
 pub fn valid_revision_id(id: &str) -> bool {
@@ -98,6 +109,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
     let mut message: Option<String> = None;
     let mut created: Option<String> = None;
     let mut transactional = true;
+    let mut destructive: Vec<Rule> = Vec::new();
     let mut up = Script::default();
     let mut down: Option<Script> = None;
     // The section being read: (is_up, dialect), with its lines.
@@ -261,6 +273,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
                     }
                 }
             }
+            "destructive" => {
+                for name in value
+                    .split([',', ' '])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    let rule = Rule::parse(name).ok_or_else(|| {
+                        err(
+                            line_no,
+                            format!(
+                                "unknown rule `{name}` in `destructive`; the rules are {}",
+                                Rule::ALL.map(Rule::name).join(", ")
+                            ),
+                        )
+                    })?;
+                    if !destructive.contains(&rule) {
+                        destructive.push(rule);
+                    }
+                }
+                if destructive.is_empty() {
+                    return Err(err(
+                        line_no,
+                        format!(
+                            "`destructive` names the rules this revision breaks on purpose: one or more of {}",
+                            Rule::ALL.map(Rule::name).join(", ")
+                        ),
+                    ));
+                }
+            }
             other => {
                 return Err(err(
                     line_no,
@@ -311,6 +352,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Migration, MigrationError> {
         down,
         path: path.to_path_buf(),
         checksum: checksum(text),
+        destructive,
     })
 }
 
@@ -409,7 +451,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "m.sql:3: unknown header key `transactionl`; the keys are revision, revises, message, created, transactional"
+            "m.sql:3: unknown header key `transactionl`; the keys are revision, revises, message, created, transactional, destructive"
         );
         let e = p("-- revision: a1\nSELECT 1;\n").unwrap_err();
         assert!(e.to_string().starts_with("m.sql:2: SQL before"), "{e}");
@@ -444,6 +486,22 @@ mod tests {
             "-- revision: a1\n-- revises: none\n-- migrate:up\n-- CONCURRENTLY later\nSELECT 1;\n"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn destructive_names_the_rules_a_revision_opts_into() {
+        let m = p("-- revision: a1\n-- revises: none\n-- destructive: drop-column, rename\n-- migrate:up\nSELECT 1;\n").unwrap();
+        assert_eq!(m.destructive, vec![Rule::DropColumn, Rule::Rename]);
+        assert!(p("-- revision: a1\n-- revises: none\n-- migrate:up\n")
+            .unwrap()
+            .destructive
+            .is_empty());
+        let e = p("-- revision: a1\n-- revises: none\n-- destructive: drop-colum\n-- migrate:up\n")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("m.sql:3: unknown rule `drop-colum` in `destructive`; the rules are drop-table, drop-column"), "{e}");
+        let e =
+            p("-- revision: a1\n-- revises: none\n-- destructive:\n-- migrate:up\n").unwrap_err();
+        assert!(e.to_string().contains("names the rules"), "{e}");
     }
 
     #[test]

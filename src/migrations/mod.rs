@@ -5,6 +5,7 @@
 //! Pure: the only I/O is reading the folder ([`folder::load`]). Running the SQL and recording
 //! versions is the target's job; driving it is the engine's (`engine::migrations`).
 
+pub mod destructive;
 pub mod error;
 pub mod file;
 pub mod folder;

@@ -9,6 +9,20 @@ use crate::db::{DbError, FlagRecord, StepKey, StepRecord, StepStart, StepStatus}
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 pub fn ensure(conn: &mut Connection) -> Result<(), DbError> {
+    // Up to date already (every run after the first): a read, so that many processes starting
+    // at once, or one starting while another applies a migration, do not queue for the write
+    // lock just to find nothing to do.
+    if table_exists(conn, "phased_meta")? {
+        let read = "SELECT value FROM phased_meta WHERE key = 'schema_version'";
+        let current: Option<usize> = conn
+            .query_row(read, [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(|e| sql_error(e, read))?
+            .and_then(|v| v.parse().ok());
+        if current == Some(SQLITE.len()) {
+            return Ok(());
+        }
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
