@@ -158,30 +158,50 @@ fn replica_at(start: &StartLine, url: &str) -> Command {
 
 const REPLICA_URL: &str = "PHASED_TEST_EXAMPLE_REPLICA_URL";
 
-/// Not a test on its own: the body of a replica process spawned by [`replica_at`] (it does
-/// nothing when run with the suite). Waits for the start line, then runs the example
-/// application: migrate, serve one request, exit.
+/// The body of a replica process spawned by [`replica_at`]: waits for the start line, then
+/// runs the example application (migrate, serve one request, exit). Run with the suite (no
+/// replica URL), it runs the example once in-process on a fresh SQLite file, serving nothing,
+/// and checks that every embedded revision was applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_replica() {
-    let Ok(url) = std::env::var(REPLICA_URL) else {
-        return;
-    };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter("phased=info")
         .try_init();
-    let mut start = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut start)
-        .expect("read the start line");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (url, replica) = match std::env::var(REPLICA_URL) {
+        Ok(url) => (url, true),
+        Err(_) => (
+            format!("sqlite://{}", scratch.path().join("app.db").display()),
+            false,
+        ),
+    };
+    if replica {
+        let mut start = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut start)
+            .expect("read the start line");
+    }
     let config = example::Config {
         database_url: url,
         listen: "127.0.0.1:0".to_string(),
-        requests: 1,
+        requests: u64::from(replica),
     };
     if let Err(e) = example::run(&config).await {
         panic!("replica failed (exit code {}): {e}", e.exit_code());
+    }
+    if !replica {
+        let shipped = std::fs::read_dir(repo_root().join("migrations"))
+            .expect("migrations/")
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "sql"))
+            .count();
+        let db = rusqlite::Connection::open(scratch.path().join("app.db")).expect("open");
+        let applied: i64 = db
+            .query_row("SELECT count(*) FROM phased_migrations", [], |r| r.get(0))
+            .expect("the version table");
+        assert_eq!(applied, shipped as i64);
     }
 }
 
