@@ -3,13 +3,16 @@
 mod common;
 
 mod backfill;
+mod backup_hygiene;
 mod backups;
 mod ci_recovery;
 mod cli;
 mod docs_examples;
+mod drop_column_dependents;
 mod dry_run_is_the_run;
 mod engine_scripts;
 mod engine_steps;
+mod input_edges;
 mod interrupts;
 mod migrations;
 mod names;
