@@ -3,14 +3,17 @@
 mod common;
 
 mod backfill;
+mod backup_hygiene;
 mod backups;
 mod ci_recovery;
 mod cli;
 mod docs_examples;
+mod drop_column_dependents;
 mod dry_run_is_the_run;
 mod engine_scripts;
 mod engine_steps;
 mod index_builds;
+mod input_edges;
 mod interrupts;
 mod migrations;
 mod names;

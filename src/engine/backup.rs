@@ -155,6 +155,60 @@ pub fn sidecar_path(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Creates `path` empty and readable by its owner only (0600 from the start, never chmod-ed
+/// after: a backup holds every row of the database).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
+}
+
+/// Is `name` a file a backup of `plan` leaves while it is written: `<plan>-<phase>-<stamp>.<ext>
+/// .partial`, or SQLite's journal of it?
+fn is_partial_of(name: &str, plan: &Plan) -> bool {
+    let partial = [
+        ".partial",
+        ".partial-journal",
+        ".partial-wal",
+        ".partial-shm",
+    ]
+    .iter()
+    .any(|end| name.ends_with(end));
+    partial
+        && plan.phases().any(|phase| {
+            let prefix = format!("{}-{}-", file_part(plan.id()), file_part(phase.name()));
+            name.strip_prefix(&prefix)
+                .is_some_and(|stamp| stamp.starts_with(|c: char| c.is_ascii_digit()))
+        })
+}
+
+/// Removes the `.partial` files of `plan` that a killed run left in `dir`.
+fn remove_stale_partials(dir: &Path, plan: &Plan) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| is_partial_of(n, plan)) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed a partial backup left by an interrupted run")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove a partial backup left by an interrupted run")
+            }
+        }
+    }
+}
+
 /// A backup holds every row of the database: readable by its owner only.
 fn owner_only(path: &Path) {
     #[cfg(unix)]
@@ -250,11 +304,18 @@ pub async fn take<T: Database>(
         path = dir.join(format!("{stem}-{n}.{ext}"));
         n += 1;
     }
-    // Written under a temporary name; only a verified backup gets its final name.
+    // Written under a temporary name; only a verified backup gets its final name. The run holds
+    // the plan's lease, so a `.partial` of this plan already there was left by a killed run.
+    remove_stale_partials(&dir, plan);
     let mut partial_name = path.as_os_str().to_os_string();
     partial_name.push(".partial");
     let partial = PathBuf::from(partial_name);
     let shown = path.display().to_string();
+    // Private before the first byte is written: the tools write into the file created here.
+    create_private(&partial).map_err(|e| {
+        BackupError::new(format!("cannot create {}: {e}", partial.display()))
+            .with_hint(dir_hint(loaded))
+    })?;
     reporter.emit(&Event::BackupStart {
         phase: phase.to_string(),
         path: shown.clone(),

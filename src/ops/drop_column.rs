@@ -1,6 +1,13 @@
 //! `drop_column`: catalog-only on PostgreSQL (ACCESS EXCLUSIVE for a moment, under lock_timeout);
 //! SQLite rewrites the table in its own `ALTER TABLE … DROP COLUMN`.
 //!
+//! The indexes and constraints that involve the column go with it, on both dialects, and each is
+//! dropped by name first, in the same transaction (`Unit::DropColumn`; the target looks them up
+//! when the step runs): PostgreSQL would drop them silently (a `create_index` step would still
+//! say done for an index that is gone), SQLite refuses to drop an indexed column. Named, they
+//! show in `phased plan` and in the log. The extra drops take no lock beyond the ACCESS
+//! EXCLUSIVE the column's drop takes anyway.
+//!
 //! Resumes: one transaction, so a crash leaves the column or not, and the step records done with it.
 
 use serde::{Deserialize, Serialize};
@@ -55,11 +62,11 @@ impl Operation for DropColumn {
     }
 
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
-        Ok(vec![Unit::Transaction(vec![drop_column_sql(
-            &self.table,
-            &self.name,
-            dialect,
-        )])])
+        Ok(vec![Unit::DropColumn {
+            table: self.table.to_string(),
+            column: self.name.to_string(),
+            drop: drop_column_sql(&self.table, &self.name, dialect),
+        }])
     }
 
     fn inverse(&self, _ctx: &InverseContext<'_>, _done: bool, _dialect: Dialect) -> Inverse {

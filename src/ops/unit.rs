@@ -34,6 +34,15 @@ pub enum Unit {
     ConcurrentIndex { name: String, create: String },
     /// A user script that must not be wrapped in a transaction (`transactional: false`).
     Script(String),
+    /// `ALTER TABLE … DROP COLUMN` (`drop`), preceded in its transaction by an explicit drop of
+    /// each index and constraint that involves the column, looked up by the target when it runs:
+    /// PostgreSQL would drop them silently, SQLite would refuse. `table` and `column` are the
+    /// names as the plan writes them (unquoted); `drop` is the column's rendered drop.
+    DropColumn {
+        table: String,
+        column: String,
+        drop: String,
+    },
     /// SQLite's copy-table recipe: rebuild `table` with a change SQLite cannot make in place.
     RebuildTable { table: String, change: TableChange },
 }
@@ -69,6 +78,9 @@ impl Unit {
             Unit::Transaction(stmts) => stmts.join(";\n"),
             Unit::Standalone(sql) | Unit::Script(sql) => sql.clone(),
             Unit::ConcurrentIndex { create, .. } => create.clone(),
+            Unit::DropColumn { drop, .. } => format!(
+                "-- first: DROP CONSTRAINT / DROP INDEX for each constraint and index on the column\n{drop}"
+            ),
             Unit::RebuildTable { table, change } => {
                 let what = match change {
                     TableChange::AddCheck { name, expression } => {

@@ -123,9 +123,111 @@ impl fmt::Display for PlanReport {
 struct LocatedFinding {
     headline: String,
     help: Option<String>,
-    source: NamedSource<String>,
+    source: Excerpt,
     span: Option<SourceSpan>,
     severity: miette::Severity,
+}
+
+/// Lines longer than this (in characters) are shown as a window around the column.
+const SHOWN_LINE: usize = 200;
+/// Characters shown before the column in a cut line.
+const BEFORE_COLUMN: usize = 80;
+
+/// What the snippet shows of the source: the finding's line and its neighbours, each cut to a
+/// window around the column when too long (a 400 KB line would be echoed in full, and a column
+/// past 65,535 makes the renderer panic). Other lines are left empty, so line numbers stay true;
+/// the header keeps the real column.
+#[derive(Debug)]
+struct Excerpt {
+    source: NamedSource<String>,
+    /// The 0-based column of the finding in the file, when its line was cut.
+    column: Option<usize>,
+}
+
+impl Excerpt {
+    /// The excerpt and the finding's span in it.
+    fn new(file: &str, source: &str, line: u64, column: u64) -> (Self, Option<SourceSpan>) {
+        let col0 = usize::try_from(column.max(1) - 1).unwrap_or(0);
+        let long = source
+            .split('\n')
+            .nth(usize::try_from(line.max(1) - 1).unwrap_or(0))
+            .is_some_and(|l| l.chars().count() > SHOWN_LINE);
+        if line == 0 || !long {
+            let excerpt = Self {
+                source: NamedSource::new(file, source.to_string()),
+                column: None,
+            };
+            return (excerpt, span_at(source, line, column));
+        }
+        let first = col0.saturating_sub(BEFORE_COLUMN);
+        let mut text = String::new();
+        let mut new_column = column;
+        for (i, l) in source.split_inclusive('\n').enumerate() {
+            let number = i as u64 + 1;
+            let newline = if l.ends_with('\n') { "\n" } else { "" };
+            if number + 2 < line || number > line + 2 {
+                text.push_str(newline);
+                continue;
+            }
+            let body = l.trim_end_matches('\n');
+            let count = body.chars().count();
+            if count <= SHOWN_LINE && number != line {
+                text.push_str(l);
+                continue;
+            }
+            let cut: String = body.chars().skip(first).take(SHOWN_LINE).collect();
+            let lead = if first > 0 && first < count {
+                "…"
+            } else {
+                ""
+            };
+            let tail = if first + SHOWN_LINE < count {
+                "…"
+            } else {
+                ""
+            };
+            text.push_str(lead);
+            text.push_str(&cut);
+            text.push_str(tail);
+            text.push_str(newline);
+            if number == line {
+                new_column = (col0 - first + lead.chars().count() + 1) as u64;
+            }
+        }
+        let span = span_at(&text, line, new_column);
+        let excerpt = Self {
+            source: NamedSource::new(file, text),
+            column: Some(col0),
+        };
+        (excerpt, span)
+    }
+}
+
+impl miette::SourceCode for Excerpt {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let contents = self
+            .source
+            .read_span(span, context_lines_before, context_lines_after)?;
+        match self.column {
+            // The span alone (the header's `file:line:column`): the column in the file.
+            Some(column) if context_lines_before == 0 && context_lines_after == 0 => {
+                Ok(Box::new(miette::MietteSpanContents::new_named(
+                    contents.name().unwrap_or_default().to_string(),
+                    contents.data(),
+                    *contents.span(),
+                    contents.line(),
+                    column,
+                    contents.line_count(),
+                )))
+            }
+            _ => Ok(contents),
+        }
+    }
 }
 
 impl LocatedFinding {
@@ -142,11 +244,12 @@ impl LocatedFinding {
                 finding.line, finding.column, finding.message
             )
         };
+        let (source, span) = Excerpt::new(file, source, finding.line, finding.column);
         Self {
             headline,
             help: finding.help.clone(),
-            source: NamedSource::new(file, source.to_string()),
-            span: span_at(source, finding.line, finding.column),
+            source,
+            span,
             severity: match finding.severity {
                 Severity::Error => miette::Severity::Error,
                 Severity::Warning => miette::Severity::Warning,

@@ -21,8 +21,8 @@ pub struct LoadedPlan {
 /// Reads, parses and validates a plan file. Every error is located.
 pub fn load(path: &Path) -> Result<LoadedPlan, PlanReport> {
     let file = path.display().to_string();
-    let source = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
         Err(err) => {
             return Err(PlanReport {
                 file,
@@ -31,6 +31,10 @@ pub fn load(path: &Path) -> Result<LoadedPlan, PlanReport> {
             })
         }
     };
+    let source = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => return Err(not_utf8(file, err.as_bytes(), err.utf8_error())),
+    };
     // `plan.yaml` has the parent `""`, which a child process cannot start in: that is `.`.
     let base_dir = path
         .parent()
@@ -38,6 +42,33 @@ pub fn load(path: &Path) -> Result<LoadedPlan, PlanReport> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     parse_str(&file, &source, &base_dir)
+}
+
+/// A plan that is not UTF-8: located at its first invalid byte (offset, line, column), shown
+/// with the invalid bytes replaced.
+fn not_utf8(file: String, bytes: &[u8], err: std::str::Utf8Error) -> PlanReport {
+    let offset = err.valid_up_to();
+    let valid = String::from_utf8_lossy(&bytes[..offset]);
+    let line = valid.matches('\n').count() as u64 + 1;
+    let line_start = valid.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = valid[line_start..].chars().count() as u64 + 1;
+    let bad = bytes
+        .get(offset..offset + err.error_len().unwrap_or(bytes.len() - offset))
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("0x{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    PlanReport {
+        file,
+        source: String::from_utf8_lossy(bytes).into_owned(),
+        findings: vec![Finding::at(
+            line,
+            column,
+            format!("the plan is not UTF-8: byte {bad} at byte offset {offset} (line {line}, column {column})"),
+        )
+        .with_help("save the plan as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)")],
+    }
 }
 
 /// Parses and validates plan text; `base_dir` resolves `sql: { file: … }` paths.

@@ -165,7 +165,7 @@ fn show_major(major: u32) -> String {
 
 async fn tool_major(name: &str) -> Result<u32, BackupError> {
     let path = tool(name);
-    let output = Command::new(&path)
+    let output = tie_to_phased(&mut Command::new(&path))
         .arg("--version")
         .stdin(Stdio::null())
         .output()
@@ -213,6 +213,42 @@ pub async fn check_tools(conn: &Object) -> Result<(), BackupError> {
         }
     }
     Ok(())
+}
+
+/// Ties a tool's life to phased's: on Linux the kernel sends it SIGTERM when phased dies, even
+/// by SIGKILL (`prctl(PR_SET_PDEATHSIG)`), and pg_dump/pg_restore answer SIGTERM by cancelling
+/// their query on the server and exiting, so a killed restore's transaction is rolled back
+/// instead of committing behind the rerun's back. `kill_on_drop` covers the paths where phased
+/// itself ends the wait. The signal follows the thread that started the child: the runtime's
+/// threads, which live as long as phased.
+fn tie_to_phased(cmd: &mut Command) -> &mut Command {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id();
+        // SAFETY: between fork and exec only async-signal-safe calls are made (prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGTERM as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // phased died before the prctl took effect: nobody would send the signal.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other(
+                        "phased ended before the tool started",
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.kill_on_drop(true)
 }
 
 /// Collects a child's stderr while it runs.
@@ -286,15 +322,15 @@ pub async fn dump(
 ) -> Result<(), BackupError> {
     let path = tool("pg_dump");
     let mut cmd = Command::new(&path);
-    cmd.arg("--format=custom")
+    tie_to_phased(&mut cmd)
+        .arg("--format=custom")
         .arg("--no-password")
         .arg(format!("--file={}", file.display()))
         .args(selection);
     cmd.envs(libpq_env(url)?)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         BackupError::new(format!("cannot start `{}`: {e}", path.display()))
             .with_hint(install_hint(None))
@@ -331,7 +367,7 @@ pub async fn dump(
 /// readable custom-format archive.
 pub async fn list(file: &Path) -> Result<String, BackupError> {
     let path = tool("pg_restore");
-    let output = Command::new(&path)
+    let output = tie_to_phased(&mut Command::new(&path))
         .arg("--list")
         .arg(file)
         .stdin(Stdio::null())
@@ -395,38 +431,97 @@ pub(crate) fn keep_existing_schemas(toc: &str, existing: &[String]) -> String {
         .collect()
 }
 
-/// A file deleted when dropped.
-struct TempFile {
+/// The list `pg_restore --use-list` reads, in a file that has no name by the time pg_restore
+/// runs: created in the temporary folder, written, unlinked at once, and handed to pg_restore as
+/// `/dev/fd/N` (the descriptor is inherited). Nothing is left on disk whatever ends phased, a
+/// kill -9 included; the backup's folder need not be writable.
+#[cfg(unix)]
+struct RestoreList {
+    file: std::fs::File,
+}
+
+#[cfg(unix)]
+impl RestoreList {
+    fn new(content: &str) -> Result<Self, BackupError> {
+        use std::io::{Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            ".phased-restore-{}-{stamp}.list",
+            std::process::id()
+        ));
+        let fail = |e: std::io::Error| {
+            BackupError::new(format!(
+                "cannot write the restore list in {}: {e}",
+                std::env::temp_dir().display()
+            ))
+            .with_hint("make the temporary folder (TMPDIR) writable")
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(fail)?;
+        let _ = std::fs::remove_file(&path);
+        file.write_all(content.as_bytes()).map_err(fail)?;
+        file.flush().map_err(fail)?;
+        file.rewind().map_err(fail)?;
+        Ok(Self { file })
+    }
+
+    /// The `--use-list` argument, and the descriptor the child must inherit.
+    fn pass_to(&self, cmd: &mut Command) -> String {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fcntl is async-signal-safe; it clears close-on-exec in the child only.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        format!("--use-list=/dev/fd/{fd}")
+    }
+}
+
+/// Elsewhere: a file beside the backup, deleted when dropped.
+#[cfg(not(unix))]
+struct RestoreList {
     path: PathBuf,
 }
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+#[cfg(not(unix))]
+impl RestoreList {
+    fn new_beside(file: &Path, content: &str) -> Result<Self, BackupError> {
+        let mut beside = file.as_os_str().to_os_string();
+        beside.push(".restore-list");
+        let path = PathBuf::from(beside);
+        std::fs::write(&path, content).map_err(|e| {
+            BackupError::new(format!(
+                "cannot write the restore list {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Self { path })
+    }
+
+    fn pass_to(&self, _cmd: &mut Command) -> String {
+        format!("--use-list={}", self.path.display())
     }
 }
 
-/// Writes the list `pg_restore --use-list` reads: in the temporary folder, else next to `file`.
-fn write_restore_list(file: &Path, content: &str) -> Result<TempFile, BackupError> {
-    let mut name = std::env::temp_dir().join(format!(
-        "phased-restore-{}-{}.list",
-        std::process::id(),
-        file.file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default()
-    ));
-    if std::fs::write(&name, content).is_err() {
-        let mut beside = file.as_os_str().to_os_string();
-        beside.push(".restore-list");
-        name = PathBuf::from(beside);
-        std::fs::write(&name, content).map_err(|e| {
-            BackupError::new(format!(
-                "cannot write the restore list {}: {e}",
-                name.display()
-            ))
-        })?;
+#[cfg(not(unix))]
+impl Drop for RestoreList {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
-    Ok(TempFile { path: name })
 }
 
 async fn connect(
@@ -503,22 +598,27 @@ pub async fn restore(url: &str, file: &Path) -> Result<RestoreOutcome, BackupErr
     // `--clean` would drop and recreate every schema in the archive, and dropping one fails as
     // soon as it holds anything the backup does not (a table created since, or left out by
     // backup.tables). Schemas that exist are kept; only the archive's objects are replaced.
-    let list_file = write_restore_list(file, &keep_existing_schemas(&toc, &existing))?;
+    let listed = keep_existing_schemas(&toc, &existing);
+    #[cfg(unix)]
+    let list_file = RestoreList::new(&listed)?;
+    #[cfg(not(unix))]
+    let list_file = RestoreList::new_beside(file, &listed)?;
 
     let path = tool("pg_restore");
     let mut cmd = Command::new(&path);
-    cmd.arg("--clean")
+    let use_list = list_file.pass_to(&mut cmd);
+    tie_to_phased(&mut cmd)
+        .arg("--clean")
         .arg("--if-exists")
         .arg("--single-transaction")
         .arg("--no-password")
         .arg(format!("--dbname={}", dbname_conninfo(&name)))
-        .arg(format!("--use-list={}", list_file.path.display()))
+        .arg(use_list)
         .arg(file)
         .envs(libpq_env(url)?)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         BackupError::new(format!("cannot start `{}`: {e}", path.display()))
             .with_hint(install_hint(None))
@@ -529,6 +629,7 @@ pub async fn restore(url: &str, file: &Path) -> Result<RestoreOutcome, BackupErr
         .await
         .map_err(|e| BackupError::new(format!("pg_restore did not finish: {e}")))?;
     let stderr = stderr.await.unwrap_or_default();
+    drop(list_file);
     if !status.success() {
         return Err(BackupError::new(format!(
             "pg_restore failed ({status}); the database was left as it was: {}",

@@ -4,6 +4,7 @@
 mod backfill;
 pub mod backup;
 mod blockers;
+mod column_dependents;
 pub mod conn;
 mod index_build;
 mod lease;
@@ -232,12 +233,21 @@ impl PgTarget {
     ) -> Result<(), DbError> {
         let last_tx = units
             .iter()
-            .rposition(|u| matches!(u, Unit::Transaction(_)))
+            .rposition(|u| matches!(u, Unit::Transaction(_) | Unit::DropColumn { .. }))
             .filter(|&i| i + 1 == units.len());
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some((key, status));
             match unit {
                 Unit::Transaction(stmts) => self.run_transaction(stmts, timeouts, done).await?,
+                Unit::DropColumn {
+                    table,
+                    column,
+                    drop,
+                } => {
+                    let stmts =
+                        column_dependents::drop_statements(&self.work, table, column, drop).await?;
+                    self.run_transaction(&stmts, timeouts, done).await?
+                }
                 Unit::Standalone(sql) => {
                     self.run_standalone(sql, timeouts, Some(key), progress)
                         .await?

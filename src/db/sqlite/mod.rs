@@ -201,12 +201,25 @@ impl SqliteTarget {
         self.with_busy_timeout(timeouts)?;
         let last_tx = units
             .iter()
-            .rposition(|u| matches!(u, Unit::Transaction(_) | Unit::RebuildTable { .. }))
+            .rposition(|u| {
+                matches!(
+                    u,
+                    Unit::Transaction(_) | Unit::RebuildTable { .. } | Unit::DropColumn { .. }
+                )
+            })
             .filter(|&i| i + 1 == units.len());
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some((key, status));
             match unit {
                 Unit::Transaction(stmts) => self.run_transaction(stmts, done)?,
+                Unit::DropColumn {
+                    table,
+                    column,
+                    drop,
+                } => {
+                    let stmts = rebuild::drop_column_statements(&self.conn, table, column, drop)?;
+                    self.run_transaction(&stmts, done)?
+                }
                 Unit::Standalone(sql) => self
                     .conn
                     .execute_batch(sql)

@@ -209,6 +209,64 @@ fn rebuild_in_transaction(
 }
 
 /// A change with nothing to do: records the step and commits.
+/// The statements that drop `column` of `table` (as the plan names them): `DROP INDEX`
+/// for each index that names the column (in its keys, an expression or its `WHERE`), then
+/// `drop`. SQLite refuses `ALTER TABLE … DROP COLUMN` on an indexed column; PostgreSQL drops such
+/// indexes itself: both drop them, by name, so `phased plan` shows them. Constraints written in
+/// the table's definition (UNIQUE, CHECK, FOREIGN KEY on the column) are left to SQLite, which
+/// refuses the drop and says which.
+pub fn drop_column_statements(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    drop: &str,
+) -> Result<Vec<String>, DbError> {
+    let name = base_name(table);
+    let sql = "SELECT name, sql FROM sqlite_schema \
+               WHERE type = 'index' AND tbl_name = ?1 COLLATE NOCASE AND sql IS NOT NULL ORDER BY name";
+    let mut stmt = conn.prepare(sql).map_err(|e| sql_error(e, sql))?;
+    let indexes = stmt
+        .query_map([&name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| sql_error(e, sql))?;
+    let mut statements = Vec::new();
+    for (index, create) in indexes {
+        let xinfo = format!(
+            "SELECT count(*) FROM pragma_index_xinfo({}) WHERE name = ?1 COLLATE NOCASE",
+            sql_text(&index)
+        );
+        let keyed: i64 = conn
+            .query_row(&xinfo, [column], |r| r.get(0))
+            .map_err(|e| sql_error(e, &xinfo))?;
+        let body = create.split_once('(').map(|(_, b)| b).unwrap_or_default();
+        if keyed > 0 || names_word(body, column) {
+            tracing::info!(index = %index, column, "goes with the dropped column");
+            statements.push(format!("DROP INDEX {}", ident(&index)));
+        }
+    }
+    statements.push(drop.to_string());
+    Ok(statements)
+}
+
+/// A string literal for SQLite.
+fn sql_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Does `sql` name `word` as an identifier (bare, or in double quotes, brackets or backticks)?
+fn names_word(sql: &str, word: &str) -> bool {
+    let lower = sql.to_lowercase();
+    let word = word.to_lowercase();
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    lower.match_indices(&word).any(|(at, _)| {
+        let before = lower[..at].chars().next_back();
+        let after = lower[at + word.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
 fn finish_unchanged(tx: rusqlite::Transaction<'_>, done: Option<&StepKey>) -> Result<(), DbError> {
     if let Some(key) = done {
         state::mark_done(&tx, key)?;
