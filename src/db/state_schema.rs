@@ -56,6 +56,14 @@ pub const POSTGRES: &[&[&str]] = &[
     // runs. Not the checkpoint: a script's checkpoint counts its statements done, and progress
     // must never be mistaken for a place to resume from.
     &["ALTER TABLE phased.steps ADD COLUMN IF NOT EXISTS progress text"],
+    // 4: an operator's hand on a plan's backfills (`phased pause|resume|pace`), from any machine.
+    &["CREATE TABLE IF NOT EXISTS phased.backfill_control (
+            plan text PRIMARY KEY,
+            paused boolean NOT NULL DEFAULT false,
+            max_rows_per_second bigint,
+            set_by text NOT NULL,
+            set_at timestamptz NOT NULL DEFAULT now()
+        )"],
 ];
 
 /// SQLite: tables prefixed `phased_`.
@@ -114,4 +122,12 @@ pub const SQLITE: &[&[&str]] = &[
     ],
     // 2: a backfill's rate, saved with its checkpoint.
     &["ALTER TABLE phased_steps ADD COLUMN rows_per_second REAL"],
+    // 3: an operator's hand on a plan's backfills (`phased pause|resume|pace`).
+    &["CREATE TABLE IF NOT EXISTS phased_backfill_control (
+            plan TEXT PRIMARY KEY,
+            paused INTEGER NOT NULL DEFAULT 0,
+            max_rows_per_second INTEGER,
+            set_by TEXT NOT NULL,
+            set_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        )"],
 ];
