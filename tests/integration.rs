@@ -12,6 +12,7 @@ mod drop_column_dependents;
 mod dry_run_is_the_run;
 mod engine_scripts;
 mod engine_steps;
+mod fault_sweep;
 mod index_builds;
 mod input_edges;
 mod interrupts;
