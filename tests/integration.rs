@@ -21,6 +21,7 @@ mod names;
 mod online_safety;
 mod pg_capture_selftest;
 mod plan_errors;
+mod plan_fuzz;
 mod restore_checksum;
 mod sqlite_rebuild;
 mod startup;
