@@ -15,6 +15,7 @@ mod engine_steps;
 mod index_builds;
 mod input_edges;
 mod interrupts;
+mod lint;
 mod migrations;
 mod names;
 mod online_safety;

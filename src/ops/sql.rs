@@ -33,6 +33,10 @@ pub struct SqlStep {
     /// total, for older transactions (not serialized when absent: existing checksums stay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index_wait_timeout: Option<PlanDuration>,
+    /// Lint rules this step is allowed to break (`allow: [rule]`); not serialized when empty,
+    /// so existing checksums stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
     /// The text of `file`, read when the plan is loaded (part of the checksum).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_text: Option<String>,
@@ -72,6 +76,8 @@ struct SqlStepFields {
     statement_timeout: Option<PlanDuration>,
     #[serde(default)]
     index_wait_timeout: Option<PlanDuration>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for SqlStep {
@@ -118,6 +124,7 @@ impl<'de> Deserialize<'de> for SqlStep {
                     lock_timeout: f.lock_timeout,
                     statement_timeout: f.statement_timeout,
                     index_wait_timeout: f.index_wait_timeout,
+                    allow: f.allow,
                     file_text: None,
                     down_file_text: None,
                 })
