@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::lock::TableLock;
+use super::name::TableName;
 use super::{Dialect, Inverse, InverseContext, Operation, RenderError, Unit};
 use crate::plan::{PhaseKind, PlanDuration};
 
@@ -158,6 +160,26 @@ impl Operation for SqlStep {
         }
     }
 
+    /// Read from the parse of `up` (plan::lint::locks): each table a statement names and the
+    /// strongest lock PostgreSQL takes on it, so the runner looks before it queues, as for
+    /// every built-in step. What the SQL does not name (a `DROP INDEX`'s table, a function's
+    /// body) is not looked for.
+    fn locks(&self) -> Vec<TableLock> {
+        let Some(sql) = self.up_sql() else {
+            return Vec::new();
+        };
+        let found = crate::plan::lint::locks::locks(sql);
+        crate::plan::lint::locks::strongest(&found)
+            .into_iter()
+            .filter_map(|(table, mode)| {
+                Some(TableLock {
+                    table: TableName::new(table).ok()?,
+                    mode,
+                })
+            })
+            .collect()
+    }
+
     fn allowed_in(&self) -> &'static [PhaseKind] {
         &[
             PhaseKind::Expand,
@@ -209,6 +231,31 @@ fn first_line(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::ops::lock::LockMode;
+
+    #[test]
+    fn locks_come_from_the_parse_of_up() {
+        let step = SqlStep {
+            up: Some(
+                "UPDATE accounts SET a = 1;\nALTER TABLE accounts ADD COLUMN c text;\nCREATE INDEX i ON orders (x);".into(),
+            ),
+            transactional: true,
+            ..SqlStep::default()
+        };
+        let locks: Vec<(String, LockMode)> = step
+            .locks()
+            .into_iter()
+            .map(|l| (l.table.to_string(), l.mode))
+            .collect();
+        assert_eq!(
+            locks,
+            vec![
+                ("accounts".to_string(), LockMode::AccessExclusive),
+                ("orders".to_string(), LockMode::Share)
+            ]
+        );
+    }
+
     use super::*;
     use crate::ops::parse_step;
 

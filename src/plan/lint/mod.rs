@@ -8,6 +8,7 @@
 
 mod concurrently_in_transaction;
 mod destructive_outside_contract;
+pub mod locks;
 mod plan;
 mod source;
 mod squawk_rules;

@@ -22,6 +22,8 @@ pub struct Statement {
     /// Whether it runs inside a transaction block: the SQL runs in one (a transactional step),
     /// or an earlier `BEGIN` / `START TRANSACTION` has not been closed yet.
     pub in_transaction: bool,
+    /// Its tokens as written, trivia left out (identifiers keep their case and quotes).
+    pub raw: Vec<String>,
     /// Its tokens, trivia left out, keywords and identifiers upper-cased; a string literal or a
     /// dollar-quoted body is one token.
     pub words: Vec<String>,
@@ -40,6 +42,63 @@ impl Statement {
     /// Whether the statement starts with `seq`.
     pub fn starts(&self, seq: &[&str]) -> bool {
         self.words.len() >= seq.len() && self.words.iter().zip(seq).all(|(a, b)| a == b)
+    }
+
+    /// The relation named at word `at` (`name`, `"Name"`, `schema.name`), as PostgreSQL
+    /// resolves it: unquoted parts folded to lower case, quoted ones kept with their quotes
+    /// (so `to_regclass` finds them).
+    pub fn name_at(&self, at: usize) -> Option<String> {
+        let part = |i: usize| -> Option<String> {
+            let raw = self.raw.get(i)?;
+            if raw.starts_with('"') {
+                return Some(raw.clone());
+            }
+            let first = raw.chars().next()?;
+            (first.is_alphabetic() || first == '_').then(|| raw.to_lowercase())
+        };
+        let first = part(at)?;
+        if self.raw.get(at + 1).map(String::as_str) == Some(".") {
+            return Some(format!("{first}.{}", part(at + 2)?));
+        }
+        Some(first)
+    }
+
+    /// The word index after `start` once the optional keyword runs in `options` (such as
+    /// `IF EXISTS`, `ONLY`) are skipped, in any order.
+    pub fn after_options(&self, start: usize, options: &[&[&str]]) -> Option<usize> {
+        let mut at = start;
+        'skip: loop {
+            for option in options {
+                let fits = option
+                    .iter()
+                    .enumerate()
+                    .all(|(k, word)| self.words.get(at + k).is_some_and(|w| w == word));
+                if fits {
+                    at += option.len();
+                    continue 'skip;
+                }
+            }
+            break;
+        }
+        (at < self.words.len()).then_some(at)
+    }
+
+    /// The comma-separated relation names from word `at` on (`TRUNCATE a, b`).
+    pub fn name_list(&self, mut at: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(name) = self.name_at(at) {
+            out.push(name);
+            at += if self.raw.get(at + 1).map(String::as_str) == Some(".") {
+                3
+            } else {
+                1
+            };
+            if self.raw.get(at).map(String::as_str) != Some(",") {
+                break;
+            }
+            at += 1;
+        }
+        out
     }
 
     /// The statement on one line, cut to a readable length.
@@ -90,6 +149,7 @@ pub fn statements(sql: &str, parse: &Parse<SourceFile>, transactional: bool) -> 
             let offset = usize::from(first.text_range().start());
             let end = usize::from(last.text_range().end());
             let (line, column) = line_col(sql, offset);
+            let raw = tokens.iter().map(|t| t.text().to_string()).collect();
             let words = tokens
                 .iter()
                 .map(|t| {
@@ -108,6 +168,7 @@ pub fn statements(sql: &str, parse: &Parse<SourceFile>, transactional: bool) -> 
                 column,
                 text: sql.get(offset..end).unwrap_or("").to_string(),
                 in_transaction: false,
+                raw,
                 words,
             })
         })
