@@ -33,7 +33,6 @@ pub async fn execute(cli: Cli) -> u8 {
 }
 
 fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
-    type Format = OutputFormat;
     let mut code = exit::OK;
     for path in plans {
         match config::load_plan(path) {
@@ -50,14 +49,14 @@ fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
                     report.errors().count() + migrations.iter().map(|m| m.errors()).sum::<usize>();
                 let warnings = report.warnings().count()
                     + migrations.iter().map(|m| m.warnings()).sum::<usize>();
-                if format == Format::Github {
+                if format == OutputFormat::Github {
                     print_annotations(&report);
                 } else if !report.findings.is_empty() {
                     eprint!("{}", report.render_for(color()));
                 }
                 for m in &migrations {
                     match format {
-                        Format::Github => super::lint::print_file(m, Format::Github),
+                        OutputFormat::Github => super::lint::print_file(m, OutputFormat::Github),
                         _ if m.findings.is_empty() => {}
                         _ => eprint!("{}", super::lint::render(m, color())),
                     }
@@ -67,11 +66,11 @@ fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
                     code = exit::INVALID;
                 }
                 match format {
-                    Format::Json => crate::outln!(
+                    OutputFormat::Json => crate::outln!(
                         "{}",
                         serde_json::json!({"plan": path.display().to_string(), "valid": valid, "errors": lint_errors, "warnings": warnings})
                     ),
-                    Format::Human if valid => crate::outln!(
+                    OutputFormat::Human if valid => crate::outln!(
                         "{}: ok — plan `{}`, {} phases, {} steps{}",
                         path.display(),
                         loaded.plan.id(),
@@ -83,28 +82,28 @@ fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
                             String::new()
                         }
                     ),
-                    Format::Human => {
+                    OutputFormat::Human => {
                         crate::outln!("{}: invalid — {lint_errors} lint error(s)", path.display())
                     }
-                    Format::Github => {}
+                    OutputFormat::Github => {}
                 }
             }
             Err(report) => {
-                if format == Format::Github {
+                if format == OutputFormat::Github {
                     print_annotations(&report);
                 } else {
                     eprint!("{}", report.render_for(color()));
                 }
                 let errors = report.errors().count();
                 match format {
-                    Format::Json => crate::outln!(
+                    OutputFormat::Json => crate::outln!(
                         "{}",
                         serde_json::json!({"plan": path.display().to_string(), "valid": false, "errors": errors})
                     ),
-                    Format::Human => {
+                    OutputFormat::Human => {
                         crate::outln!("{}: invalid — {errors} error(s)", path.display())
                     }
-                    Format::Github => {}
+                    OutputFormat::Github => {}
                 }
                 code = exit::INVALID;
             }

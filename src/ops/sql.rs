@@ -1,5 +1,7 @@
-//! `sql`: the plan's own SQL, in a transaction unless it says `transactional: false`. phased
-//! cannot know which locks it takes: keep it short and give it a `lock_timeout`.
+//! `sql`: the plan's own SQL, in a transaction unless it says `transactional: false`. The tables
+//! it locks are read from the parse (`plan::lint::locks`), so it looks before it queues; what
+//! the parse cannot see (function bodies, `EXECUTE`) it cannot: keep it short and give it a
+//! `lock_timeout`. `phased validate` lints it in its phase (`plan::lint`).
 //!
 //! Resumes: a transactional step is all or nothing, and runs again after a crash; a
 //! `transactional: false` script runs again from its start, so it should be written to be re-run.
