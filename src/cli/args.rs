@@ -14,7 +14,7 @@ pub struct Cli {
 
     /// Output: human (bars on a terminal, plain lines otherwise), json (NDJSON events), or
     /// github (workflow annotations; `lint` and `validate` only).
-    #[arg(long = "format", global = true, value_enum, default_value_t = OutputFormat::Human)]
+    #[arg(long = "format", value_name = "FORMAT", global = true, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
 
     /// `--format` as the commands other than `lint` and `validate` take it (set from `output`).
