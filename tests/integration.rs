@@ -16,6 +16,7 @@ mod fault_sweep;
 mod index_builds;
 mod input_edges;
 mod interrupts;
+mod lint;
 mod migrations;
 mod names;
 mod online_safety;

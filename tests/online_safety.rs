@@ -844,3 +844,70 @@ async fn dual_write_keeps_rows_right_while_old_app_writes_during_the_backfill_on
     );
     run_ok(&db, &loaded).await;
 }
+
+/// A `sql` step's locks come from the parse of its SQL (issue 16): like a built-in step it
+/// looks before it queues, is not attempted while a session holds a conflicting lock on its
+/// table, and names that session.
+#[tokio::test]
+async fn sql_step_blocked_by_a_lock_holder_is_not_attempted_and_names_it() {
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let pgdb = pg(&db);
+    let report = pgdb.client().await;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM items;")
+        .await
+        .expect("open the report's transaction");
+    let report_pid = backend_pid(&report).await;
+    let observer = pgdb.client().await;
+    let loaded = plan(&format!(
+        "plan: online-sql
+defaults:
+  lock_timeout: {LOCK_TIMEOUT_MS}ms
+  retry: {{ attempts: 40, backoff: 100ms, max_backoff: 300ms }}
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - sql: {{ up: \"ALTER TABLE items ADD COLUMN note text\", down: \"ALTER TABLE items DROP COLUMN note\" }}
+"
+    ));
+    let app = async {
+        wait_until(
+            &observer,
+            "SELECT EXISTS (SELECT 1 FROM phased.steps WHERE last_error LIKE 'not attempted%')",
+            30,
+        )
+        .await;
+        report.batch_execute("COMMIT").await.expect("commit report");
+    };
+    let (result, ()) = tokio::join!(run(&db, &loaded, RunOptions::default()), app);
+    let events = match result {
+        Ok(events) => events,
+        Err((e, _)) => panic!("the step should succeed once the report commits: {e}"),
+    };
+    assert!(db.has_column("items", "note").await);
+    let waits: Vec<&Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepWaiting { blockers, lock, .. } => {
+                assert_eq!(lock, "ACCESS EXCLUSIVE");
+                Some(blockers)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !waits.is_empty(),
+        "the sql step should have waited: {events:?}"
+    );
+    assert!(
+        waits[0][0].contains(&format!("pid {report_pid} ")),
+        "the wait names the report's pid {report_pid}: {:?}",
+        waits[0]
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::StepRetry { .. })),
+        "the sql step queued for the lock instead of looking first: {events:?}"
+    );
+}

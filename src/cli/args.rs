@@ -12,8 +12,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database: Option<String>,
 
-    /// Output: human (bars on a terminal, plain lines otherwise) or json (NDJSON events).
-    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    /// Output: human (bars on a terminal, plain lines otherwise), json (NDJSON events), or
+    /// github (workflow annotations; `lint` and `validate` only).
+    #[arg(long = "format", value_name = "FORMAT", global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+
+    /// `--format` as the commands other than `lint` and `validate` take it (set from `output`).
+    #[arg(skip)]
     pub format: Format,
 
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
@@ -24,10 +29,29 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
+    #[default]
     Human,
     Json,
+}
+
+/// `--format` as typed: `github` (workflow annotations) only means something to `lint` and
+/// `validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+    Github,
+}
+
+/// A phase kind, as `phased lint --phase` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseKindArg {
+    Expand,
+    Migrate,
+    SwitchFlag,
+    Contract,
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +62,8 @@ pub enum Command {
         #[arg(required = true)]
         plans: Vec<PathBuf>,
     },
+    /// Lint plain SQL files (or folders of .sql files, phased migrations included); no database needed.
+    Lint(LintArgs),
     /// Execute a plan, or resume it where it stopped.
     Run(RunArgs),
     /// Show every phase and step: state, timings, progress, last error.
@@ -86,6 +112,19 @@ pub enum Command {
     },
     /// Restore a backup into the database it was taken from, or the one given with --database.
     Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// .sql files, or folders whose .sql files are linted (recursively, in name order).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// The kind of phase the SQL runs in: turns on the phase rules (destructive-outside-contract).
+    #[arg(long, value_enum)]
+    pub phase: Option<PhaseKindArg>,
+    /// The SQL runs inside one transaction (a phased migration file says so in its header).
+    #[arg(long)]
+    pub transactional: bool,
 }
 
 #[derive(Debug, Args)]

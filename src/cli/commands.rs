@@ -3,7 +3,9 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use super::args::{Cli, Command, DialectArg, FlagsAction, Format, PlanArgs, RollbackArgs, RunArgs};
+use super::args::{
+    Cli, Command, DialectArg, FlagsAction, Format, OutputFormat, PlanArgs, RollbackArgs, RunArgs,
+};
 use super::config::{self, color, prepare, Open};
 use super::exit;
 use super::output::{HumanReporter, JsonReporter};
@@ -15,7 +17,8 @@ use crate::with_target;
 /// Runs the parsed command line and returns the process exit code.
 pub async fn execute(cli: Cli) -> u8 {
     match &cli.command {
-        Command::Validate { plans } => validate(plans, cli.format),
+        Command::Validate { plans } => validate(plans, cli.output),
+        Command::Lint(args) => super::lint::lint(args, cli.output),
         Command::Run(args) => run(&cli, args).await,
         Command::Status(args) => super::status::status(&cli, args).await,
         Command::Pause { plan } => control(&cli, plan, ControlChange::Pause).await,
@@ -38,21 +41,45 @@ pub async fn execute(cli: Cli) -> u8 {
     }
 }
 
-fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
+fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
     let mut code = exit::OK;
     for path in plans {
         match config::load_plan(path) {
             Ok(loaded) => {
-                if loaded.report.warnings().next().is_some() {
-                    eprint!("{}", loaded.report.render_for(color()));
+                // The plan's own SQL, linted phase-aware: `sql` steps, then the migration files
+                // `migrations` steps run.
+                let mut report = loaded.report.clone();
+                report
+                    .findings
+                    .extend(crate::plan::lint::lint_plan(&loaded.plan));
+                report.findings.sort_by_key(|f| (f.line, f.column));
+                let migrations = lint_migrations(&loaded.base_dir, &loaded.plan);
+                let lint_errors =
+                    report.errors().count() + migrations.iter().map(|m| m.errors()).sum::<usize>();
+                let warnings = report.warnings().count()
+                    + migrations.iter().map(|m| m.warnings()).sum::<usize>();
+                if format == OutputFormat::Github {
+                    print_annotations(&report);
+                } else if !report.findings.is_empty() {
+                    eprint!("{}", report.render_for(color()));
                 }
-                let warnings = loaded.report.warnings().count();
+                for m in &migrations {
+                    match format {
+                        OutputFormat::Github => super::lint::print_file(m, OutputFormat::Github),
+                        _ if m.findings.is_empty() => {}
+                        _ => eprint!("{}", super::lint::render(m, color())),
+                    }
+                }
+                let valid = lint_errors == 0;
+                if !valid {
+                    code = exit::INVALID;
+                }
                 match format {
-                    Format::Json => crate::outln!(
+                    OutputFormat::Json => crate::outln!(
                         "{}",
-                        serde_json::json!({"plan": path.display().to_string(), "valid": true, "warnings": warnings})
+                        serde_json::json!({"plan": path.display().to_string(), "valid": valid, "errors": lint_errors, "warnings": warnings})
                     ),
-                    Format::Human => crate::outln!(
+                    OutputFormat::Human if valid => crate::outln!(
                         "{}: ok — plan `{}`, {} phases, {} steps{}",
                         path.display(),
                         loaded.plan.id(),
@@ -64,25 +91,83 @@ fn validate(plans: &[std::path::PathBuf], format: Format) -> u8 {
                             String::new()
                         }
                     ),
+                    OutputFormat::Human => {
+                        crate::outln!("{}: invalid — {lint_errors} lint error(s)", path.display())
+                    }
+                    OutputFormat::Github => {}
                 }
             }
             Err(report) => {
-                eprint!("{}", report.render_for(color()));
+                if format == OutputFormat::Github {
+                    print_annotations(&report);
+                } else {
+                    eprint!("{}", report.render_for(color()));
+                }
                 let errors = report.errors().count();
                 match format {
-                    Format::Json => crate::outln!(
+                    OutputFormat::Json => crate::outln!(
                         "{}",
                         serde_json::json!({"plan": path.display().to_string(), "valid": false, "errors": errors})
                     ),
-                    Format::Human => {
+                    OutputFormat::Human => {
                         crate::outln!("{}: invalid — {errors} error(s)", path.display())
                     }
+                    OutputFormat::Github => {}
                 }
                 code = exit::INVALID;
             }
         }
     }
     code
+}
+
+/// The migration files each `migrations` step of the plan runs, linted in that step's phase
+/// (destructive statements in migrations are the startup rule's business: `-- destructive:`).
+fn lint_migrations(base: &Path, plan: &crate::plan::Plan) -> Vec<super::lint::FileLint> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for phase in &plan.phases.value {
+        for step in &phase.value.steps.value {
+            let crate::plan::Step::Migrations(m) = &step.value else {
+                continue;
+            };
+            if !seen.insert(m.dir.clone()) {
+                continue;
+            }
+            // A folder that cannot be read is already a warning of `validate`.
+            let Ok(files) = super::lint::sql_files(&base.join(&m.dir)) else {
+                continue;
+            };
+            out.extend(
+                files
+                    .iter()
+                    .filter_map(|f| super::lint::lint_file(f, None, false).ok())
+                    .filter(|l| !l.findings.is_empty()),
+            );
+        }
+    }
+    out
+}
+
+/// A plan report's findings as GitHub workflow annotations.
+fn print_annotations(report: &crate::plan::PlanReport) {
+    for f in &report.findings {
+        let message = match &f.help {
+            Some(help) => format!("{}\n{help}", f.message),
+            None => f.message.clone(),
+        };
+        crate::outln!(
+            "{}",
+            super::lint::annotation(
+                f.severity,
+                &report.file,
+                f.line,
+                f.column,
+                "phased validate",
+                &message
+            )
+        );
+    }
 }
 
 fn reporter(format: Format) -> Box<dyn Reporter> {

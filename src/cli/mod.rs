@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod junit;
+pub mod lint;
 pub mod output;
 pub mod prompt;
 pub mod status;
@@ -74,7 +75,7 @@ pub mod exit {
 
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             let code = if err.use_stderr() {
@@ -84,6 +85,20 @@ pub fn main() -> ExitCode {
             };
             let _ = err.print();
             return ExitCode::from(code);
+        }
+    };
+    cli.format = match cli.output {
+        args::OutputFormat::Json => args::Format::Json,
+        args::OutputFormat::Human => args::Format::Human,
+        args::OutputFormat::Github => {
+            if !matches!(
+                cli.command,
+                args::Command::Lint(_) | args::Command::Validate { .. }
+            ) {
+                eprintln!("error: `--format github` is for `phased lint` and `phased validate`");
+                return ExitCode::from(exit::INVALID);
+            }
+            args::Format::Human
         }
     };
     output::init_logging(cli.verbose, cli.format == args::Format::Json);

@@ -1,5 +1,7 @@
-//! `sql`: the plan's own SQL, in a transaction unless it says `transactional: false`. phased
-//! cannot know which locks it takes: keep it short and give it a `lock_timeout`.
+//! `sql`: the plan's own SQL, in a transaction unless it says `transactional: false`. The tables
+//! it locks are read from the parse (`plan::lint::locks`), so it looks before it queues; what
+//! the parse cannot see (function bodies, `EXECUTE`) it cannot: keep it short and give it a
+//! `lock_timeout`. `phased validate` lints it in its phase (`plan::lint`).
 //!
 //! Resumes: a transactional step is all or nothing, and runs again after a crash; a
 //! `transactional: false` script runs again from its start, so it should be written to be re-run.
@@ -10,6 +12,8 @@ use std::path::PathBuf;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::lock::TableLock;
+use super::name::TableName;
 use super::{Dialect, Inverse, InverseContext, Operation, RenderError, Unit};
 use crate::plan::{PhaseKind, PlanDuration};
 
@@ -33,6 +37,10 @@ pub struct SqlStep {
     /// total, for older transactions (not serialized when absent: existing checksums stay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index_wait_timeout: Option<PlanDuration>,
+    /// Lint rules this step is allowed to break (`allow: [rule]`); not serialized when empty,
+    /// so existing checksums stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
     /// The text of `file`, read when the plan is loaded (part of the checksum).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_text: Option<String>,
@@ -72,6 +80,8 @@ struct SqlStepFields {
     statement_timeout: Option<PlanDuration>,
     #[serde(default)]
     index_wait_timeout: Option<PlanDuration>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for SqlStep {
@@ -118,6 +128,7 @@ impl<'de> Deserialize<'de> for SqlStep {
                     lock_timeout: f.lock_timeout,
                     statement_timeout: f.statement_timeout,
                     index_wait_timeout: f.index_wait_timeout,
+                    allow: f.allow,
                     file_text: None,
                     down_file_text: None,
                 })
@@ -149,6 +160,26 @@ impl Operation for SqlStep {
             (Some(up), None) => first_line(up, 48),
             (None, None) => String::new(),
         }
+    }
+
+    /// Read from the parse of `up` (plan::lint::locks): each table a statement names and the
+    /// strongest lock PostgreSQL takes on it, so the runner looks before it queues, as for
+    /// every built-in step. What the SQL does not name (a `DROP INDEX`'s table, a function's
+    /// body) is not looked for.
+    fn locks(&self) -> Vec<TableLock> {
+        let Some(sql) = self.up_sql() else {
+            return Vec::new();
+        };
+        let found = crate::plan::lint::locks::locks(sql);
+        crate::plan::lint::locks::strongest(&found)
+            .into_iter()
+            .filter_map(|(table, mode)| {
+                Some(TableLock {
+                    table: TableName::new(table).ok()?,
+                    mode,
+                })
+            })
+            .collect()
     }
 
     fn allowed_in(&self) -> &'static [PhaseKind] {
@@ -202,6 +233,31 @@ fn first_line(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::ops::lock::LockMode;
+
+    #[test]
+    fn locks_come_from_the_parse_of_up() {
+        let step = SqlStep {
+            up: Some(
+                "UPDATE accounts SET a = 1;\nALTER TABLE accounts ADD COLUMN c text;\nCREATE INDEX i ON orders (x);".into(),
+            ),
+            transactional: true,
+            ..SqlStep::default()
+        };
+        let locks: Vec<(String, LockMode)> = step
+            .locks()
+            .into_iter()
+            .map(|l| (l.table.to_string(), l.mode))
+            .collect();
+        assert_eq!(
+            locks,
+            vec![
+                ("accounts".to_string(), LockMode::AccessExclusive),
+                ("orders".to_string(), LockMode::Share)
+            ]
+        );
+    }
+
     use super::*;
     use crate::ops::parse_step;
 

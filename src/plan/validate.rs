@@ -59,6 +59,7 @@ pub fn validate(plan: &Plan) -> Vec<Finding> {
         for step in &phase.steps.value {
             check_placement(phase.kind.value, name, step, &mut findings);
             check_step(step, &created_tables, &mut findings);
+            check_allow(step, &mut findings);
             match &step.value {
                 Step::CreateTable(t) => {
                     created_tables.insert(t.name.as_str());
@@ -102,6 +103,22 @@ pub fn validate(plan: &Plan) -> Vec<Finding> {
     }
     findings.sort_by_key(|f| (f.line, f.column));
     findings
+}
+
+/// A `sql` step's `allow:` names lint rules phased knows.
+fn check_allow(step: &Spanned<Step>, findings: &mut Vec<Finding>) {
+    let Step::Sql(sql) = &step.value else {
+        return;
+    };
+    for name in sql.allow.iter().filter(|n| !super::lint::is_rule(n)) {
+        findings.push(
+            Finding::error(
+                step.referenced,
+                format!("`allow` names `{name}`, which is not a lint rule"),
+            )
+            .with_help("docs/lint.md lists the rules; `phased lint` prints each finding's rule"),
+        );
+    }
 }
 
 fn phase_list(plan: &Plan) -> String {
