@@ -57,6 +57,9 @@ pub struct PgTarget {
     /// The step connection's backend pid (to cancel its statement on an interrupt, and for
     /// the session that watches a concurrent index build).
     work_pid: Option<i32>,
+    /// The same pid, shared with the [`Canceller`](crate::db::cancel::Canceller) handed out
+    /// before the run (0: unknown), so a step connection opened again is the one cancelled.
+    shared_pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
     /// The server's `server_version_num`, once looked up (None inside: offline).
     server_version: Option<Option<i32>>,
 }
@@ -69,12 +72,21 @@ pub(crate) fn pg_millis(d: Duration) -> String {
 /// Maps a driver error to a [`DbError`], keeping the statement and classifying retries.
 pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> DbError {
     let code = err.code().cloned();
-    let retryable = matches!(
-        code,
-        Some(SqlState::LOCK_NOT_AVAILABLE)
-            | Some(SqlState::T_R_DEADLOCK_DETECTED)
-            | Some(SqlState::T_R_SERIALIZATION_FAILURE)
-    );
+    // A connection that is gone (`connection closed`: no SQLSTATE) is a connection failure.
+    let code_text = code
+        .as_ref()
+        .map(|c| c.code().to_string())
+        .or_else(|| err.is_closed().then(|| "08006".to_string()));
+    let lost = code_text
+        .as_deref()
+        .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P02");
+    let retryable = lost
+        || matches!(
+            code,
+            Some(SqlState::LOCK_NOT_AVAILABLE)
+                | Some(SqlState::T_R_DEADLOCK_DETECTED)
+                | Some(SqlState::T_R_SERIALIZATION_FAILURE)
+        );
     let message = match err.as_db_error() {
         Some(db) => {
             let mut m = format!(
@@ -95,7 +107,7 @@ pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> DbError {
     };
     DbError::Sql {
         message,
-        code: code.map(|c| c.code().to_string()),
+        code: code_text,
         sql: sql.to_string(),
         retryable,
     }
@@ -150,6 +162,9 @@ impl PgTarget {
             .map(|row| row.get(0));
         Ok(Self {
             pool: Some(pool),
+            shared_pid: std::sync::Arc::new(std::sync::atomic::AtomicI32::new(
+                work_pid.unwrap_or(0),
+            )),
             work_pid,
             work: Conn::live(work),
             leases: Default::default(),
@@ -178,6 +193,7 @@ impl PgTarget {
                 dry_versions: None,
                 watchers: None,
                 work_pid: None,
+                shared_pid: Default::default(),
                 server_version: None,
             },
         }
@@ -192,6 +208,31 @@ impl PgTarget {
             target: redact(&self.url),
             message: pool_error_message(e),
         })
+    }
+
+    /// Opens a new step connection when the old one is gone (terminated, dropped): whatever it
+    /// was running rolled back with it, so the engine's next attempt starts from the recorded
+    /// state (a backfill's checkpoint, an INVALID index to drop). Never in a dry run.
+    async fn revive(&mut self) -> Result<(), DbError> {
+        if self.work.recorder().is_some() || !self.work.is_closed() {
+            return Ok(());
+        }
+        let client = self.connection().await?;
+        // Looked up directly on the new session, like at connect: not a step statement.
+        let pid: Option<i32> = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ok()
+            .map(|row| row.get(0));
+        tracing::warn!(
+            pid,
+            "the step connection was lost; carrying on on a new one"
+        );
+        self.work = Conn::live(client);
+        self.work_pid = pid;
+        self.shared_pid
+            .store(pid.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// The connection step work runs on.
@@ -454,18 +495,22 @@ pub(crate) fn set_local(timeouts: Timeouts) -> String {
 
 impl StateStore for PgTarget {
     async fn ensure_state(&mut self) -> Result<(), DbError> {
+        self.revive().await?;
         state::ensure(&mut self.work).await
     }
 
     async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError> {
+        self.revive().await?;
         state::load_steps(&self.work, plan).await
     }
 
     async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
+        self.revive().await?;
         state::begin_step(&self.work, step).await
     }
 
     async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
+        self.revive().await?;
         state::fail_step(&self.work, key, error).await
     }
 
@@ -689,9 +734,9 @@ impl Executor for PgTarget {
 
     fn canceller(&self) -> Option<crate::db::cancel::Canceller> {
         match (&self.pool, self.work_pid, self.work.recorder()) {
-            (Some(pool), Some(pid), None) => Some(crate::db::cancel::Canceller::Postgres {
+            (Some(pool), Some(_), None) => Some(crate::db::cancel::Canceller::Postgres {
                 pool: pool.clone(),
-                pid,
+                pid: self.shared_pid.clone(),
             }),
             _ => None,
         }
