@@ -17,6 +17,7 @@ mod engine_steps;
 mod index_builds;
 mod input_edges;
 mod interrupts;
+mod lease_fence;
 mod migrations;
 mod names;
 mod online_safety;

@@ -20,6 +20,10 @@ pub enum DbError {
     /// The database answered with something phased cannot use.
     #[error("{0}")]
     Unexpected(String),
+    /// This runner no longer holds the plan's lease (its lock session ended, or another runner
+    /// took the lease over): the unit of work was rolled back and no more may be done.
+    #[error("the lease was lost: {0}")]
+    LeaseLost(String),
 }
 
 impl DbError {
@@ -40,6 +44,14 @@ impl DbError {
     pub fn is_connection_lost(&self) -> bool {
         matches!(self, DbError::Sql { code: Some(c), .. }
             if c.starts_with("08") || c == "57P01" || c == "57P02")
+    }
+
+    /// Why the lease was lost, when that is what this error is.
+    pub fn lease_lost(&self) -> Option<&str> {
+        match self {
+            DbError::LeaseLost(why) => Some(why),
+            _ => None,
+        }
     }
 
     pub fn sql(&self) -> Option<&str> {

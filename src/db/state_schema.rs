@@ -56,6 +56,9 @@ pub const POSTGRES: &[&[&str]] = &[
     // runs. Not the checkpoint: a script's checkpoint counts its statements done, and progress
     // must never be mistaken for a place to resume from.
     &["ALTER TABLE phased.steps ADD COLUMN IF NOT EXISTS progress text"],
+    // 4: the lease's generation, bumped by every runner that takes a plan's lease and checked
+    // in the transaction of each unit of work, so a runner that lost its lease commits nothing.
+    &["CREATE TABLE IF NOT EXISTS phased.leases (plan text PRIMARY KEY, generation bigint NOT NULL)"],
 ];
 
 /// SQLite: tables prefixed `phased_`.
@@ -114,4 +117,7 @@ pub const SQLITE: &[&[&str]] = &[
     ],
     // 2: a backfill's rate, saved with its checkpoint.
     &["ALTER TABLE phased_steps ADD COLUMN rows_per_second REAL"],
+    // 3: the lease's generation (see the PostgreSQL version 4); kept apart from `phased_lease`,
+    // whose row is deleted when a runner ends, so the count never goes back.
+    &["CREATE TABLE IF NOT EXISTS phased_lease_generations (plan TEXT PRIMARY KEY, generation INTEGER NOT NULL)"],
 ];

@@ -421,6 +421,9 @@ async fn run_step<T: Database>(
             })
             .await;
         if let Err(error) = begun {
+            if let Some(why) = lost_lease(target, &error) {
+                return Err(StepFailure::Engine(EngineError::LeaseLost(why)));
+            }
             // The attempt could not even be recorded (SQLite busy under another writer, a
             // dropped connection): an attempt spent from the same budget, not the end of the run.
             let Some(wait) = attempts.retry_after(&error) else {
@@ -505,6 +508,12 @@ async fn run_step<T: Database>(
             Ok(Completion::Stopped(detail)) => {
                 return Err(interrupted(target, options, step, def, &key, Some(detail)).await)
             }
+            // The lease is gone: nothing more may be written, not even the failure (the state
+            // belongs to the runner that holds the lease now).
+            Err(e) if lost_lease(target, &e).is_some() => {
+                let why = lost_lease(target, &e).unwrap_or_default();
+                return Err(StepFailure::Engine(EngineError::LeaseLost(why)));
+            }
             Err(e) if options.interrupted().is_some() => {
                 let detail = format!("its statement was cancelled: {e}");
                 return Err(interrupted(target, options, step, def, &key, Some(detail)).await);
@@ -546,6 +555,10 @@ async fn run_step<T: Database>(
             });
             match target.fail_step(&key, &message).await {
                 Ok(()) => {}
+                Err(unrecorded) if unrecorded.lease_lost().is_some() => {
+                    let why = unrecorded.lease_lost().unwrap_or_default().to_string();
+                    return Err(StepFailure::Engine(EngineError::LeaseLost(why)));
+                }
                 // Busy still (SQLite, another process's write lock): the next attempt records
                 // itself; the retry is not given up for want of a note.
                 Err(unrecorded) if unrecorded.is_retryable() => {
@@ -588,6 +601,14 @@ async fn run_step<T: Database>(
             sql,
         });
     }
+}
+
+/// Why the lease was lost, when `error` says so or the lease's heartbeat saw it go.
+fn lost_lease<T: Database>(target: &T, error: &DbError) -> Option<String> {
+    error
+        .lease_lost()
+        .map(str::to_string)
+        .or_else(|| target.lease_lost())
 }
 
 /// Records a failed attempt; a write that fails on a busy database (or a connection that had
