@@ -60,6 +60,20 @@ async fn a_runner_whose_lock_session_is_terminated_stops_and_a_second_runner_fin
     let mut first = Proc::spawn(command(&run_args(&plan, &db.url), None));
     first.wait_for("a backfill batch", |l| l.contains("\"backfill_progress\""));
     assert_eq!(terminate_lease_session(&client).await, 1);
+    // The terminated backend releases the advisory lock as it exits: start the second runner
+    // once it has (a condition in pg_locks, checked again until it holds).
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let mut free = false;
+    for _ in 0..3000 {
+        let n: i64 = client.query_one(held, &[]).await.expect("pg_locks").get(0);
+        if n == 0 {
+            free = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(free, "the terminated session still holds the lease");
     let second = Proc::spawn(command(&run_args(&plan, &db.url), None));
     let (first_code, first_text) = first.finish();
     let (second_code, second_text) = second.finish();
