@@ -428,3 +428,89 @@ async fn status_watch_follows_a_running_backfill_on_postgres() {
 async fn status_watch_follows_a_running_backfill_on_sqlite() {
     status_watch_follows_a_running_backfill(TestDb::sqlite()).await;
 }
+
+/// `phased pause|resume|pace` from another process: the running backfill stops before its next
+/// batch and says who paused it; the pause outlives a kill -9 of the runner and holds the next
+/// run too; `pace` and `resume` let it finish, every row touched exactly once.
+async fn an_operator_pauses_and_resumes_a_backfill_from_another_process(db: TestDb) {
+    let Backfilling {
+        dir: _dir,
+        plan,
+        mut run,
+    } = start_backfill(&db, false, false).await;
+    let steps = steps_table(&db);
+    until("the first batches", async || {
+        db.scalar(&format!("SELECT count(*) FROM {steps} WHERE rows_done > 0"))
+            .await
+            > 0
+    })
+    .await;
+    let operator = |args: &[&str]| {
+        let out = phased_cmd()
+            .args(args)
+            .arg(&plan)
+            .args(["--database", &db.url()])
+            .output()
+            .expect("phased");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let said = operator(&["pause"]);
+    assert!(said.contains("paused"), "{said}");
+    until("the runner to pause", async || {
+        run.stderr().contains("paused by ")
+    })
+    .await;
+    let done = db.scalar(&format!("SELECT rows_done FROM {steps}")).await;
+    assert!(done > 0 && done < ROWS, "{done}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE touched = 1")
+            .await,
+        done
+    );
+    let status = operator(&["status"]);
+    assert!(status.contains("backfills: paused by "), "{status}");
+
+    // The pause outlives the runner: a new run waits before its first batch.
+    run.signal("KILL");
+    assert_eq!(run.wait(), None);
+    let mut next = start(&plan, &db, &[]);
+    until("the next run to see the pause", async || {
+        next.stderr().contains("paused by ")
+    })
+    .await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE touched = 1")
+            .await,
+        done
+    );
+
+    let paced = operator(&["pace", "--max-rows-per-second", "100000"]);
+    assert!(paced.contains("at most 100000 rows a second"), "{paced}");
+    operator(&["resume"]);
+    assert_eq!(next.wait(), Some(0), "{}", next.stderr());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE touched = 1")
+            .await,
+        ROWS
+    );
+    let status = operator(&["status"]);
+    assert!(
+        status.contains("backfills: at most 100000 rows/s"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pauses_and_resumes_a_backfill_on_postgres() {
+    an_operator_pauses_and_resumes_a_backfill_from_another_process(TestDb::pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pauses_and_resumes_a_backfill_on_sqlite() {
+    an_operator_pauses_and_resumes_a_backfill_from_another_process(TestDb::sqlite()).await;
+}

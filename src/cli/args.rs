@@ -42,6 +42,19 @@ pub enum Command {
     Run(RunArgs),
     /// Show every phase and step: state, timings, progress, last error.
     Status(StatusArgs),
+    /// Pause the plan's backfills, from any machine: a running backfill stops before its next
+    /// batch (within a second) and waits; the pause holds for later runs until `phased resume`.
+    Pause {
+        /// The plan file (YAML; its id keys the state in the database).
+        plan: PathBuf,
+    },
+    /// Resume the plan's paused backfills (`phased pause`), from any machine.
+    Resume {
+        /// The plan file (YAML; its id keys the state in the database).
+        plan: PathBuf,
+    },
+    /// Set the pace of the plan's backfills, from any machine, while they run.
+    Pace(PaceArgs),
     /// Check a phase's gate without running anything (exit 3 when it is not met).
     Gate {
         /// The plan file (YAML; its id keys the state in the database).
@@ -82,6 +95,18 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PaceArgs {
+    /// The plan file (YAML; its id keys the state in the database).
+    pub plan: PathBuf,
+    /// At most this many rows a second, over the steps' own `max_rows_per_second`.
+    #[arg(long, conflicts_with = "auto", required_unless_present = "auto")]
+    pub max_rows_per_second: Option<u64>,
+    /// Back to the plan's own pace (drops a --max-rows-per-second set earlier).
+    #[arg(long)]
+    pub auto: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use super::config::{self, color, prepare, Open};
 use super::exit;
 use super::output::{HumanReporter, JsonReporter};
 use super::prompt::confirm;
-use crate::db::{DatabaseUrl, DbError};
+use crate::db::{ControlChange, DatabaseUrl, DbError};
 use crate::engine::{self, EngineError, Reporter};
 use crate::with_target;
 
@@ -18,6 +18,15 @@ pub async fn execute(cli: Cli) -> u8 {
         Command::Validate { plans } => validate(plans, cli.format),
         Command::Run(args) => run(&cli, args).await,
         Command::Status(args) => super::status::status(&cli, args).await,
+        Command::Pause { plan } => control(&cli, plan, ControlChange::Pause).await,
+        Command::Resume { plan } => control(&cli, plan, ControlChange::Resume).await,
+        Command::Pace(args) => {
+            let rate = args
+                .max_rows_per_second
+                .filter(|_| !args.auto)
+                .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+            control(&cli, &args.plan, ControlChange::Pace(rate)).await
+        }
         Command::Gate { plan, phase } => gate(&cli, plan, phase).await,
         Command::Flags { action } => flags(&cli, action.as_ref()).await,
         Command::Rollback(args) => rollback(&cli, args).await,
@@ -257,6 +266,52 @@ async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         Ok(()) => exit::OK,
         Err(err) => report_engine_error(&err, &args.plan, cli.format),
     }
+}
+
+/// Who an operator's command is recorded as: `user@host`.
+fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".to_string());
+    format!("{user}@{host}")
+}
+
+/// `phased pause|resume|pace PLAN`: an operator's hand on the plan's backfills, written to the
+/// state in the target database, where a running backfill reads it before its next batch.
+async fn control(cli: &Cli, path: &Path, change: ControlChange) -> u8 {
+    let (loaded, _url, mut target) = match prepare(cli, path, Open::Existing).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let by = operator();
+    let plan = loaded.plan.id().to_string();
+    let result: Result<(), DbError> = with_target!(&mut target, t => async {
+        t.ensure_state().await?;
+        t.set_backfill_control(&plan, change, &by).await
+    }.await);
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        return exit::FAILED;
+    }
+    let what = match change {
+        ControlChange::Pause => "paused: a running backfill stops before its next batch (within a second) and waits; the pause holds for later runs until `phased resume`".to_string(),
+        ControlChange::Resume => "resumed: a paused backfill goes on from its checkpoint".to_string(),
+        ControlChange::Pace(Some(n)) => format!("paced: at most {n} rows a second, from the next batch"),
+        ControlChange::Pace(None) => "paced: back to the plan's own pace".to_string(),
+    };
+    if cli.format == Format::Json {
+        crate::outln!(
+            "{}",
+            serde_json::json!({"event": "control", "plan": plan, "by": by, "change": format!("{change:?}").to_lowercase()})
+        );
+    } else {
+        crate::outln!("plan {plan}'s backfills {what} (by {by})");
+    }
+    exit::OK
 }
 
 /// Ctrl-C and SIGTERM during a run: the first raises the interrupt (the run stops at its next

@@ -102,6 +102,19 @@ pub fn view(status: &PlanStatus, path: &Path) -> String {
         ),
         (None, false) => "runner: none\n".to_string(),
     });
+    if let Some(control) = &status.control {
+        if control.paused {
+            out.push_str(&format!(
+                "backfills: paused by {} at {} (`phased resume` resumes them)\n",
+                control.set_by, control.set_at
+            ));
+        } else if let Some(rate) = control.max_rows_per_second {
+            out.push_str(&format!(
+                "backfills: at most {rate} rows/s (`phased pace` by {} at {})\n",
+                control.set_by, control.set_at
+            ));
+        }
+    }
     for phase in &status.phases {
         out.push_str(&format!(
             "\n{} ({}) — {}\n",

@@ -154,6 +154,27 @@ pub struct BatchOutcome {
     pub held: std::time::Duration,
 }
 
+/// An operator's hand on a plan's backfills, from any machine (`phased pause|resume|pace`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackfillControl {
+    /// Batches wait until `phased resume`.
+    pub paused: bool,
+    /// Overrides the steps' `max_rows_per_second` (None: the plan's own pace).
+    pub max_rows_per_second: Option<i64>,
+    /// Who set it (user@host) and when (RFC 3339, UTC).
+    pub set_by: String,
+    pub set_at: String,
+}
+
+/// What `pause`, `resume` and `pace` change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlChange {
+    Pause,
+    Resume,
+    /// `Some(n)`: at most n rows a second; `None`: back to the plan's pace.
+    Pace(Option<i64>),
+}
+
 /// A flag in the flag store.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FlagRecord {
@@ -233,6 +254,18 @@ pub trait StateStore {
     async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError>;
 
     async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError>;
+
+    /// The operator's hand on the plan's backfills, if one was ever set (none before the state
+    /// tables exist).
+    async fn backfill_control(&mut self, plan: &str) -> Result<Option<BackfillControl>, DbError>;
+
+    /// Records an operator's `pause`, `resume` or `pace` for the plan's backfills, by `by`.
+    async fn set_backfill_control(
+        &mut self,
+        plan: &str,
+        change: ControlChange,
+        by: &str,
+    ) -> Result<(), DbError>;
 
     /// Sets a flag and, when a step is given, marks it done in the same transaction.
     async fn set_flag(

@@ -56,7 +56,15 @@ pub const POSTGRES: &[&[&str]] = &[
     // runs. Not the checkpoint: a script's checkpoint counts its statements done, and progress
     // must never be mistaken for a place to resume from.
     &["ALTER TABLE phased.steps ADD COLUMN IF NOT EXISTS progress text"],
-    // 4: the lease's generation, bumped by every runner that takes a plan's lease and checked
+    // 4: an operator's hand on a plan's backfills (`phased pause|resume|pace`), from any machine.
+    &["CREATE TABLE IF NOT EXISTS phased.backfill_control (
+            plan text PRIMARY KEY,
+            paused boolean NOT NULL DEFAULT false,
+            max_rows_per_second bigint,
+            set_by text NOT NULL,
+            set_at timestamptz NOT NULL DEFAULT now()
+        )"],
+    // 5: the lease's generation, bumped by every runner that takes a plan's lease and checked
     // in the transaction of each unit of work, so a runner that lost its lease commits nothing.
     &["CREATE TABLE IF NOT EXISTS phased.leases (plan text PRIMARY KEY, generation bigint NOT NULL)"],
 ];
@@ -117,7 +125,15 @@ pub const SQLITE: &[&[&str]] = &[
     ],
     // 2: a backfill's rate, saved with its checkpoint.
     &["ALTER TABLE phased_steps ADD COLUMN rows_per_second REAL"],
-    // 3: the lease's generation (see the PostgreSQL version 4); kept apart from `phased_lease`,
+    // 3: an operator's hand on a plan's backfills (`phased pause|resume|pace`).
+    &["CREATE TABLE IF NOT EXISTS phased_backfill_control (
+            plan TEXT PRIMARY KEY,
+            paused INTEGER NOT NULL DEFAULT 0,
+            max_rows_per_second INTEGER,
+            set_by TEXT NOT NULL,
+            set_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        )"],
+    // 4: the lease's generation (see the PostgreSQL version 5); kept apart from `phased_lease`,
     // whose row is deleted when a runner ends, so the count never goes back.
     &["CREATE TABLE IF NOT EXISTS phased_lease_generations (plan TEXT PRIMARY KEY, generation INTEGER NOT NULL)"],
 ];

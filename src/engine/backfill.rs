@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
 use super::interrupt::Interrupt;
-use crate::db::{BatchRequest, Database, DbError, StepKey, Timeouts};
+use crate::db::{BackfillControl, BatchRequest, Database, DbError, StepKey, Timeouts};
 use crate::plan::{Backfill, BatchSize};
 
 /// Batch size bounds for `batch_size: auto`.
@@ -21,6 +21,9 @@ pub const AUTO_MAX: u64 = 100_000;
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// How often a paused backfill looks again at the throttle file.
 const FILE_POLL: Duration = Duration::from_millis(200);
+/// How often the operator's control (`phased pause|resume|pace`) is read: a pause from another
+/// machine takes effect before the next batch, within this.
+const CONTROL_POLL: Duration = Duration::from_millis(500);
 /// How often the replica lag is read: before a batch at most this often, and while paused on it.
 const LAG_POLL: Duration = Duration::from_secs(1);
 
@@ -58,6 +61,8 @@ pub fn pause_after(
 pub enum PauseReason {
     /// The operator's throttle file exists.
     ThrottleFile(PathBuf),
+    /// `phased pause PLAN`, from any machine, until `phased resume PLAN`.
+    Operator { by: String, at: String },
     /// A streaming replica lags more than `max_replica_lag`.
     ReplicaLag { lag: Duration, max: Duration },
 }
@@ -70,6 +75,9 @@ impl PauseReason {
                     "throttle file {} exists; remove it to resume",
                     path.display()
                 )
+            }
+            PauseReason::Operator { by, at } => {
+                format!("paused by {by} at {at} (`phased pause`); `phased resume PLAN` resumes it")
             }
             PauseReason::ReplicaLag { lag, max } => format!(
                 "replica lag {:.1}s exceeds max_replica_lag {:.1}s",
@@ -106,6 +114,10 @@ struct Walk<'a> {
     size: u64,
     last_report: Option<Instant>,
     last_lag_check: Option<(Instant, Option<Duration>)>,
+    /// The plan whose operator control (`phased pause|resume|pace`) applies, and when it was
+    /// last read with what it said. None in a dry run.
+    control_of: Option<&'a str>,
+    control: Option<(Instant, Option<BackfillControl>)>,
 }
 
 impl Walk<'_> {
@@ -125,10 +137,48 @@ impl Walk<'_> {
         self.last_report = Some(Instant::now());
     }
 
+    /// The operator's control of the plan's backfills, read at most every `CONTROL_POLL`.
+    async fn control<T: Database>(
+        &mut self,
+        target: &mut T,
+    ) -> Result<Option<BackfillControl>, DbError> {
+        let Some(plan) = self.control_of else {
+            return Ok(None);
+        };
+        match &self.control {
+            Some((at, control)) if at.elapsed() < CONTROL_POLL => Ok(control.clone()),
+            _ => {
+                let control = target.backfill_control(plan).await?;
+                self.control = Some((Instant::now(), control.clone()));
+                Ok(control)
+            }
+        }
+    }
+
+    /// The rows-per-second cap: the operator's `pace`, else the step's own.
+    async fn max_rows_per_second<T: Database>(&mut self, target: &mut T) -> Result<u64, DbError> {
+        Ok(
+            match self
+                .control(target)
+                .await?
+                .and_then(|c| c.max_rows_per_second)
+            {
+                Some(rate) => u64::try_from(rate).unwrap_or(0),
+                None => self.step.max_rows_per_second,
+            },
+        )
+    }
+
     async fn pause_reason<T: Database>(
         &mut self,
         target: &mut T,
     ) -> Result<Option<PauseReason>, DbError> {
+        if let Some(control) = self.control(target).await?.filter(|c| c.paused) {
+            return Ok(Some(PauseReason::Operator {
+                by: control.set_by,
+                at: control.set_at,
+            }));
+        }
         if let Some(file) = self.throttle_file {
             if file.exists() {
                 return Ok(Some(PauseReason::ThrottleFile(file.to_path_buf())));
@@ -172,6 +222,7 @@ impl Walk<'_> {
             }
             let poll = match reason {
                 PauseReason::ThrottleFile(_) => FILE_POLL,
+                PauseReason::Operator { .. } => CONTROL_POLL,
                 PauseReason::ReplicaLag { .. } => LAG_POLL,
             };
             match interrupt {
@@ -304,6 +355,8 @@ pub async fn run<T: Database>(
         },
         last_report: None,
         last_lag_check: None,
+        control_of: (!dry).then_some(key.plan.as_str()),
+        control: None,
     };
     walk.report(reporter, None);
     loop {
@@ -349,7 +402,8 @@ pub async fn run<T: Database>(
             // short batches to nothing on a slow link.
             walk.size = next_auto_size(walk.size, outcome.held, step.target_batch_time.0);
         }
-        let pause = pause_after(outcome.rows, took, step.pause.0, step.max_rows_per_second);
+        let cap = walk.max_rows_per_second(target).await?;
+        let pause = pause_after(outcome.rows, took, step.pause.0, cap);
         if !pause.is_zero() {
             match interrupt {
                 Some(interrupt) => {

@@ -19,6 +19,8 @@ pub struct PlanStatus {
     /// A step recorded `running` while no runner holds the lease: its run was interrupted or
     /// killed, and `phased run` resumes it.
     pub orphaned: bool,
+    /// An operator's `phased pause|resume|pace` for the plan's backfills, if any was set.
+    pub control: Option<crate::db::BackfillControl>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,5 +137,6 @@ pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStat
         restored: target.last_restore().await?,
         runner,
         orphaned,
+        control: target.backfill_control(plan.id()).await?,
     })
 }

@@ -636,6 +636,61 @@ impl StateStore for PgTarget {
         state::set_rows_total(&self.work, key, total).await
     }
 
+    async fn backfill_control(
+        &mut self,
+        plan: &str,
+    ) -> Result<Option<crate::db::BackfillControl>, DbError> {
+        if !state::relation_exists(&self.work, "phased.backfill_control").await? {
+            return Ok(None);
+        }
+        let sql = "SELECT paused, max_rows_per_second, set_by, \
+                   to_char(set_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+                   FROM phased.backfill_control WHERE plan = $1";
+        Ok(self
+            .work
+            .query_opt(sql, &[&plan])
+            .await?
+            .map(|row| crate::db::BackfillControl {
+                paused: row.get(0),
+                max_rows_per_second: row.get(1),
+                set_by: row.get(2),
+                set_at: row.get(3),
+            }))
+    }
+
+    async fn set_backfill_control(
+        &mut self,
+        plan: &str,
+        change: crate::db::ControlChange,
+        by: &str,
+    ) -> Result<(), DbError> {
+        use crate::db::ControlChange;
+        let (sql, rate): (&str, Option<i64>) = match change {
+            ControlChange::Pause | ControlChange::Resume => (
+                "INSERT INTO phased.backfill_control (plan, paused, set_by, set_at) VALUES ($1, $2, $3, now()) \
+                 ON CONFLICT (plan) DO UPDATE SET paused = EXCLUDED.paused, set_by = EXCLUDED.set_by, set_at = now()",
+                None,
+            ),
+            ControlChange::Pace(rate) => (
+                "INSERT INTO phased.backfill_control (plan, paused, max_rows_per_second, set_by, set_at) \
+                 VALUES ($1, $2, $4, $3, now()) \
+                 ON CONFLICT (plan) DO UPDATE SET max_rows_per_second = EXCLUDED.max_rows_per_second, \
+                 set_by = EXCLUDED.set_by, set_at = now()",
+                rate,
+            ),
+        };
+        let paused = change == ControlChange::Pause;
+        match change {
+            ControlChange::Pace(_) => {
+                self.work
+                    .execute(sql, &[&plan, &paused, &by, &rate])
+                    .await?
+            }
+            _ => self.work.execute(sql, &[&plan, &paused, &by]).await?,
+        };
+        Ok(())
+    }
+
     async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError> {
         state::flags(&self.work).await
     }

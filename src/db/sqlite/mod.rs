@@ -306,6 +306,69 @@ impl StateStore for SqliteTarget {
         state::set_rows_total(&self.conn, key, total)
     }
 
+    async fn backfill_control(
+        &mut self,
+        plan: &str,
+    ) -> Result<Option<crate::db::BackfillControl>, DbError> {
+        let exists = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'phased_backfill_control'";
+        let n: i64 = self
+            .conn
+            .query_row(exists, [], |r| r.get(0))
+            .map_err(|e| sql_error(e, exists))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let sql = "SELECT paused, max_rows_per_second, set_by, set_at FROM phased_backfill_control WHERE plan = ?1";
+        self.conn
+            .query_row(sql, [plan], |r| {
+                Ok(crate::db::BackfillControl {
+                    paused: r.get::<_, i64>(0)? != 0,
+                    max_rows_per_second: r.get(1)?,
+                    set_by: r.get(2)?,
+                    set_at: r.get(3)?,
+                })
+            })
+            .optional()
+            .map_err(|e| sql_error(e, sql))
+    }
+
+    async fn set_backfill_control(
+        &mut self,
+        plan: &str,
+        change: crate::db::ControlChange,
+        by: &str,
+    ) -> Result<(), DbError> {
+        use crate::db::ControlChange;
+        let now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+        let (sql, rate) = match change {
+            ControlChange::Pause | ControlChange::Resume => (
+                format!(
+                    "INSERT INTO phased_backfill_control (plan, paused, set_by, set_at) VALUES (?1, ?2, ?3, {now}) \
+                     ON CONFLICT (plan) DO UPDATE SET paused = excluded.paused, set_by = excluded.set_by, set_at = excluded.set_at"
+                ),
+                None,
+            ),
+            ControlChange::Pace(rate) => (
+                format!(
+                    "INSERT INTO phased_backfill_control (plan, paused, max_rows_per_second, set_by, set_at) \
+                     VALUES (?1, ?2, ?4, ?3, {now}) \
+                     ON CONFLICT (plan) DO UPDATE SET max_rows_per_second = excluded.max_rows_per_second, \
+                     set_by = excluded.set_by, set_at = excluded.set_at"
+                ),
+                rate,
+            ),
+        };
+        let paused = i64::from(change == ControlChange::Pause);
+        let result = match change {
+            ControlChange::Pace(_) => self
+                .conn
+                .execute(&sql, rusqlite::params![plan, paused, by, rate]),
+            _ => self.conn.execute(&sql, rusqlite::params![plan, paused, by]),
+        };
+        result.map_err(|e| sql_error(e, &sql))?;
+        Ok(())
+    }
+
     async fn flags(&mut self) -> Result<Vec<FlagRecord>, DbError> {
         state::flags(&self.conn)
     }
