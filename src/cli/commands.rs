@@ -192,6 +192,7 @@ fn print_failure(headline: &str, error: &str, sql: Option<&str>, done: (&str, &[
 /// Prints an engine error the way an operator needs it, and maps it to its exit code.
 fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
     let code = match err {
+        EngineError::Target(e) if e.lease_lost().is_some() => exit::LOCKED,
         EngineError::StepFailed { .. }
         | EngineError::Drift { .. }
         | EngineError::Target(_)
@@ -199,7 +200,9 @@ fn report_engine_error(err: &EngineError, plan: &Path, format: Format) -> u8 {
         | EngineError::UndoFailed { .. }
         | EngineError::Backup { .. } => exit::FAILED,
         EngineError::GateNotMet(_) => exit::GATE,
-        EngineError::LeaseHeld { .. } | EngineError::LeaseWaitTimedOut { .. } => exit::LOCKED,
+        EngineError::LeaseHeld { .. }
+        | EngineError::LeaseWaitTimedOut { .. }
+        | EngineError::LeaseLost(_) => exit::LOCKED,
         EngineError::Usage(_) => exit::INVALID,
         EngineError::Interrupted { signal, .. } => crate::engine::interrupt::exit_code(signal),
     };

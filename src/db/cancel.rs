@@ -7,8 +7,9 @@
 pub enum Canceller {
     Postgres {
         pool: deadpool_postgres::Pool,
-        /// The step connection's backend.
-        pid: i32,
+        /// The step connection's backend (it changes when a lost step connection is opened
+        /// again; 0: unknown).
+        pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
     },
     Sqlite(rusqlite::InterruptHandle),
 }
@@ -17,9 +18,13 @@ impl Canceller {
     pub async fn cancel(&self) {
         match self {
             Canceller::Postgres { pool, pid } => {
+                let pid = pid.load(std::sync::atomic::Ordering::SeqCst);
+                if pid == 0 {
+                    return;
+                }
                 if let Ok(conn) = pool.get().await {
                     let sql = "SELECT pg_cancel_backend($1)";
-                    if let Err(e) = conn.execute(sql, &[pid]).await {
+                    if let Err(e) = conn.execute(sql, &[&pid]).await {
                         tracing::warn!(error = %e, "could not cancel the running statement");
                     }
                 }

@@ -4,6 +4,7 @@ pub mod backfill_key;
 pub mod backup;
 pub mod cancel;
 pub mod error;
+pub mod fence;
 pub mod index_build;
 pub mod lock;
 pub mod open;
@@ -303,6 +304,10 @@ pub trait Lease {
     async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError>;
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError>;
+
+    /// Why a lease this target held was lost while it ran (its lock session ended, another
+    /// runner took it over), once that is known; None while it holds.
+    fn lease_lost(&self) -> Option<String>;
 
     /// Who holds the plan's lease right now, without taking it: a live runner, or None.
     async fn lease_holder(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError>;

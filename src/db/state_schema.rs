@@ -64,6 +64,9 @@ pub const POSTGRES: &[&[&str]] = &[
             set_by text NOT NULL,
             set_at timestamptz NOT NULL DEFAULT now()
         )"],
+    // 5: the lease's generation, bumped by every runner that takes a plan's lease and checked
+    // in the transaction of each unit of work, so a runner that lost its lease commits nothing.
+    &["CREATE TABLE IF NOT EXISTS phased.leases (plan text PRIMARY KEY, generation bigint NOT NULL)"],
 ];
 
 /// SQLite: tables prefixed `phased_`.
@@ -130,4 +133,7 @@ pub const SQLITE: &[&[&str]] = &[
             set_by TEXT NOT NULL,
             set_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
         )"],
+    // 4: the lease's generation (see the PostgreSQL version 5); kept apart from `phased_lease`,
+    // whose row is deleted when a runner ends, so the count never goes back.
+    &["CREATE TABLE IF NOT EXISTS phased_lease_generations (plan TEXT PRIMARY KEY, generation INTEGER NOT NULL)"],
 ];

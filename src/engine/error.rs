@@ -67,6 +67,12 @@ pub enum EngineError {
         /// Where exactly (a backfill's rows, what was cancelled).
         detail: Option<String>,
     },
+    /// This runner lost the plan's lease while it ran (its lock session ended, another runner
+    /// took the lease over): it stopped and committed nothing more.
+    #[error(
+        "the lease was lost: {0}; the runner holding it now carries on, or run `phased run` again"
+    )]
+    LeaseLost(String),
     /// The database failed outside a step (state tables, lease).
     #[error(transparent)]
     Target(#[from] DbError),

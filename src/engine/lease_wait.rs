@@ -42,6 +42,9 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
 /// A waiter reports when the holder's progress changes, and at least this often.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// Without `--wait`, how long SQLite's "database is busy" (another process committing) is tried
+/// again before it is reported: it says nothing about the lease.
+const BUSY_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What the holder of the lease works on, so a waiter can say how far it got.
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +124,19 @@ pub async fn acquire<T: Database>(
             Err(e) if wait.is_some() && e.is_retryable() => {
                 "another process writing to the database (SQLite cannot say which)".to_string()
             }
+            // Without a wait, SQLite's "database is busy" is not a failure of this run: when a
+            // live runner holds the lease (read without the write lock) it is that runner's
+            // lease, exit 4 naming it; otherwise another writer is committing and the attempt
+            // is repeated, for a bounded time.
+            Err(e) if e.is_retryable() => match target.lease_holder(key).await {
+                Ok(Some(holder)) => holder.description,
+                _ if started.elapsed() < BUSY_PATIENCE => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                    continue;
+                }
+                _ => return Err(e.into()),
+            },
             Err(e) => return Err(e.into()),
         };
         held = true;
@@ -170,14 +186,17 @@ pub async fn acquire<T: Database>(
     }
 }
 
-/// Creates or upgrades the state tables. In startup mode SQLite's "database is busy" (another
-/// process creating them, or committing) is tried again, within the wait's timeout.
+/// Creates or upgrades the state tables. SQLite's "database is busy" (another process creating
+/// them, or committing) is tried again, within the wait's timeout (without one, for a while).
 pub async fn ensure_state<T: Database>(target: &mut T, wait: Option<Wait>) -> Result<(), DbError> {
     let started = Instant::now();
     let mut pause = FIRST_PAUSE;
     loop {
         match target.ensure_state().await {
-            Err(e) if e.is_retryable() && wait.is_some_and(|w| started.elapsed() < w.timeout) => {
+            Err(e)
+                if e.is_retryable()
+                    && started.elapsed() < wait.map_or(BUSY_PATIENCE, |w| w.timeout) =>
+            {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_PAUSE);
             }

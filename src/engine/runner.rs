@@ -412,14 +412,35 @@ async fn run_step<T: Database>(
     let mut checkpoint = record.and_then(|r| r.checkpoint.clone());
     loop {
         let attempt = attempts.begin();
-        target
+        let begun = target
             .begin_step(&StepStart {
                 key: &key,
                 kind: def.kind_name(),
                 label: &label,
                 checksum: &step.checksum,
             })
-            .await?;
+            .await;
+        if let Err(error) = begun {
+            if let Some(why) = lost_lease(target, &error) {
+                return Err(StepFailure::Engine(EngineError::LeaseLost(why)));
+            }
+            // The attempt could not even be recorded (SQLite busy under another writer, a
+            // dropped connection): an attempt spent from the same budget, not the end of the run.
+            let Some(wait) = attempts.retry_after(&error) else {
+                return Err(error.into());
+            };
+            reporter.emit(&Event::StepRetry {
+                step: step_id(step, def),
+                attempt,
+                error: error.to_string(),
+                wait_ms: millis(wait),
+                blockers: Vec::new(),
+            });
+            if options.sleep(wait).await {
+                return Err(interrupted(target, options, step, def, &key, None).await);
+            }
+            continue;
+        }
         reporter.emit(&Event::StepStart {
             step: step_id(step, def),
             attempt,
@@ -487,6 +508,12 @@ async fn run_step<T: Database>(
             Ok(Completion::Stopped(detail)) => {
                 return Err(interrupted(target, options, step, def, &key, Some(detail)).await)
             }
+            // The lease is gone: nothing more may be written, not even the failure (the state
+            // belongs to the runner that holds the lease now).
+            Err(e) if lost_lease(target, &e).is_some() => {
+                let why = lost_lease(target, &e).unwrap_or_default();
+                return Err(StepFailure::Engine(EngineError::LeaseLost(why)));
+            }
             Err(e) if options.interrupted().is_some() => {
                 let detail = format!("its statement was cancelled: {e}");
                 return Err(interrupted(target, options, step, def, &key, Some(detail)).await);
@@ -503,6 +530,18 @@ async fn run_step<T: Database>(
             lines = lock_policy::who_was_in_the_way(target, &needed, def.table(), fallback).await;
             message.push_str(&blocked_by(&lines));
         }
+        if error.is_connection_lost() {
+            // The connection went with the batch in flight: resume from what the state says
+            // was committed, read on the connection opened again.
+            if let Ok(records) = target.load_steps(&key.plan).await {
+                if let Some(r) = records
+                    .iter()
+                    .find(|r| r.phase == key.phase && r.index == key.index)
+                {
+                    checkpoint = r.checkpoint.clone();
+                }
+            }
+        }
         if error.is_retryable() && checkpoint != checkpoint_before {
             attempts.made_progress();
         }
@@ -514,13 +553,25 @@ async fn run_step<T: Database>(
                 wait_ms: millis(wait),
                 blockers: lines,
             });
-            if let Err(unrecorded) = target.fail_step(&key, &message).await {
-                // The connection that would record the failure is gone too: the step's own
-                // error is what the operator needs first.
-                message.push_str(&format!(
-                    "\n(this failure could not be recorded in the state either: {unrecorded})"
-                ));
-                return Err(fail_unrecorded(reporter, step, def, message, &error));
+            match target.fail_step(&key, &message).await {
+                Ok(()) => {}
+                Err(unrecorded) if unrecorded.lease_lost().is_some() => {
+                    let why = unrecorded.lease_lost().unwrap_or_default().to_string();
+                    return Err(StepFailure::Engine(EngineError::LeaseLost(why)));
+                }
+                // Busy still (SQLite, another process's write lock): the next attempt records
+                // itself; the retry is not given up for want of a note.
+                Err(unrecorded) if unrecorded.is_retryable() => {
+                    tracing::warn!(error = %unrecorded, "could not record the failed attempt; retrying anyway");
+                }
+                Err(unrecorded) => {
+                    // The connection that would record the failure is gone too: the step's own
+                    // error is what the operator needs first.
+                    message.push_str(&format!(
+                        "\n(this failure could not be recorded in the state either: {unrecorded})"
+                    ));
+                    return Err(fail_unrecorded(reporter, step, def, message, &error));
+                }
             }
             if options.sleep(wait).await {
                 return Err(interrupted(target, options, step, def, &key, None).await);
@@ -535,7 +586,7 @@ async fn run_step<T: Database>(
             Some(sql) => format!("{message}\nSQL: {sql}"),
             None => message.clone(),
         };
-        if let Err(unrecorded) = target.fail_step(&key, &recorded).await {
+        if let Err(unrecorded) = record_failure(target, &key, &recorded).await {
             message.push_str(&format!(
                 "\n(this failure could not be recorded in the state: {unrecorded})"
             ));
@@ -549,6 +600,34 @@ async fn run_step<T: Database>(
             error: message,
             sql,
         });
+    }
+}
+
+/// Why the lease was lost, when `error` says so or the lease's heartbeat saw it go.
+fn lost_lease<T: Database>(target: &T, error: &DbError) -> Option<String> {
+    error
+        .lease_lost()
+        .map(str::to_string)
+        .or_else(|| target.lease_lost())
+}
+
+/// Records a failed attempt; a write that fails on a busy database (or a connection that had
+/// to be opened again) is tried again a few times, since the step's failure must not go
+/// unrecorded for want of the write lock.
+async fn record_failure<T: Database>(
+    target: &mut T,
+    key: &StepKey,
+    message: &str,
+) -> Result<(), DbError> {
+    let mut tries = 0;
+    loop {
+        match target.fail_step(key, message).await {
+            Err(e) if e.is_retryable() && tries < 3 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -191,6 +191,7 @@ pub async fn run_batch(
     conn: &mut Conn,
     batch: &BatchRequest<'_>,
     types: &[String],
+    fence: Option<&(String, i64)>,
 ) -> Result<BatchOutcome, DbError> {
     let after = parse_after(batch)?;
     let sql = batch_sql(batch, types, after.is_some());
@@ -225,6 +226,8 @@ pub async fn run_batch(
         .transaction()
         .await
         .map_err(|e| sql_error(e, "BEGIN"))?;
+    // The fence first: the lease row stays locked FOR SHARE until this batch commits.
+    super::lease::check_fence(&tx, fence).await?;
     let set = set_local(batch.timeouts);
 
     let limit = i64::try_from(batch.limit).unwrap_or(i64::MAX);

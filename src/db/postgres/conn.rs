@@ -45,6 +45,11 @@ impl Conn {
         self.client
     }
 
+    /// True when the live connection is gone (its session ended); never while recording.
+    pub fn is_closed(&self) -> bool {
+        self.recorder.is_none() && self.client.as_ref().is_some_and(|c| c.is_closed())
+    }
+
     pub fn recorder(&self) -> Option<&Recorder> {
         self.recorder.as_ref()
     }

@@ -509,6 +509,7 @@ pub(super) fn with_note(error: DbError, note: &str) -> DbError {
             message: format!("{message}\n{note}"),
         },
         DbError::Unexpected(message) => DbError::Unexpected(format!("{message}\n{note}")),
+        lost @ DbError::LeaseLost(_) => lost,
     }
 }
 

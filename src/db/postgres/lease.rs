@@ -72,3 +72,36 @@ pub async fn release(conn: &Client, plan: &str) -> Result<(), DbError> {
         .map_err(|e| sql_error(e, sql))?;
     Ok(())
 }
+
+/// Bumps the plan's lease generation, on the session that has just taken the advisory lock.
+/// A runner still working under an older generation is fenced off by it (see [`check_fence`]);
+/// one in the middle of a unit holds the row `FOR SHARE`, so this waits for that unit to end.
+pub async fn bump_generation(conn: &Client, plan: &str) -> Result<i64, DbError> {
+    let sql = "INSERT INTO phased.leases (plan, generation) VALUES ($1, 1) \
+               ON CONFLICT (plan) DO UPDATE SET generation = phased.leases.generation + 1 \
+               RETURNING generation";
+    Ok(conn
+        .query_one(sql, &[&plan])
+        .await
+        .map_err(|e| sql_error(e, sql))?
+        .get(0))
+}
+
+/// The fence: in a unit's transaction, the plan's lease generation must still be this runner's.
+/// A look-up (sent only by a runner that holds a lease; a dry run takes none), locked `FOR
+/// SHARE` until the transaction ends so no other runner can take the lease over meanwhile.
+pub async fn check_fence<C: deadpool_postgres::GenericClient>(
+    conn: &C,
+    fence: Option<&(String, i64)>,
+) -> Result<(), DbError> {
+    let Some((plan, generation)) = fence else {
+        return Ok(());
+    };
+    let sql = "SELECT generation FROM phased.leases WHERE plan = $1 FOR SHARE";
+    let found: Option<i64> = conn
+        .query_opt(sql, &[plan])
+        .await
+        .map_err(|e| sql_error(e, sql))?
+        .map(|r| r.get(0));
+    crate::db::fence::fence_result(plan, *generation, found)
+}

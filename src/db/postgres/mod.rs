@@ -46,7 +46,10 @@ pub struct PgTarget {
     /// The connections holding advisory-lock leases, by key (a plan's, and `db:<dir>` while a
     /// `migrations` step runs inside it), with their backend pids (not blockers: they only
     /// hold advisory locks).
-    leases: std::collections::HashMap<String, (Object, i32)>,
+    leases: std::collections::HashMap<String, HeldLease>,
+    /// Why a lease this target held was lost, once its heartbeat saw it (shared with the
+    /// heartbeat tasks).
+    lease_lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     url: String,
     key_types: std::collections::HashMap<String, Vec<String>>,
     /// In a dry run, the versions as the recorded migrations would leave them.
@@ -57,9 +60,37 @@ pub struct PgTarget {
     /// The step connection's backend pid (to cancel its statement on an interrupt, and for
     /// the session that watches a concurrent index build).
     work_pid: Option<i32>,
+    /// The same pid, shared with the [`Canceller`](crate::db::cancel::Canceller) handed out
+    /// before the run (0: unknown), so a step connection opened again is the one cancelled.
+    shared_pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
     /// The server's `server_version_num`, once looked up (None inside: offline).
     server_version: Option<Option<i32>>,
 }
+
+/// An advisory-lock lease this target holds.
+struct HeldLease {
+    /// The session holding the lock (shared with its heartbeat).
+    conn: std::sync::Arc<Object>,
+    /// Its backend pid (not a blocker: it only holds advisory locks).
+    pid: i32,
+    /// The lease's generation as this runner took it: the fence each unit checks.
+    generation: i64,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HeldLease {
+    /// A target dropped without releasing its lease (an error path, a library caller) must not
+    /// leave the heartbeat keeping the lock session, and with it the lease, alive.
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// How often the session holding a lease is asked whether it is still there, and how long it
+/// may take to answer: a lost lock session is seen within about a second (and a heartbeat
+/// keeps the session from counting as idle for `idle_session_timeout`).
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+const HEARTBEAT_PATIENCE: Duration = Duration::from_millis(1000);
 
 /// Renders `Duration` as a PostgreSQL interval string in milliseconds.
 pub(crate) fn pg_millis(d: Duration) -> String {
@@ -69,12 +100,21 @@ pub(crate) fn pg_millis(d: Duration) -> String {
 /// Maps a driver error to a [`DbError`], keeping the statement and classifying retries.
 pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> DbError {
     let code = err.code().cloned();
-    let retryable = matches!(
-        code,
-        Some(SqlState::LOCK_NOT_AVAILABLE)
-            | Some(SqlState::T_R_DEADLOCK_DETECTED)
-            | Some(SqlState::T_R_SERIALIZATION_FAILURE)
-    );
+    // A connection that is gone (`connection closed`: no SQLSTATE) is a connection failure.
+    let code_text = code
+        .as_ref()
+        .map(|c| c.code().to_string())
+        .or_else(|| err.is_closed().then(|| "08006".to_string()));
+    let lost = code_text
+        .as_deref()
+        .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P02");
+    let retryable = lost
+        || matches!(
+            code,
+            Some(SqlState::LOCK_NOT_AVAILABLE)
+                | Some(SqlState::T_R_DEADLOCK_DETECTED)
+                | Some(SqlState::T_R_SERIALIZATION_FAILURE)
+        );
     let message = match err.as_db_error() {
         Some(db) => {
             let mut m = format!(
@@ -95,7 +135,7 @@ pub(crate) fn sql_error(err: tokio_postgres::Error, sql: &str) -> DbError {
     };
     DbError::Sql {
         message,
-        code: code.map(|c| c.code().to_string()),
+        code: code_text,
         sql: sql.to_string(),
         retryable,
     }
@@ -150,9 +190,13 @@ impl PgTarget {
             .map(|row| row.get(0));
         Ok(Self {
             pool: Some(pool),
+            shared_pid: std::sync::Arc::new(std::sync::atomic::AtomicI32::new(
+                work_pid.unwrap_or(0),
+            )),
             work_pid,
             work: Conn::live(work),
             leases: Default::default(),
+            lease_lost: Default::default(),
             url: url.to_string(),
             key_types: Default::default(),
             dry_versions: None,
@@ -173,11 +217,13 @@ impl PgTarget {
                 pool: None,
                 work: Conn::recording(None, recorder),
                 leases: Default::default(),
+                lease_lost: Default::default(),
                 url: "postgres://(offline)".to_string(),
                 key_types: Default::default(),
                 dry_versions: None,
                 watchers: None,
                 work_pid: None,
+                shared_pid: Default::default(),
                 server_version: None,
             },
         }
@@ -194,6 +240,55 @@ impl PgTarget {
         })
     }
 
+    /// Opens a new step connection when the old one is gone (terminated, dropped): whatever it
+    /// was running rolled back with it, so the engine's next attempt starts from the recorded
+    /// state (a backfill's checkpoint, an INVALID index to drop). Never in a dry run.
+    async fn revive(&mut self) -> Result<(), DbError> {
+        if self.work.recorder().is_some() || !self.work.is_closed() {
+            return Ok(());
+        }
+        let client = self.connection().await?;
+        // Looked up directly on the new session, like at connect: not a step statement.
+        let pid: Option<i32> = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ok()
+            .map(|row| row.get(0));
+        tracing::warn!(
+            pid,
+            "the step connection was lost; carrying on on a new one"
+        );
+        self.work = Conn::live(client);
+        self.work_pid = pid;
+        self.shared_pid
+            .store(pid.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The fence a state write of `plan` checks: the generation of the plan's lease this target
+    /// holds (None without one: a dry run, a command that takes no lease).
+    fn fence(&self, plan: &str) -> Option<(String, i64)> {
+        self.leases
+            .get(plan)
+            .map(|held| (plan.to_string(), held.generation))
+    }
+
+    /// Checks the fence outside a transaction (a write that has none of its own), and first
+    /// whether the heartbeat already saw the lease go.
+    async fn check_fence_now(&self, plan: &str) -> Result<(), DbError> {
+        if let Some(why) = self.lost_reason() {
+            return Err(DbError::LeaseLost(why));
+        }
+        match self.fence(plan) {
+            Some(fence) => lease::check_fence(self.work.client()?, Some(&fence)).await,
+            None => Ok(()),
+        }
+    }
+
+    fn lost_reason(&self) -> Option<String> {
+        self.lease_lost.lock().ok().and_then(|l| l.clone())
+    }
+
     /// The connection step work runs on.
     pub fn client(&self) -> Result<&tokio_postgres::Client, DbError> {
         Ok(self.work.client()?)
@@ -206,9 +301,16 @@ impl PgTarget {
         statements: &[String],
         timeouts: Timeouts,
         done: Option<(&StepKey, StepStatus)>,
+        fence: Option<(String, i64)>,
     ) -> Result<(), DbError> {
+        if let Some(why) = self.lost_reason() {
+            return Err(DbError::LeaseLost(why));
+        }
         let work = &self.work;
         work.in_transaction(async {
+            if fence.is_some() {
+                lease::check_fence(work.client()?, fence.as_ref()).await?;
+            }
             work.batch_execute(&set_local(timeouts)).await?;
             for sql in statements {
                 work.batch_execute(sql).await?;
@@ -238,7 +340,10 @@ impl PgTarget {
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some((key, status));
             match unit {
-                Unit::Transaction(stmts) => self.run_transaction(stmts, timeouts, done).await?,
+                Unit::Transaction(stmts) => {
+                    let fence = self.fence(&key.plan);
+                    self.run_transaction(stmts, timeouts, done, fence).await?
+                }
                 Unit::DropColumn {
                     table,
                     column,
@@ -246,7 +351,8 @@ impl PgTarget {
                 } => {
                     let stmts =
                         column_dependents::drop_statements(&self.work, table, column, drop).await?;
-                    self.run_transaction(&stmts, timeouts, done).await?
+                    let fence = self.fence(&key.plan);
+                    self.run_transaction(&stmts, timeouts, done, fence).await?
                 }
                 Unit::Standalone(sql) => {
                     self.run_standalone(sql, timeouts, Some(key), progress)
@@ -265,6 +371,7 @@ impl PgTarget {
             }
         }
         if last_tx.is_none() {
+            self.check_fence_now(&key.plan).await?;
             state::mark(&self.work, key, status).await?;
         }
         Ok(())
@@ -290,6 +397,7 @@ impl PgTarget {
             );
         }
         for (i, statement) in statements.iter().enumerate().skip(done) {
+            self.check_fence_now(&key.plan).await?;
             self.run_standalone(statement, timeouts, Some(key), progress)
                 .await?;
             state::set_script_progress(&self.work, key, i + 1).await?;
@@ -425,6 +533,39 @@ impl PgTarget {
     }
 }
 
+/// Asks the session holding a lease, every [`HEARTBEAT_EVERY`], whether it is still there. When
+/// it is not (terminated, `idle_session_timeout`, a dropped network), the lease is gone — another
+/// runner may hold it already — so the reason is noted for the run to stop with, and the
+/// statement running on the step connection is cancelled (its transaction rolls back; the fence
+/// would refuse its commit anyway).
+async fn heartbeat(
+    conn: std::sync::Arc<Object>,
+    plan: String,
+    lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    canceller: Option<crate::db::cancel::Canceller>,
+) {
+    loop {
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        let reason =
+            match tokio::time::timeout(HEARTBEAT_PATIENCE, conn.simple_query("SELECT 1")).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => format!("the session holding plan `{plan}`'s lock ended ({e})"),
+                Err(_) => format!(
+                    "the session holding plan `{plan}`'s lock did not answer within {}ms",
+                    HEARTBEAT_PATIENCE.as_millis()
+                ),
+            };
+        tracing::error!(plan = %plan, reason = %reason, "the lease was lost; stopping");
+        if let Ok(mut slot) = lost.lock() {
+            slot.get_or_insert(reason);
+        }
+        if let Some(canceller) = &canceller {
+            canceller.cancel().await;
+        }
+        return;
+    }
+}
+
 fn pool_error_message(err: deadpool_postgres::PoolError) -> String {
     match err {
         deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
@@ -454,18 +595,24 @@ pub(crate) fn set_local(timeouts: Timeouts) -> String {
 
 impl StateStore for PgTarget {
     async fn ensure_state(&mut self) -> Result<(), DbError> {
+        self.revive().await?;
         state::ensure(&mut self.work).await
     }
 
     async fn load_steps(&mut self, plan: &str) -> Result<Vec<StepRecord>, DbError> {
+        self.revive().await?;
         state::load_steps(&self.work, plan).await
     }
 
     async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
+        self.revive().await?;
+        self.check_fence_now(&step.key.plan).await?;
         state::begin_step(&self.work, step).await
     }
 
     async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
+        self.revive().await?;
+        self.check_fence_now(&key.plan).await?;
         state::fail_step(&self.work, key, error).await
     }
 
@@ -555,8 +702,12 @@ impl StateStore for PgTarget {
         plan: Option<&str>,
         step: Option<&StepKey>,
     ) -> Result<(), DbError> {
+        let fence = step.and_then(|k| self.fence(&k.plan));
         let work = &self.work;
         work.in_transaction(async {
+            if fence.is_some() {
+                lease::check_fence(work.client()?, fence.as_ref()).await?;
+            }
             let sql = "INSERT INTO phased.flags (name, value, updated_at, plan) VALUES ($1, $2, now(), $3) \
                        ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now(), plan = EXCLUDED.plan";
             work.execute(sql, &[&name, &value, &plan]).await?;
@@ -574,8 +725,12 @@ impl StateStore for PgTarget {
         previous: Option<&str>,
         step: &StepKey,
     ) -> Result<(), DbError> {
+        let fence = self.fence(&step.plan);
         let work = &self.work;
         work.in_transaction(async {
+            if fence.is_some() {
+                lease::check_fence(work.client()?, fence.as_ref()).await?;
+            }
             match previous {
                 Some(value) => {
                     let sql = "UPDATE phased.flags SET value = $2, updated_at = now(), plan = $3 WHERE name = $1";
@@ -624,11 +779,31 @@ impl Lease for PgTarget {
                     .await
                     .map_err(|e| sql_error(e, sql))?
                     .get(0);
-                self.leases.insert(plan.to_string(), (conn, pid));
+                let generation = lease::bump_generation(&conn, plan).await?;
+                let conn = std::sync::Arc::new(conn);
+                let heartbeat = tokio::spawn(heartbeat(
+                    conn.clone(),
+                    plan.to_string(),
+                    self.lease_lost.clone(),
+                    self.canceller(),
+                ));
+                self.leases.insert(
+                    plan.to_string(),
+                    HeldLease {
+                        conn,
+                        pid,
+                        generation,
+                        heartbeat,
+                    },
+                );
                 Ok(None)
             }
             Some(holder) => Ok(Some(holder)),
         }
+    }
+
+    fn lease_lost(&self) -> Option<String> {
+        self.lost_reason()
     }
 
     async fn lease_holder(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
@@ -641,8 +816,9 @@ impl Lease for PgTarget {
     }
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
-        if let Some((conn, _)) = self.leases.remove(plan) {
-            lease::release(&conn, plan).await?;
+        if let Some(held) = self.leases.remove(plan) {
+            held.heartbeat.abort();
+            lease::release(&held.conn, plan).await?;
         }
         Ok(())
     }
@@ -654,7 +830,7 @@ impl Catalog for PgTarget {
         table: &str,
         mode: super::LockMode,
     ) -> Result<Vec<super::Blocker>, DbError> {
-        let ours: Vec<i32> = self.leases.values().map(|(_, pid)| *pid).collect();
+        let ours: Vec<i32> = self.leases.values().map(|held| held.pid).collect();
         blockers::find(&self.work, table, mode, &ours).await
     }
 
@@ -744,9 +920,9 @@ impl Executor for PgTarget {
 
     fn canceller(&self) -> Option<crate::db::cancel::Canceller> {
         match (&self.pool, self.work_pid, self.work.recorder()) {
-            (Some(pool), Some(pid), None) => Some(crate::db::cancel::Canceller::Postgres {
+            (Some(pool), Some(_), None) => Some(crate::db::cancel::Canceller::Postgres {
                 pool: pool.clone(),
-                pid,
+                pid: self.shared_pid.clone(),
             }),
             _ => None,
         }
@@ -766,7 +942,11 @@ impl Executor for PgTarget {
 
     async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
         let types = self.key_types_of(batch).await?;
-        backfill::run_batch(&mut self.work, batch, &types).await
+        if let Some(why) = self.lost_reason() {
+            return Err(DbError::LeaseLost(why));
+        }
+        let fence = self.fence(&batch.key.plan);
+        backfill::run_batch(&mut self.work, batch, &types, fence.as_ref()).await
     }
 
     async fn run_migration(

@@ -141,7 +141,11 @@ pub fn count_remaining(conn: &Connection, batch: &BatchRequest<'_>) -> Result<i6
         .map_err(|e| sql_error(e, &sql.count))
 }
 
-pub fn run_batch(conn: &mut Connection, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
+pub fn run_batch(
+    conn: &mut Connection,
+    batch: &BatchRequest<'_>,
+    fence: Option<&(String, i64)>,
+) -> Result<BatchOutcome, DbError> {
     let after = parse_after(batch)?;
     let sql = backfill::render(
         Dialect::Sqlite,
@@ -155,6 +159,7 @@ pub fn run_batch(conn: &mut Connection, batch: &BatchRequest<'_>) -> Result<Batc
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+    super::lease::check_fence(&tx, fence)?;
     let limit = i64::try_from(batch.limit).unwrap_or(i64::MAX);
     let mut params: Vec<Value> = after.clone().unwrap_or_default();
     params.push(Value::Integer(limit));

@@ -38,7 +38,8 @@ fn held_here(key: &(String, String)) -> bool {
         .unwrap_or(false)
 }
 
-pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
+/// Takes the lease and returns its new generation, or returns who holds it.
+pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Result<i64, LeaseHolder>, DbError> {
     let me = std::process::id();
     let here = host();
     let tx = conn
@@ -53,7 +54,7 @@ pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHold
         let stale = host == here
             && (!process_alive(pid) || (pid == me && !held_here(&held_key(&tx, plan))));
         if !stale {
-            return Ok(Some(LeaseHolder {
+            return Ok(Err(LeaseHolder {
                 description: if pid == me {
                     format!("another runner in this process (pid {pid}) on {host}, since {since}")
                 } else {
@@ -67,11 +68,33 @@ pub fn try_acquire(conn: &mut Connection, plan: &str) -> Result<Option<LeaseHold
                  ON CONFLICT (plan) DO UPDATE SET pid = excluded.pid, host = excluded.host, since = excluded.since";
     tx.execute(write, params![plan, me, here])
         .map_err(|e| sql_error(e, write))?;
+    // A new generation with every lease taken (a stale row taken over too): a runner still at
+    // work under the old one is fenced off at its next unit (`check_fence`).
+    let bump = "INSERT INTO phased_lease_generations (plan, generation) VALUES (?1, 1) \
+                ON CONFLICT (plan) DO UPDATE SET generation = generation + 1 RETURNING generation";
+    let generation: i64 = tx
+        .query_row(bump, [plan], |r| r.get(0))
+        .map_err(|e| sql_error(e, bump))?;
     tx.commit().map_err(|e| sql_error(e, "COMMIT"))?;
     if let Ok(mut held) = HELD_HERE.lock() {
         held.push(held_key(conn, plan));
     }
-    Ok(None)
+    Ok(Ok(generation))
+}
+
+/// The fence: in a unit's transaction (which holds SQLite's write lock, so no runner can take
+/// the lease over meanwhile), the plan's lease generation must still be this runner's. Only a
+/// runner holding a lease checks it (a dry run takes none).
+pub fn check_fence(conn: &Connection, fence: Option<&(String, i64)>) -> Result<(), DbError> {
+    let Some((plan, generation)) = fence else {
+        return Ok(());
+    };
+    let sql = "SELECT generation FROM phased_lease_generations WHERE plan = ?1";
+    let found: Option<i64> = conn
+        .query_row(sql, [plan], |r| r.get(0))
+        .optional()
+        .map_err(|e| sql_error(e, sql))?;
+    crate::db::fence::fence_result(plan, *generation, found)
 }
 
 /// Who holds the plan's lease, without taking it (`phased status`): None when nobody does, or

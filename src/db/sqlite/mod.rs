@@ -31,6 +31,8 @@ pub struct SqliteTarget {
     /// A dry run's recording: the connection is then a copy of the database in memory, whose
     /// every statement SQLite reports to it (see [`SqliteTarget::recording`]).
     recorder: Option<Recorder>,
+    /// The generations of the leases this target holds, by plan: the fence each unit checks.
+    fences: std::collections::HashMap<String, i64>,
 }
 
 /// Where SQLite's trace hook (a plain function) delivers the statements of a dry run. One dry
@@ -102,6 +104,7 @@ impl SqliteTarget {
             conn,
             path: path.to_path_buf(),
             recorder: None,
+            fences: Default::default(),
         })
     }
 
@@ -131,6 +134,7 @@ impl SqliteTarget {
                 .map(|s| s.path.clone())
                 .unwrap_or_else(|| PathBuf::from(":memory:")),
             recorder: Some(recorder),
+            fences: Default::default(),
         })
     }
 
@@ -171,15 +175,23 @@ impl SqliteTarget {
         Ok(())
     }
 
+    /// The fence a state write of `plan` checks (None without a lease: a dry run, a command
+    /// that takes none).
+    fn fence(&self, plan: &str) -> Option<(String, i64)> {
+        self.fences.get(plan).map(|g| (plan.to_string(), *g))
+    }
+
     fn run_transaction(
         &mut self,
         statements: &[String],
         done: Option<(&StepKey, StepStatus)>,
+        fence: Option<(String, i64)>,
     ) -> Result<(), DbError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+        lease::check_fence(&tx, fence.as_ref())?;
         for sql in statements {
             tx.execute_batch(sql).map_err(|e| sql_error(e, sql))?;
         }
@@ -211,14 +223,18 @@ impl SqliteTarget {
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some((key, status));
             match unit {
-                Unit::Transaction(stmts) => self.run_transaction(stmts, done)?,
+                Unit::Transaction(stmts) => {
+                    let fence = self.fence(&key.plan);
+                    self.run_transaction(stmts, done, fence)?
+                }
                 Unit::DropColumn {
                     table,
                     column,
                     drop,
                 } => {
                     let stmts = rebuild::drop_column_statements(&self.conn, table, column, drop)?;
-                    self.run_transaction(&stmts, done)?
+                    let fence = self.fence(&key.plan);
+                    self.run_transaction(&stmts, done, fence)?
                 }
                 Unit::Standalone(sql) => self
                     .conn
@@ -235,6 +251,7 @@ impl SqliteTarget {
                     let in_tx = done
                         .filter(|(_, st)| *st == StepStatus::Done)
                         .map(|(k, _)| k);
+                    lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
                     rebuild::rebuild(&mut self.conn, table, change, in_tx)?;
                     if let Some((k, st)) = done.filter(|(_, st)| *st != StepStatus::Done) {
                         state::mark(&self.conn, k, st)?;
@@ -243,6 +260,7 @@ impl SqliteTarget {
             }
         }
         if last_tx.is_none() {
+            lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
             state::mark(&self.conn, key, status)?;
         }
         Ok(())
@@ -259,10 +277,12 @@ impl StateStore for SqliteTarget {
     }
 
     async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
+        lease::check_fence(&self.conn, self.fence(&step.key.plan).as_ref())?;
         state::begin_step(&self.conn, step)
     }
 
     async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
+        lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
         state::fail_step(&self.conn, key, error)
     }
 
@@ -360,10 +380,12 @@ impl StateStore for SqliteTarget {
         plan: Option<&str>,
         step: Option<&StepKey>,
     ) -> Result<(), DbError> {
+        let fence = step.and_then(|k| self.fence(&k.plan));
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+        lease::check_fence(&tx, fence.as_ref())?;
         let sql = "INSERT INTO phased_flags (name, value, updated_at, plan) \
                    VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?3) \
                    ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, plan = excluded.plan";
@@ -381,10 +403,12 @@ impl StateStore for SqliteTarget {
         previous: Option<&str>,
         step: &StepKey,
     ) -> Result<(), DbError> {
+        let fence = self.fence(&step.plan);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+        lease::check_fence(&tx, fence.as_ref())?;
         match previous {
             Some(value) => {
                 let sql = "UPDATE phased_flags SET value = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), plan = ?3 WHERE name = ?1";
@@ -415,7 +439,19 @@ impl StateStore for SqliteTarget {
 
 impl Lease for SqliteTarget {
     async fn acquire_lease(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
-        lease::try_acquire(&mut self.conn, plan)
+        match lease::try_acquire(&mut self.conn, plan)? {
+            Ok(generation) => {
+                self.fences.insert(plan.to_string(), generation);
+                Ok(None)
+            }
+            Err(holder) => Ok(Some(holder)),
+        }
+    }
+
+    fn lease_lost(&self) -> Option<String> {
+        // A lease row is only taken over from a process that is gone; one taken over from a
+        // runner of this process is seen by the fence of its next unit.
+        None
     }
 
     async fn lease_holder(&mut self, plan: &str) -> Result<Option<LeaseHolder>, DbError> {
@@ -423,6 +459,7 @@ impl Lease for SqliteTarget {
     }
 
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
+        self.fences.remove(plan);
         lease::release(&self.conn, plan)
     }
 }
@@ -571,7 +608,8 @@ impl Executor for SqliteTarget {
 
     async fn backfill_batch(&mut self, batch: &BatchRequest<'_>) -> Result<BatchOutcome, DbError> {
         self.with_busy_timeout(batch.timeouts)?;
-        let result = backfill::run_batch(&mut self.conn, batch);
+        let fence = self.fence(&batch.key.plan);
+        let result = backfill::run_batch(&mut self.conn, batch, fence.as_ref());
         // The state writes that follow (a failed attempt's record, the next attempt's start)
         // wait with the default patience, not the batch's short lock_timeout.
         self.with_busy_timeout(Timeouts::default())?;
