@@ -16,25 +16,10 @@ use phased::engine::{EngineError, Event, RunOptions};
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use crate::common::{self, pg_capture::PgCapture, plan, run, PgDb, TestDb};
+use crate::common::{self, backend_pid, pg, pg_capture::PgCapture, plan, run, PgDb, TestDb};
 
 /// The longest any condition may take before the test gives up (a safety net, not a timing).
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn pg(db: &TestDb) -> &PgDb {
-    match db {
-        TestDb::Pg(db) => db,
-        TestDb::Sqlite(_) => panic!("a PostgreSQL test database was expected"),
-    }
-}
-
-async fn backend_pid(client: &Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pg_backend_pid")
-        .get(0)
-}
 
 /// `big` (id, v) with `rows` rows, and `other_table`, which the old transactions read.
 async fn tables(db: &TestDb, rows: u32) {

@@ -11,26 +11,11 @@ use std::time::Duration;
 use phased::engine::{EngineError, Event, RunOptions};
 use tokio_postgres::Client;
 
-use crate::common::{phased_cmd, plan, run, run_ok, PgDb, TestDb};
+use crate::common::{backend_pid, pg, phased_cmd, plan, run, run_ok, PgDb, TestDb};
 
 /// phased's lock_timeout in these tests, and the margin application sessions get on top of it.
 const LOCK_TIMEOUT_MS: u64 = 500;
 const MARGIN_MS: u64 = 1000;
-
-fn pg(db: &TestDb) -> &PgDb {
-    match db {
-        TestDb::Pg(db) => db,
-        TestDb::Sqlite(_) => panic!("a PostgreSQL test database was expected"),
-    }
-}
-
-async fn backend_pid(client: &Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pg_backend_pid")
-        .get(0)
-}
 
 /// An application session whose statements may wait at most lock_timeout + margin for a lock.
 async fn app_session(db: &PgDb) -> Client {

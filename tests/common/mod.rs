@@ -82,6 +82,23 @@ macro_rules! on_both {
 }
 pub(crate) use on_both;
 
+/// The PostgreSQL database of a test that needs one.
+pub fn pg(db: &TestDb) -> &PgDb {
+    match db {
+        TestDb::Pg(db) => db,
+        TestDb::Sqlite(_) => panic!("a PostgreSQL test database was expected"),
+    }
+}
+
+/// The backend pid of an application session.
+pub async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pg_backend_pid")
+        .get(0)
+}
+
 /// A PostgreSQL database created for one test and dropped when it ends.
 pub struct PgDb {
     pub name: String,
