@@ -17,7 +17,7 @@ use crate::with_target;
 /// Runs the parsed command line and returns the process exit code.
 pub async fn execute(cli: Cli) -> u8 {
     match &cli.command {
-        Command::Validate { plans } => validate(plans, cli.output),
+        Command::Validate { plans, dialect } => validate(plans, *dialect, cli.output),
         Command::Lint(args) => super::lint::lint(args, cli.output),
         Command::Run(args) => run(&cli, args).await,
         Command::Status(args) => super::status::status(&cli, args).await,
@@ -41,7 +41,11 @@ pub async fn execute(cli: Cli) -> u8 {
     }
 }
 
-fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
+fn validate(
+    plans: &[std::path::PathBuf],
+    dialect: Option<super::args::DialectArg>,
+    format: OutputFormat,
+) -> u8 {
     let mut code = exit::OK;
     for path in plans {
         match config::load_plan(path) {
@@ -52,6 +56,14 @@ fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
                 report
                     .findings
                     .extend(crate::plan::lint::lint_plan(&loaded.plan));
+                if let Some(dialect) = dialect {
+                    report
+                        .findings
+                        .extend(crate::plan::validate::dialect_findings(
+                            &loaded.plan,
+                            dialect.into(),
+                        ));
+                }
                 report.findings.sort_by_key(|f| (f.line, f.column));
                 let migrations = lint_migrations(&loaded.base_dir, &loaded.plan);
                 let lint_errors =
@@ -598,6 +610,10 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
             return exit::INVALID;
         }
     };
+    if args.explain {
+        crate::outln!("{}", crate::plan::compile::explain(&loaded.plan).trim_end());
+        return exit::OK;
+    }
     let url = match config::database_url(cli.database.as_deref()) {
         Ok(u) => u,
         Err(e) => {

@@ -205,6 +205,20 @@ async fn run_locked<T: Database>(
         }
     }
 
+    // An operation the database cannot do is said before anything runs.
+    if let Some((step, def, why)) = steps.iter().find_map(|(s, d)| {
+        d.op()
+            .unsupported_on(target.dialect())
+            .map(|why| (s, d, why))
+    }) {
+        return Err(EngineError::Usage(format!(
+            "step {} `{}` cannot run on {}: {why}",
+            step.id(),
+            def.label(),
+            target.dialect().as_str()
+        )));
+    }
+
     // A phase preceded by a backup: check the tools and the folder before anything runs.
     if let Some(phase_index) = range.clone().filter(|_| dry.is_none()).find(|&i| {
         backup::wanted_before(plan, &plan.phases.value[i].value)
@@ -809,10 +823,15 @@ async fn execute<T: Database>(
             Ok(Completion::Done)
         }
         _ => {
-            let units = def
-                .op()
-                .units(target.dialect())
-                .map_err(|e| DbError::Unexpected(e.to_string()))?;
+            // Operations whose SQL depends on the catalog render from it as it is now.
+            let units = match def.op().facts_of() {
+                Some(table) => {
+                    let facts = target.table_facts(table.as_str()).await?;
+                    def.op().units_with(target.dialect(), &facts)
+                }
+                None => def.op().units(target.dialect()),
+            }
+            .map_err(|e| DbError::Unexpected(format!("{}: {e}", def.label())))?;
             let id = step_id(step, def);
             let mut progress = |p: &IndexProgress| {
                 reporter.emit(&Event::IndexProgress {

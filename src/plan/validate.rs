@@ -105,6 +105,34 @@ pub fn validate(plan: &Plan) -> Vec<Finding> {
     findings
 }
 
+/// The steps whose operation cannot run on `dialect` (`validate --dialect`), located at each.
+pub fn dialect_findings(plan: &Plan, dialect: crate::ops::Dialect) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (p, phase) in plan.phases.value.iter().enumerate() {
+        for (i, step) in phase.value.steps.value.iter().enumerate() {
+            if plan.scheduled_at(p, i).is_some() {
+                continue;
+            }
+            if let Some(why) = step.value.op().unsupported_on(dialect) {
+                findings.push(
+                    Finding::error(
+                        step.referenced,
+                        format!(
+                            "`{}` cannot run on {}: {why}",
+                            step.value.label(),
+                            dialect.as_str()
+                        ),
+                    )
+                    .with_help(
+                        "run this plan on PostgreSQL, or write the change another way for SQLite",
+                    ),
+                );
+            }
+        }
+    }
+    findings
+}
+
 /// A `sql` step's `allow:` names lint rules phased knows.
 fn check_allow(step: &Spanned<Step>, findings: &mut Vec<Finding>) {
     let Step::Sql(sql) = &step.value else {
@@ -257,7 +285,22 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
             empty(findings, "name", &c.name);
             empty(findings, "type", &c.ty);
             let existing = !created.contains(c.table.as_str());
-            if let Some(default) = &c.default {
+            if let (Some(up), Some(_)) = (&c.up, &c.default) {
+                findings.push(
+                    Finding::error(
+                        at,
+                        format!("`add_column {}.{}` has both `up` and `default`", c.table, c.name),
+                    )
+                    .with_help(format!(
+                        "`up` fills the column for every row the old application writes; a default would fill it first (with a constant), and `up` would never run. Drop `default`, or drop `up` and `backfill` with `{up}` yourself"
+                    )),
+                );
+            } else if let Some(up) = c.up.as_deref().filter(|u| u.trim().is_empty()) {
+                findings.push(Finding::error(at, format!("`up` cannot be empty{up}")));
+            }
+            if c.up.is_some() {
+                // Filled by its trigger and its backfill; NOT NULL at contract.
+            } else if let Some(default) = &c.default {
                 if existing {
                     if let Some(func) = volatile_call(default) {
                         findings.push(
@@ -334,6 +377,18 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
                     "it bounds how long a CONCURRENTLY statement waits for older transactions, and those \
                      only run with `transactional: false`",
                 ),
+            );
+        }
+        Step::RenameTable(r) if r.to.schema().is_some() && r.to.schema() != r.from.schema() => {
+            findings.push(
+                Finding::error(
+                    at,
+                    format!(
+                        "`rename_table` would move `{}` to another schema (`{}`)",
+                        r.from, r.to
+                    ),
+                )
+                .with_help("a rename keeps the table in its schema: write `to` without a schema"),
             );
         }
         Step::DualWrite(d) if d.set.is_empty() => {
