@@ -117,7 +117,9 @@ pub fn compile_changes(plan: &mut Plan) -> Vec<Finding> {
 /// A plan without such a phase is an error located at the operation.
 pub fn schedule(plan: &mut Plan) -> Vec<Finding> {
     let mut findings = Vec::new();
-    let mut placed: Vec<(usize, Spanned<Step>, (usize, usize), &'static str)> = Vec::new();
+    // (phase it goes to, the part, where its operation stands, the part's name)
+    type Placed = (usize, Spanned<Step>, (usize, usize), &'static str);
+    let mut placed: Vec<Placed> = Vec::new();
     let phases = &plan.phases.value;
     for (p, phase) in phases.iter().enumerate() {
         for (i, step) in phase.value.steps.value.iter().enumerate() {
