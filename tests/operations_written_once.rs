@@ -347,3 +347,49 @@ fn changes_compile_and_explain_round_trips() {
     };
     assert_eq!(sums(&again), sums(&compiled), "{explained}");
 }
+
+/// `dual_write` fills the new column for the old application's writes and keeps a value the
+/// new application wrote itself (it used to overwrite it with the expression).
+async fn dual_write_keeps_what_the_new_app_wrote(db: TestDb) {
+    users(&db, 3).await;
+    let loaded = plan(
+        r#"
+plan: dw
+phases:
+  - name: e
+    kind: expand
+    steps:
+      - add_column: { table: users, name: email_lower, type: text }
+      - dual_write: { table: users, set: { email_lower: "lower(NEW.email)" } }
+"#,
+    );
+    crate::common::run_ok(&db, &loaded).await;
+    let old = App::open(&db, "old app").await;
+    let new = App::open(&db, "new app").await;
+    old.exec("INSERT INTO users (id, email) VALUES (10, 'Old@App')")
+        .await;
+    new.exec("INSERT INTO users (id, email, email_lower) VALUES (11, 'New@App', 'custom')")
+        .await;
+    old.exec("UPDATE users SET email = 'Changed@Old' WHERE id = 1")
+        .await;
+    new.exec("UPDATE users SET email = 'Changed@New', email_lower = 'mine' WHERE id = 2")
+        .await;
+    let rows = old
+        .rows("SELECT id, email_lower FROM users WHERE id IN (1, 2, 10, 11) ORDER BY id")
+        .await;
+    let got: Vec<(String, Option<String>)> = rows
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone()))
+        .collect();
+    let want = |id: &str, v: &str| (id.to_string(), Some(v.to_string()));
+    assert_eq!(
+        got,
+        vec![
+            want("1", "changed@old"),
+            want("2", "mine"),
+            want("10", "old@app"),
+            want("11", "custom")
+        ]
+    );
+}
+on_both!(dual_write_keeps_what_the_new_app_wrote);

@@ -63,14 +63,21 @@ impl App {
 
     /// Every row of a query, each value as text (NULL as None), in the query's order.
     pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let wrapped_pg = format!("SELECT to_jsonb(q)::text FROM ({sql}) q");
         match self {
+            // The simple protocol returns every value as text, in column order.
             App::Pg(client, who) => client
-                .query(&wrapped_pg, &[])
+                .simple_query(sql)
                 .await
                 .unwrap_or_else(|e| panic!("{who}: `{sql}`: {e}"))
                 .into_iter()
-                .map(|r| json_values(&r.get::<_, String>(0)))
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                        (0..row.len())
+                            .map(|i| row.get(i).map(str::to_string))
+                            .collect(),
+                    ),
+                    _ => None,
+                })
                 .collect(),
             App::Sqlite(conn, who) => {
                 let mut stmt = conn
@@ -104,24 +111,6 @@ impl App {
             .next()
             .and_then(|r| r.into_iter().next().flatten())
     }
-}
-
-/// A row of `to_jsonb(q)` as text values in column order (jsonb sorts keys: queries name their
-/// columns so that the order is the one wanted, or compare as sets).
-fn json_values(json: &str) -> Vec<Option<String>> {
-    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    value
-        .as_object()
-        .map(|o| {
-            o.values()
-                .map(|v| match v {
-                    serde_json::Value::Null => None,
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    other => Some(other.to_string()),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// An application writing in a loop in the background, on a thread of its own (an SQLite
