@@ -634,6 +634,47 @@ async fn run_step_locked<T: Database>(
     }
 }
 
+/// The table locks the migrations a `migrations` step would apply now take on PostgreSQL (the
+/// strongest per table), read from the parse of their SQL (`plan::lint::locks`): what the
+/// runner looks for before queueing, as for every other step. Empty on SQLite, and when the
+/// folder, `to` or the version state cannot be read (the step itself then fails saying why).
+pub async fn pending_locks<T: Database>(
+    target: &mut T,
+    base_dir: &std::path::Path,
+    step: &crate::plan::Migrations,
+) -> Vec<crate::db::TableLock> {
+    use crate::plan::lint::locks;
+    if target.dialect() != crate::db::Dialect::Postgres {
+        return Vec::new();
+    }
+    let Ok(history) = crate::migrations::load(&base_dir.join(&step.dir)) else {
+        return Vec::new();
+    };
+    let Ok(spec) = Spec::parse(&step.to) else {
+        return Vec::new();
+    };
+    let Ok(state) = checked_state(target, &history).await else {
+        return Vec::new();
+    };
+    let Ok(moves) = moves_for(&history, &state, Request::Upgrade(&spec)) else {
+        return Vec::new();
+    };
+    let Ok(prepared) = prepare(&history, moves, target.dialect()) else {
+        return Vec::new();
+    };
+    let found: Vec<locks::StatementLock> =
+        prepared.iter().flat_map(|p| locks::locks(p.script)).collect();
+    locks::strongest(&found)
+        .into_iter()
+        .filter_map(|(table, mode)| {
+            Some(crate::db::TableLock {
+                table: crate::ops::TableName::new(table).ok()?,
+                mode,
+            })
+        })
+        .collect()
+}
+
 /// The heads a `migrations` step started from, as recorded in its checkpoint.
 pub fn heads_before(checkpoint: Option<&str>) -> Result<Vec<String>, DbError> {
     let text = checkpoint.ok_or_else(|| {
