@@ -279,15 +279,25 @@ fn validate_lints_each_migration_in_the_phase_of_the_step_that_runs_it() {
             plan_text(&[("expand", "aa11bb22cc33"), (kind, "head")]),
         )
         .expect("write plan");
+        let (code, stdout) = stdout_of(phased_cmd().current_dir(dir.path()).args([
+            "validate",
+            "--format",
+            "github",
+            "plan.yaml",
+        ]));
+        assert_eq!(code, 2, "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "::error file=./migrations/20261121_0900_dd44ee55ff66_drop_drafts.sql,line=7,col=3,title=phased lint%3A destructive-outside-contract::this statement drops a table, in `{kind}`"
+            )),
+            "{stdout}"
+        );
+        assert_eq!(stdout.matches("::error").count(), 1, "{stdout}");
         phased_cmd()
             .current_dir(dir.path())
             .args(["validate", "plan.yaml"])
             .assert()
             .code(2)
-            .stderr(predicate::str::contains(
-                "migrations/20261121_0900_dd44ee55ff66_drop_drafts.sql:7:3: error: destructive-outside-contract",
-            ))
-            .stderr(predicate::str::contains(format!("in `{kind}`")))
             .stdout(predicate::str::contains("invalid — 1 lint error(s)"));
     }
     // The drop is past the only step's `to`: nothing runs it, nothing flags it.

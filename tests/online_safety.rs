@@ -897,6 +897,65 @@ phases:
     );
 }
 
+/// Writes a one-revision folder that adds `items.note` (an ACCESS EXCLUSIVE `ALTER TABLE`).
+fn note_migration(base: &std::path::Path) -> std::path::PathBuf {
+    let folder = base.join("migrations");
+    std::fs::create_dir_all(&folder).expect("migrations folder");
+    std::fs::write(
+        folder.join("20261120_0900_a1b2c3d4e5f6_add_item_notes.sql"),
+        "-- revision: a1b2c3d4e5f6\n-- revises: none\n-- message: add item notes\n-- transactional: true\n\n\
+         -- migrate:up\nALTER TABLE items ADD COLUMN note text;\n\n-- migrate:down\nALTER TABLE items DROP COLUMN note;\n",
+    )
+    .expect("write the migration");
+    folder
+}
+
+/// `phased db upgrade` and the library (`engine::migrations::migrate`) look before they queue
+/// too: a migration whose table a session holds a lock on is not attempted, and the failure
+/// names the session.
+#[tokio::test]
+async fn db_upgrade_blocked_by_a_lock_holder_is_not_attempted_and_names_it() {
+    use phased::engine::migrations::{migrate, MigrateOptions, Request, VersionError};
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let folder = note_migration(&crate::common::scratch_dir());
+    let history = phased::migrations::load(&folder).expect("load the folder");
+    let report = pg(&db).client().await;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM items;")
+        .await
+        .expect("open the report's transaction");
+    let report_pid = backend_pid(&report).await;
+    let options = MigrateOptions {
+        retry: phased::plan::RetryPolicy {
+            attempts: 1,
+            ..phased::plan::RetryPolicy::default()
+        },
+        ..MigrateOptions::default()
+    };
+    let spec = phased::migrations::Spec::Head;
+    let mut target = db.target("db-upgrade").await;
+    let result = phased::with_target!(&mut target, t => migrate(t, &history, "db:migrations", Request::Upgrade(&spec), options, &mut |_| {}).await);
+    match result {
+        Err(VersionError::Failed { error, completed, .. }) => {
+            let message = error.to_string();
+            assert!(message.starts_with("not attempted"), "{message}");
+            assert!(
+                message.contains(&format!("pid {report_pid} ")),
+                "names the report's pid {report_pid}: {message}"
+            );
+            assert!(completed.is_empty());
+        }
+        other => panic!("expected the migration not to be attempted: {other:?}"),
+    }
+    assert!(!db.has_column("items", "note").await);
+    report.batch_execute("COMMIT").await.expect("commit report");
+    let mut target = db.target("db-upgrade").await;
+    let result = phased::with_target!(&mut target, t => migrate(t, &history, "db:migrations", Request::Upgrade(&spec), options, &mut |_| {}).await);
+    assert!(result.is_ok(), "{result:?}");
+    assert!(db.has_column("items", "note").await);
+}
+
 /// A versioned migration run by a `migrations` step takes its locks from the parse of its SQL
 /// (issue 16): with a session holding a lock on the migration's table, the step looks before it
 /// queues, does not attempt the migration (it is not applied, nothing waits in the lock queue)
@@ -907,14 +966,7 @@ async fn migration_blocked_by_a_lock_holder_is_not_attempted_and_names_it() {
     items_table(&db).await;
     let pgdb = pg(&db);
     let base = crate::common::scratch_dir();
-    let folder = base.join("migrations");
-    std::fs::create_dir_all(&folder).expect("migrations folder");
-    std::fs::write(
-        folder.join("20261120_0900_a1b2c3d4e5f6_add_item_notes.sql"),
-        "-- revision: a1b2c3d4e5f6\n-- revises: none\n-- message: add item notes\n-- transactional: true\n\n\
-         -- migrate:up\nALTER TABLE items ADD COLUMN note text;\n\n-- migrate:down\nALTER TABLE items DROP COLUMN note;\n",
-    )
-    .expect("write the migration");
+    note_migration(&base);
     let report = pgdb.client().await;
     report
         .batch_execute("BEGIN; SELECT count(*) FROM items;")

@@ -356,6 +356,35 @@ pub async fn apply<T: Database>(
         }));
         loop {
             let attempt = attempts.begin();
+            // Look before queueing (`phased db`, the library, a rollback): not while a session
+            // holds a lock on one of the migration's tables that it would queue behind. A plan
+            // step (no policy here) was looked at by the runner, for all its migrations at once.
+            if retry.is_some() && target.recorder().is_none() {
+                let needed = script_locks(p.script, target.dialect());
+                if let Some(blocked) = super::lock_policy::look(target, &needed).await? {
+                    let error = DbError::Unexpected(blocked.message());
+                    if let Some(wait) = attempts.wait() {
+                        on_event(Progress::Retry {
+                            prepared: p,
+                            attempt,
+                            error: &error,
+                            wait_ms: super::records::millis(wait),
+                        });
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(VersionError::Failed {
+                        revision: p.migration.revision.clone(),
+                        direction: p.step.direction.as_str(),
+                        error: DbError::Unexpected(format!(
+                            "{}{}",
+                            blocked.message(),
+                            attempts.gave_up()
+                        )),
+                        completed,
+                    });
+                }
+            }
             let run = MigrationRun {
                 step,
                 ..p.run(timeouts)
@@ -643,7 +672,6 @@ pub async fn pending_locks<T: Database>(
     base_dir: &std::path::Path,
     step: &crate::plan::Migrations,
 ) -> Vec<crate::db::TableLock> {
-    use crate::plan::lint::locks;
     if target.dialect() != crate::db::Dialect::Postgres {
         return Vec::new();
     }
@@ -662,9 +690,22 @@ pub async fn pending_locks<T: Database>(
     let Ok(prepared) = prepare(&history, moves, target.dialect()) else {
         return Vec::new();
     };
-    let found: Vec<locks::StatementLock> =
-        prepared.iter().flat_map(|p| locks::locks(p.script)).collect();
-    locks::strongest(&found)
+    let all: String = prepared
+        .iter()
+        .map(|p| p.script)
+        .collect::<Vec<_>>()
+        .join(";\n");
+    script_locks(&all, target.dialect())
+}
+
+/// The strongest lock per table a migration script takes on PostgreSQL, from its parse (none
+/// on SQLite, whose locks are the database's).
+fn script_locks(script: &str, dialect: crate::db::Dialect) -> Vec<crate::db::TableLock> {
+    use crate::plan::lint::locks;
+    if dialect != crate::db::Dialect::Postgres {
+        return Vec::new();
+    }
+    locks::strongest(&locks::locks(script))
         .into_iter()
         .filter_map(|(table, mode)| {
             Some(crate::db::TableLock {
