@@ -937,7 +937,9 @@ async fn db_upgrade_blocked_by_a_lock_holder_is_not_attempted_and_names_it() {
     let mut target = db.target("db-upgrade").await;
     let result = phased::with_target!(&mut target, t => migrate(t, &history, "db:migrations", Request::Upgrade(&spec), options, &mut |_| {}).await);
     match result {
-        Err(VersionError::Failed { error, completed, .. }) => {
+        Err(VersionError::Failed {
+            error, completed, ..
+        }) => {
             let message = error.to_string();
             assert!(message.starts_with("not attempted"), "{message}");
             assert!(
@@ -989,7 +991,9 @@ phases:
         &base,
     );
     let (error, events) = match run(&db, &loaded, RunOptions::default()).await {
-        Ok(events) => panic!("the migration should not be attempted while items is locked: {events:?}"),
+        Ok(events) => {
+            panic!("the migration should not be attempted while items is locked: {events:?}")
+        }
         Err(failed) => failed,
     };
     let message = error.to_string();
@@ -1017,7 +1021,8 @@ phases:
         .await
         .unwrap_or_default();
     assert!(
-        last_error.starts_with("not attempted") && last_error.contains(&format!("pid {report_pid} ")),
+        last_error.starts_with("not attempted")
+            && last_error.contains(&format!("pid {report_pid} ")),
         "{last_error}"
     );
     report.batch_execute("COMMIT").await.expect("commit report");

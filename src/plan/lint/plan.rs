@@ -150,8 +150,14 @@ mod tests {
             ("destructive-outside-contract", "DROP TABLE legacy"),
             ("ban-drop-column", "ALTER TABLE accounts DROP COLUMN legacy"),
             ("ban-drop-table", "DROP TABLE legacy"),
-            ("ban-drop-not-null", "ALTER TABLE accounts ALTER COLUMN note DROP NOT NULL"),
-            ("renaming-column", "ALTER TABLE accounts RENAME COLUMN email TO email_address"),
+            (
+                "ban-drop-not-null",
+                "ALTER TABLE accounts ALTER COLUMN note DROP NOT NULL",
+            ),
+            (
+                "renaming-column",
+                "ALTER TABLE accounts RENAME COLUMN email TO email_address",
+            ),
             ("renaming-table", "ALTER TABLE accounts RENAME TO clients"),
         ];
         let squawk_phase_aware: Vec<&str> = super::super::squawk_rules::RULES
@@ -168,8 +174,14 @@ mod tests {
         for kind in ["expand", "migrate", "switch-flag", "contract"] {
             for (rule, sql) in &phase_aware {
                 let findings = lint_plan(&plan(&with_step(kind, sql)));
-                let hit = findings.iter().any(|f| f.message.contains(&format!(" {rule}: ")));
-                assert_eq!(hit, kind != "contract", "{rule} for `{sql}` in {kind}: {findings:?}");
+                let hit = findings
+                    .iter()
+                    .any(|f| f.message.contains(&format!(" {rule}: ")));
+                assert_eq!(
+                    hit,
+                    kind != "contract",
+                    "{rule} for `{sql}` in {kind}: {findings:?}"
+                );
             }
         }
     }
