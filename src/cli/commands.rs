@@ -638,8 +638,11 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
                     serde_json::to_string(&entries).unwrap_or_default()
                 ));
             } else {
-                let suppressed =
-                    crate::plan::lint::suppressed_in_plan(&loaded.plan, &loaded.base_dir);
+                let suppressed = crate::plan::lint::suppressed_in_plan(
+                    &loaded.plan,
+                    &loaded.report.source,
+                    &loaded.base_dir,
+                );
                 crate::cli::out_text(&engine::dry_run::render(
                     &header,
                     dialect,

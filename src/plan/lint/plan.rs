@@ -37,8 +37,17 @@ pub fn lint_plan(plan: &Plan) -> Vec<Finding> {
 
 /// The findings suppressed in the SQL each step runs (a `sql` step's `up`, the migration files
 /// a `migrations` step runs), as `(phase#N, line)`, in plan order: the dry run shows them under
-/// the step, so a reviewer sees what was let through and why.
-pub fn suppressed_in_plan(plan: &Plan, base: &Path) -> Vec<(String, String)> {
+/// the step, so a reviewer sees what was let through and why. A step's `allow:` gives its
+/// reason as a YAML comment on its line (`allow: [rule]  # why`), read from `source`, the plan's
+/// text.
+pub fn suppressed_in_plan(plan: &Plan, source: &str, base: &Path) -> Vec<(String, String)> {
+    let lines: Vec<&str> = source.lines().collect();
+    let starts: Vec<u64> = plan
+        .phases
+        .value
+        .iter()
+        .flat_map(|p| p.value.steps.value.iter().map(|s| s.referenced.line()))
+        .collect();
     let mut out = Vec::new();
     for phase in &plan.phases.value {
         let phase = &phase.value;
@@ -58,7 +67,13 @@ pub fn suppressed_in_plan(plan: &Plan, base: &Path) -> Vec<(String, String)> {
                 None => "its SQL".to_string(),
             };
             let id = format!("{}#{}", phase.name.value, index + 1);
-            for s in lint(text, &ctx, &sql.allow).suppressed {
+            let line = step.referenced.line();
+            let next = starts.iter().copied().filter(|l| *l > line).min();
+            let reason = allow_reason(&lines, line, next);
+            for mut s in lint(text, &ctx, &sql.allow).suppressed {
+                if let (true, Some(reason)) = (s.by.starts_with("`allow:`"), &reason) {
+                    s.by = format!("{} ({reason})", s.by);
+                }
                 out.push((id.clone(), suppressed_line(&origin, &s)));
             }
         }
@@ -73,6 +88,24 @@ pub fn suppressed_in_plan(plan: &Plan, base: &Path) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The YAML comment on the line of a step's `allow:` key (1-based lines from `from` up to the
+/// next step's `to`): `allow: [rule]  # the reason` gives `the reason`.
+fn allow_reason(lines: &[&str], from: u64, to: Option<u64>) -> Option<String> {
+    let first = usize::try_from(from).ok()?.checked_sub(1)?;
+    let last = to
+        .and_then(|t| usize::try_from(t).ok())
+        .map_or(lines.len(), |t| t.saturating_sub(1));
+    let line = lines
+        .get(first..last.min(lines.len()))?
+        .iter()
+        .find(|l| l.contains("allow:"))?;
+    let at = line.find("allow:")?;
+    let rest = line.get(at..)?;
+    let hash = rest.find(" #")?;
+    let reason = rest.get(hash + 2..)?.trim();
+    (!reason.is_empty()).then(|| reason.to_string())
 }
 
 fn suppressed_line(origin: &str, s: &Suppressed) -> String {
@@ -194,8 +227,8 @@ mod tests {
 
     #[test]
     fn suppressed_findings_are_listed_with_what_suppressed_them() {
-        let yaml = "plan: p\nphases:\n  - name: grow\n    kind: expand\n    steps:\n      - sql: { up: \"SELECT 1\", down: \"SELECT 1\" }\n      - sql:\n          up: |\n            -- phased: allow table-rewrite — the table is tiny\n            VACUUM FULL settings;\n          down: SELECT 1\n          allow: [require-concurrent-index-creation]\n      - sql: { up: \"CREATE INDEX i ON t (c)\", down: \"DROP INDEX i\", allow: [require-concurrent-index-creation] }\n";
-        let listed = suppressed_in_plan(&plan(yaml), Path::new("."));
+        let yaml = "plan: p\nphases:\n  - name: grow\n    kind: expand\n    steps:\n      - sql: { up: \"SELECT 1\", down: \"SELECT 1\" }\n      - sql:\n          up: |\n            -- phased: allow table-rewrite — the table is tiny\n            VACUUM FULL settings;\n          down: SELECT 1\n          allow: [require-concurrent-index-creation]  # nothing to index here\n      - sql: { up: \"CREATE INDEX i ON t (c)\", down: \"DROP INDEX i\", allow: [require-concurrent-index-creation] }  # t has 12 rows\n      - sql: { up: \"CREATE INDEX j ON t (d)\", down: \"DROP INDEX j\", allow: [require-concurrent-index-creation] }\n";
+        let listed = suppressed_in_plan(&plan(yaml), yaml, Path::new("."));
         assert_eq!(
             listed,
             vec![
@@ -205,7 +238,11 @@ mod tests {
                 ),
                 (
                     "grow#3".to_string(),
-                    "lint: require-concurrent-index-creation at its SQL:1:1 suppressed by `allow:` on the step — `CREATE INDEX i ON t (c)`".to_string()
+                    "lint: require-concurrent-index-creation at its SQL:1:1 suppressed by `allow:` on the step (t has 12 rows) — `CREATE INDEX i ON t (c)`".to_string()
+                ),
+                (
+                    "grow#4".to_string(),
+                    "lint: require-concurrent-index-creation at its SQL:1:1 suppressed by `allow:` on the step — `CREATE INDEX j ON t (d)`".to_string()
                 ),
             ]
         );
