@@ -85,19 +85,21 @@ for i in $(seq 1 "$PLANS"); do write_plan "$i"; done
   echo "phased validate failed on the generated plans; see $OUT/validate.err" >&2; exit 1; }
 
 log "validate $PLANS plans, $REPEATS runs"
-: >"$OUT/secs"; : >"$OUT/rss"
+: >"$OUT/secs"; : >"$OUT/rss"; : >"$OUT/cpu"
 for _ in $(seq 1 "$REPEATS"); do
   start=$(now)
-  /usr/bin/time -f %M -o "$OUT/rss-one" "$PHASED" validate "$OUT"/plans/*.yaml >/dev/null 2>&1
+  /usr/bin/time -f "%M %U %S" -o "$OUT/time-one" "$PHASED" validate "$OUT"/plans/*.yaml >/dev/null 2>&1
   echo "$(now) - $start" | bc -l >>"$OUT/secs"
-  cat "$OUT/rss-one" >>"$OUT/rss"
+  read -r rss user sys <"$OUT/time-one"
+  echo "$rss" >>"$OUT/rss"
+  echo "$user + $sys" | bc -l >>"$OUT/cpu"
 done
 
 echo "$(nproc) cores; load average at start $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC'); $("$PHASED" --version)"
 echo
-echo "| plans | lines of plan YAML | SQL files linted per run | phased validate (s), median (min–max) | per plan (ms) | peak RSS (MB) |"
-echo "|---:|---:|---:|---:|---:|---:|"
+echo "| plans | lines of plan YAML | SQL files linted per run | phased validate wall (s), median (min–max) | CPU user+sys (s), median | wall per plan (ms) | peak RSS (MB) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|"
 secs=$(median <"$OUT/secs")
-printf "| %d | %d | %d | %.3f (%s) | %.1f | %.1f |\n" "$PLANS" "$(cat "$OUT"/plans/*.yaml | wc -l)" \
-  "$(( (PLANS + 2) / 3 * 5 ))" "$secs" "$(range <"$OUT/secs")" "$(echo "$secs * 1000 / $PLANS" | bc -l)" \
-  "$(echo "$(sort -g "$OUT/rss" | tail -1) / 1024" | bc -l)"
+printf "| %d | %d | %d | %.3f (%s) | %.3f | %.1f | %.1f |\n" "$PLANS" "$(cat "$OUT"/plans/*.yaml | wc -l)" \
+  "$(( (PLANS + 2) / 3 * 5 ))" "$secs" "$(range <"$OUT/secs")" "$(median <"$OUT/cpu")" \
+  "$(echo "$secs * 1000 / $PLANS" | bc -l)" "$(echo "$(sort -g "$OUT/rss" | tail -1) / 1024" | bc -l)"
