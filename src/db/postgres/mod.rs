@@ -8,6 +8,7 @@ mod column_dependents;
 pub mod conn;
 mod index_build;
 mod lease;
+mod probe;
 mod snapshot;
 mod state;
 pub mod tls;
@@ -857,6 +858,22 @@ impl Catalog for PgTarget {
 
     async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {
         backfill::replica_lag(&self.work).await
+    }
+
+    async fn start_probe(
+        &mut self,
+        table: &str,
+        key_columns: &[String],
+    ) -> Result<Option<crate::db::probe::Probe>, DbError> {
+        if self.work.recorder().is_some() {
+            return Ok(None);
+        }
+        let pid = self.work_pid().await.ok();
+        let session = self
+            .watching_session()
+            .await
+            .map_err(|e| DbError::Unexpected(format!("no session for the backfill's probe: {e}")))?;
+        probe::start(session, table, key_columns, pid).await.map(Some)
     }
 
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
