@@ -156,6 +156,7 @@ impl Walk<'_> {
                     throttle: "auto".to_string(),
                     batch_time_ms: pace::ms(c.batch_time()),
                     pause_ms: pace::ms(self.last_pause),
+                    duty: c.duty(),
                     max_rows_per_second: cap,
                     trend: d.trend,
                     signal: d.signal.to_string(),
@@ -189,6 +190,11 @@ impl Walk<'_> {
                     .to_string(),
                     batch_time_ms: pace::ms(batch),
                     pause_ms: pace::ms(pause.max(self.last_pause)),
+                    duty: if batch.is_zero() {
+                        1.0
+                    } else {
+                        batch.as_secs_f64() / (batch + pause).as_secs_f64()
+                    },
                     max_rows_per_second: cap,
                     trend: Trend::Steady,
                     signal: "none".to_string(),
@@ -232,7 +238,7 @@ impl Walk<'_> {
     }
 
     /// After a batch under `throttle: auto`: a look at the workload when one is due, and the
-    /// pace it sets. True when the pace turned (a report is due at once).
+    /// pace it sets. True when the pace moved or its reason changed (a report is due at once).
     fn look(&mut self, waited: Duration) -> bool {
         let Some(controller) = self.pace.as_mut() else {
             return false;
@@ -258,7 +264,8 @@ impl Walk<'_> {
         if decision.reason != before.reason && decision.trend == Trend::Down {
             tracing::info!(step = %self.id.label, "backfill {}", decision.reason);
         }
-        let turned = decision.trend != before.trend || decision.signal != before.signal;
+        // Every move is reported, so the events show each pace the backfill ran at.
+        let turned = decision.trend != Trend::Steady || decision.reason != before.reason;
         self.write_lock_wait = Duration::ZERO;
         self.last_look = Instant::now();
         turned

@@ -301,6 +301,8 @@ pub struct PaceReport {
     pub batch_time_ms: f64,
     /// The pause after the last batch.
     pub pause_ms: f64,
+    /// The share of time the backfill aims to spend in batches (0…1).
+    pub duty: f64,
     /// A rows-per-second cap over it: the operator's `phased pace`, else the step's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows_per_second: Option<u64>,
@@ -318,10 +320,11 @@ impl PaceReport {
     pub fn describe(&self) -> String {
         let show = |v: f64| show_ms(Duration::from_secs_f64(v.max(0.0) / 1000.0));
         let mut text = format!(
-            "{}, batch {} + pause {}",
+            "{}, batch {} + pause {} ({:.0}% busy)",
             self.throttle,
             show(self.batch_time_ms),
-            show(self.pause_ms)
+            show(self.pause_ms),
+            self.duty * 100.0
         );
         if let Some(cap) = self.max_rows_per_second {
             text.push_str(&format!(", at most {cap} rows/s"));

@@ -20,7 +20,7 @@ const BASELINE_EVERY: Duration = Duration::from_millis(5);
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// The lock waits are read every this many probes (`pg_blocking_pids` takes the lock
 /// manager's locks: not on every probe).
-const LOCKS_EVERY: u32 = 10;
+const LOCKS_EVERY: u32 = 5;
 
 /// The probe query: the first row of the table by the walk key.
 pub fn probe_sql(table: &str, key_columns: &[String]) -> String {
