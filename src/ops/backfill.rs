@@ -535,6 +535,74 @@ pub fn render(
 mod tests {
     use super::*;
 
+    fn step(extra: &str) -> Backfill {
+        serde_saphyr::from_str(&format!("{{ table: t, set: {{ c: \"1\" }}{extra} }}"))
+            .unwrap_or_else(|e| panic!("{extra}: {e}"))
+    }
+
+    #[test]
+    fn auto_is_the_default_and_fixed_knobs_override_it() {
+        assert_eq!(
+            step("").throttle(),
+            Throttle::Auto {
+                max_latency_impact: DEFAULT_MAX_LATENCY_IMPACT
+            }
+        );
+        assert_eq!(
+            step(", max_latency_impact: 2.5x").throttle(),
+            Throttle::Auto {
+                max_latency_impact: 2.5
+            }
+        );
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(
+            step(", pause: 5ms").throttle(),
+            Throttle::Fixed {
+                target_batch_time: ms(2),
+                pause: ms(5),
+                max_rows_per_second: 0
+            }
+        );
+        assert_eq!(
+            step(", max_rows_per_second: 100").throttle(),
+            Throttle::Fixed {
+                target_batch_time: ms(2),
+                pause: ms(28),
+                max_rows_per_second: 100
+            }
+        );
+        assert_eq!(
+            step(", throttle: fixed").throttle(),
+            Throttle::Fixed {
+                target_batch_time: ms(2),
+                pause: ms(28),
+                max_rows_per_second: 0
+            }
+        );
+        assert_eq!(step(", target_batch_time: 50ms").fixed_knobs(), ["target_batch_time"]);
+    }
+
+    #[test]
+    fn latency_impact_is_a_factor_with_its_x() {
+        assert_eq!(LatencyImpact::parse("1.5x"), Ok(LatencyImpact(1.5)));
+        assert_eq!(LatencyImpact::parse("2x"), Ok(LatencyImpact(2.0)));
+        assert_eq!(LatencyImpact::parse("1x"), Ok(LatencyImpact(1.0)));
+        for bad in ["1.5", "x", "0.5x", "-2x", "abcx", "infx", "NaNx", "101x", "1.5 x"] {
+            assert!(LatencyImpact::parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_legacy_form_writes_the_old_defaults() {
+        // State written before `throttle: auto` holds checksums of the model serialized with
+        // its defaults; leaving the fixed knobs out must serialize the same.
+        let json = serde_json::to_value(step("")).expect("serialize");
+        assert_eq!(json["pause"], "28ms");
+        assert_eq!(json["target_batch_time"], "2ms");
+        assert_eq!(json["max_rows_per_second"], 0);
+        assert!(json.get("throttle").is_none() && json.get("max_latency_impact").is_none());
+    }
+
     #[test]
     fn postgres_batch_casts_bound_text() {
         let sql = render(
