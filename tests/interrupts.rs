@@ -499,6 +499,10 @@ async fn an_operator_pauses_and_resumes_a_backfill_from_another_process(db: Test
     .await;
     let status = operator(&["status"]);
     assert!(status.contains("backfills: at most 200 rows/s"), "{status}");
+    assert!(
+        status.contains("pace now: fixed, batch 2.0 ms + pause"),
+        "status shows the running backfill's pace: {status}"
+    );
     // … and `pace --auto` from another process lifts it: the steps' own pace again.
     let auto = operator(&["pace", "--auto"]);
     assert!(auto.contains("back to the steps' own pace"), "{auto}");
