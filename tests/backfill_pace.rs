@@ -235,7 +235,9 @@ async fn sqlite_pace_drops_while_another_writer_holds_the_lock_then_recovers() {
         // The backfill sees the file gone within 200 ms and asks for the write lock; this
         // writer holds it well past that (the stimulus, not an assertion on time).
         std::thread::sleep(Duration::from_secs(1));
-        writer.execute_batch("COMMIT").expect("release the write lock");
+        writer
+            .execute_batch("COMMIT")
+            .expect("release the write lock");
     });
     let options = RunOptions {
         throttle_file: Some(throttle.clone()),

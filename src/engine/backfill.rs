@@ -229,8 +229,7 @@ impl Walk<'_> {
             return;
         };
         let deadline = Instant::now() + BASELINE_PATIENCE;
-        while probe.samples() < BASELINE_SAMPLES && !probe.stopped() && Instant::now() < deadline
-        {
+        while probe.samples() < BASELINE_SAMPLES && !probe.stopped() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut latencies = probe.take().latencies;
@@ -245,8 +244,8 @@ impl Walk<'_> {
         };
         self.write_lock_wait = self.write_lock_wait.max(waited);
         let probing = self.probe.as_ref().filter(|p| !p.stopped());
-        let lock_waits = probing.is_some_and(|p| p.saw_lock_waits())
-            || waited > pace::WRITE_LOCK_WAIT_LIMIT;
+        let lock_waits =
+            probing.is_some_and(|p| p.saw_lock_waits()) || waited > pace::WRITE_LOCK_WAIT_LIMIT;
         let enough = probing.is_none_or(|p| p.samples() >= LOOK_SAMPLES);
         if !(lock_waits || (self.last_look.elapsed() >= LOOK_EVERY && enough)) {
             return false;

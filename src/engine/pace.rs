@@ -436,7 +436,10 @@ mod tests {
         // At the floor a 2 ms batch is followed by 38 ms: slow, but moving.
         assert_near(c.pause_after(ms(2)), ms(38));
         // However long a batch took (it waited on a lock), the pause is bounded.
-        assert_eq!(c.pause_after(Duration::from_secs(30)), Duration::from_secs(1));
+        assert_eq!(
+            c.pause_after(Duration::from_secs(30)),
+            Duration::from_secs(1)
+        );
         // And the first healthy look moves it up again.
         assert_eq!(c.decide(&probe(1)).trend, Trend::Up);
     }

@@ -579,7 +579,10 @@ mod tests {
                 max_rows_per_second: 0
             }
         );
-        assert_eq!(step(", target_batch_time: 50ms").fixed_knobs(), ["target_batch_time"]);
+        assert_eq!(
+            step(", target_batch_time: 50ms").fixed_knobs(),
+            ["target_batch_time"]
+        );
     }
 
     #[test]
@@ -587,7 +590,9 @@ mod tests {
         assert_eq!(LatencyImpact::parse("1.5x"), Ok(LatencyImpact(1.5)));
         assert_eq!(LatencyImpact::parse("2x"), Ok(LatencyImpact(2.0)));
         assert_eq!(LatencyImpact::parse("1x"), Ok(LatencyImpact(1.0)));
-        for bad in ["1.5", "x", "0.5x", "-2x", "abcx", "infx", "NaNx", "101x", "1.5 x"] {
+        for bad in [
+            "1.5", "x", "0.5x", "-2x", "abcx", "infx", "NaNx", "101x", "1.5 x",
+        ] {
             assert!(LatencyImpact::parse(bad).is_err(), "{bad} was accepted");
         }
     }

@@ -869,11 +869,12 @@ impl Catalog for PgTarget {
             return Ok(None);
         }
         let pid = self.work_pid().await.ok();
-        let session = self
-            .watching_session()
+        let session = self.watching_session().await.map_err(|e| {
+            DbError::Unexpected(format!("no session for the backfill's probe: {e}"))
+        })?;
+        probe::start(session, table, key_columns, pid)
             .await
-            .map_err(|e| DbError::Unexpected(format!("no session for the backfill's probe: {e}")))?;
-        probe::start(session, table, key_columns, pid).await.map(Some)
+            .map(Some)
     }
 
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
