@@ -148,7 +148,7 @@ fresh_db
 # (b) + (c): plain UPDATE vs unthrottled backfill, per size. Unthrottled = `pause: 0s,
 # target_batch_time: 200ms` (batch_size auto, no pause, no rate cap) and no trigger: the
 # backfill's own cost only.
-speed_table_header
+[ -z "$SIZES" ] || speed_table_header
 for n in $SIZES; do
   speed_samples_reset "$n"
   for r in $(seq "$REPEATS"); do
@@ -258,7 +258,7 @@ if [ -n "$SCENARIOS" ]; then
     tag=$(echo "$row" | sed 's/.*| @\([^ |]*\) |.*/\1/')
     scenario=${tag%%-*}
     if [ -f "$OUT/secs-$scenario-unthrottled" ]; then
-      ratio=$(echo "scale=2; $(cat "$OUT/secs-$scenario-unthrottled") / $(cat "$OUT/secs-$tag")" | bc)
+      ratio=$(printf "%.2f" "$(echo "$(cat "$OUT/secs-$scenario-unthrottled") / $(cat "$OUT/secs-$tag")" | bc -l)")
     else
       ratio=-
     fi
@@ -278,9 +278,9 @@ if [ "$PAUSE_CHECK" = 1 ]; then
   until [ "$(sql -At -c "SELECT coalesce(max(rows_done), 0) > 0 FROM phased.steps WHERE plan = 'bench-pause'" 2>/dev/null)" = t ]; do sleep 0.05; done
   "$PHASED" pause "$plan" --database "$URL" >/dev/null
   sleep 3 # time for any batch to (wrongly) commit after the pause
-  read -r done_paused stop_ms < <(sql -At -F ' ' -c "SELECT s.rows_done, round(extract(epoch FROM s.updated_at - c.set_at) * 1000) FROM phased.steps s, phased.backfill_control c WHERE s.plan = 'bench-pause' AND c.plan = 'bench-pause'")
+  read -r done_paused stop_ms < <(sql -At -F ' ' -c "SELECT s.rows_done, round(extract(epoch FROM s.updated_at - c.set_at) * 1000) FROM phased.steps s, phased.backfill_control c WHERE s.plan = 'bench-pause' AND s.kind = 'backfill' AND c.plan = 'bench-pause'")
   sleep 1
-  done_later=$(sql -At -c "SELECT rows_done FROM phased.steps WHERE plan = 'bench-pause'")
+  done_later=$(sql -At -c "SELECT rows_done FROM phased.steps WHERE plan = 'bench-pause' AND kind = 'backfill'")
   "$PHASED" resume "$plan" --database "$URL" >/dev/null
   wait "$run_pid"
   left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
