@@ -3,6 +3,7 @@
 mod common;
 
 mod backfill;
+mod backfill_pace;
 mod backup_hygiene;
 mod backups;
 mod ci_recovery;

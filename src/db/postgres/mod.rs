@@ -9,6 +9,7 @@ pub mod conn;
 mod facts;
 mod index_build;
 mod lease;
+mod probe;
 mod snapshot;
 mod state;
 pub mod tls;
@@ -862,6 +863,23 @@ impl Catalog for PgTarget {
 
     async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {
         backfill::replica_lag(&self.work).await
+    }
+
+    async fn start_probe(
+        &mut self,
+        table: &str,
+        key_columns: &[String],
+    ) -> Result<Option<crate::db::probe::Probe>, DbError> {
+        if self.work.recorder().is_some() {
+            return Ok(None);
+        }
+        let pid = self.work_pid().await.ok();
+        let session = self.watching_session().await.map_err(|e| {
+            DbError::Unexpected(format!("no session for the backfill's probe: {e}"))
+        })?;
+        probe::start(session, table, key_columns, pid)
+            .await
+            .map(Some)
     }
 
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {

@@ -525,6 +525,15 @@ impl Catalog for SqliteTarget {
         Ok(None)
     }
 
+    /// No second session to probe from: each batch reports its own wait for the write lock.
+    async fn start_probe(
+        &mut self,
+        _table: &str,
+        _key_columns: &[String],
+    ) -> Result<Option<crate::db::probe::Probe>, DbError> {
+        Ok(None)
+    }
+
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
         let value: rusqlite::types::Value = self
             .conn
