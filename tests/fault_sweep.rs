@@ -124,7 +124,8 @@ impl Scenario {
             (TerminateStep, true) => (1, 10),
             (TerminateLease, true) => (1, 10),
             (TerminateStep | TerminateLease, false) => (0, 0),
-            (TwoRunners, _) => (1, 5),
+            (TwoRunners, true) => (1, 10),
+            (TwoRunners, false) => (1, 15),
         }
     }
 }
@@ -409,8 +410,13 @@ fn kill_at(args: &[String], at: Duration) {
 
 /// Terminates phased's sessions on the test database after event number `at` of `run`: the
 /// one holding the plan's advisory lock (the lease), or the others of the plan (the step's; the
-/// sessions watching an index build are left alone). Returns how many were terminated.
-async fn terminate_after_event(db: &TestDb, args: &[String], at: usize, lease: bool) -> i64 {
+/// sessions watching an index build are left alone). Says how many, and how the runner ended.
+async fn terminate_after_event(
+    db: &TestDb,
+    args: &[String],
+    at: usize,
+    lease: bool,
+) -> Result<String, String> {
     let (mut child, lines) = spawn_reading(args);
     wait_for_event(&lines, at);
     let holders = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
@@ -427,11 +433,30 @@ async fn terminate_after_event(db: &TestDb, args: &[String], at: usize, lease: b
         .await
         .expect("pg_terminate_backend")
         .get(0);
-    // The runner carries on (a new step session), or stops (exit 4: its lease is gone).
-    while lines.recv().is_ok() {}
-    let _ = child.wait();
-    terminated
+    // The runner carries on (a new step session), or stops (exit 4: its lease is gone); either
+    // way it ends, or the point fails.
+    loop {
+        match lines.recv_timeout(PATIENCE) {
+            Ok(_) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the runner whose session was terminated did not end within {PATIENCE:?}"
+                ));
+            }
+        }
+    }
+    let code = child.wait().map(|s| s.code()).unwrap_or(None);
+    Ok(format!(
+        "{terminated} session(s) terminated, the runner exited {}",
+        code.map_or("on a signal".to_string(), |c| c.to_string())
+    ))
 }
+
+/// How long a runner may take to end once its session was terminated.
+const PATIENCE: Duration = Duration::from_secs(180);
 
 /// Two runners released at the same instant. Exactly one may work; the other exits 4 naming
 /// the holder, or — when it only got going after the first had finished — finds every step
@@ -518,18 +543,14 @@ async fn point(
         }
         TerminateStep | TerminateLease => {
             let at = spread(refs.run.events);
-            let n = terminate_after_event(
+            let ended = terminate_after_event(
                 db,
                 &args("run", &plan, db, None),
                 at,
                 scenario == TerminateLease,
             )
-            .await;
-            (
-                "run",
-                &refs.run,
-                format!("after event {at}, {n} session(s)"),
-            )
+            .await?;
+            ("run", &refs.run, format!("after event {at}: {ended}"))
         }
         TwoRunners => {
             let overlapped = two_runners(&args("run", &plan, db, None))?;

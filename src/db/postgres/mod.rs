@@ -390,12 +390,17 @@ impl PgTarget {
                     let fence = self.fence(&key.plan);
                     self.run_transaction(&stmts, timeouts, done, fence).await?
                 }
+                // A statement outside a transaction (`CONCURRENTLY`) cannot prove the fence in
+                // its own: it is checked right before, the heartbeat cancels the statement if
+                // the lock session goes meanwhile, and the step's status after it is fenced.
                 Unit::Standalone(sql) => {
+                    self.check_fence_now(&key.plan).await?;
                     self.run_standalone(sql, timeouts, Some(key), progress)
                         .await?
                 }
                 Unit::Script(sql) => self.run_script(key, sql, timeouts, progress).await?,
                 Unit::ConcurrentIndex { name, create } => {
+                    self.check_fence_now(&key.plan).await?;
                     self.concurrent_index(key, name, create, timeouts, progress)
                         .await?
                 }

@@ -271,15 +271,21 @@ impl SqliteTarget {
                     let fence = self.fence(&key.plan);
                     self.run_transaction(&stmts, done, fence)?
                 }
-                Unit::Standalone(sql) => self
-                    .conn
-                    .execute_batch(sql)
-                    .map_err(|e| sql_error(e, sql))?,
+                // A statement outside a transaction cannot prove the fence in its own; it is
+                // checked right before, and the step's status after it is fenced.
+                Unit::Standalone(sql) => {
+                    lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
+                    self.conn
+                        .execute_batch(sql)
+                        .map_err(|e| sql_error(e, sql))?
+                }
                 Unit::Script(script) => self.run_script(key, script)?,
-                Unit::ConcurrentIndex { create, .. } => self
-                    .conn
-                    .execute_batch(create)
-                    .map_err(|e| sql_error(e, create))?,
+                Unit::ConcurrentIndex { create, .. } => {
+                    lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
+                    self.conn
+                        .execute_batch(create)
+                        .map_err(|e| sql_error(e, create))?
+                }
                 Unit::RebuildTable { table, change } => {
                     // The rebuild records "done" in its own transaction; any other status is
                     // recorded right after it.
