@@ -185,3 +185,48 @@ async fn a_taken_over_script_records_no_progress(db: TestDb) {
     phased::with_target!(&mut target, t => script_progress_refused(t, &db).await);
 }
 on_both!(a_taken_over_script_records_no_progress);
+
+/// A runner whose lease is taken over while `pg_dump` writes the backup before a phase stops
+/// as a runner that lost its lease — exit 4, "the lease was lost" — with the backup unrecorded
+/// and the phase not started. (Found by the fault sweep: it exited 1 as a failed backup.) A
+/// stand-in `pg_dump` moves the generation on, as a runner taking the lease over would, then
+/// hands over to the real one.
+#[tokio::test]
+async fn a_lease_lost_during_the_backup_exits_4() {
+    use crate::common::{phased_cmd, real_tool, scratch_dir, Shims};
+    let db = TestDb::pg().await;
+    let dir = scratch_dir();
+    let plan = dir.join("plan.yaml");
+    std::fs::write(
+        &plan,
+        "plan: fenced\nbackup: { before: [contract], dir: backups }\nphases:\n  - name: contract\n    kind: contract\n    steps:\n      - sql: \"CREATE TABLE after_backup (id integer)\"\n",
+    )
+    .expect("write the plan");
+    let shims = Shims::new();
+    shims.add(
+        "pg_dump",
+        &format!(
+            "'{}' -Atq '{}' -c \"{}\" >/dev/null || exit 99\nexec '{}' \"$@\"\n",
+            real_tool("psql"),
+            db.url(),
+            take_over_sql(&db),
+            real_tool("pg_dump")
+        ),
+    );
+    shims.add(
+        "pg_restore",
+        &format!("exec '{}' \"$@\"\n", real_tool("pg_restore")),
+    );
+    let out = phased_cmd()
+        .arg("run")
+        .arg(&plan)
+        .args(["--database", &db.url()])
+        .env("PHASED_PG_BIN", shims.dir.path())
+        .output()
+        .expect("phased run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("the lease was lost"), "{stderr}");
+    assert_eq!(db.scalar("SELECT count(*) FROM phased.backups").await, 0);
+    assert!(!db.has_table("after_backup").await);
+}
