@@ -954,6 +954,9 @@ impl Backups for PgTarget {
         tables: &[String],
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackupError> {
+        // The step connection may have been dropped since it was last used (a terminated
+        // session): opened again here, like before a step's state write.
+        self.revive().await?;
         let selection = backup::selection(self.work.client()?, tables).await?;
         backup::dump(&self.url, file, &selection, progress).await?;
         backup::list(file).await.map(|_| ())
@@ -965,6 +968,9 @@ impl Backups for PgTarget {
         if let Some(why) = self.lost_reason() {
             return Err(DbError::LeaseLost(why));
         }
+        // Written after `pg_dump`, which may have taken long enough for the idle step
+        // connection to be dropped: opened again first.
+        self.revive().await?;
         let fence = self.fence(&record.plan);
         let client = self.work.client()?;
         if fence.is_none() {
