@@ -893,7 +893,16 @@ impl Lease for PgTarget {
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
         if let Some(held) = self.leases.remove(plan) {
             held.heartbeat.abort();
-            lease::release(&held.conn, plan).await?;
+            // A lock session that is gone took the advisory lock with it: nothing is left to
+            // release. (Its loss during the run was the fence's business: every write since
+            // proved the generation, so the work done is this runner's.)
+            if held.conn.is_closed() {
+                return Ok(());
+            }
+            match lease::release(&held.conn, plan).await {
+                Err(_) if held.conn.is_closed() => {}
+                other => other?,
+            }
         }
         Ok(())
     }
