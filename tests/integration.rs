@@ -31,6 +31,7 @@ mod plan_fuzz;
 mod restore_checksum;
 mod sqlite_rebuild;
 mod startup;
+mod state_fence;
 mod state_writes;
 mod step_checksum;
 mod step_checksums;
