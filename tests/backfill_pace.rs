@@ -124,19 +124,22 @@ async fn until<F: AsyncFn() -> bool>(what: &str, check: F) {
 /// the pace drops, saying so; later looks find the workload healthy and the pace rises again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_pace_drops_while_another_session_holds_row_locks_then_recovers() {
-    const ROWS: i64 = 200_000;
+    // Few rows, held near the start: on a loaded machine the probe finds the workload slow
+    // and the pace low from the first batch, and the test must not depend on how fast the
+    // backfill gets anywhere.
+    const ROWS: i64 = 30_000;
     let db = TestDb::pg().await;
     seed_items(&db, ROWS).await;
     let holder = pg(&db).client().await;
     holder
-        .batch_execute("BEGIN; SELECT 1 FROM items WHERE id BETWEEN 20000 AND 20010 FOR UPDATE")
+        .batch_execute("BEGIN; SELECT 1 FROM items WHERE id BETWEEN 2000 AND 2010 FOR UPDATE")
         .await
         .expect("lock rows ahead of the backfill");
     let holder_pid = backend_pid(&holder).await;
     let watcher = pg(&db).client().await;
     let disturbance = async {
         // The backfill's batch waits on the held rows …
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(600);
         let since: String = loop {
             let seen = watcher
                 .query_opt(
