@@ -26,6 +26,7 @@ mod online_safety;
 mod pg_capture_selftest;
 mod plan_errors;
 mod plan_fuzz;
+mod rename_column;
 mod restore_checksum;
 mod sqlite_rebuild;
 mod startup;
