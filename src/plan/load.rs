@@ -116,6 +116,9 @@ fn written_steps(source: &str) -> super::WrittenSteps {
         phases: Vec<WrittenPhase>,
         #[serde(default)]
         changes: Vec<Spanned<serde_json::Value>>,
+        /// A `changes:` plan's flags: each is the `flag` step it compiles to.
+        #[serde(default)]
+        flags: Vec<Spanned<serde_json::Value>>,
     }
     #[derive(Deserialize)]
     struct WrittenPhase {
@@ -127,7 +130,17 @@ fn written_steps(source: &str) -> super::WrittenSteps {
     match serde_saphyr::from_str::<WrittenPlan>(source) {
         Ok(plan) => {
             let changes = plan.changes;
-            for step in plan.phases.into_iter().flat_map(|p| p.steps).chain(changes) {
+            let flags = plan.flags.into_iter().map(|f| {
+                let at = f.referenced;
+                Spanned::new(serde_json::json!({ "flag": f.value }), at, at)
+            });
+            for step in plan
+                .phases
+                .into_iter()
+                .flat_map(|p| p.steps)
+                .chain(changes)
+                .chain(flags)
+            {
                 let at = (step.referenced.line(), step.referenced.column());
                 written.0.insert(at, step.value);
             }
