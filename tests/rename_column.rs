@@ -9,6 +9,7 @@ use phased::engine::rollback::{rollback, RollbackOptions};
 use phased::engine::RunOptions;
 use phased::plan::LoadedPlan;
 
+use crate::common::two_apps::{phase_under_writers, App, Writer};
 use crate::common::{self, on_both, TestDb};
 
 const PLAN: &str = "plan: rename-email
@@ -415,3 +416,52 @@ async fn verify_passes(db: TestDb) {
     assert!(stdout.starts_with("verify passed"), "{stdout}");
 }
 on_both!(verify_passes);
+
+/// The two applications write concurrently while the phases run: the old one through expand and
+/// migrate, the new one from migrate on (its column exists once expand is done), each inserting
+/// by its own name and updating the other's rows by its own name. No statement fails, and before
+/// contract every row agrees under both names.
+async fn writers_while_phases_run(db: TestDb) {
+    seed(&db).await;
+    let loaded = common::plan(PLAN);
+    const OLD: &[&str] = &[
+        "INSERT INTO users (id, email, tier) VALUES (1000000 + {i}, 'o{i}@x', 'free')",
+        "UPDATE users SET email = 'o-wrote{i}@x' WHERE id = 2000000 + {i}",
+        "UPDATE users SET tier = 'gold' WHERE id = 1000000 + {i}",
+    ];
+    const NEW: &[&str] = &[
+        "INSERT INTO users (id, email_address, tier) VALUES (2000000 + {i}, 'n{i}@x', 'pro')",
+        "UPDATE users SET email_address = 'n-wrote{i}@x' WHERE id = 1000000 + {i}",
+    ];
+    let old = Writer::start(&db, "old app", 0, OLD).await;
+    let expand = phase_under_writers(&db, &loaded, "expand", vec![old]).await;
+    let old = Writer::start(&db, "old app", 100_000, OLD).await;
+    let new = Writer::start(&db, "new app", 100_000, NEW).await;
+    let migrate = phase_under_writers(&db, &loaded, "migrate", vec![old, new]).await;
+    every_row_agrees(&db).await;
+    let rows = db.scalar("SELECT count(*) FROM users").await;
+    assert_eq!(
+        rows as u64,
+        3 + expand[0] + migrate[0] + migrate[1],
+        "every insert of either application is there"
+    );
+    // Each application reads the other's last writes by its own name.
+    let old_app = App::open(&db, "old app").await;
+    let new_app = App::open(&db, "new app").await;
+    let both = old_app
+        .value("SELECT count(*) FROM users WHERE email LIKE 'n%'")
+        .await;
+    let same = new_app
+        .value("SELECT count(*) FROM users WHERE email_address LIKE 'n%'")
+        .await;
+    assert_eq!(both, same);
+    assert!(both.is_some_and(|n| n != "0"));
+    let new = Writer::start(&db, "new app", 500_000, NEW).await;
+    let contract = phase_under_writers(&db, &loaded, "contract", vec![new]).await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM users").await as u64,
+        rows as u64 + contract[0]
+    );
+    assert!(!db.has_column("users", "email").await);
+}
+on_both!(writers_while_phases_run);

@@ -7,9 +7,10 @@
 //!   (`CREATE INDEX CONCURRENTLY` on PostgreSQL, under a derived name), so the new application's
 //!   lookups and `ON CONFLICT (to)` find an index.
 //! - **migrate** backfills `to = from` where `to` is still NULL, through the backfill engine.
-//! - **contract** makes sure no row's two names differ (a reconciling walk, `from` takes `to`
-//!   where a writer that knew both names set them apart), then in one short transaction drops
-//!   the trigger and `to` (with its index copies) and renames `from` to `to`.
+//! - **contract**, in one short transaction, drops the trigger and `to` (with its index copies)
+//!   and renames `from` to `to`. A row whose two names one statement set to different values
+//!   (the sync keeps both as written; neither application does that, as each knows one name)
+//!   keeps the value written under `from`.
 //!
 //! Why the column kept at contract is `from`, renamed, and not the new `to`: the renamed column
 //! is the original itself, so everything attached to it survives exactly, with nothing rebuilt
@@ -43,7 +44,7 @@
 //!
 //! Resumes: expand's transaction adds `to` only when it is not there; an index copy that died
 //! half-built is rebuilt (`Unit::ConcurrentIndex`); the backfill resumes from its checkpoint;
-//! contract's last unit is one transaction.
+//! contract is one transaction.
 
 use serde::{Deserialize, Serialize};
 
@@ -295,8 +296,7 @@ impl Operation for RenameColumn {
         ])
     }
 
-    /// The backfill in the next `migrate` phase; in the next `contract` phase the reconciling
-    /// walk, then the swap.
+    /// The backfill in the next `migrate` phase; the swap in the next `contract` phase.
     fn later_parts(&self) -> Vec<LaterPart> {
         let (from, to) = (self.from.quoted(), self.to.quoted());
         let mut parts = Vec::new();
@@ -305,23 +305,13 @@ impl Operation for RenameColumn {
             "set": { self.to.as_str(): from },
             "where": format!("{to} IS NULL AND {from} IS NOT NULL"),
         });
-        let reconcile = serde_json::json!({
-            "table": self.table.as_str(),
-            "set": { self.from.as_str(): to },
-            "where": format!("{to} IS NOT NULL AND {from} IS DISTINCT FROM {to}"),
-        });
-        for (phase, tag, json) in [
-            (PhaseKind::Migrate, "backfill", backfill),
-            (PhaseKind::Contract, "reconcile", reconcile),
-        ] {
-            match serde_json::from_value::<Backfill>(json) {
-                Ok(backfill) => parts.push(LaterPart {
-                    phase,
-                    tag,
-                    step: Step::Backfill(backfill),
-                }),
-                Err(e) => tracing::error!("the {tag} of {}: {e}", self.label()),
-            }
+        match serde_json::from_value::<Backfill>(backfill) {
+            Ok(backfill) => parts.push(LaterPart {
+                phase: PhaseKind::Migrate,
+                tag: "backfill",
+                step: Step::Backfill(backfill),
+            }),
+            Err(e) => tracing::error!("the backfill of {}: {e}", self.label()),
         }
         parts.push(LaterPart {
             phase: PhaseKind::Contract,
@@ -545,7 +535,7 @@ mod tests {
     }
 
     #[test]
-    fn later_parts_backfill_then_reconcile_and_swap_at_contract() {
+    fn later_parts_backfill_then_swap_at_contract() {
         let step = parse_step("rename_column: { table: users, from: email, to: email_address }");
         let parts = step.op().later_parts();
         let placed: Vec<(PhaseKind, &str)> = parts.iter().map(|p| (p.phase, p.tag)).collect();
@@ -553,7 +543,6 @@ mod tests {
             placed,
             vec![
                 (PhaseKind::Migrate, "backfill"),
-                (PhaseKind::Contract, "reconcile"),
                 (PhaseKind::Contract, "contract"),
             ]
         );
@@ -565,7 +554,7 @@ mod tests {
             Some("\"email_address\" IS NULL AND \"email\" IS NOT NULL")
         );
         assert_eq!(
-            parts[2].step.op().units(Dialect::Postgres).ok(),
+            parts[1].step.op().units(Dialect::Postgres).ok(),
             Some(vec![Unit::Transaction(vec![
                 "DROP TRIGGER IF EXISTS \"phased_sync_users_email_address\" ON \"users\"".into(),
                 "DROP FUNCTION IF EXISTS \"phased\".\"phased_sync_users_email_address\"()".into(),
@@ -573,7 +562,7 @@ mod tests {
                 "ALTER TABLE \"users\" RENAME COLUMN \"email\" TO \"email_address\"".into(),
             ])])
         );
-        assert!(parts[2].step.op().is_destructive());
+        assert!(parts[1].step.op().is_destructive());
     }
 
     #[test]
