@@ -36,7 +36,8 @@
 //! checked, so the new application may insert only `to`. SQLite checks NOT NULL before `AFTER`
 //! triggers run: a NOT NULL `from` without a default would refuse every insert of the new
 //! application, so on SQLite such a column is refused (the step fails with that reason before it
-//! changes anything).
+//! changes anything). For the same reason a UNIQUE `from` with a default is refused on SQLite:
+//! each insert of the new application would first write the default into `from` and collide.
 //!
 //! Rollback before contract drops the trigger and `to` with everything made on it; `from` was
 //! never changed and holds every row either application wrote. pgroll calls it
@@ -117,6 +118,16 @@ impl RenameColumn {
         if dialect == Dialect::Sqlite && from.not_null && from.default.is_none() {
             return Err(RenderError(format!(
                 "`{}.{}` is NOT NULL without a default, and SQLite checks NOT NULL before triggers run: the new application's inserts, which set only `{}`, would fail. Give `{}` a default, or rename it on PostgreSQL",
+                self.table, self.from, self.to, self.from
+            )));
+        }
+        let unique = facts
+            .indexes
+            .iter()
+            .any(|i| i.unique && i.columns.iter().any(|c| c == self.from.as_str()));
+        if dialect == Dialect::Sqlite && from.default.is_some() && unique {
+            return Err(RenderError(format!(
+                "`{}.{}` is UNIQUE with a default, and SQLite's triggers run after the row is written: each insert of the new application, which sets only `{}`, would first write the default into `{}` and collide on it. Drop the default or the unique key first, or rename it on PostgreSQL",
                 self.table, self.from, self.to, self.from
             )));
         }
@@ -569,6 +580,8 @@ mod tests {
     fn sqlite_copies_its_own_indexes_from_their_columns() {
         let step = parse_step("rename_column: { table: users, from: email, to: email_address }");
         let mut facts = facts();
+        facts.columns[1].default = None;
+        facts.columns[1].not_null = false;
         facts.indexes = vec![IndexFacts {
             name: "sqlite_autoindex_users_1".into(),
             unique: true,
