@@ -477,7 +477,8 @@ mod tests {
 
     #[test]
     fn expand_adds_the_copy_with_its_sync_then_copies_each_index_concurrently() {
-        let step = parse_step("rename_column: { table: app.users, from: email, to: email_address }");
+        let step =
+            parse_step("rename_column: { table: app.users, from: email, to: email_address }");
         let units = step
             .op()
             .units_with(Dialect::Postgres, &facts())
@@ -489,7 +490,9 @@ mod tests {
             sql[0],
             "ALTER TABLE \"app\".\"users\" ADD COLUMN \"email_address\" character varying(200)"
         );
-        assert!(sql.iter().any(|s| s.contains("NEW.\"email\" := NEW.\"email_address\"")));
+        assert!(sql
+            .iter()
+            .any(|s| s.contains("NEW.\"email\" := NEW.\"email_address\"")));
         assert_eq!(
             units[1..],
             [
