@@ -499,3 +499,25 @@ async fn writers_while_phases_run(db: TestDb) {
     assert!(!db.has_column("users", "email").await);
 }
 on_both!(writers_while_phases_run);
+
+/// `validate` takes the operation's backfill for what it is, a fill of the column the operation
+/// adds (which rollback drops): no warning that rollback cannot undo it; and `validate --dialect
+/// sqlite` accepts it (SQLite's refusals depend on the column, read when the step runs).
+#[test]
+fn validate_has_no_warning_for_the_backfill_of_the_new_name() {
+    let dir = common::scratch_dir();
+    let path = dir.join("rename.yaml");
+    std::fs::write(&path, PLAN).expect("write the plan");
+    let output = common::phased_cmd()
+        .args(["validate", "--dialect", "sqlite"])
+        .arg(&path)
+        .output()
+        .expect("phased validate");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0), "{all}");
+    assert!(!all.contains("warning"), "{all}");
+}
