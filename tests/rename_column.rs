@@ -521,3 +521,58 @@ fn validate_has_no_warning_for_the_backfill_of_the_new_name() {
     assert_eq!(output.status.code(), Some(0), "{all}");
     assert!(!all.contains("warning"), "{all}");
 }
+
+/// PostgreSQL: the index copies are built concurrently and valid after expand, so the new
+/// application's `ON CONFLICT (email_address)` finds its unique index; a foreign key of another
+/// table that points at the column holds for the new application's rows during the transition
+/// and points at `email_address` after contract, by its name.
+#[tokio::test]
+async fn postgres_index_copies_and_foreign_keys_pointing_at_the_column() {
+    let db = TestDb::pg().await;
+    seed(&db).await;
+    db.execute(
+        "CREATE TABLE orders (id integer PRIMARY KEY, buyer text CONSTRAINT orders_buyer_fkey REFERENCES users (email));
+         INSERT INTO orders VALUES (1, 'ann@x');",
+    )
+    .await;
+    let loaded = common::plan(PLAN);
+    run_phase(&db, &loaded, "expand").await;
+    for copy in ["users_email_address_key", "users_email_address_lower_idx"] {
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT count(*) FROM pg_index WHERE indexrelid = '{copy}'::regclass AND indisvalid"
+            ))
+            .await,
+            1,
+            "{copy} is a valid index"
+        );
+    }
+    let new_app = App::open(&db, "new app").await;
+    new_app
+        .exec("INSERT INTO users (id, email_address) VALUES (7, 'dee@x') ON CONFLICT (email_address) DO NOTHING")
+        .await;
+    new_app
+        .exec("INSERT INTO users (id, email_address) VALUES (8, 'dee@x') ON CONFLICT (email_address) DO UPDATE SET tier = 'pro'")
+        .await;
+    new_app.exec("INSERT INTO orders VALUES (2, 'dee@x')").await;
+    let fk = fails(&db, "INSERT INTO orders VALUES (3, 'nobody@x')").await;
+    assert!(fk.contains("foreign key"), "{fk}");
+    run_phase(&db, &loaded, "migrate").await;
+    run_phase(&db, &loaded, "contract").await;
+    assert_eq!(
+        db.text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'orders_buyer_fkey'")
+            .await
+            .as_deref(),
+        Some("FOREIGN KEY (buyer) REFERENCES users(email_address)")
+    );
+    assert_eq!(
+        db.text("SELECT tier FROM users WHERE email_address = 'dee@x'")
+            .await
+            .as_deref(),
+        Some("pro")
+    );
+    assert!(
+        !db.has_index("users_email_address_key").await,
+        "the copies went with the copy"
+    );
+}
