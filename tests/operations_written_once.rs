@@ -393,3 +393,55 @@ phases:
     );
 }
 on_both!(dual_write_keeps_what_the_new_app_wrote);
+
+/// The roles the old application runs as keep their privileges under the old name: the view
+/// gets the grants the table had (PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_table_view_keeps_the_old_apps_grants() {
+    let db = TestDb::pg().await;
+    customers(&db).await;
+    db.execute(
+        "DO $$ BEGIN CREATE ROLE phased_test_old_app NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT SELECT, INSERT, UPDATE ON customers TO phased_test_old_app;",
+    )
+    .await;
+    let loaded = plan(RENAME_TABLE);
+    let options = phased::engine::RunOptions {
+        phase: Some("expand".to_string()),
+        ..Default::default()
+    };
+    if let Err((e, _)) = crate::common::run(&db, &loaded, options).await {
+        panic!("{e}");
+    }
+    let app = App::open(&db, "old app").await;
+    app.exec(
+        "SET ROLE phased_test_old_app;
+         INSERT INTO customers (id, name) VALUES (77, 'as the app role');
+         UPDATE customers SET name = 'still the app role' WHERE id = 77;",
+    )
+    .await;
+    assert!(app
+        .try_exec("DELETE FROM customers WHERE id = 77")
+        .await
+        .is_err_and(|e| e.contains("permission denied")));
+    app.exec("RESET ROLE").await;
+    // Rollback leaves the table's own grants as they were.
+    roll_back_all(&db, &loaded).await;
+    app.exec("SET ROLE phased_test_old_app; SELECT count(*) FROM customers; RESET ROLE")
+        .await;
+    db.execute("REVOKE ALL ON customers FROM phased_test_old_app")
+        .await;
+}
+
+/// An operation with later parts on a table that a later `rename_table` renames: its parts would
+/// work on the view; refused, located at the operation, naming the fix.
+#[test]
+fn an_operation_before_the_rename_of_its_table_is_refused() {
+    let yaml = "plan: p\nchanges:\n  - add_column: { table: customers, name: e, type: text, up: \"lower(email)\" }\n  - rename_table: { from: customers, to: clients }\n";
+    let err = match phased::plan::parse_str("p.yaml", yaml, std::path::Path::new(".")) {
+        Ok(_) => panic!("loaded"),
+        Err(report) => report.render_plain(),
+    };
+    assert!(err.contains("p.yaml:3:5"), "{err}");
+    assert!(err.contains("write the `rename_table` first"), "{err}");
+}

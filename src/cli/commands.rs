@@ -134,31 +134,14 @@ fn validate(
 }
 
 /// The migration files each `migrations` step of the plan runs, linted in that step's phase
-/// (destructive statements in migrations are the startup rule's business: `-- destructive:`).
+/// (`plan::lint::migrations` says which files each step runs); a file two steps could run is
+/// linted once, in the phase of the first.
 fn lint_migrations(base: &Path, plan: &crate::plan::Plan) -> Vec<super::lint::FileLint> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for phase in &plan.phases.value {
-        for step in &phase.value.steps.value {
-            let crate::plan::Step::Migrations(m) = &step.value else {
-                continue;
-            };
-            if !seen.insert(m.dir.clone()) {
-                continue;
-            }
-            // A folder that cannot be read is already a warning of `validate`.
-            let Ok(files) = super::lint::sql_files(&base.join(&m.dir)) else {
-                continue;
-            };
-            out.extend(
-                files
-                    .iter()
-                    .filter_map(|f| super::lint::lint_file(f, None, false).ok())
-                    .filter(|l| !l.findings.is_empty()),
-            );
-        }
-    }
-    out
+    crate::plan::lint::migrations::files_run(plan, base)
+        .iter()
+        .filter_map(|f| super::lint::lint_file(&f.path, Some(f.phase), f.transactional).ok())
+        .filter(|l| !l.findings.is_empty())
+        .collect()
 }
 
 /// A plan report's findings as GitHub workflow annotations.
@@ -671,11 +654,17 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
                     serde_json::to_string(&entries).unwrap_or_default()
                 ));
             } else {
+                let suppressed = crate::plan::lint::suppressed_in_plan(
+                    &loaded.plan,
+                    &loaded.report.source,
+                    &loaded.base_dir,
+                );
                 crate::cli::out_text(&engine::dry_run::render(
                     &header,
                     dialect,
                     &entries,
                     args.phase.as_deref(),
+                    &suppressed,
                 ));
             }
             exit::OK

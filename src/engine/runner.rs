@@ -420,7 +420,7 @@ async fn run_step<T: Database>(
     let plan = &loaded.plan;
     let key = key_of(plan, step);
     let label = def.label();
-    let needed = def.op().locks();
+    let mut needed = def.op().locks();
     let mut attempts = Attempts::new(plan.defaults.retry);
     // A backfill resumes from its checkpoint, even across attempts.
     let mut checkpoint = record.and_then(|r| r.checkpoint.clone());
@@ -459,6 +459,10 @@ async fn run_step<T: Database>(
             step: step_id(step, def),
             attempt,
         });
+        // The migrations still to apply, and so the tables to look at, are known only now.
+        if let Step::Migrations(m) = def {
+            needed = super::migrations::pending_locks(target, &loaded.base_dir, m).await;
+        }
         match (lock_policy::look(target, &needed).await?, target.recorder()) {
             (None, _) => {}
             (Some(blocked), Some(recorder)) => recorder.note(format!(

@@ -37,8 +37,17 @@ impl RenameTable {
     fn view_units(&self, dialect: Dialect, facts: &TableFacts) -> Result<Vec<String>, RenderError> {
         let (view, table) = (self.from.quoted(), self.renamed().quoted());
         let mut sql = vec![format!("CREATE VIEW {view} AS SELECT * FROM {table}")];
-        if dialect == Dialect::Sqlite {
-            sql.extend(sqlite_view_triggers(&self.from, &self.renamed(), facts)?);
+        match dialect {
+            Dialect::Sqlite => {
+                sql.extend(sqlite_view_triggers(&self.from, &self.renamed(), facts)?)
+            }
+            // The roles the old application runs as reach the table through the view: they
+            // get on the view what they had on the table.
+            Dialect::Postgres => sql.push(format!(
+                "DO $phased$\nDECLARE g record;\nBEGIN\n  FOR g IN SELECT a.privilege_type AS privilege, a.grantee AS role FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = {}::regclass AND a.grantee <> c.relowner LOOP\n    EXECUTE format('GRANT %s ON %s TO %s', g.privilege, {}, CASE WHEN g.role = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.role)) END);\n  END LOOP;\nEND\n$phased$",
+                self.renamed().literal(),
+                self.from.literal()
+            )),
         }
         Ok(sql)
     }
@@ -281,6 +290,23 @@ mod tests {
     use crate::ops::facts::ColumnFacts;
     use crate::ops::parse_step;
 
+    fn rename_grants(table: &str, view: &str) -> String {
+        let step = RenameTable {
+            from: TableName::new("app.customers").unwrap_or_else(|e| panic!("{e}")),
+            to: TableName::new("clients").unwrap_or_else(|e| panic!("{e}")),
+            lock_timeout: None,
+        };
+        let sql = step
+            .view_units(Dialect::Postgres, &TableFacts::default())
+            .unwrap_or_default();
+        assert!(
+            sql[1].contains(table) && sql[1].contains(view),
+            "{}",
+            sql[1]
+        );
+        sql[1].clone()
+    }
+
     #[test]
     fn expand_renames_and_leaves_a_view() {
         let step = parse_step("rename_table: { from: app.customers, to: clients }");
@@ -289,6 +315,7 @@ mod tests {
             Some(vec![Unit::Transaction(vec![
                 "ALTER TABLE \"app\".\"customers\" RENAME TO \"clients\"".into(),
                 "CREATE VIEW \"app\".\"customers\" AS SELECT * FROM \"app\".\"clients\"".into(),
+                rename_grants("'\"app\".\"clients\"'", "'\"app\".\"customers\"'"),
             ])])
         );
         let parts = step.op().later_parts();

@@ -121,9 +121,37 @@ pub fn schedule(plan: &mut Plan) -> Vec<Finding> {
     type Placed = (usize, Spanned<Step>, (usize, usize), &'static str);
     let mut placed: Vec<Placed> = Vec::new();
     let phases = &plan.phases.value;
+    // The operations with later parts so far, by table: a later rename of the table would
+    // leave their parts naming what became a view.
+    let mut with_parts: Vec<(String, &Spanned<Step>)> = Vec::new();
     for (p, phase) in phases.iter().enumerate() {
         for (i, step) in phase.value.steps.value.iter().enumerate() {
-            for part in step.value.op().later_parts() {
+            if let Step::RenameTable(rename) = &step.value {
+                for (table, earlier) in &with_parts {
+                    if table == rename.from.as_str() {
+                        findings.push(
+                            Finding::error(
+                                earlier.referenced,
+                                format!(
+                                    "`{}` comes before `{}` (line {}), so its later parts would work on what is then a view",
+                                    earlier.value.label(),
+                                    step.value.label(),
+                                    step.referenced.line()
+                                ),
+                            )
+                            .with_help(format!(
+                                "write the `rename_table` first, and name the table `{}` in the operations after it",
+                                rename.to.name()
+                            )),
+                        );
+                    }
+                }
+            }
+            let parts = step.value.op().later_parts();
+            if let (false, Some(table)) = (parts.is_empty(), step.value.table()) {
+                with_parts.push((table.as_str().to_string(), step));
+            }
+            for part in parts {
                 let next = phases
                     .iter()
                     .enumerate()

@@ -88,6 +88,7 @@ pub fn parse_str(file: &str, source: &str, base_dir: &Path) -> Result<LoadedPlan
     findings.extend(read_sql_files(&mut plan, base_dir));
     findings.extend(check_migration_folders(&plan, base_dir));
     findings.extend(validate::validate(&plan));
+    findings.extend(super::lint::add_column::check(&plan, source));
     if !findings.iter().any(|f| f.severity == Severity::Error) {
         findings.extend(validate::reversibility(&plan));
         findings.sort_by_key(|f| (f.line, f.column));
