@@ -28,6 +28,7 @@ mod operations_written_once;
 mod pg_capture_selftest;
 mod plan_errors;
 mod plan_fuzz;
+mod rename_column;
 mod restore_checksum;
 mod sqlite_rebuild;
 mod startup;

@@ -85,6 +85,9 @@ impl<'p> InverseContext<'p> {
                     ctx.created_tables.insert(&t.name);
                 }
                 Step::DualWrite(d) => ctx.dual_writes.push(d),
+                Step::RenameColumn(r) => {
+                    ctx.added_columns.insert((&r.table, &r.to));
+                }
                 _ => {}
             }
         }

@@ -28,6 +28,7 @@ pub mod drop_table;
 pub mod dual_write;
 pub mod flag;
 pub mod migrations;
+pub mod rename_column;
 pub mod rename_table;
 pub mod set_not_null;
 pub mod sql;
@@ -69,10 +70,12 @@ macro_rules! step_kinds {
             Migrations("migrations", $crate::ops::migrations::Migrations),
             Command("command", $crate::ops::command::Command),
             RenameTable("rename_table", $crate::ops::rename_table::RenameTable),
+            RenameColumn("rename_column", $crate::ops::rename_column::RenameColumn),
             }
             parts {
             RenameTableContract("rename_table.contract", $crate::ops::rename_table::RenameTableContract),
             DropSync("drop_sync", $crate::ops::sync::DropSync),
+            RenameColumnContract("rename_column.contract", $crate::ops::rename_column::RenameColumnContract),
             }
         }
     };

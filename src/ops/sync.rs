@@ -21,12 +21,18 @@ pub enum Rule {
     /// when the writer left it as it was and `up` of the row changed (PostgreSQL; SQLite
     /// recomputes whenever the writer left it as it was).
     Derive { column: Name, up: String },
+    /// `to` is the new name of `from` (`rename_column`): the two are kept equal both ways. On
+    /// INSERT a `to` the writer set wins (only a writer that knows the new name can set it:
+    /// `to` has no default), else `to` takes `from`; on UPDATE the side that changed wins and
+    /// the other follows; when both changed, both are kept as written.
+    Rename { from: Name, to: Name },
 }
 
 impl Rule {
     pub fn column(&self) -> &Name {
         match self {
             Rule::Derive { column, .. } => column,
+            Rule::Rename { to, .. } => to,
         }
     }
 }
@@ -93,6 +99,30 @@ pub fn create_sql(table: &TableName, rule: &Rule, dialect: Dialect) -> Vec<Strin
                 ),
                 format!(
                     "CREATE TRIGGER {update} AFTER UPDATE ON {t} FOR EACH ROW WHEN NEW.{c} IS OLD.{c} BEGIN UPDATE {t} SET {c} = ({up}) WHERE rowid = NEW.rowid; END"
+                ),
+            ]
+        }
+        (Dialect::Postgres, Rule::Rename { from, to }) => {
+            let (f, c) = (from.quoted(), to.quoted());
+            let body = format!(
+                "BEGIN\n  IF TG_OP = 'INSERT' THEN\n    IF NEW.{c} IS NOT NULL THEN NEW.{f} := NEW.{c}; ELSE NEW.{c} := NEW.{f}; END IF;\n  ELSIF NEW.{c} IS DISTINCT FROM OLD.{c} AND NEW.{f} IS NOT DISTINCT FROM OLD.{f} THEN\n    NEW.{f} := NEW.{c};\n  ELSIF NEW.{f} IS DISTINCT FROM OLD.{f} AND NEW.{c} IS NOT DISTINCT FROM OLD.{c} THEN\n    NEW.{c} := NEW.{f};\n  END IF;\n  RETURN NEW;\nEND"
+            );
+            pg_trigger(&names, &t, &body)
+        }
+        (Dialect::Sqlite, Rule::Rename { from, to }) => {
+            // AFTER triggers: the row is written (NOT NULL and CHECK on `from` already checked)
+            // and then made equal by rowid; their own UPDATE does not fire them again.
+            let (f, c) = (from.quoted(), to.quoted());
+            let [insert, update] = names.sqlite();
+            let won = format!("CASE WHEN NEW.{c} IS NOT OLD.{c} THEN NEW.{c} ELSE NEW.{f} END");
+            vec![
+                format!("DROP TRIGGER IF EXISTS {insert}"),
+                format!("DROP TRIGGER IF EXISTS {update}"),
+                format!(
+                    "CREATE TRIGGER {insert} AFTER INSERT ON {t} FOR EACH ROW WHEN NEW.{f} IS NOT NEW.{c} BEGIN UPDATE {t} SET {f} = coalesce(NEW.{c}, NEW.{f}), {c} = coalesce(NEW.{c}, NEW.{f}) WHERE rowid = NEW.rowid; END"
+                ),
+                format!(
+                    "CREATE TRIGGER {update} AFTER UPDATE ON {t} FOR EACH ROW WHEN (NEW.{f} IS NOT OLD.{f}) <> (NEW.{c} IS NOT OLD.{c}) BEGIN UPDATE {t} SET {f} = {won}, {c} = {won} WHERE rowid = NEW.rowid; END"
                 ),
             ]
         }

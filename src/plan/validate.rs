@@ -443,6 +443,9 @@ pub fn reversibility(plan: &Plan) -> Vec<Finding> {
                 Step::AddColumn(c) => {
                     added.insert((c.table.as_str(), c.name.as_str()));
                 }
+                Step::RenameColumn(r) => {
+                    added.insert((r.table.as_str(), r.to.as_str()));
+                }
                 Step::CreateTable(t) => {
                     created.insert(t.name.as_str());
                 }
