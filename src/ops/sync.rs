@@ -21,12 +21,20 @@ pub enum Rule {
     /// when the writer left it as it was and `up` of the row changed (PostgreSQL; SQLite
     /// recomputes whenever the writer left it as it was).
     Derive { column: Name, up: String },
+    /// `shadow` is `up` of the row after every INSERT and UPDATE: nobody writes it
+    /// (`change_type`'s column of the new type, until the swap gives it `column`'s name).
+    Shadow {
+        column: Name,
+        shadow: Name,
+        up: String,
+    },
 }
 
 impl Rule {
     pub fn column(&self) -> &Name {
         match self {
             Rule::Derive { column, .. } => column,
+            Rule::Shadow { shadow, .. } => shadow,
         }
     }
 }
@@ -93,6 +101,29 @@ pub fn create_sql(table: &TableName, rule: &Rule, dialect: Dialect) -> Vec<Strin
                 ),
                 format!(
                     "CREATE TRIGGER {update} AFTER UPDATE ON {t} FOR EACH ROW WHEN NEW.{c} IS OLD.{c} BEGIN UPDATE {t} SET {c} = ({up}) WHERE rowid = NEW.rowid; END"
+                ),
+            ]
+        }
+        (Dialect::Postgres, Rule::Shadow { shadow, up, .. }) => {
+            let body = format!(
+                "BEGIN\n  NEW.{} := {};\n  RETURN NEW;\nEND",
+                shadow.quoted(),
+                over(up, "NEW")
+            );
+            pg_trigger(&names, &t, &body)
+        }
+        (Dialect::Sqlite, Rule::Shadow { shadow, up, .. }) => {
+            // Every write: `up` may read any column of the row.
+            let s = shadow.quoted();
+            let [insert, update] = names.sqlite();
+            vec![
+                format!("DROP TRIGGER IF EXISTS {insert}"),
+                format!("DROP TRIGGER IF EXISTS {update}"),
+                format!(
+                    "CREATE TRIGGER {insert} AFTER INSERT ON {t} FOR EACH ROW BEGIN UPDATE {t} SET {s} = ({up}) WHERE rowid = NEW.rowid; END"
+                ),
+                format!(
+                    "CREATE TRIGGER {update} AFTER UPDATE ON {t} FOR EACH ROW BEGIN UPDATE {t} SET {s} = ({up}) WHERE rowid = NEW.rowid; END"
                 ),
             ]
         }
