@@ -26,7 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::add_column::drop_column_sql;
-use super::backfill::Backfill;
+use super::backfill::{Backfill, BatchSize};
 use super::facts::{replace_identifier, ColumnFacts, TableFacts};
 use super::name::{derived_name, quote, Name, TableName};
 use super::sync;
@@ -46,8 +46,43 @@ pub struct ChangeType {
     /// The new value from the row, over bare column names; `CAST(column AS type)` when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub up: Option<String>,
+    /// The pace of the backfill part, when the backfill's defaults (gentle: 2ms batches, 28ms
+    /// apart) are not wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillPace>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_timeout: Option<PlanDuration>,
+}
+
+/// The knobs of a `backfill` step that an operation's backfill part takes from the plan.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillPace {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<BatchSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_batch_time: Option<PlanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PlanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_second: Option<u64>,
+}
+
+impl BackfillPace {
+    fn apply(&self, backfill: &mut Backfill) {
+        if let Some(v) = self.batch_size {
+            backfill.batch_size = v;
+        }
+        if let Some(v) = self.target_batch_time {
+            backfill.target_batch_time = v;
+        }
+        if let Some(v) = self.pause {
+            backfill.pause = v;
+        }
+        if let Some(v) = self.max_rows_per_second {
+            backfill.max_rows_per_second = v;
+        }
+    }
 }
 
 /// What the three parts share: the table, the column, the new type and the names derived from
@@ -179,9 +214,7 @@ fn index_copy(definition: &str, column: &str, shadow: &str, name: &str) -> Optio
 
 /// A constraint definition without the ` NOT VALID` the catalog prints for unvalidated ones.
 fn without_not_valid(definition: &str) -> &str {
-    definition
-        .strip_suffix(" NOT VALID")
-        .unwrap_or(definition)
+    definition.strip_suffix(" NOT VALID").unwrap_or(definition)
 }
 
 /// The sequence a `nextval('…'::regclass)` default draws from, when it is a plain name: a
@@ -370,11 +403,16 @@ impl Operation for ChangeType {
         });
         let mut parts = Vec::new();
         match serde_json::from_value::<Backfill>(backfill) {
-            Ok(backfill) => parts.push(LaterPart {
-                phase: PhaseKind::Migrate,
-                tag: "backfill",
-                step: Step::Backfill(backfill),
-            }),
+            Ok(mut backfill) => {
+                if let Some(pace) = &self.backfill {
+                    pace.apply(&mut backfill);
+                }
+                parts.push(LaterPart {
+                    phase: PhaseKind::Migrate,
+                    tag: "backfill",
+                    step: Step::Backfill(backfill),
+                })
+            }
             Err(e) => tracing::error!("the backfill of {}: {e}", self.label()),
         }
         let part = ChangeTypePart {
@@ -421,7 +459,10 @@ impl ChangeTypePart {
     }
 
     fn label(&self, what: &str) -> String {
-        format!("change_type {}.{} → {}: {what}", self.table, self.column, self.ty)
+        format!(
+            "change_type {}.{} → {}: {what}",
+            self.table, self.column, self.ty
+        )
     }
 }
 
@@ -437,7 +478,8 @@ impl Operation for ChangeTypeRebuild {
     }
 
     fn subject(&self) -> String {
-        self.0.label("indexes, constraints and NOT NULL on the new column")
+        self.0
+            .label("indexes, constraints and NOT NULL on the new column")
     }
 
     fn label(&self) -> String {
@@ -659,8 +701,7 @@ impl Operation for ChangeTypeSwap {
                 .indexes
                 .iter()
                 .filter(|i| {
-                    !i.definition.is_empty()
-                        && i.columns.iter().any(|x| x == shape.column.as_str())
+                    !i.definition.is_empty() && i.columns.iter().any(|x| x == shape.column.as_str())
                 })
                 .collect();
             for index in &indexes {
@@ -707,7 +748,9 @@ impl Operation for ChangeTypeSwap {
             shadow.quoted()
         ));
         if let Some(default) = &column.default {
-            sql.push(format!("ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT {default}"));
+            sql.push(format!(
+                "ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT {default}"
+            ));
         }
         if let Some(sequence) = sequence {
             sql.push(format!("ALTER SEQUENCE {sequence} OWNED BY {t}.{c}"));
@@ -767,7 +810,10 @@ impl Operation for ChangeTypeSwap {
     /// left nothing behind.
     fn inverse(&self, _ctx: &InverseContext<'_>, done: bool, _dialect: Dialect) -> Inverse {
         if done {
-            super::lost("change_type", "dropped the column of the old type at the swap")
+            super::lost(
+                "change_type",
+                "dropped the column of the old type at the swap",
+            )
         } else {
             Inverse::Nothing("the swap's transaction never committed".to_string())
         }
@@ -823,7 +869,11 @@ mod tests {
     }
 
     fn sql_of(units: &[Unit]) -> String {
-        units.iter().map(Unit::sql_text).collect::<Vec<_>>().join(";\n")
+        units
+            .iter()
+            .map(Unit::sql_text)
+            .collect::<Vec<_>>()
+            .join(";\n")
     }
 
     #[test]
@@ -868,6 +918,15 @@ mod tests {
             b.predicate.as_deref(),
             Some("\"phased_new_total_cents\" IS DISTINCT FROM (CAST(\"total_cents\" AS bigint))")
         );
+        let paced = parse_step(
+            "change_type: { table: orders, column: total_cents, type: bigint, backfill: { batch_size: 500, pause: 0s } }",
+        );
+        let parts = paced.op().later_parts();
+        let Step::Backfill(b) = &parts[0].step else {
+            panic!("{:?}", parts[0].step)
+        };
+        assert_eq!(b.batch_size, BatchSize::Fixed(500));
+        assert_eq!(b.pause, PlanDuration::from_millis(0));
     }
 
     #[test]
@@ -950,7 +1009,9 @@ mod tests {
             ])
         );
         // The rebuilt index missing: refused, naming the part to run.
-        facts.indexes.retain(|i| i.name != "phased_new_orders_total_idx");
+        facts
+            .indexes
+            .retain(|i| i.name != "phased_new_orders_total_idx");
         let err = parts[2].step.op().units_with(Dialect::Postgres, &facts);
         assert!(
             matches!(&err, Err(e) if e.0.contains("has no valid copy")),
