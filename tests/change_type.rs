@@ -491,3 +491,34 @@ async fn kill_9_mid_backfill_resumes_on_postgres() {
         ROWS
     );
 }
+
+/// `phased plan` against the database before anything ran: every part renders from the
+/// catalog as it is (the copies and the swap shown as they will run), and nothing changes.
+async fn plan_against_the_database_before_anything_ran(db: TestDb) {
+    orders(&db).await;
+    let dir = crate::common::scratch_dir();
+    std::fs::write(dir.join("p.yaml"), CHANGE_TYPE).expect("write the plan");
+    let out = phased_cmd()
+        .current_dir(&dir)
+        .args(["plan", "p.yaml", "--database", &db.url()])
+        .output()
+        .expect("phased plan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = if db.is_pg() {
+        "CREATE INDEX CONCURRENTLY \"phased_new_orders_total_idx\" ON public.orders USING btree (\"phased_new_total_cents\")"
+    } else {
+        "DROP INDEX IF EXISTS \"orders_total_idx\""
+    };
+    assert!(text.contains(expected), "{expected}\nnot in\n{text}");
+    assert!(
+        text.contains("RENAME COLUMN \"phased_new_total_cents\" TO \"total_cents\""),
+        "{text}"
+    );
+    assert!(!db.has_column("orders", SHADOW).await);
+}
+on_both!(plan_against_the_database_before_anything_ran);

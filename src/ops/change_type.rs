@@ -212,6 +212,37 @@ fn index_copy(definition: &str, column: &str, shadow: &str, name: &str) -> Optio
     Some(format!("{head}CONCURRENTLY {}{rest}", quote(name)))
 }
 
+/// Whether the catalog's spelling of a type (`format_type`: `bigint`, `character varying(20)`;
+/// SQLite: as declared) is the plan's (`int8`, `varchar(20)`).
+fn same_type(catalog: &str, plan: &str) -> bool {
+    let canonical = |t: &str| {
+        let t = t.trim().to_lowercase();
+        let (base, rest) = match t.find('(') {
+            Some(i) => (t[..i].trim().to_string(), t[i..].replace(' ', "")),
+            None => (t.clone(), String::new()),
+        };
+        let base = match base.as_str() {
+            "int8" => "bigint",
+            "int" | "int4" => "integer",
+            "int2" => "smallint",
+            "float8" | "double precision" => "double precision",
+            "float4" | "real" => "real",
+            "varchar" => "character varying",
+            "char" | "bpchar" => "character",
+            "bool" => "boolean",
+            "decimal" => "numeric",
+            "timestamptz" => "timestamp with time zone",
+            "timestamp" => "timestamp without time zone",
+            "timetz" => "time with time zone",
+            "time" => "time without time zone",
+            other => other,
+        }
+        .to_string();
+        format!("{base}{rest}")
+    };
+    canonical(catalog) == canonical(plan)
+}
+
 /// A constraint definition without the ` NOT VALID` the catalog prints for unvalidated ones.
 fn without_not_valid(definition: &str) -> &str {
     definition.strip_suffix(" NOT VALID").unwrap_or(definition)
@@ -528,13 +559,9 @@ impl Operation for ChangeTypeRebuild {
                 shadow.quoted()
             )])]);
         }
+        // Without the shadow (a dry run of the whole plan, before expand ran) the copies are
+        // shown as they will be made.
         let column = shape.column_facts(facts)?;
-        if facts.column(shadow.as_str()).is_none() {
-            return Err(RenderError(format!(
-                "the new column `{shadow}` is missing: run (or rerun) the expand part of `change_type {}.{}` first",
-                shape.table, shape.column
-            )));
-        }
         if dialect == Dialect::Sqlite {
             // SQLite adds a column nullable; the copy-table recipe makes the shadow NOT NULL
             // (a no-op when it is already). Its indexes are made at the swap.
@@ -690,11 +717,16 @@ impl Operation for ChangeTypeSwap {
                 })
                 .collect::<Vec<_>>()
         };
-        if facts.column(shadow.as_str()).is_none() {
+        let swapped = facts.column(shadow.as_str()).is_none()
+            && shape
+                .column_facts(facts)
+                .is_ok_and(|c| same_type(&c.ty, &shape.ty));
+        if swapped {
             // Swapped already (a rerun after the swap committed): validate what is left.
-            shape.column_facts(facts)?;
             return Ok(validate_references(&references));
         }
+        // (Without the shadow and still of the old type: a dry run before expand ran; the swap
+        // is shown as it will run.)
         let column = shape.column_facts(facts)?.clone();
         if dialect == Dialect::Sqlite {
             let indexes: Vec<_> = facts
@@ -717,7 +749,8 @@ impl Operation for ChangeTypeSwap {
             return Ok(vec![Unit::Transaction(sql)]);
         }
         let indexes = shape.indexes_to_copy(facts)?;
-        for index in &indexes {
+        let before_expand = facts.column(shadow.as_str()).is_none();
+        for index in indexes.iter().filter(|_| !before_expand) {
             let copy = shape.copy_name(&index.name);
             if !facts
                 .indexes
@@ -1017,6 +1050,13 @@ mod tests {
             matches!(&err, Err(e) if e.0.contains("has no valid copy")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn types_are_compared_as_the_catalog_spells_them() {
+        assert!(same_type("bigint", "int8"));
+        assert!(same_type("character varying(20)", "VARCHAR (20)"));
+        assert!(!same_type("integer", "bigint"));
     }
 
     #[test]
