@@ -71,6 +71,8 @@ pub struct InverseContext<'p> {
     added_columns: HashSet<(&'p TableName, &'p Name)>,
     created_tables: HashSet<&'p TableName>,
     dual_writes: Vec<&'p DualWrite>,
+    /// Columns operations add and drop themselves (`Operation::adds_columns`).
+    operation_columns: Vec<(TableName, Name)>,
 }
 
 impl<'p> InverseContext<'p> {
@@ -90,13 +92,19 @@ impl<'p> InverseContext<'p> {
                 }
                 _ => {}
             }
+            ctx.operation_columns.extend(step.op().adds_columns());
         }
         ctx
     }
 
     /// Does the plan add this column (or create its table)?
     pub fn adds_column(&self, table: &TableName, column: &Name) -> bool {
-        self.created_tables.contains(table) || self.added_columns.contains(&(table, column))
+        self.created_tables.contains(table)
+            || self.added_columns.contains(&(table, column))
+            || self
+                .operation_columns
+                .iter()
+                .any(|(t, c)| t == table && c == column)
     }
 
     /// The plan's last `dual_write` on `table`.

@@ -18,6 +18,7 @@ pub mod add_check;
 pub mod add_column;
 pub mod add_foreign_key;
 pub mod backfill;
+pub mod change_type;
 pub mod command;
 pub mod create_index;
 pub mod create_table;
@@ -71,11 +72,14 @@ macro_rules! step_kinds {
             Command("command", $crate::ops::command::Command),
             RenameTable("rename_table", $crate::ops::rename_table::RenameTable),
             RenameColumn("rename_column", $crate::ops::rename_column::RenameColumn),
+            ChangeType("change_type", $crate::ops::change_type::ChangeType),
             }
             parts {
             RenameTableContract("rename_table.contract", $crate::ops::rename_table::RenameTableContract),
             DropSync("drop_sync", $crate::ops::sync::DropSync),
             RenameColumnContract("rename_column.contract", $crate::ops::rename_column::RenameColumnContract),
+            ChangeTypeRebuild("change_type.rebuild", $crate::ops::change_type::ChangeTypeRebuild),
+            ChangeTypeSwap("change_type.swap", $crate::ops::change_type::ChangeTypeSwap),
             }
         }
     };
@@ -157,6 +161,12 @@ pub trait Operation {
     /// The units, rendered from the catalog as it is now ([`Operation::facts_of`]).
     fn units_with(&self, dialect: Dialect, _facts: &TableFacts) -> Result<Vec<Unit>, RenderError> {
         self.units(dialect)
+    }
+
+    /// Columns the step adds to existing tables that its own inverse drops (a shadow column):
+    /// work done later into them needs no undo of its own.
+    fn adds_columns(&self) -> Vec<(TableName, Name)> {
+        Vec::new()
     }
 
     /// The work an operation written once in `expand` schedules into later phases: each part

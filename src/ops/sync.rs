@@ -26,6 +26,13 @@ pub enum Rule {
     /// `to` has no default), else `to` takes `from`; on UPDATE the side that changed wins and
     /// the other follows; when both changed, both are kept as written.
     Rename { from: Name, to: Name },
+    /// `shadow` is `up` of the row after every INSERT and UPDATE: nobody writes it
+    /// (`change_type`'s column of the new type, until the swap gives it `column`'s name).
+    Shadow {
+        column: Name,
+        shadow: Name,
+        up: String,
+    },
 }
 
 impl Rule {
@@ -33,6 +40,7 @@ impl Rule {
         match self {
             Rule::Derive { column, .. } => column,
             Rule::Rename { to, .. } => to,
+            Rule::Shadow { shadow, .. } => shadow,
         }
     }
 }
@@ -123,6 +131,29 @@ pub fn create_sql(table: &TableName, rule: &Rule, dialect: Dialect) -> Vec<Strin
                 ),
                 format!(
                     "CREATE TRIGGER {update} AFTER UPDATE ON {t} FOR EACH ROW WHEN (NEW.{f} IS NOT OLD.{f}) <> (NEW.{c} IS NOT OLD.{c}) BEGIN UPDATE {t} SET {f} = {won}, {c} = {won} WHERE rowid = NEW.rowid; END"
+                ),
+            ]
+        }
+        (Dialect::Postgres, Rule::Shadow { shadow, up, .. }) => {
+            let body = format!(
+                "BEGIN\n  NEW.{} := {};\n  RETURN NEW;\nEND",
+                shadow.quoted(),
+                over(up, "NEW")
+            );
+            pg_trigger(&names, &t, &body)
+        }
+        (Dialect::Sqlite, Rule::Shadow { shadow, up, .. }) => {
+            // Every write: `up` may read any column of the row.
+            let s = shadow.quoted();
+            let [insert, update] = names.sqlite();
+            vec![
+                format!("DROP TRIGGER IF EXISTS {insert}"),
+                format!("DROP TRIGGER IF EXISTS {update}"),
+                format!(
+                    "CREATE TRIGGER {insert} AFTER INSERT ON {t} FOR EACH ROW BEGIN UPDATE {t} SET {s} = ({up}) WHERE rowid = NEW.rowid; END"
+                ),
+                format!(
+                    "CREATE TRIGGER {update} AFTER UPDATE ON {t} FOR EACH ROW BEGIN UPDATE {t} SET {s} = ({up}) WHERE rowid = NEW.rowid; END"
                 ),
             ]
         }
