@@ -183,6 +183,30 @@ async fn run_locked<T: Database>(
     }
     let steps = plan.step_refs();
 
+    // A step the target cannot do at all (an enum on SQLite) refuses the run before anything
+    // runs, naming it where the plan writes it.
+    if let Some(refusal) = steps
+        .iter()
+        .filter(|(s, _)| range.contains(&s.phase_index) && !is_done(&records, s))
+        .find_map(|(s, def)| {
+            def.op().supported_on(target.dialect()).err().map(|why| {
+                EngineError::Usage(format!(
+                    "{}:{}: step {} {} cannot run on {}: {why}",
+                    loaded.file,
+                    s.line,
+                    s.id(),
+                    def.label(),
+                    target.dialect().as_str()
+                ))
+            })
+        })
+    {
+        match &dry {
+            Some(recorder) => recorder.note(format!("WARNING: {refusal}")),
+            None => return Err(refusal),
+        }
+    }
+
     // `--phase P` refuses while an earlier phase is not done.
     if let Some(pending) = steps
         .iter()

@@ -11,7 +11,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::table_definition::{drop_not_null, TableDefinition};
+use super::table_definition::{drop_default, drop_not_null, TableDefinition};
 use super::{sql_error, state};
 use crate::db::{DbError, StepKey};
 use crate::ops::name::{base_name, ident};
@@ -135,6 +135,75 @@ fn rebuild_in_transaction(
             })?;
             if !drop_not_null(item) {
                 return finish_unchanged(tx, done);
+            }
+        }
+        TableChange::SetDefault { column, default } => {
+            let current = "SELECT dflt_value FROM pragma_table_info(?1) WHERE name = ?2 COLLATE NOCASE";
+            let now: Option<String> = tx
+                .query_row(current, [&name, column], |r| r.get(0))
+                .optional()
+                .map_err(|e| sql_error(e, current))?
+                .ok_or_else(|| {
+                    DbError::Unexpected(format!("table `{name}` has no column `{column}`"))
+                })?;
+            if &now == default {
+                return finish_unchanged(tx, done);
+            }
+            let item = definition.column_mut(column).ok_or_else(|| {
+                DbError::Unexpected(format!("table `{name}` has no column `{column}`"))
+            })?;
+            drop_default(item);
+            if let Some(default) = default {
+                item.push_str(&format!(" DEFAULT {default}"));
+            }
+        }
+        TableChange::AddUnique {
+            name: unique,
+            columns,
+        } => {
+            if definition.constraint(unique).is_some() {
+                return finish_unchanged(tx, done);
+            }
+            let listed = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+            let not_null = columns
+                .iter()
+                .map(|c| format!("{} IS NOT NULL", ident(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let sql = format!(
+                "SELECT {listed} FROM {quoted} WHERE {not_null} GROUP BY {listed} HAVING count(*) > 1 LIMIT {}",
+                SHOWN + 1
+            );
+            let repeated = rows_as_keys(&tx, &sql, columns, [])?;
+            if !repeated.is_empty() {
+                return Err(violation(
+                    &name,
+                    &format!("the new UNIQUE constraint `{unique}` ({}): these keys repeat", columns.join(", ")),
+                    columns,
+                    &repeated,
+                ));
+            }
+            definition
+                .items
+                .push(format!("CONSTRAINT {} UNIQUE ({listed})", ident(unique)));
+        }
+        TableChange::RestoreConstraint {
+            name: constraint,
+            clause,
+        } => {
+            if definition.constraint(constraint).is_some() {
+                return finish_unchanged(tx, done);
+            }
+            definition.items.push(clause.clone());
+        }
+        TableChange::RenameConstraint { from, to } => {
+            if !definition.rename_constraint(from, to) {
+                if definition.constraint(to).is_some() {
+                    return finish_unchanged(tx, done);
+                }
+                return Err(DbError::Unexpected(format!(
+                    "table `{name}` has no constraint `{from}` to rename"
+                )));
             }
         }
     }

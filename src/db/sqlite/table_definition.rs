@@ -153,18 +153,173 @@ impl TableDefinition {
     /// Removes the table constraint `CONSTRAINT <name> …`; false when there is none.
     pub fn remove_constraint(&mut self, name: &str) -> bool {
         let before = self.items.len();
-        self.items.retain(|item| {
-            let item = skip_comments(item);
-            let named = item
-                .get(..10)
-                .filter(|k| k.eq_ignore_ascii_case("CONSTRAINT"))
-                .and_then(|_| item.get(10..))
-                .filter(|rest| rest.starts_with(char::is_whitespace))
-                .and_then(|rest| read_name(rest.trim_start()));
-            !named.is_some_and(|n| n.eq_ignore_ascii_case(name))
-        });
+        self.items
+            .retain(|item| !constraint_name(item).is_some_and(|n| n.eq_ignore_ascii_case(name)));
         self.items.len() != before
     }
+
+    /// The table constraints (items that are not columns), as written.
+    pub fn table_constraints(&self) -> Vec<&str> {
+        self.items
+            .iter()
+            .filter(|item| first_name(item).is_none())
+            .map(|item| skip_comments(item))
+            .collect()
+    }
+
+    /// The table constraint `CONSTRAINT <name> …` as written (leading comments left out).
+    pub fn constraint(&self, name: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .find(|item| constraint_name(item).is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .map(|item| skip_comments(item))
+    }
+
+    /// Renames the table constraint `from` to `to` (quoted); false when there is none.
+    pub fn rename_constraint(&mut self, from: &str, to: &str) -> bool {
+        for item in self.items.iter_mut() {
+            if !constraint_name(item).is_some_and(|n| n.eq_ignore_ascii_case(from)) {
+                continue;
+            }
+            let body = skip_comments(item);
+            let rest = body[10..].trim_start();
+            let Some(end) = name_len(rest) else {
+                return false;
+            };
+            let tail = rest[end..].to_string();
+            *item = format!("CONSTRAINT {}{tail}", crate::ops::name::quote(to));
+            return true;
+        }
+        false
+    }
+}
+
+/// The name of a table constraint item `CONSTRAINT <name> …`; None for anything else.
+fn constraint_name(item: &str) -> Option<String> {
+    let item = skip_comments(item);
+    item.get(..10)
+        .filter(|k| k.eq_ignore_ascii_case("CONSTRAINT"))
+        .and_then(|_| item.get(10..))
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .and_then(|rest| read_name(rest.trim_start()))
+}
+
+/// The byte length of the name `text` starts with, as [`read_name`] reads it.
+fn name_len(text: &str) -> Option<usize> {
+    let first = text.chars().next()?;
+    if let '"' | '`' | '[' = first {
+        let close = if first == '[' { ']' } else { first };
+        let bytes: Vec<(usize, char)> = text.char_indices().skip(1).collect();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i].1 == close {
+                if close != ']' && bytes.get(i + 1).map(|&(_, c)| c) == Some(close) {
+                    i += 2;
+                    continue;
+                }
+                return Some(bytes[i].0 + close.len_utf8());
+            }
+            i += 1;
+        }
+        return None;
+    }
+    Some(
+        text.find(|c: char| c.is_whitespace() || c == '(')
+            .unwrap_or(text.len()),
+    )
+}
+
+/// Removes the `DEFAULT …` clause from a column definition (outside quotes, comments and
+/// parentheses); false when it had none. The value is a parenthesised expression, a quoted
+/// literal (`'…'`, `X'…'`), a signed number or a single word (`CURRENT_TIMESTAMP`, `NULL`).
+pub fn drop_default(column: &mut String) -> bool {
+    let mut at = None;
+    let mut prev_is_word = false;
+    scan(column, |i, c, depth| {
+        let word = c.is_ascii_alphanumeric() || c == '_';
+        if depth == 0
+            && !prev_is_word
+            && column
+                .get(i..i + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case("DEFAULT"))
+            && !column[i + 7..]
+                .chars()
+                .next()
+                .is_some_and(|n| n.is_ascii_alphanumeric() || n == '_')
+        {
+            at = Some(i);
+            return false;
+        }
+        prev_is_word = word;
+        true
+    });
+    let Some(start) = at else {
+        return false;
+    };
+    let value = column[start + 7..].trim_start();
+    let value_at = column.len() - value.len();
+    let mut chars = value.char_indices().peekable();
+    let end = match chars.peek().map(|&(_, c)| c) {
+        Some('(') => {
+            let mut depth = 0usize;
+            let mut end = value.len();
+            let mut quote: Option<char> = None;
+            for (i, c) in value.char_indices() {
+                match (quote, c) {
+                    (Some(q), c) if c == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, '\'' | '"') => quote = Some(c),
+                    (None, '(') => depth += 1,
+                    (None, ')') => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            end
+        }
+        Some(first) => {
+            let literal_start = match first {
+                '\'' => Some(0),
+                'x' | 'X' if value[1..].starts_with('\'') => Some(1),
+                _ => None,
+            };
+            match literal_start {
+                Some(open) => {
+                    let body: Vec<(usize, char)> = value.char_indices().skip(open + 1).collect();
+                    let mut i = 0;
+                    let mut end = value.len();
+                    while i < body.len() {
+                        if body[i].1 == '\'' {
+                            if body.get(i + 1).map(|&(_, c)| c) == Some('\'') {
+                                i += 2;
+                                continue;
+                            }
+                            end = body[i].0 + 1;
+                            break;
+                        }
+                        i += 1;
+                    }
+                    end
+                }
+                None => {
+                    let signed = usize::from(matches!(first, '+' | '-'));
+                    value[signed..]
+                        .find(|c: char| c.is_whitespace() || c == ',' || c == ')')
+                        .map(|e| e + signed)
+                        .unwrap_or(value.len())
+                }
+            }
+        }
+        None => 0,
+    };
+    let cut_from = column[..start].trim_end().len();
+    column.replace_range(cut_from..value_at + end, "");
+    true
 }
 
 /// Removes every `NOT NULL` (with an `ON CONFLICT <action>` after it) from a column definition,
