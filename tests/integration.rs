@@ -5,6 +5,7 @@ mod common;
 mod backfill;
 mod backup_hygiene;
 mod backups;
+mod catalog_ops;
 mod ci_recovery;
 mod cli;
 mod contention;
