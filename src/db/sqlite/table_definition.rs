@@ -187,7 +187,17 @@ impl TableDefinition {
                 return false;
             };
             let tail = rest[end..].to_string();
-            *item = format!("CONSTRAINT {}{tail}", crate::ops::name::quote(to));
+            // Written as the old name was: bare stays bare when the new name can be (so a
+            // rename and its rename back leave the table's SQL as it was).
+            let bare = !rest.starts_with(['"', '`', '['])
+                && to.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && to.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let name = if bare {
+                to.to_string()
+            } else {
+                crate::ops::name::quote(to)
+            };
+            *item = format!("CONSTRAINT {name}{tail}");
             return true;
         }
         false
