@@ -137,26 +137,44 @@ async fn expand_operations_run_rerun_and_roll_back_to_the_same_schema(db: TestDb
     run_ok(&db, &loaded).await;
 
     // Each did what it says.
-    db.execute("INSERT INTO orders (id, note) VALUES (10, 'x')").await;
+    db.execute("INSERT INTO orders (id, note) VALUES (10, 'x')")
+        .await;
     assert_eq!(
-        db.text("SELECT status FROM orders WHERE id = 10").await.as_deref(),
+        db.text("SELECT status FROM orders WHERE id = 10")
+            .await
+            .as_deref(),
         Some("new"),
         "set_default: rows inserted without a status get the new default"
     );
-    db.execute("INSERT INTO orders (id, note) VALUES (11, NULL)").await;
-    let repeated = attempt(&db, "INSERT INTO orders (id, note, customer_id, qty) VALUES (12, 'y', 1, 1)").await;
+    db.execute("INSERT INTO orders (id, note) VALUES (11, NULL)")
+        .await;
+    let repeated = attempt(
+        &db,
+        "INSERT INTO orders (id, note, customer_id, qty) VALUES (12, 'y', 1, 1)",
+    )
+    .await;
     assert!(
-        repeated.as_deref().is_some_and(|e| e.contains("unique") || e.contains("UNIQUE")),
+        repeated
+            .as_deref()
+            .is_some_and(|e| e.contains("unique") || e.contains("UNIQUE")),
         "add_unique: a repeated (customer_id, qty) is refused: {repeated:?}"
     );
-    let negative = attempt(&db, "INSERT INTO orders (id, note, qty) VALUES (13, 'z', -1)").await;
+    let negative = attempt(
+        &db,
+        "INSERT INTO orders (id, note, qty) VALUES (13, 'z', -1)",
+    )
+    .await;
     assert!(
-        negative.as_deref().is_some_and(|e| e.contains("orders_qty_not_negative")),
+        negative
+            .as_deref()
+            .is_some_and(|e| e.contains("orders_qty_not_negative")),
         "rename_constraint: the check holds under its new name: {negative:?}"
     );
     if db.is_pg() {
         assert_eq!(
-            db.text("SELECT col_description('orders'::regclass, 3)").await.as_deref(),
+            db.text("SELECT col_description('orders'::regclass, 3)")
+                .await
+                .as_deref(),
             Some("what the customer wrote")
         );
         assert_eq!(
@@ -190,12 +208,18 @@ async fn expand_operations_run_rerun_and_roll_back_to_the_same_schema(db: TestDb
     assert_eq!(schema(&db).await, after);
 
     // Rollback leaves the schema as it was.
-    let undone = rollback(&db, &loaded).await.unwrap_or_else(|e| panic!("rollback: {e}"));
+    let undone = rollback(&db, &loaded)
+        .await
+        .unwrap_or_else(|e| panic!("rollback: {e}"));
     assert_eq!(undone.len(), loaded.plan.step_refs().len());
     assert_eq!(schema(&db).await, before);
 
     // And verify, on a database with the same schema, agrees.
-    let fresh = if db.is_pg() { TestDb::pg().await } else { TestDb::sqlite() };
+    let fresh = if db.is_pg() {
+        TestDb::pg().await
+    } else {
+        TestDb::sqlite()
+    };
     fresh.execute(ORDERS).await;
     let outcome = verify(&fresh, &loaded).await;
     assert!(outcome.passed(), "{outcome:?}");
@@ -241,20 +265,52 @@ async fn dropped_index_and_constraints_come_back_as_they_were(db: TestDb) {
     // Dropped: the index, the constraints and the default.
     assert!(!db.has_index("orders_qty_idx").await);
     assert_eq!(attempt(&db, "INSERT INTO orders (id, note, email, qty, customer_id) VALUES (20, 'n', 'a@x', -5, 99)").await, None);
-    assert_eq!(db.text("SELECT status FROM orders WHERE id = 20").await, None);
+    assert_eq!(
+        db.text("SELECT status FROM orders WHERE id = 20").await,
+        None
+    );
     db.execute("DELETE FROM orders WHERE id = 20").await;
 
-    let undone = rollback(&db, &loaded).await.unwrap_or_else(|e| panic!("rollback: {e}"));
+    let undone = rollback(&db, &loaded)
+        .await
+        .unwrap_or_else(|e| panic!("rollback: {e}"));
     assert_eq!(undone.len(), 6, "{undone:?}");
     assert_eq!(schema(&db).await, before, "the schema is as it was");
-    let refused = attempt(&db, "INSERT INTO orders (id, note, email, qty) VALUES (21, 'n', 'a@x', 1)").await;
+    let refused = attempt(
+        &db,
+        "INSERT INTO orders (id, note, email, qty) VALUES (21, 'n', 'a@x', 1)",
+    )
+    .await;
     assert!(refused.is_some(), "the UNIQUE constraint is back");
-    assert!(attempt(&db, "INSERT INTO orders (id, note, qty) VALUES (22, 'n', -1)").await.is_some(), "the CHECK is back");
-    db.execute("INSERT INTO orders (id, note) VALUES (23, 'n')").await;
-    assert_eq!(db.text("SELECT status FROM orders WHERE id = 23").await.as_deref(), Some("old"), "the default is back");
+    assert!(
+        attempt(
+            &db,
+            "INSERT INTO orders (id, note, qty) VALUES (22, 'n', -1)"
+        )
+        .await
+        .is_some(),
+        "the CHECK is back"
+    );
+    db.execute("INSERT INTO orders (id, note) VALUES (23, 'n')")
+        .await;
+    assert_eq!(
+        db.text("SELECT status FROM orders WHERE id = 23")
+            .await
+            .as_deref(),
+        Some("old"),
+        "the default is back"
+    );
     if db.is_pg() {
-        assert_eq!(db.text(definitions).await, constraints_before, "same definitions, validated");
-        assert_eq!(db.text(index_definition).await, index_before, "same index definition");
+        assert_eq!(
+            db.text(definitions).await,
+            constraints_before,
+            "same definitions, validated"
+        );
+        assert_eq!(
+            db.text(index_definition).await,
+            index_before,
+            "same index definition"
+        );
         assert_eq!(
             db.scalar("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname IN ('orders_qty_idx', 'orders_email_key') AND i.indisvalid").await,
             2,
@@ -276,21 +332,43 @@ async fn a_rerun_after_the_drop_keeps_the_recorded_definition(db: TestDb) {
     let before = schema(&db).await;
     let yaml = drops_plan("catalog-rerun");
     let loaded = plan(&yaml);
-    let _ = run(&db, &loaded, RunOptions { until: None, ..RunOptions::default() }).await;
-    let steps = if db.is_pg() { "phased.steps" } else { "phased_steps" };
+    let _ = run(
+        &db,
+        &loaded,
+        RunOptions {
+            until: None,
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    let steps = if db.is_pg() {
+        "phased.steps"
+    } else {
+        "phased_steps"
+    };
     // As if each drop had crashed after it committed but before recording itself done (the
     // window a `CONCURRENTLY` drop has; the others record and drop in one transaction).
-    db.execute(&format!("UPDATE {steps} SET status = 'failed' WHERE plan = 'catalog-rerun' AND step_index < 4")).await;
+    db.execute(&format!(
+        "UPDATE {steps} SET status = 'failed' WHERE plan = 'catalog-rerun' AND step_index < 4"
+    ))
+    .await;
     match run(&db, &loaded, RunOptions::default()).await {
         Err((EngineError::StepFailed { step, .. }, _)) => assert_eq!(step, "contract#6"),
         other => panic!("the last step fails again: {:?}", other.map(|_| ())),
     }
     let recorded = db
-        .text(&format!("SELECT checkpoint FROM {steps} WHERE plan = 'catalog-rerun' AND step_index = 0"))
+        .text(&format!(
+            "SELECT checkpoint FROM {steps} WHERE plan = 'catalog-rerun' AND step_index = 0"
+        ))
         .await
         .unwrap_or_default();
-    assert!(recorded.contains("orders_qty_idx") && recorded.contains("qty > 0"), "{recorded}");
-    rollback(&db, &loaded).await.unwrap_or_else(|e| panic!("rollback: {e}"));
+    assert!(
+        recorded.contains("orders_qty_idx") && recorded.contains("qty > 0"),
+        "{recorded}"
+    );
+    rollback(&db, &loaded)
+        .await
+        .unwrap_or_else(|e| panic!("rollback: {e}"));
     assert_eq!(schema(&db).await, before);
 }
 on_both!(a_rerun_after_the_drop_keeps_the_recorded_definition);
@@ -316,11 +394,18 @@ phases:
     };
     assert!(
         // (PostgreSQL quotes every value: customer_id='1'.)
-        error.contains("(note='dup', customer_id=") && error.contains("(note='other', customer_id="),
+        error.contains("(note='dup', customer_id=")
+            && error.contains("(note='other', customer_id="),
         "names the repeated keys: {error}"
     );
-    assert!(!error.contains("NULL"), "rows with a NULL in the key may repeat: {error}");
-    assert!(!db.has_index("orders_note_customer_key").await, "nothing was built");
+    assert!(
+        !error.contains("NULL"),
+        "rows with a NULL in the key may repeat: {error}"
+    );
+    assert!(
+        !db.has_index("orders_note_customer_key").await,
+        "nothing was built"
+    );
     assert_eq!(schema(&db).await, before);
 }
 on_both!(add_unique_with_duplicates_is_refused_before_any_build_naming_keys);
@@ -328,7 +413,8 @@ on_both!(add_unique_with_duplicates_is_refused_before_any_build_naming_keys);
 #[tokio::test]
 async fn enum_values_cannot_be_rolled_back_and_verify_says_so() {
     let db = TestDb::pg().await;
-    db.execute("CREATE TYPE order_state AS ENUM ('new', 'paid')").await;
+    db.execute("CREATE TYPE order_state AS ENUM ('new', 'paid')")
+        .await;
     let loaded = plan(
         "plan: catalog-enum
 backup: { before: [] }
@@ -344,9 +430,17 @@ phases:
     let outcome = verify(&db, &loaded).await;
     match &outcome {
         VerifyOutcome::Irreversible { steps } => {
-            assert_eq!(steps.len(), 1, "only the value added to a type the plan did not create: {steps:?}");
+            assert_eq!(
+                steps.len(),
+                1,
+                "only the value added to a type the plan did not create: {steps:?}"
+            );
             assert_eq!(steps[0].step, "expand#3");
-            assert!(steps[0].reason.contains("cannot remove a value"), "{}", steps[0].reason);
+            assert!(
+                steps[0].reason.contains("cannot remove a value"),
+                "{}",
+                steps[0].reason
+            );
         }
         other => panic!("verify reports the enum value: {other:?}"),
     }
@@ -357,7 +451,12 @@ phases:
         Some("new,refunded,paid")
     );
     match rollback(&db, &loaded).await {
-        Err(EngineError::Irreversible { step, reason, undone, .. }) => {
+        Err(EngineError::Irreversible {
+            step,
+            reason,
+            undone,
+            ..
+        }) => {
             assert_eq!(step, "expand#3");
             assert!(reason.contains("cannot remove a value"), "{reason}");
             assert!(undone.is_empty(), "{undone:?}");
@@ -383,14 +482,20 @@ phases:
     );
     match run(&db, &loaded, RunOptions::default()).await {
         Err((EngineError::Usage(message), _)) => {
-            assert!(message.starts_with("test.yaml:8: step expand#2 create_enum"), "{message}");
+            assert!(
+                message.starts_with("test.yaml:8: step expand#2 create_enum"),
+                "{message}"
+            );
             assert!(message.contains("PostgreSQL-only"), "{message}");
         }
         other => panic!("refused: {:?}", other.map(|_| ())),
     }
-    db.execute("INSERT INTO orders (id, note) VALUES (40, 'n')").await;
+    db.execute("INSERT INTO orders (id, note) VALUES (40, 'n')")
+        .await;
     assert_eq!(
-        db.text("SELECT status FROM orders WHERE id = 40").await.as_deref(),
+        db.text("SELECT status FROM orders WHERE id = 40")
+            .await
+            .as_deref(),
         Some("old"),
         "nothing ran, not even the step before"
     );
@@ -410,9 +515,15 @@ phases:
         Err(report) => report.render_plain(),
         Ok(_) => panic!("validate refuses destructive steps outside contract"),
     };
-    assert!(report.contains("`drop_constraint` is destructive and cannot stand in `expand`"), "{report}");
+    assert!(
+        report.contains("`drop_constraint` is destructive and cannot stand in `expand`"),
+        "{report}"
+    );
     assert!(report.contains("`drop_default` is destructive"), "{report}");
-    assert!(report.contains("test.yaml:6:") && report.contains("test.yaml:7:"), "located: {report}");
+    assert!(
+        report.contains("test.yaml:6:") && report.contains("test.yaml:7:"),
+        "located: {report}"
+    );
 }
 
 /// The old application keeps inserting and updating through every operation, on a session
@@ -447,7 +558,9 @@ async fn old_app_keeps_writing_through_every_operation(db: TestDb) {
         tokio::spawn(async move {
             let mut id = 1000;
             if is_pg {
-                let client = crate::common::pg_connect(&url).await.expect("old app connects");
+                let client = crate::common::pg_connect(&url)
+                    .await
+                    .expect("old app connects");
                 client
                     .batch_execute("SET application_name = 'old-app'; SET lock_timeout = '1500ms'")
                     .await
@@ -469,20 +582,27 @@ async fn old_app_keeps_writing_through_every_operation(db: TestDb) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             } else {
-                let conn = rusqlite::Connection::open(path.expect("sqlite path")).expect("old app opens");
-                conn.busy_timeout(Duration::from_millis(1500)).expect("busy_timeout");
-                while !stop.load(Ordering::SeqCst) {
-                    id += 1;
-                    conn.execute(
-                        "INSERT INTO orders (id, status, note, email, qty) VALUES (?1, 'old', 'n', NULL, 1)",
-                        [id],
-                    )
-                    .unwrap_or_else(|e| panic!("old app insert {id}: {e}"));
-                    conn.execute("UPDATE orders SET qty = qty + 1 WHERE id = ?1", [id])
-                        .unwrap_or_else(|e| panic!("old app update {id}: {e}"));
-                    writes.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                // rusqlite blocks: the old app runs on a thread of its own.
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path.expect("sqlite path"))
+                        .expect("old app opens");
+                    conn.busy_timeout(Duration::from_millis(1500))
+                        .expect("busy_timeout");
+                    while !stop.load(Ordering::SeqCst) {
+                        id += 1;
+                        conn.execute(
+                            "INSERT INTO orders (id, status, note, email, qty) VALUES (?1, 'old', 'n', NULL, 1)",
+                            [id],
+                        )
+                        .unwrap_or_else(|e| panic!("old app insert {id}: {e}"));
+                        conn.execute("UPDATE orders SET qty = qty + 1 WHERE id = ?1", [id])
+                            .unwrap_or_else(|e| panic!("old app update {id}: {e}"));
+                        writes.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+                .await
+                .expect("the old app never failed a write");
             }
         })
     };
@@ -501,7 +621,13 @@ async fn old_app_keeps_writing_through_every_operation(db: TestDb) {
     if let Err((e, _)) = result {
         panic!("the plan runs alongside the old app: {e}");
     }
-    let written = db.scalar("SELECT count(*) FROM orders WHERE id > 1000").await;
-    assert_eq!(written as u64, writes.load(Ordering::SeqCst), "every write is there");
+    let written = db
+        .scalar("SELECT count(*) FROM orders WHERE id > 1000")
+        .await;
+    assert_eq!(
+        written as u64,
+        writes.load(Ordering::SeqCst),
+        "every write is there"
+    );
 }
 on_both!(old_app_keeps_writing_through_every_operation);

@@ -43,10 +43,7 @@ pub struct AddUnique {
 impl AddUnique {
     /// The index behind the constraint, qualified by its table's schema.
     fn index(&self) -> TableName {
-        qualified_index(
-            &TableName::in_schema(None, &self.name),
-            Some(&self.table),
-        )
+        qualified_index(&TableName::in_schema(None, &self.name), Some(&self.table))
     }
 
     /// A read that fails (SQLSTATE 23505) naming up to [`SHOWN`] keys that rows repeat. Rows
@@ -56,7 +53,13 @@ impl AddUnique {
         let shown: Vec<String> = self
             .columns
             .iter()
-            .map(|c| format!("{} || quote_nullable({})", literal(&format!("{c}=")), c.quoted()))
+            .map(|c| {
+                format!(
+                    "{} || quote_nullable({})",
+                    literal(&format!("{c}=")),
+                    c.quoted()
+                )
+            })
             .collect();
         let not_null: Vec<String> = self
             .columns
@@ -192,11 +195,15 @@ mod tests {
 
     #[test]
     fn checks_builds_concurrently_then_attaches() {
-        let step = parse_step("add_unique: { table: app.users, name: users_email_key, columns: [email] }");
+        let step =
+            parse_step("add_unique: { table: app.users, name: users_email_key, columns: [email] }");
         let units = step.op().units(Dialect::Postgres).unwrap_or_default();
         assert_eq!(units.len(), 3);
         let check = units[0].sql_text();
-        assert!(check.contains("GROUP BY \"email\" HAVING count(*) > 1"), "{check}");
+        assert!(
+            check.contains("GROUP BY \"email\" HAVING count(*) > 1"),
+            "{check}"
+        );
         assert!(check.contains("WHERE \"email\" IS NOT NULL"), "{check}");
         assert_eq!(
             units[1],

@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::name::{Name, TableName};
 use super::set_default::{change_default, remember_default};
-use super::{
-    Dialect, Inverse, InverseContext, LockMode, Operation, RenderError, TableLock, Unit,
-};
+use super::{Dialect, Inverse, InverseContext, LockMode, Operation, RenderError, TableLock, Unit};
 use crate::plan::{PhaseKind, PlanDuration};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -105,7 +105,9 @@ mod tests {
         else {
             panic!("no units")
         };
-        assert!(back[0].sql_text().contains("CHECK (\"c\" IS NOT NULL) NOT VALID"));
+        assert!(back[0]
+            .sql_text()
+            .contains("CHECK (\"c\" IS NOT NULL) NOT VALID"));
         assert_eq!(
             step.op().units(Dialect::Sqlite).ok(),
             Some(vec![Unit::RebuildTable {

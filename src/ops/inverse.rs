@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
-use super::dual_write::DualWrite;
-use super::name::{Name, TableName};
 use super::constraint::{add_not_valid_then_validate, unless_constraint_exists};
+use super::dual_write::DualWrite;
 use super::name::ident;
+use super::name::{Name, TableName};
 use super::unit::{Dialect, Recorded, Remembered, TableChange, Unit};
 use crate::db::StepStatus;
 use crate::plan::{PhaseKind, Plan, Step, StepRef};
@@ -145,11 +145,18 @@ pub fn inverse_of(plan: &Plan, def: &Step, status: StepStatus, dialect: Dialect)
 /// a default or comment set back (or dropped, when there was none). Each is a no-op when the
 /// thing is there already, so an interrupted rollback runs them again safely. No units: it was
 /// not there when the step ran. An error says why it cannot be put back.
-pub fn put_back(what: &Remembered, recorded: &Recorded, dialect: Dialect) -> Result<Vec<Unit>, String> {
+pub fn put_back(
+    what: &Remembered,
+    recorded: &Recorded,
+    dialect: Dialect,
+) -> Result<Vec<Unit>, String> {
     let definition = recorded.definition.as_deref();
     // An index or constraint that was not there when the step ran: nothing to put back.
     if definition.is_none()
-        && matches!(what, Remembered::Index { .. } | Remembered::Constraint { .. })
+        && matches!(
+            what,
+            Remembered::Index { .. } | Remembered::Constraint { .. }
+        )
     {
         return Ok(Vec::new());
     }
@@ -180,14 +187,9 @@ pub fn put_back(what: &Remembered, recorded: &Recorded, dialect: Dialect) -> Res
             let not_valid = definition.ends_with(" NOT VALID");
             match recorded.contype.as_deref() {
                 Some("u" | "p") => {
-                    let index = recorded
-                        .index_name
-                        .as_deref()
-                        .ok_or_else(missing)?;
-                    let index_definition = recorded
-                        .index_definition
-                        .as_deref()
-                        .ok_or_else(missing)?;
+                    let index = recorded.index_name.as_deref().ok_or_else(missing)?;
+                    let index_definition =
+                        recorded.index_definition.as_deref().ok_or_else(missing)?;
                     let index = TableName::in_schema(table.schema(), &name(index)?);
                     let kind = if recorded.contype.as_deref() == Some("p") {
                         "PRIMARY KEY"
@@ -200,7 +202,8 @@ pub fn put_back(what: &Remembered, recorded: &Recorded, dialect: Dialect) -> Res
                         constraint.quoted(),
                         index.name().quoted()
                     );
-                    if definition.contains(" DEFERRABLE") && !definition.contains("NOT DEFERRABLE") {
+                    if definition.contains(" DEFERRABLE") && !definition.contains("NOT DEFERRABLE")
+                    {
                         attach.push_str(" DEFERRABLE");
                     }
                     if definition.contains(" INITIALLY DEFERRED") {
@@ -267,11 +270,9 @@ pub fn put_back(what: &Remembered, recorded: &Recorded, dialect: Dialect) -> Res
         (Remembered::Comment { table, column }, Dialect::Postgres) => {
             let table = table_name(table)?;
             let column = column.as_deref().map(name).transpose()?;
-            Ok(vec![Unit::Transaction(vec![super::set_comment::comment_on(
-                &table,
-                column.as_ref(),
-                definition,
-            )])])
+            Ok(vec![Unit::Transaction(vec![
+                super::set_comment::comment_on(&table, column.as_ref(), definition),
+            ])])
         }
         (Remembered::Comment { .. }, Dialect::Sqlite) => {
             Err("SQLite keeps no comments".to_string())
@@ -296,7 +297,11 @@ fn concurrently(definition: &str) -> Result<String, String> {
 fn if_not_exists(definition: &str) -> String {
     let upper = definition.to_ascii_uppercase();
     for prefix in ["CREATE UNIQUE INDEX ", "CREATE INDEX "] {
-        if upper.starts_with(prefix) && !upper[prefix.len()..].trim_start().starts_with("IF NOT EXISTS") {
+        if upper.starts_with(prefix)
+            && !upper[prefix.len()..]
+                .trim_start()
+                .starts_with("IF NOT EXISTS")
+        {
             return format!("{prefix}IF NOT EXISTS {}", &definition[prefix.len()..]);
         }
     }

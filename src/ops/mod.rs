@@ -162,14 +162,12 @@ pub trait Operation {
 /// ACCESS EXCLUSIVE on `table` when any of `units` is transactional (see
 /// [`Operation::inverse_locks`]).
 fn inverse_locks_on(table: Option<&TableName>, units: &[Unit]) -> Vec<TableLock> {
-    let transactional = units
-        .iter()
-        .any(|u| match u {
-            Unit::Remember { then, .. } => {
-                matches!(**then, Unit::Transaction(_) | Unit::RebuildTable { .. })
-            }
-            other => matches!(other, Unit::Transaction(_) | Unit::RebuildTable { .. }),
-        });
+    let transactional = units.iter().any(|u| match u {
+        Unit::Remember { then, .. } => {
+            matches!(**then, Unit::Transaction(_) | Unit::RebuildTable { .. })
+        }
+        other => matches!(other, Unit::Transaction(_) | Unit::RebuildTable { .. }),
+    });
     match (transactional, table) {
         (true, Some(table)) => vec![TableLock {
             table: table.clone(),
@@ -270,6 +268,33 @@ mod tests {
         assert!(locks("drop_index: { name: i }").is_empty());
         assert!(locks("backfill: { table: t, set: { c: \"1\" } }").is_empty());
         assert!(locks("sql: \"SELECT 1\"").is_empty());
+        // The catalog operations: ACCESS EXCLUSIVE for a catalog-only moment where they take
+        // it; nothing to look for where they take a lock traffic never queues behind.
+        for step in [
+            "set_default: { table: t, column: c, default: \"0\" }",
+            "drop_default: { table: t, column: c }",
+            "drop_not_null: { table: t, column: c }",
+            "add_unique: { table: t, name: k, columns: [c] }",
+            "drop_constraint: { table: t, name: k }",
+            "rename_constraint: { table: t, from: a, to: b }",
+        ] {
+            assert_eq!(
+                locks(step),
+                vec![TableLock {
+                    table: table("t"),
+                    mode: LockMode::AccessExclusive
+                }],
+                "{step}"
+            );
+        }
+        for step in [
+            "create_enum: { name: e, values: [a] }",
+            "add_enum_value: { enum: e, value: b }",
+            "rename_index: { table: t, from: a, to: b }",
+            "set_comment: { table: t, comment: x }",
+        ] {
+            assert!(locks(step).is_empty(), "{step}");
+        }
     }
 }
 

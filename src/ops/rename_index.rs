@@ -23,7 +23,12 @@ pub struct RenameIndex {
 }
 
 /// `ALTER INDEX from RENAME TO to`, `from` in `table`'s schema.
-fn rename(table: &TableName, from: &Name, to: &Name, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+fn rename(
+    table: &TableName,
+    from: &Name,
+    to: &Name,
+    dialect: Dialect,
+) -> Result<Vec<Unit>, RenderError> {
     match dialect {
         Dialect::Postgres => Ok(vec![Unit::Transaction(vec![format!(
             "ALTER INDEX {} RENAME TO {}",

@@ -34,7 +34,11 @@ impl SetComment {
 }
 
 /// `COMMENT ON TABLE t | COLUMN t.c IS 'text' | NULL`.
-pub(crate) fn comment_on(table: &TableName, column: Option<&Name>, comment: Option<&str>) -> String {
+pub(crate) fn comment_on(
+    table: &TableName,
+    column: Option<&Name>,
+    comment: Option<&str>,
+) -> String {
     let target = match column {
         Some(column) => format!("COLUMN {}.{}", table.quoted(), column.quoted()),
         None => format!("TABLE {}", table.quoted()),
@@ -110,17 +114,11 @@ mod tests {
     #[test]
     fn table_or_column_comment() {
         let column = parse_step("set_comment: { table: t, column: c, comment: \"it's\" }");
-        assert!(column
-            .op()
-            .units(Dialect::Postgres)
-            .unwrap_or_default()[0]
+        assert!(column.op().units(Dialect::Postgres).unwrap_or_default()[0]
             .sql_text()
             .ends_with("COMMENT ON COLUMN \"t\".\"c\" IS 'it''s'"));
         let table = parse_step("set_comment: { table: t, comment: x }");
-        assert!(table
-            .op()
-            .units(Dialect::Postgres)
-            .unwrap_or_default()[0]
+        assert!(table.op().units(Dialect::Postgres).unwrap_or_default()[0]
             .sql_text()
             .ends_with("COMMENT ON TABLE \"t\" IS 'x'"));
         assert!(table.op().units(Dialect::Sqlite).is_err());

@@ -162,12 +162,21 @@ pub enum TableChange {
     },
     /// `CONSTRAINT name UNIQUE (columns)`, refused first (naming a few keys) when existing
     /// rows repeat a key; nothing to do when the constraint is there.
-    AddUnique { name: String, columns: Vec<String> },
+    AddUnique {
+        name: String,
+        columns: Vec<String>,
+    },
     /// Puts back a constraint clause recorded before a drop, as it was written; nothing to do
     /// when a constraint of that name is there.
-    RestoreConstraint { name: String, clause: String },
+    RestoreConstraint {
+        name: String,
+        clause: String,
+    },
     /// Renames a table constraint; nothing to do when `from` is not there and `to` is.
-    RenameConstraint { from: String, to: String },
+    RenameConstraint {
+        from: String,
+        to: String,
+    },
 }
 
 impl Unit {

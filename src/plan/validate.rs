@@ -371,7 +371,10 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
             }
         }
         Step::RenameIndex(r) if r.from == r.to => {
-            findings.push(Finding::error(at, format!("`rename_index` renames `{}` to itself", r.from)));
+            findings.push(Finding::error(
+                at,
+                format!("`rename_index` renames `{}` to itself", r.from),
+            ));
         }
         Step::RenameConstraint(r) if r.from == r.to => {
             findings.push(Finding::error(

@@ -138,7 +138,8 @@ fn rebuild_in_transaction(
             }
         }
         TableChange::SetDefault { column, default } => {
-            let current = "SELECT dflt_value FROM pragma_table_info(?1) WHERE name = ?2 COLLATE NOCASE";
+            let current =
+                "SELECT dflt_value FROM pragma_table_info(?1) WHERE name = ?2 COLLATE NOCASE";
             let now: Option<String> = tx
                 .query_row(current, [&name, column], |r| r.get(0))
                 .optional()
@@ -164,7 +165,11 @@ fn rebuild_in_transaction(
             if definition.constraint(unique).is_some() {
                 return finish_unchanged(tx, done);
             }
-            let listed = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+            let listed = columns
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
             let not_null = columns
                 .iter()
                 .map(|c| format!("{} IS NOT NULL", ident(c)))
@@ -178,7 +183,10 @@ fn rebuild_in_transaction(
             if !repeated.is_empty() {
                 return Err(violation(
                     &name,
-                    &format!("the new UNIQUE constraint `{unique}` ({}): these keys repeat", columns.join(", ")),
+                    &format!(
+                        "the new UNIQUE constraint `{unique}` ({}): these keys repeat",
+                        columns.join(", ")
+                    ),
                     columns,
                     &repeated,
                 ));

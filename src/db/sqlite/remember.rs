@@ -21,9 +21,11 @@ pub fn record(conn: &Connection, key: &StepKey, what: &Remembered) -> Result<(),
     let sql =
         "SELECT checkpoint FROM phased_steps WHERE plan = ?1 AND phase = ?2 AND step_index = ?3";
     let checkpoint: Option<String> = conn
-        .query_row(sql, rusqlite::params![key.plan, key.phase, key.index], |r| {
-            r.get(0)
-        })
+        .query_row(
+            sql,
+            rusqlite::params![key.plan, key.phase, key.index],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(|e| sql_error(e, sql))?
         .flatten();
