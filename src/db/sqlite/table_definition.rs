@@ -542,4 +542,54 @@ mod tests {
         assert!(drop_not_null(&mut column));
         assert_eq!(column, "c integer unique");
     }
+
+    #[test]
+    fn drops_every_form_of_default() {
+        for (written, left) in [
+            ("status text DEFAULT 'old' NOT NULL", "status text NOT NULL"),
+            (
+                "s text default 'it''s, (x)' check (s <> '')",
+                "s text check (s <> '')",
+            ),
+            ("n integer DEFAULT -1", "n integer"),
+            (
+                "n integer DEFAULT (abs(-1) + 2) NOT NULL",
+                "n integer NOT NULL",
+            ),
+            ("t text DEFAULT CURRENT_TIMESTAMP", "t text"),
+            ("b blob DEFAULT x'00ff' UNIQUE", "b blob UNIQUE"),
+            ("\"default\" text DEFAULT NULL", "\"default\" text"),
+        ] {
+            let mut column = written.to_string();
+            assert!(drop_default(&mut column), "{written}");
+            assert_eq!(column, left, "{written}");
+        }
+        let mut plain = "c text NOT NULL".to_string();
+        assert!(!drop_default(&mut plain));
+        let mut named = "defaults text".to_string();
+        assert!(!drop_default(&mut named));
+    }
+
+    #[test]
+    fn finds_renames_and_lists_constraints() {
+        let sql = "CREATE TABLE t (id INTEGER PRIMARY KEY, q INTEGER, \
+                   CONSTRAINT q_pos CHECK (q > 0), CONSTRAINT \"q u\" UNIQUE (q))";
+        let mut def = TableDefinition::parse("t", sql).expect("parses");
+        assert_eq!(
+            def.constraint("Q_POS"),
+            Some("CONSTRAINT q_pos CHECK (q > 0)")
+        );
+        assert_eq!(def.table_constraints().len(), 2);
+        assert!(def.rename_constraint("q_pos", "q_positive"));
+        assert_eq!(
+            def.constraint("q_positive"),
+            Some("CONSTRAINT q_positive CHECK (q > 0)")
+        );
+        assert!(def.rename_constraint("q u", "q_unique"));
+        assert_eq!(
+            def.constraint("q_unique"),
+            Some("CONSTRAINT \"q_unique\" UNIQUE (q)")
+        );
+        assert!(!def.rename_constraint("absent", "x"));
+    }
 }
