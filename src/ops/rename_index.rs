@@ -1,8 +1,10 @@
 //! `rename_index`: `ALTER INDEX … RENAME TO` on PostgreSQL is catalog-only and takes SHARE
 //! UPDATE EXCLUSIVE on the index (since PostgreSQL 12), which queries using it do not wait for.
-//! SQLite cannot rename an index in place; the step says so before anything runs.
+//! SQLite cannot rename an index in place: it is created again under the new name from its
+//! stored SQL and the old one dropped, in one transaction (`Unit::RenameIndex`).
 //!
-//! Resumes: one transaction that records the step done with it.
+//! Resumes: one transaction that records the step done with it; on SQLite, finding the old
+//! name gone and the new one there is done.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,23 +25,17 @@ pub struct RenameIndex {
 }
 
 /// `ALTER INDEX from RENAME TO to`, `from` in `table`'s schema.
-fn rename(
-    table: &TableName,
-    from: &Name,
-    to: &Name,
-    dialect: Dialect,
-) -> Result<Vec<Unit>, RenderError> {
+fn rename(table: &TableName, from: &Name, to: &Name, dialect: Dialect) -> Vec<Unit> {
     match dialect {
-        Dialect::Postgres => Ok(vec![Unit::Transaction(vec![format!(
+        Dialect::Postgres => vec![Unit::Transaction(vec![format!(
             "ALTER INDEX {} RENAME TO {}",
             qualified_index(&TableName::in_schema(None, from), Some(table)).quoted(),
             to.quoted()
-        )])]),
-        Dialect::Sqlite => Err(RenderError(
-            "`rename_index` is PostgreSQL-only: SQLite cannot rename an index in place (drop it \
-             and create it by the new name instead)"
-                .to_string(),
-        )),
+        )])],
+        Dialect::Sqlite => vec![Unit::RenameIndex {
+            from: from.to_string(),
+            to: to.to_string(),
+        }],
     }
 }
 
@@ -66,20 +62,13 @@ impl Operation for RenameIndex {
         self.lock_timeout
     }
 
-    fn supported_on(&self, dialect: Dialect) -> Result<(), RenderError> {
-        self.units(dialect).map(|_| ())
-    }
-
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
-        rename(&self.table, &self.from, &self.to, dialect)
+        Ok(rename(&self.table, &self.from, &self.to, dialect))
     }
 
     /// The rename back.
     fn inverse(&self, _ctx: &InverseContext<'_>, _done: bool, dialect: Dialect) -> Inverse {
-        match rename(&self.table, &self.to, &self.from, dialect) {
-            Ok(units) => Inverse::Units(units),
-            Err(e) => Inverse::Irreversible(e.0),
-        }
+        Inverse::Units(rename(&self.table, &self.to, &self.from, dialect))
     }
 }
 
@@ -105,5 +94,12 @@ mod tests {
             ])])
         );
         assert!(step.op().locks().is_empty());
+        assert_eq!(
+            step.op().units(Dialect::Sqlite).ok(),
+            Some(vec![Unit::RenameIndex {
+                from: "a_idx".into(),
+                to: "b_idx".into()
+            }])
+        );
     }
 }

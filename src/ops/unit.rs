@@ -45,6 +45,10 @@ pub enum Unit {
     },
     /// SQLite's copy-table recipe: rebuild `table` with a change SQLite cannot make in place.
     RebuildTable { table: String, change: TableChange },
+    /// SQLite cannot rename an index: in one transaction the index is created again under
+    /// `to` from its SQL in `sqlite_schema`, and `from` dropped. Nothing to do when `from` is
+    /// gone and `to` is there. Names as the plan writes them (unquoted).
+    RenameIndex { from: String, to: String },
     /// Looks up what `then` is about to change or drop (`what`) and keeps it in the step's
     /// checkpoint, so rollback can put it back ([`Recorded`]). In `then`'s transaction when it
     /// is one (PostgreSQL); before it otherwise (a `CONCURRENTLY` drop, a SQLite rebuild). An
@@ -188,6 +192,11 @@ impl Unit {
             Unit::ConcurrentIndex { create, .. } => create.clone(),
             Unit::DropColumn { drop, .. } => format!(
                 "-- first: DROP CONSTRAINT / DROP INDEX for each constraint and index on the column\n{drop}"
+            ),
+            Unit::RenameIndex { from, to } => format!(
+                "-- SQLite cannot rename an index: it is created again as {} from its stored SQL, and {} dropped, in one transaction",
+                quote(to),
+                quote(from)
             ),
             Unit::Remember { what, then } => format!(
                 "-- first: record {} in the step's state (rollback puts it back)\n{}",

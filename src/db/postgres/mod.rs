@@ -384,10 +384,11 @@ impl PgTarget {
                     self.concurrent_index(key, name, create, timeouts, progress)
                         .await?
                 }
-                Unit::RebuildTable { .. } => {
-                    return Err(DbError::Unexpected(
-                        "the copy-table recipe is for SQLite only".to_string(),
-                    ))
+                Unit::RebuildTable { .. } | Unit::RenameIndex { .. } => {
+                    return Err(DbError::Unexpected(format!(
+                        "SQLite only: {}",
+                        unit.sql_text()
+                    )))
                 }
                 Unit::Remember { what, then } => match &**then {
                     // Recorded in the change's own transaction: both commit, or neither.

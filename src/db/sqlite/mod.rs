@@ -236,7 +236,10 @@ impl SqliteTarget {
                 };
                 matches!(
                     u,
-                    Unit::Transaction(_) | Unit::RebuildTable { .. } | Unit::DropColumn { .. }
+                    Unit::Transaction(_)
+                        | Unit::RebuildTable { .. }
+                        | Unit::DropColumn { .. }
+                        | Unit::RenameIndex { .. }
                 )
             })
             .filter(|&i| i + 1 == units.len());
@@ -271,6 +274,11 @@ impl SqliteTarget {
                     drop,
                 } => {
                     let stmts = rebuild::drop_column_statements(&self.conn, table, column, drop)?;
+                    let fence = self.fence(&key.plan);
+                    self.run_transaction(&stmts, done, fence)?
+                }
+                Unit::RenameIndex { from, to } => {
+                    let stmts = rebuild::rename_index_statements(&self.conn, from, to)?;
                     let fence = self.fence(&key.plan);
                     self.run_transaction(&stmts, done, fence)?
                 }

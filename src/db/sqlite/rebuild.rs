@@ -327,6 +327,65 @@ pub fn drop_column_statements(
     Ok(statements)
 }
 
+/// The statements that rename index `from` to `to`, which SQLite cannot do in place: its
+/// stored `CREATE [UNIQUE] INDEX from ON …` under the new name, then `DROP INDEX from`. None
+/// when `from` is gone and `to` is there (a rename that committed).
+pub fn rename_index_statements(
+    conn: &Connection,
+    from: &str,
+    to: &str,
+) -> Result<Vec<String>, DbError> {
+    let sql = "SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = ?1 COLLATE NOCASE";
+    let stored = |name: &str| -> Result<Option<Option<String>>, DbError> {
+        conn.query_row(sql, [base_name(name)], |r| r.get(0))
+            .optional()
+            .map_err(|e| sql_error(e, sql))
+    };
+    let create = match stored(from)? {
+        Some(Some(create)) => create,
+        Some(None) => {
+            return Err(DbError::Unexpected(format!(
+                "index `{from}` belongs to a UNIQUE or PRIMARY KEY constraint (it has no SQL of its own): rename the constraint instead"
+            )))
+        }
+        None if stored(to)?.is_some() => return Ok(Vec::new()),
+        None => {
+            return Err(DbError::Unexpected(format!(
+                "there is no index `{from}` to rename"
+            )))
+        }
+    };
+    // `CREATE [UNIQUE] INDEX [IF NOT EXISTS] <name> ON …`: the name's place.
+    let mut rest = create.as_str();
+    let mut at = 0;
+    for word in ["CREATE", "UNIQUE", "INDEX", "IF", "NOT", "EXISTS"] {
+        let trimmed = rest.trim_start();
+        let skipped = rest.len() - trimmed.len();
+        let matches = trimmed
+            .get(..word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+            && trimmed[word.len()..].starts_with(char::is_whitespace);
+        if matches {
+            at += skipped + word.len();
+            rest = &trimmed[word.len()..];
+        }
+    }
+    let trimmed = rest.trim_start();
+    at += rest.len() - trimmed.len();
+    let len = super::table_definition::name_len(trimmed).ok_or_else(|| {
+        DbError::Unexpected(format!(
+            "cannot read the name in the SQL of index `{from}`: {create}"
+        ))
+    })?;
+    let renamed = format!(
+        "{}{}{}",
+        &create[..at],
+        super::table_definition::written_like(trimmed, to),
+        &create[at + len..]
+    );
+    Ok(vec![format!("DROP INDEX {}", ident(from)), renamed])
+}
+
 /// A string literal for SQLite.
 fn sql_text(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

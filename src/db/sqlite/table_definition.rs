@@ -187,17 +187,7 @@ impl TableDefinition {
                 return false;
             };
             let tail = rest[end..].to_string();
-            // Written as the old name was: bare stays bare when the new name can be (so a
-            // rename and its rename back leave the table's SQL as it was).
-            let bare = !rest.starts_with(['"', '`', '['])
-                && to.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && to.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            let name = if bare {
-                to.to_string()
-            } else {
-                crate::ops::name::quote(to)
-            };
-            *item = format!("CONSTRAINT {name}{tail}");
+            *item = format!("CONSTRAINT {}{tail}", written_like(rest, to));
             return true;
         }
         false
@@ -214,8 +204,21 @@ fn constraint_name(item: &str) -> Option<String> {
         .and_then(|rest| read_name(rest.trim_start()))
 }
 
+/// `name` written the way the name `old` starts with was: bare stays bare when `name` can be
+/// (so a rename and its rename back leave the stored SQL as it was), quoted otherwise.
+pub fn written_like(old: &str, name: &str) -> String {
+    let bare = !old.starts_with(['"', '`', '['])
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if bare {
+        name.to_string()
+    } else {
+        crate::ops::name::quote(name)
+    }
+}
+
 /// The byte length of the name `text` starts with, as [`read_name`] reads it.
-fn name_len(text: &str) -> Option<usize> {
+pub fn name_len(text: &str) -> Option<usize> {
     let first = text.chars().next()?;
     if let '"' | '`' | '[' = first {
         let close = if first == '[' { ']' } else { first };
