@@ -635,3 +635,35 @@ async fn old_app_keeps_writing_through_every_operation(db: TestDb) {
     );
 }
 on_both!(old_app_keeps_writing_through_every_operation);
+
+/// `phased plan` shows what each catalog operation sends, look-ups and recording included:
+/// PostgreSQL receives, during `phased run`, exactly what the dry run printed.
+#[tokio::test]
+async fn postgres_receives_what_the_dry_run_of_every_catalog_operation_printed() {
+    let db = TestDb::pg().await;
+    db.execute(ORDERS).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("plan.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}  - name: contract
+    kind: contract
+    steps:
+      - drop_index: {{ name: orders_positive_qty_idx, table: orders }}
+      - drop_constraint: {{ table: orders, name: orders_qty_not_negative }}
+      - drop_constraint: {{ table: orders, name: orders_email_key }}
+      - drop_default: {{ table: orders, column: status }}
+",
+            expand_plan(&db, "catalog-dry-run")
+        ),
+    )
+    .expect("write the plan");
+    crate::dry_run_is_the_run::assert_run_is_the_dry_run(&db, &path).await;
+    assert!(!db.has_index("orders_positive_qty_idx").await);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM phased.steps WHERE plan = 'catalog-dry-run' AND status = 'done'")
+            .await,
+        14
+    );
+}
