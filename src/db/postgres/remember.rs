@@ -16,12 +16,15 @@ pub async fn record(conn: &Conn, key: &StepKey, what: &Remembered) -> Result<(),
     if let Some(recorded) = look_up(conn, what).await? {
         return state::set_checkpoint(conn, key, Some(&recorded.to_checkpoint())).await;
     }
-    let sql =
-        "SELECT checkpoint FROM phased.steps WHERE plan = $1 AND phase = $2 AND step_index = $3";
-    let checkpoint: Option<String> = conn
-        .query_opt(sql, &[&key.plan, &key.phase, &key.index])
-        .await?
-        .and_then(|row| row.get(0));
+    // (A dry run on a database phased never ran on has no state tables to read.)
+    let checkpoint: Option<String> = if state::relation_exists(conn, "phased.steps").await? {
+        let sql = "SELECT checkpoint FROM phased.steps WHERE plan = $1 AND phase = $2 AND step_index = $3";
+        conn.query_opt(sql, &[&key.plan, &key.phase, &key.index])
+            .await?
+            .and_then(|row| row.get(0))
+    } else {
+        None
+    };
     if Recorded::from_checkpoint(checkpoint.as_deref()).is_some() {
         tracing::info!(
             what = %what.describe(),
