@@ -24,6 +24,7 @@ mod lint;
 mod migrations;
 mod names;
 mod online_safety;
+mod operations_written_once;
 mod pg_capture_selftest;
 mod plan_errors;
 mod plan_fuzz;

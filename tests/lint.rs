@@ -51,6 +51,15 @@ fn framework_migrations_give_the_expected_findings() {
             }
         })
         .collect();
+    // Alembic's autocommit_block: the CONCURRENTLY build between its COMMIT and BEGIN runs
+    // outside a transaction, the foreign key after BEGIN inside one.
+    let autocommit = "tests/fixtures/lint/alembic/upgrade_offline_autocommit_block.sql";
+    assert!(!findings
+        .iter()
+        .any(|f| f.starts_with(&format!("{autocommit}:26:"))));
+    assert!(findings.contains(&format!(
+        "{autocommit}:30:1 constraint-missing-not-valid [error]"
+    )));
     insta::assert_snapshot!(findings.join("\n"));
 }
 
@@ -239,4 +248,137 @@ fn github_format_is_refused_elsewhere() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("`--format github` is for"));
+}
+
+/// A folder of two revisions: a new table, then a drop of an old one (line 7 of its file).
+fn migrations_folder(dir: &std::path::Path) {
+    let folder = dir.join("migrations");
+    std::fs::create_dir_all(&folder).expect("migrations folder");
+    std::fs::write(
+        folder.join("20261120_0900_aa11bb22cc33_add_invoices.sql"),
+        "-- revision: aa11bb22cc33\n-- revises: none\n-- message: add invoices\n\n-- migrate:up\nCREATE TABLE invoices (id bigint PRIMARY KEY);\n\n-- migrate:down\nDROP TABLE invoices;\n",
+    )
+    .expect("write");
+    std::fs::write(
+        folder.join("20261121_0900_dd44ee55ff66_drop_drafts.sql"),
+        "-- revision: dd44ee55ff66\n-- revises: aa11bb22cc33\n-- message: drop drafts\n\n-- migrate:up\n-- the drafts are gone\n  DROP TABLE invoice_drafts;\n",
+    )
+    .expect("write");
+}
+
+fn plan_text(phases: &[(&str, &str)]) -> String {
+    let mut text = String::from("plan: lint-migrations\nphases:\n");
+    for (i, (kind, to)) in phases.iter().enumerate() {
+        text.push_str(&format!(
+            "  - name: p{i}\n    kind: {kind}\n    steps:\n      - migrations: {{ dir: migrations, to: {to} }}\n"
+        ));
+    }
+    text
+}
+
+/// Issue 16: the migration files a `migrations` step runs are linted in that step's phase, and
+/// located in the migration file; a revision no step runs is not.
+#[test]
+fn validate_lints_each_migration_in_the_phase_of_the_step_that_runs_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    migrations_folder(dir.path());
+    for kind in ["expand", "migrate"] {
+        std::fs::write(
+            dir.path().join("plan.yaml"),
+            plan_text(&[("expand", "aa11bb22cc33"), (kind, "head")]),
+        )
+        .expect("write plan");
+        let (code, stdout) = stdout_of(phased_cmd().current_dir(dir.path()).args([
+            "validate",
+            "--format",
+            "github",
+            "plan.yaml",
+        ]));
+        assert_eq!(code, 2, "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "::error file=./migrations/20261121_0900_dd44ee55ff66_drop_drafts.sql,line=7,col=3,title=phased lint%3A destructive-outside-contract::this statement drops a table, in `{kind}`"
+            )),
+            "{stdout}"
+        );
+        assert_eq!(stdout.matches("::error").count(), 1, "{stdout}");
+        phased_cmd()
+            .current_dir(dir.path())
+            .args(["validate", "plan.yaml"])
+            .assert()
+            .code(2)
+            .stdout(predicate::str::contains("invalid — 1 lint error(s)"));
+    }
+    // The drop is past the only step's `to`: nothing runs it, nothing flags it.
+    std::fs::write(
+        dir.path().join("plan.yaml"),
+        plan_text(&[("expand", "aa11bb22cc33")]),
+    )
+    .expect("write plan");
+    phased_cmd()
+        .current_dir(dir.path())
+        .args(["validate", "plan.yaml"])
+        .assert()
+        .success();
+    // A comment on the statement suppresses it, with a reason the dry run shows.
+    let drop = dir
+        .path()
+        .join("migrations/20261121_0900_dd44ee55ff66_drop_drafts.sql");
+    let text = std::fs::read_to_string(&drop).expect("read");
+    std::fs::write(
+        &drop,
+        text.replace(
+            "-- the drafts are gone\n",
+            "-- phased: allow destructive-outside-contract — the drafts table was never read\n",
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("plan.yaml"),
+        plan_text(&[("expand", "head")]),
+    )
+    .expect("write plan");
+    phased_cmd()
+        .current_dir(dir.path())
+        .args(["validate", "plan.yaml"])
+        .assert()
+        .success();
+    phased_cmd()
+        .current_dir(dir.path())
+        .args(["plan", "plan.yaml", "--offline", "--dialect", "postgres"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "-- lint: destructive-outside-contract at ./migrations/20261121_0900_dd44ee55ff66_drop_drafts.sql:7:3 suppressed by phased: allow destructive-outside-contract — the drafts table was never read — `DROP TABLE invoice_drafts`",
+        ))
+        .stdout(predicate::str::contains(
+            "DROP TABLE invoice_drafts;\n--   takes ACCESS EXCLUSIVE on invoice_drafts",
+        ));
+}
+
+/// Issue 16: `phased plan` shows the lock each statement of a `sql` step takes, and a
+/// suppressed finding's rule and reason.
+#[test]
+fn the_dry_run_shows_each_statements_lock_and_what_was_suppressed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("plan.yaml"),
+        "plan: dry-lint\nphases:\n  - name: grow\n    kind: expand\n    steps:\n      - sql:\n          up: |\n            ALTER TABLE accounts ADD COLUMN note text;\n            -- phased: allow require-concurrent-index-creation — accounts has 40 rows\n            CREATE INDEX accounts_note_idx ON accounts (note);\n            UPDATE settings SET v = 1;\n          down: SELECT 1\n",
+    )
+    .expect("write plan");
+    let (code, stdout) = stdout_of(phased_cmd().current_dir(dir.path()).args([
+        "plan",
+        "plan.yaml",
+        "--offline",
+        "--dialect",
+        "postgres",
+    ]));
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("-- lint: require-concurrent-index-creation at its SQL:3:1 suppressed by phased: allow require-concurrent-index-creation — accounts has 40 rows — `CREATE INDEX accounts_note_idx ON accounts (note)`"), "{stdout}");
+    assert!(
+        stdout.contains("--   takes ACCESS EXCLUSIVE on accounts")
+            && stdout.contains("--   takes SHARE on accounts")
+            && stdout.contains("--   takes ROW EXCLUSIVE on settings"),
+        "{stdout}"
+    );
 }

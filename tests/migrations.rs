@@ -617,8 +617,11 @@ async fn non_transactional_migrations_run_outside_a_transaction_on_postgres() {
     transactional_or_not(TestDb::pg().await).await;
 }
 
+/// `phased db upgrade` looks before it queues (issue 16): while an application transaction holds
+/// a lock the migration's SQL conflicts with (read from its parse), the migration is not
+/// attempted; phased names the session, waits and tries again until the lock is free.
 #[tokio::test]
-async fn lock_timeouts_are_retried_until_the_lock_is_free_on_postgres() {
+async fn a_blocked_migration_waits_naming_the_blocker_until_the_lock_is_free_on_postgres() {
     let TestDb::Pg(pg) = TestDb::pg().await else {
         unreachable!()
     };
@@ -631,6 +634,7 @@ async fn lock_timeouts_are_retried_until_the_lock_is_free_on_postgres() {
     app.batch_execute("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
+    let app_pid = crate::common::backend_pid(&app).await;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("phased"))
         .env_remove("DATABASE_URL")
         .args(["db", "upgrade", ORDERS, "--lock-timeout", "100ms", "--dir"])
@@ -654,8 +658,19 @@ async fn lock_timeouts_are_retried_until_the_lock_is_free_on_postgres() {
     }
     assert!(
         seen.iter()
-            .any(|l| l.contains("lock timeout") && l.contains("retrying")),
+            .any(|l| l.contains("attempt 1 failed (not attempted")
+                && l.contains("`customers`")
+                && l.contains("SHARE ROW EXCLUSIVE")),
         "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("blocked by pid {app_pid} ")) && l.contains("retrying")),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.contains("lock timeout")),
+        "the migration queued for the lock instead of looking first: {seen:#?}"
     );
     app.batch_execute("COMMIT").await.unwrap();
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();

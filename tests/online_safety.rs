@@ -896,3 +896,136 @@ phases:
         "the sql step queued for the lock instead of looking first: {events:?}"
     );
 }
+
+/// Writes a one-revision folder that adds `items.note` (an ACCESS EXCLUSIVE `ALTER TABLE`).
+fn note_migration(base: &std::path::Path) -> std::path::PathBuf {
+    let folder = base.join("migrations");
+    std::fs::create_dir_all(&folder).expect("migrations folder");
+    std::fs::write(
+        folder.join("20261120_0900_a1b2c3d4e5f6_add_item_notes.sql"),
+        "-- revision: a1b2c3d4e5f6\n-- revises: none\n-- message: add item notes\n-- transactional: true\n\n\
+         -- migrate:up\nALTER TABLE items ADD COLUMN note text;\n\n-- migrate:down\nALTER TABLE items DROP COLUMN note;\n",
+    )
+    .expect("write the migration");
+    folder
+}
+
+/// `phased db upgrade` and the library (`engine::migrations::migrate`) look before they queue
+/// too: a migration whose table a session holds a lock on is not attempted, and the failure
+/// names the session.
+#[tokio::test]
+async fn db_upgrade_blocked_by_a_lock_holder_is_not_attempted_and_names_it() {
+    use phased::engine::migrations::{migrate, MigrateOptions, Request, VersionError};
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let folder = note_migration(&crate::common::scratch_dir());
+    let history = phased::migrations::load(&folder).expect("load the folder");
+    let report = pg(&db).client().await;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM items;")
+        .await
+        .expect("open the report's transaction");
+    let report_pid = backend_pid(&report).await;
+    let options = MigrateOptions {
+        retry: phased::plan::RetryPolicy {
+            attempts: 1,
+            ..phased::plan::RetryPolicy::default()
+        },
+        ..MigrateOptions::default()
+    };
+    let spec = phased::migrations::Spec::Head;
+    let mut target = db.target("db-upgrade").await;
+    let result = phased::with_target!(&mut target, t => migrate(t, &history, "db:migrations", Request::Upgrade(&spec), options, &mut |_| {}).await);
+    match result {
+        Err(VersionError::Failed {
+            error, completed, ..
+        }) => {
+            let message = error.to_string();
+            assert!(message.starts_with("not attempted"), "{message}");
+            assert!(
+                message.contains(&format!("pid {report_pid} ")),
+                "names the report's pid {report_pid}: {message}"
+            );
+            assert!(completed.is_empty());
+        }
+        other => panic!("expected the migration not to be attempted: {other:?}"),
+    }
+    assert!(!db.has_column("items", "note").await);
+    report.batch_execute("COMMIT").await.expect("commit report");
+    let mut target = db.target("db-upgrade").await;
+    let result = phased::with_target!(&mut target, t => migrate(t, &history, "db:migrations", Request::Upgrade(&spec), options, &mut |_| {}).await);
+    assert!(result.is_ok(), "{result:?}");
+    assert!(db.has_column("items", "note").await);
+}
+
+/// A versioned migration run by a `migrations` step takes its locks from the parse of its SQL
+/// (issue 16): with a session holding a lock on the migration's table, the step looks before it
+/// queues, does not attempt the migration (it is not applied, nothing waits in the lock queue)
+/// and names the session; once the session is gone the step applies it.
+#[tokio::test]
+async fn migration_blocked_by_a_lock_holder_is_not_attempted_and_names_it() {
+    let db = TestDb::pg().await;
+    items_table(&db).await;
+    let pgdb = pg(&db);
+    let base = crate::common::scratch_dir();
+    note_migration(&base);
+    let report = pgdb.client().await;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM items;")
+        .await
+        .expect("open the report's transaction");
+    let report_pid = backend_pid(&report).await;
+    let loaded = crate::common::plan_in(
+        &format!(
+            "plan: online-migrations
+defaults:
+  lock_timeout: {LOCK_TIMEOUT_MS}ms
+  retry: {{ attempts: 1, backoff: 100ms, max_backoff: 300ms }}
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - migrations: {{ dir: migrations, to: head }}
+"
+        ),
+        &base,
+    );
+    let (error, events) = match run(&db, &loaded, RunOptions::default()).await {
+        Ok(events) => {
+            panic!("the migration should not be attempted while items is locked: {events:?}")
+        }
+        Err(failed) => failed,
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("not attempted") && message.contains("ACCESS EXCLUSIVE"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("pid {report_pid} ")),
+        "the failure names the report's pid {report_pid}: {message}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::StepRetry { .. })),
+        "the migration queued for the lock instead of looking first: {events:?}"
+    );
+    assert!(!db.has_column("items", "note").await);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM phased.migrations WHERE revision = 'a1b2c3d4e5f6'")
+            .await,
+        0,
+        "the migration is not recorded as applied"
+    );
+    let last_error = db
+        .text("SELECT last_error FROM phased.steps WHERE plan = 'online-migrations'")
+        .await
+        .unwrap_or_default();
+    assert!(
+        last_error.starts_with("not attempted")
+            && last_error.contains(&format!("pid {report_pid} ")),
+        "{last_error}"
+    );
+    report.batch_execute("COMMIT").await.expect("commit report");
+    run_ok(&db, &loaded).await;
+    assert!(db.has_column("items", "note").await);
+}

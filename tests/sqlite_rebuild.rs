@@ -123,16 +123,27 @@ async fn rebuilds_keep_every_other_index_trigger_and_constraint() {
 
     let conn = app(&db);
     // Applications keep working, and every trigger still fires (SQLite's dual_write trigger runs
-    // AFTER the row is written, so a NOT NULL column needs some value from the writer first).
+    // AFTER the row is written, so a NOT NULL column needs some value from the writer first; a
+    // value the writer gives is kept, and an update of the source column recomputes it).
     conn.execute_batch(
-        "INSERT INTO accounts (email, email_lower, parent_id) VALUES ('New@X.io', 'stale', 2)",
+        "INSERT INTO accounts (email, email_lower, parent_id) VALUES ('New@X.io', 'given', 2)",
     )
     .expect("insert");
     assert_eq!(
         db.text("SELECT email_lower FROM accounts WHERE email = 'New@X.io'")
             .await,
+        Some("given".into()),
+        "dual_write keeps what the writer gave"
+    );
+    conn.execute_batch(
+        "UPDATE accounts SET email = 'New@X.io', score = score WHERE email = 'New@X.io'",
+    )
+    .expect("update");
+    assert_eq!(
+        db.text("SELECT email_lower FROM accounts WHERE email = 'New@X.io'")
+            .await,
         Some("new@x.io".into()),
-        "dual_write trigger fires"
+        "dual_write's update trigger fires"
     );
     assert_eq!(
         db.scalar("SELECT count(*) FROM audit WHERE what = 'insert New@X.io'")

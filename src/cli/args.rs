@@ -61,6 +61,9 @@ pub enum Command {
         /// Plan files.
         #[arg(required = true)]
         plans: Vec<PathBuf>,
+        /// Also check that every operation can run on this database (some are PostgreSQL-only).
+        #[arg(long, value_enum)]
+        dialect: Option<DialectArg>,
     },
     /// Lint plain SQL files (or folders of .sql files, phased migrations included); no database needed.
     Lint(LintArgs),
@@ -219,12 +222,26 @@ pub struct PlanArgs {
     /// The dialect to render offline [default: the --database URL's, else sqlite].
     #[arg(long, value_enum, requires = "offline")]
     pub dialect: Option<DialectArg>,
+    /// Print the plan's phases as YAML you could copy into a `phases:` plan and edit (a
+    /// `changes:` plan compiled, each operation's later parts as comments where they run); no
+    /// database needed.
+    #[arg(long, conflicts_with_all = ["offline", "dialect", "phase"])]
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DialectArg {
     Postgres,
     Sqlite,
+}
+
+impl From<DialectArg> for crate::ops::Dialect {
+    fn from(d: DialectArg) -> Self {
+        match d {
+            DialectArg::Postgres => crate::ops::Dialect::Postgres,
+            DialectArg::Sqlite => crate::ops::Dialect::Sqlite,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

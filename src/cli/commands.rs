@@ -17,7 +17,7 @@ use crate::with_target;
 /// Runs the parsed command line and returns the process exit code.
 pub async fn execute(cli: Cli) -> u8 {
     match &cli.command {
-        Command::Validate { plans } => validate(plans, cli.output),
+        Command::Validate { plans, dialect } => validate(plans, *dialect, cli.output),
         Command::Lint(args) => super::lint::lint(args, cli.output),
         Command::Run(args) => run(&cli, args).await,
         Command::Status(args) => super::status::status(&cli, args).await,
@@ -41,7 +41,11 @@ pub async fn execute(cli: Cli) -> u8 {
     }
 }
 
-fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
+fn validate(
+    plans: &[std::path::PathBuf],
+    dialect: Option<super::args::DialectArg>,
+    format: OutputFormat,
+) -> u8 {
     let mut code = exit::OK;
     for path in plans {
         match config::load_plan(path) {
@@ -52,6 +56,14 @@ fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
                 report
                     .findings
                     .extend(crate::plan::lint::lint_plan(&loaded.plan));
+                if let Some(dialect) = dialect {
+                    report
+                        .findings
+                        .extend(crate::plan::validate::dialect_findings(
+                            &loaded.plan,
+                            dialect.into(),
+                        ));
+                }
                 report.findings.sort_by_key(|f| (f.line, f.column));
                 let migrations = lint_migrations(&loaded.base_dir, &loaded.plan);
                 let lint_errors =
@@ -122,31 +134,14 @@ fn validate(plans: &[std::path::PathBuf], format: OutputFormat) -> u8 {
 }
 
 /// The migration files each `migrations` step of the plan runs, linted in that step's phase
-/// (destructive statements in migrations are the startup rule's business: `-- destructive:`).
+/// (`plan::lint::migrations` says which files each step runs); a file two steps could run is
+/// linted once, in the phase of the first.
 fn lint_migrations(base: &Path, plan: &crate::plan::Plan) -> Vec<super::lint::FileLint> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for phase in &plan.phases.value {
-        for step in &phase.value.steps.value {
-            let crate::plan::Step::Migrations(m) = &step.value else {
-                continue;
-            };
-            if !seen.insert(m.dir.clone()) {
-                continue;
-            }
-            // A folder that cannot be read is already a warning of `validate`.
-            let Ok(files) = super::lint::sql_files(&base.join(&m.dir)) else {
-                continue;
-            };
-            out.extend(
-                files
-                    .iter()
-                    .filter_map(|f| super::lint::lint_file(f, None, false).ok())
-                    .filter(|l| !l.findings.is_empty()),
-            );
-        }
-    }
-    out
+    crate::plan::lint::migrations::files_run(plan, base)
+        .iter()
+        .filter_map(|f| super::lint::lint_file(&f.path, Some(f.phase), f.transactional).ok())
+        .filter(|l| !l.findings.is_empty())
+        .collect()
 }
 
 /// A plan report's findings as GitHub workflow annotations.
@@ -598,6 +593,10 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
             return exit::INVALID;
         }
     };
+    if args.explain {
+        crate::outln!("{}", crate::plan::compile::explain(&loaded.plan).trim_end());
+        return exit::OK;
+    }
     let url = match config::database_url(cli.database.as_deref()) {
         Ok(u) => u,
         Err(e) => {
@@ -655,11 +654,17 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
                     serde_json::to_string(&entries).unwrap_or_default()
                 ));
             } else {
+                let suppressed = crate::plan::lint::suppressed_in_plan(
+                    &loaded.plan,
+                    &loaded.report.source,
+                    &loaded.base_dir,
+                );
                 crate::cli::out_text(&engine::dry_run::render(
                     &header,
                     dialect,
                     &entries,
                     args.phase.as_deref(),
+                    &suppressed,
                 ));
             }
             exit::OK

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::args::{LintArgs, OutputFormat as Format, PhaseKindArg};
 use super::config::color;
 use super::exit;
-use crate::plan::lint::{lint_sql, postgres_up, Context, SqlFinding};
+use crate::plan::lint::{lint_file_text, SqlFinding};
 use crate::plan::{Finding, PhaseKind, PlanReport, Severity};
 
 /// The findings of one file, with its text for rendering.
@@ -90,12 +90,7 @@ pub fn lint_file(
 ) -> Result<FileLint, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let source = postgres_up(&text);
-    let ctx = Context {
-        phase,
-        transactional: transactional || source.transactional,
-    };
-    let findings = lint_sql(&source.text, &ctx, &[]);
+    let findings = lint_file_text(&text, phase, transactional).findings;
     Ok(FileLint {
         path: path.to_path_buf(),
         text,

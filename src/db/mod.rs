@@ -338,6 +338,10 @@ pub trait Catalog {
         columns: &[String],
     ) -> Result<Vec<String>, DbError>;
 
+    /// A table as the catalog describes it now: columns, indexes, constraints, the foreign keys
+    /// that point at it (see `ops::facts`). An absent table has none.
+    async fn table_facts(&mut self, table: &str) -> Result<crate::ops::TableFacts, DbError>;
+
     /// The user schema as sorted, comparable lines (tables, columns, indexes, constraints,
     /// triggers); phased's own state is left out.
     async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError>;

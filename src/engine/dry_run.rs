@@ -5,6 +5,10 @@
 //!
 //! Where a run does something other than send a statement on its connection — take the lease,
 //! check a gate, take a backup, run a program — the dry run says so instead of doing it.
+//!
+//! On PostgreSQL each statement is followed by the table locks it takes, read from its parse
+//! (`plan::lint::locks`), and each step by the lint findings suppressed in its SQL, with the
+//! comment or `allow:` that suppressed them.
 
 use std::fmt::Write as _;
 
@@ -40,9 +44,17 @@ impl Reporter for Silent {
     fn emit(&mut self, _event: &Event) {}
 }
 
-/// The recording as SQL a person reads: statements as sent, look-ups and phased's own
-/// bookkeeping as comments, phases and steps as headings.
-pub fn render(header: &str, dialect: Dialect, entries: &[Entry], phase: Option<&str>) -> String {
+/// The recording as SQL a person reads: statements as sent (on PostgreSQL with the locks they
+/// take), look-ups and phased's own bookkeeping as comments, phases and steps as headings.
+/// `step_notes` are `(phase#N, line)` pairs shown under a pending step's heading: the lint
+/// findings suppressed in its SQL (`plan::lint::suppressed_in_plan`).
+pub fn render(
+    header: &str,
+    dialect: Dialect,
+    entries: &[Entry],
+    phase: Option<&str>,
+    step_notes: &[(String, String)],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{header}");
     let _ = writeln!(
@@ -98,6 +110,9 @@ pub fn render(header: &str, dialect: Dialect, entries: &[Entry], phase: Option<&
                 } else {
                     pending += 1;
                     let _ = writeln!(out, "\n-- step {id} {label} ({status}, line {line})");
+                    for (_, note) in step_notes.iter().filter(|(step, _)| step == id) {
+                        let _ = writeln!(out, "-- {note}");
+                    }
                 }
             }
             Entry::Note { text } => {
@@ -120,6 +135,21 @@ pub fn render(header: &str, dialect: Dialect, entries: &[Entry], phase: Option<&
     out
 }
 
+/// `--   takes MODE on table` for each table a statement locks (from its parse); a text of
+/// several statements names the line of each.
+fn write_locks(out: &mut String, sql: &str) {
+    let locks = crate::plan::lint::locks::locks(sql);
+    let several = locks.iter().any(|l| l.line != 1);
+    for lock in locks {
+        let at = if several {
+            format!(" (its line {})", lock.line)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "--   takes {} on {}{at}", lock.mode, lock.table);
+    }
+}
+
 fn one_line(sql: &str) -> String {
     sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -134,6 +164,9 @@ fn write_statement(out: &mut String, dialect: Dialect, sent: &Sent) {
         }
         Effect::Write => {
             let _ = writeln!(out, "{};", sent.sql);
+            if dialect == Dialect::Postgres {
+                write_locks(out, &sent.sql);
+            }
         }
     }
     if !sent.params.is_empty() {

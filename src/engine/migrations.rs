@@ -356,6 +356,35 @@ pub async fn apply<T: Database>(
         }));
         loop {
             let attempt = attempts.begin();
+            // Look before queueing (`phased db`, the library, a rollback): not while a session
+            // holds a lock on one of the migration's tables that it would queue behind. A plan
+            // step (no policy here) was looked at by the runner, for all its migrations at once.
+            if retry.is_some() && target.recorder().is_none() {
+                let needed = script_locks(p.script, target.dialect());
+                if let Some(blocked) = super::lock_policy::look(target, &needed).await? {
+                    let error = DbError::Unexpected(blocked.message());
+                    if let Some(wait) = attempts.wait() {
+                        on_event(Progress::Retry {
+                            prepared: p,
+                            attempt,
+                            error: &error,
+                            wait_ms: super::records::millis(wait),
+                        });
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(VersionError::Failed {
+                        revision: p.migration.revision.clone(),
+                        direction: p.step.direction.as_str(),
+                        error: DbError::Unexpected(format!(
+                            "{}{}",
+                            blocked.message(),
+                            attempts.gave_up()
+                        )),
+                        completed,
+                    });
+                }
+            }
             let run = MigrationRun {
                 step,
                 ..p.run(timeouts)
@@ -632,6 +661,59 @@ async fn run_step_locked<T: Database>(
         Err(VersionError::Failed { error, .. }) | Err(VersionError::Target(error)) => Err(error),
         Err(other) => Err(step_error(other)),
     }
+}
+
+/// The table locks the migrations a `migrations` step would apply now take on PostgreSQL (the
+/// strongest per table), read from the parse of their SQL (`plan::lint::locks`): what the
+/// runner looks for before queueing, as for every other step. Empty on SQLite, and when the
+/// folder, `to` or the version state cannot be read (the step itself then fails saying why).
+pub async fn pending_locks<T: Database>(
+    target: &mut T,
+    base_dir: &std::path::Path,
+    step: &crate::plan::Migrations,
+) -> Vec<crate::db::TableLock> {
+    if target.dialect() != crate::db::Dialect::Postgres {
+        return Vec::new();
+    }
+    let Ok(history) = crate::migrations::load(&base_dir.join(&step.dir)) else {
+        return Vec::new();
+    };
+    let Ok(spec) = Spec::parse(&step.to) else {
+        return Vec::new();
+    };
+    let Ok(state) = checked_state(target, &history).await else {
+        return Vec::new();
+    };
+    let Ok(moves) = moves_for(&history, &state, Request::Upgrade(&spec)) else {
+        return Vec::new();
+    };
+    let Ok(prepared) = prepare(&history, moves, target.dialect()) else {
+        return Vec::new();
+    };
+    let all: String = prepared
+        .iter()
+        .map(|p| p.script)
+        .collect::<Vec<_>>()
+        .join(";\n");
+    script_locks(&all, target.dialect())
+}
+
+/// The strongest lock per table a migration script takes on PostgreSQL, from its parse (none
+/// on SQLite, whose locks are the database's).
+fn script_locks(script: &str, dialect: crate::db::Dialect) -> Vec<crate::db::TableLock> {
+    use crate::plan::lint::locks;
+    if dialect != crate::db::Dialect::Postgres {
+        return Vec::new();
+    }
+    locks::strongest(&locks::locks(script))
+        .into_iter()
+        .filter_map(|(table, mode)| {
+            Some(crate::db::TableLock {
+                table: crate::ops::TableName::new(table).ok()?,
+                mode,
+            })
+        })
+        .collect()
 }
 
 /// The heads a `migrations` step started from, as recorded in its checkpoint.

@@ -183,30 +183,6 @@ async fn run_locked<T: Database>(
     }
     let steps = plan.step_refs();
 
-    // A step the target cannot do at all (an enum on SQLite) refuses the run before anything
-    // runs, naming it where the plan writes it.
-    if let Some(refusal) = steps
-        .iter()
-        .filter(|(s, _)| range.contains(&s.phase_index) && !is_done(&records, s))
-        .find_map(|(s, def)| {
-            def.op().supported_on(target.dialect()).err().map(|why| {
-                EngineError::Usage(format!(
-                    "{}:{}: step {} {} cannot run on {}: {why}",
-                    loaded.file,
-                    s.line,
-                    s.id(),
-                    def.label(),
-                    target.dialect().as_str()
-                ))
-            })
-        })
-    {
-        match &dry {
-            Some(recorder) => recorder.note(format!("WARNING: {refusal}")),
-            None => return Err(refusal),
-        }
-    }
-
     // `--phase P` refuses while an earlier phase is not done.
     if let Some(pending) = steps
         .iter()
@@ -227,6 +203,20 @@ async fn run_locked<T: Database>(
             Some(recorder) => recorder.note(format!("NOTE: {refusal}")),
             None => return Err(refusal),
         }
+    }
+
+    // An operation the database cannot do is said before anything runs.
+    if let Some((step, def, why)) = steps.iter().find_map(|(s, d)| {
+        d.op()
+            .unsupported_on(target.dialect())
+            .map(|why| (s, d, why))
+    }) {
+        return Err(EngineError::Usage(format!(
+            "step {} `{}` cannot run on {}: {why}",
+            step.id(),
+            def.label(),
+            target.dialect().as_str()
+        )));
     }
 
     // A phase preceded by a backup: check the tools and the folder before anything runs.
@@ -430,7 +420,7 @@ async fn run_step<T: Database>(
     let plan = &loaded.plan;
     let key = key_of(plan, step);
     let label = def.label();
-    let needed = def.op().locks();
+    let mut needed = def.op().locks();
     let mut attempts = Attempts::new(plan.defaults.retry);
     // A backfill resumes from its checkpoint, even across attempts.
     let mut checkpoint = record.and_then(|r| r.checkpoint.clone());
@@ -469,6 +459,10 @@ async fn run_step<T: Database>(
             step: step_id(step, def),
             attempt,
         });
+        // The migrations still to apply, and so the tables to look at, are known only now.
+        if let Step::Migrations(m) = def {
+            needed = super::migrations::pending_locks(target, &loaded.base_dir, m).await;
+        }
         match (lock_policy::look(target, &needed).await?, target.recorder()) {
             (None, _) => {}
             (Some(blocked), Some(recorder)) => recorder.note(format!(
@@ -833,10 +827,15 @@ async fn execute<T: Database>(
             Ok(Completion::Done)
         }
         _ => {
-            let units = def
-                .op()
-                .units(target.dialect())
-                .map_err(|e| DbError::Unexpected(e.to_string()))?;
+            // Operations whose SQL depends on the catalog render from it as it is now.
+            let units = match def.op().facts_of() {
+                Some(table) => {
+                    let facts = target.table_facts(table.as_str()).await?;
+                    def.op().units_with(target.dialect(), &facts)
+                }
+                None => def.op().units(target.dialect()),
+            }
+            .map_err(|e| DbError::Unexpected(format!("{}: {e}", def.label())))?;
             let id = step_id(step, def);
             let mut progress = |p: &IndexProgress| {
                 reporter.emit(&Event::IndexProgress {

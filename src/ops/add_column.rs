@@ -5,9 +5,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::backfill::Backfill;
 use super::name::{Name, TableName};
-use super::{Dialect, Inverse, InverseContext, LockMode, Operation, RenderError, TableLock, Unit};
-use crate::plan::{PhaseKind, PlanDuration};
+use super::set_not_null::SetNotNull;
+use super::sync;
+use super::{
+    Dialect, Inverse, InverseContext, LaterPart, LockMode, Operation, RenderError, TableLock, Unit,
+};
+use crate::plan::{PhaseKind, PlanDuration, Step};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +26,12 @@ pub struct AddColumn {
     /// A constant SQL expression.
     #[serde(default)]
     pub default: Option<String>,
+    /// The column derived from the row (`lower(email)`), written once: expand adds it nullable
+    /// with a trigger that fills it for rows the old application writes; the next `migrate`
+    /// phase backfills it; the next `contract` phase makes it NOT NULL (`nullable: false`,
+    /// through a validated check) and drops the trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_timeout: Option<PlanDuration>,
 }
@@ -54,7 +65,19 @@ impl Operation for AddColumn {
         self.lock_timeout
     }
 
-    fn units(&self, _dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+    fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+        if let Some(rule) = self.sync_rule() {
+            // Nullable until contract: the old application's rows get it from the trigger,
+            // the rows before from the backfill.
+            let mut sql = vec![format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                self.table.quoted(),
+                self.name.quoted(),
+                self.ty
+            )];
+            sql.extend(sync::create_sql(&self.table, &rule, dialect));
+            return Ok(vec![Unit::Transaction(sql)]);
+        }
         let mut sql = format!(
             "ALTER TABLE {} ADD COLUMN {} {}",
             self.table.quoted(),
@@ -74,11 +97,68 @@ impl Operation for AddColumn {
     /// no `IF EXISTS` here and refuses while an index or trigger still uses the column, which
     /// rollback's newest-first order takes care of.
     fn inverse(&self, _ctx: &InverseContext<'_>, _done: bool, dialect: Dialect) -> Inverse {
-        Inverse::Units(vec![Unit::Transaction(vec![drop_column_sql(
-            &self.table,
-            &self.name,
-            dialect,
-        )])])
+        let mut sql = Vec::new();
+        if self.up.is_some() {
+            sql.extend(sync::drop_sql(&self.table, &self.name, dialect));
+        }
+        sql.push(drop_column_sql(&self.table, &self.name, dialect));
+        Inverse::Units(vec![Unit::Transaction(sql)])
+    }
+
+    /// With `up`: the backfill in the next `migrate` phase, then in the next `contract` phase
+    /// NOT NULL (when asked for) and the end of the sync.
+    fn later_parts(&self) -> Vec<LaterPart> {
+        let Some(rule) = self.sync_rule() else {
+            return Vec::new();
+        };
+        let up = self.up.clone().unwrap_or_default();
+        let column = self.name.quoted();
+        let backfill = serde_json::json!({
+            "table": self.table.as_str(),
+            "set": { self.name.as_str(): up },
+            "where": format!("{column} IS NULL"),
+        });
+        let mut parts = Vec::new();
+        match serde_json::from_value::<Backfill>(backfill) {
+            Ok(backfill) => parts.push(LaterPart {
+                phase: PhaseKind::Migrate,
+                tag: "backfill",
+                step: Step::Backfill(backfill),
+            }),
+            Err(e) => tracing::error!("the backfill of {}: {e}", self.label()),
+        }
+        if !self.nullable {
+            parts.push(LaterPart {
+                phase: PhaseKind::Contract,
+                tag: "not null",
+                step: Step::SetNotNull(SetNotNull {
+                    table: self.table.clone(),
+                    column: self.name.clone(),
+                    lock_timeout: self.lock_timeout,
+                }),
+            });
+        }
+        parts.push(LaterPart {
+            phase: PhaseKind::Contract,
+            tag: "end of sync",
+            step: Step::DropSync(sync::DropSync {
+                table: self.table.clone(),
+                rule,
+                of: self.label(),
+                lock_timeout: self.lock_timeout,
+            }),
+        });
+        parts
+    }
+}
+
+impl AddColumn {
+    /// The trigger that fills the column for the old application's writes, with `up`.
+    fn sync_rule(&self) -> Option<sync::Rule> {
+        self.up.as_ref().map(|up| sync::Rule::Derive {
+            column: self.name.clone(),
+            up: up.clone(),
+        })
     }
 }
 

@@ -47,11 +47,8 @@ impl Operation for CreateEnum {
         self.lock_timeout
     }
 
-    fn supported_on(&self, dialect: Dialect) -> Result<(), RenderError> {
-        match dialect {
-            Dialect::Postgres => Ok(()),
-            Dialect::Sqlite => Err(postgres_only(self.kind())),
-        }
+    fn unsupported_on(&self, dialect: Dialect) -> Option<String> {
+        (dialect == Dialect::Sqlite).then(|| postgres_only(self.kind()).0)
     }
 
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {

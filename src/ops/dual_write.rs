@@ -98,16 +98,36 @@ impl Operation for DualWrite {
         self.lock_timeout
     }
 
+    /// SQLite's update trigger lists the columns it watches.
+    fn facts_of(&self) -> Option<&TableName> {
+        Some(&self.table)
+    }
+
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
+        self.units_with(dialect, &super::TableFacts::default())
+    }
+
+    fn units_with(
+        &self,
+        dialect: Dialect,
+        facts: &super::TableFacts,
+    ) -> Result<Vec<Unit>, RenderError> {
         let table = self.table.quoted();
         let names = TriggerNames::for_table(&self.table);
         let trigger = names.trigger.quoted();
         Ok(match dialect {
             Dialect::Postgres => {
+                // A value the writer set itself is kept: on INSERT one it gave, on UPDATE one it
+                // changed (the new application writes the new columns itself).
                 let assignments: String = self
                     .set
                     .iter()
-                    .map(|(column, expr)| format!("  NEW.{} := {};\n", column.quoted(), expr))
+                    .map(|(column, expr)| {
+                        let c = column.quoted();
+                        format!(
+                            "  IF (TG_OP = 'INSERT' AND NEW.{c} IS NULL) OR (TG_OP = 'UPDATE' AND NEW.{c} IS NOT DISTINCT FROM OLD.{c}) THEN\n    NEW.{c} := {expr};\n  END IF;\n"
+                        )
+                    })
                     .collect();
                 let function = names.function();
                 vec![Unit::Transaction(vec![
@@ -124,22 +144,47 @@ impl Operation for DualWrite {
                 // SQLite cannot assign NEW in a BEFORE trigger: update the row just written
                 // instead. recursive_triggers is off by default, so the trigger's own UPDATE
                 // does not re-fire it.
-                let assignments = self
-                    .set
-                    .iter()
-                    .map(|(column, expr)| format!("{} = {}", column.quoted(), expr))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let body = format!("UPDATE {table} SET {assignments} WHERE rowid = NEW.rowid;");
+                // A value the writer set itself is kept: on INSERT one it gave, on UPDATE one it
+                // changed.
+                let assignments = |kept: &dyn Fn(&str) -> String| {
+                    self.set
+                        .iter()
+                        .map(|(column, expr)| {
+                            let c = column.quoted();
+                            format!("{c} = CASE WHEN {} THEN {c} ELSE ({expr}) END", kept(&c))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let on_insert = assignments(&|c| format!("{c} IS NOT NULL"));
+                let on_update = assignments(&|c| format!("NEW.{c} IS NOT OLD.{c}"));
+                let insert_body =
+                    format!("UPDATE {table} SET {on_insert} WHERE rowid = NEW.rowid;");
+                let update_body =
+                    format!("UPDATE {table} SET {on_update} WHERE rowid = NEW.rowid;");
                 let [insert, update] = names.sqlite();
+                // The update trigger watches the other columns only: the insert trigger's own
+                // update of the new ones must not fire it (it would take a value the new
+                // application gave back), nor must an update of the new ones alone.
+                let others: Vec<String> = facts
+                    .columns
+                    .iter()
+                    .filter(|c| !self.set.keys().any(|k| k.as_str() == c.name))
+                    .map(|c| quote(&c.name))
+                    .collect();
+                let watched = if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(" OF {}", others.join(", "))
+                };
                 vec![Unit::Transaction(vec![
                     format!("DROP TRIGGER IF EXISTS {insert}"),
                     format!("DROP TRIGGER IF EXISTS {update}"),
                     format!(
-                        "CREATE TRIGGER {insert} AFTER INSERT ON {table} FOR EACH ROW BEGIN {body} END"
+                        "CREATE TRIGGER {insert} AFTER INSERT ON {table} FOR EACH ROW BEGIN {insert_body} END"
                     ),
                     format!(
-                        "CREATE TRIGGER {update} AFTER UPDATE ON {table} FOR EACH ROW BEGIN {body} END"
+                        "CREATE TRIGGER {update} AFTER UPDATE{watched} ON {table} FOR EACH ROW BEGIN {update_body} END"
                     ),
                 ])]
             }

@@ -8,6 +8,7 @@
 
 pub mod assignments;
 pub mod constraint;
+pub mod facts;
 pub mod inverse;
 pub mod lock;
 pub mod name;
@@ -35,11 +36,14 @@ pub mod flag;
 pub mod migrations;
 pub mod rename_constraint;
 pub mod rename_index;
+pub mod rename_table;
 pub mod set_comment;
 pub mod set_default;
 pub mod set_not_null;
 pub mod sql;
+pub mod sync;
 
+pub use facts::TableFacts;
 pub use inverse::{inverse_of, irreversible_steps, put_back, Inverse, InverseContext};
 pub use lock::{LockMode, TableLock};
 pub use name::{Name, NameError, TableName};
@@ -48,13 +52,16 @@ pub use unit::{Dialect, Recorded, Remembered, RenderError, TableChange, Unit};
 use crate::plan::{PhaseKind, PlanDuration};
 
 /// THE list of step kinds: `Variant("name in plans", its operation type)`, in the order plans
-/// document them.
+/// document them; then, after `parts`, the kinds plans never write: the later parts of an
+/// operation written once (its clean-up in `contract`), which scheduling places (see
+/// [`Operation::later_parts`]).
 /// `plan::Step` (the enum plans deserialize into) and its dispatch to [`Operation`] are
 /// generated from it; the name is the key plans write (serde's snake_case of the variant: a
 /// test holds the two together).
 macro_rules! step_kinds {
     ($m:ident) => {
         $m! {
+            kinds {
             CreateTable("create_table", $crate::ops::create_table::CreateTable),
             DropTable("drop_table", $crate::ops::drop_table::DropTable),
             AddColumn("add_column", $crate::ops::add_column::AddColumn),
@@ -81,6 +88,12 @@ macro_rules! step_kinds {
             Sql("sql", $crate::ops::sql::SqlStep),
             Migrations("migrations", $crate::ops::migrations::Migrations),
             Command("command", $crate::ops::command::Command),
+            RenameTable("rename_table", $crate::ops::rename_table::RenameTable),
+            }
+            parts {
+            RenameTableContract("rename_table.contract", $crate::ops::rename_table::RenameTableContract),
+            DropSync("drop_sync", $crate::ops::sync::DropSync),
+            }
         }
     };
 }
@@ -143,12 +156,6 @@ pub trait Operation {
         None
     }
 
-    /// Whether the step can run on a dialect at all (an enum on SQLite cannot): the runner
-    /// asks before anything runs, so a plan is refused whole instead of half-way.
-    fn supported_on(&self, _dialect: Dialect) -> Result<(), RenderError> {
-        Ok(())
-    }
-
     /// The units of work, in order, for a dialect. Kinds the engine drives itself (backfill,
     /// flag, migrations, command) have no fixed SQL and say so.
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError>;
@@ -157,6 +164,42 @@ pub trait Operation {
     /// dialect. [`inverse_of`] handles what is common to all kinds first (an atomic step that
     /// did not finish left nothing behind).
     fn inverse(&self, ctx: &InverseContext<'_>, done: bool, dialect: Dialect) -> Inverse;
+
+    /// The table whose catalog facts the step's SQL depends on, when it does: the runner reads
+    /// them as the step runs and renders with [`Operation::units_with`].
+    fn facts_of(&self) -> Option<&TableName> {
+        None
+    }
+
+    /// The units, rendered from the catalog as it is now ([`Operation::facts_of`]).
+    fn units_with(&self, dialect: Dialect, _facts: &TableFacts) -> Result<Vec<Unit>, RenderError> {
+        self.units(dialect)
+    }
+
+    /// The work an operation written once in `expand` schedules into later phases: each part
+    /// runs as a step of its own, appended to the next phase of its kind after the step's own
+    /// phase (`validate` fails, located at the step, when the plan has none). Most kinds have
+    /// none.
+    fn later_parts(&self) -> Vec<LaterPart> {
+        Vec::new()
+    }
+
+    /// Whether the operation can run on a dialect at all, said before anything runs (`validate
+    /// --dialect`, and a run before its first step): the reason when it cannot.
+    fn unsupported_on(&self, _dialect: Dialect) -> Option<String> {
+        None
+    }
+}
+
+/// One part of an operation that runs in a later phase than the step written in the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaterPart {
+    /// The kind of phase it runs in: the next phase of this kind after the step's own.
+    pub phase: PhaseKind,
+    /// Names the part in its checksum and in `plan`: `backfill`, `contract`.
+    pub tag: &'static str,
+    /// What runs: a step of a kind plans write (a `backfill`) or of a part kind.
+    pub step: crate::plan::Step,
 }
 
 /// ACCESS EXCLUSIVE on `table` when any of `units` is transactional (see

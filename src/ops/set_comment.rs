@@ -76,8 +76,8 @@ impl Operation for SetComment {
         self.lock_timeout
     }
 
-    fn supported_on(&self, dialect: Dialect) -> Result<(), RenderError> {
-        self.units(dialect).map(|_| ())
+    fn unsupported_on(&self, dialect: Dialect) -> Option<String> {
+        self.units(dialect).err().map(|e| e.0)
     }
 
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {

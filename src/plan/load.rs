@@ -83,9 +83,12 @@ pub fn parse_str(file: &str, source: &str, base_dir: &Path) -> Result<LoadedPlan
         Err(err) => return Err(report(all_parse_findings(source, &err))),
     };
     plan.written = written_steps(source);
-    let mut findings = read_sql_files(&mut plan, base_dir);
+    let mut findings = super::compile::compile_changes(&mut plan);
+    findings.extend(super::compile::schedule(&mut plan));
+    findings.extend(read_sql_files(&mut plan, base_dir));
     findings.extend(check_migration_folders(&plan, base_dir));
     findings.extend(validate::validate(&plan));
+    findings.extend(super::lint::add_column::check(&plan, source));
     if !findings.iter().any(|f| f.severity == Severity::Error) {
         findings.extend(validate::reversibility(&plan));
         findings.sort_by_key(|f| (f.line, f.column));
@@ -112,6 +115,11 @@ fn written_steps(source: &str) -> super::WrittenSteps {
     struct WrittenPlan {
         #[serde(default)]
         phases: Vec<WrittenPhase>,
+        #[serde(default)]
+        changes: Vec<Spanned<serde_json::Value>>,
+        /// A `changes:` plan's flags: each is the `flag` step it compiles to.
+        #[serde(default)]
+        flags: Vec<Spanned<serde_json::Value>>,
     }
     #[derive(Deserialize)]
     struct WrittenPhase {
@@ -122,7 +130,18 @@ fn written_steps(source: &str) -> super::WrittenSteps {
     let mut written = super::WrittenSteps::default();
     match serde_saphyr::from_str::<WrittenPlan>(source) {
         Ok(plan) => {
-            for step in plan.phases.into_iter().flat_map(|p| p.steps) {
+            let changes = plan.changes;
+            let flags = plan.flags.into_iter().map(|f| {
+                let at = f.referenced;
+                Spanned::new(serde_json::json!({ "flag": f.value }), at, at)
+            });
+            for step in plan
+                .phases
+                .into_iter()
+                .flat_map(|p| p.steps)
+                .chain(changes)
+                .chain(flags)
+            {
                 let at = (step.referenced.line(), step.referenced.column());
                 written.0.insert(at, step.value);
             }
@@ -144,6 +163,9 @@ fn all_parse_findings(source: &str, err: &serde_saphyr::Error) -> Vec<Finding> {
     struct Items {
         #[serde(default)]
         phases: Vec<PhaseItems>,
+        /// A `changes:` plan's steps: read like one phase's.
+        #[serde(default)]
+        changes: Vec<Spanned<IgnoredAny>>,
     }
     #[derive(Deserialize)]
     struct PhaseItems {
@@ -154,9 +176,13 @@ fn all_parse_findings(source: &str, err: &serde_saphyr::Error) -> Vec<Finding> {
     }
 
     let first = syntax_finding(err);
-    let Ok(items) = serde_saphyr::from_str::<Items>(source) else {
+    let Ok(mut items) = serde_saphyr::from_str::<Items>(source) else {
         return vec![first];
     };
+    items.phases.push(PhaseItems {
+        gate: Vec::new(),
+        steps: std::mem::take(&mut items.changes),
+    });
     let lines: Vec<&str> = source.lines().collect();
     let mut findings = Vec::new();
     for phase in &items.phases {

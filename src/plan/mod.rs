@@ -1,5 +1,6 @@
 //! The plan: model, parsing, validation. Pure: nothing here opens a connection.
 
+pub mod compile;
 pub mod diagnostic;
 pub mod duration;
 pub mod lint;
@@ -133,12 +134,18 @@ impl Plan {
         let mut out = Vec::new();
         for (phase_index, phase) in self.phases.value.iter().enumerate() {
             for (index, step) in phase.value.steps.value.iter().enumerate() {
+                let mut sum = checksum(self.written.at(&step.referenced), &step.value);
+                if let Some(part) = self.scheduled_at(phase_index, index) {
+                    // A part stands at its operation's location: its checksum is the
+                    // operation's (what the user wrote), named for the part.
+                    sum = sha256_hex(&format!("{sum}:{}", part.tag));
+                }
                 out.push((
                     StepRef {
                         phase_index,
                         phase: phase.value.name.value.clone(),
                         index,
-                        checksum: checksum(self.written.at(&step.referenced), &step.value),
+                        checksum: sum,
                         legacy_checksum: legacy_checksum(&step.value),
                         line: step.referenced.line(),
                     },

@@ -38,13 +38,54 @@ pub struct Plan {
     pub defaults: Defaults,
     #[serde(default)]
     pub backup: BackupConfig,
+    /// The phases, in order. A plan writes either `phases:` or `changes:`, which `load`
+    /// compiles into phases.
+    #[serde(default = "Plan::no_phases")]
     pub phases: Spanned<Vec<Spanned<Phase>>>,
+    /// The `changes:` form: a list of steps, each placed by `load` in a phase of the kind it
+    /// belongs to (`expand`, `migrate`, `switch`, `contract`: see `plan::compile`).
+    #[serde(default)]
+    pub changes: Option<Spanned<Vec<Spanned<Step>>>>,
+    /// The `changes:` form's flags, set in its `switch` phase.
+    #[serde(default)]
+    pub flags: Vec<Spanned<Flag>>,
+    /// The `changes:` form's gates, by compiled phase name (`contract: [ … ]`).
+    #[serde(default)]
+    pub gates: std::collections::BTreeMap<String, Spanned<Vec<Spanned<Gate>>>>,
     /// Each step as the file writes it, filled by `load`: what step checksums hash.
     #[serde(skip)]
     pub written: super::WrittenSteps,
+    /// The steps scheduling placed: the later parts of operations written once.
+    #[serde(skip)]
+    pub scheduled: Vec<Scheduled>,
+}
+
+/// A step that scheduling placed in a later phase: a part of the operation written at
+/// `origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    /// Where the part stands: (phase index, step index).
+    pub at: (usize, usize),
+    /// Where the operation is written: (phase index, step index).
+    pub origin: (usize, usize),
+    /// The part's name: `backfill`, `contract`.
+    pub tag: &'static str,
 }
 
 impl Plan {
+    fn no_phases() -> Spanned<Vec<Spanned<Phase>>> {
+        Spanned::new(
+            Vec::new(),
+            serde_saphyr::Location::UNKNOWN,
+            serde_saphyr::Location::UNKNOWN,
+        )
+    }
+
+    /// The part scheduled at (phase index, step index), if scheduling placed a step there.
+    pub fn scheduled_at(&self, phase_index: usize, index: usize) -> Option<&Scheduled> {
+        self.scheduled.iter().find(|s| s.at == (phase_index, index))
+    }
+
     pub fn id(&self) -> &str {
         &self.plan.value
     }
@@ -297,13 +338,18 @@ impl WaitGate {
 }
 
 macro_rules! step_enum {
-    ($($variant:ident($name:literal, $op:ty)),* $(,)?) => {
+    (kinds { $($variant:ident($name:literal, $op:ty)),* $(,)? } parts { $($part:ident($part_name:literal, $part_op:ty)),* $(,)? }) => {
         /// One step of a phase: exactly one kind, written as `kind: { fields }` (externally
-        /// tagged). Its serialization is what step checksums hash: it must not change.
+        /// tagged). Its serialization is what step checksums hash: it must not change. The
+        /// part kinds are never read from a plan: scheduling makes them.
         #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
         #[serde(rename_all = "snake_case", deny_unknown_fields)]
         pub enum Step {
-            $($variant($op)),*
+            $($variant($op),)*
+            $(
+                #[serde(skip_deserializing, rename = $part_name)]
+                $part($part_op),
+            )*
         }
 
         impl Step {
@@ -313,7 +359,8 @@ macro_rules! step_enum {
             /// The operation the step performs: everything about its kind.
             pub fn op(&self) -> &dyn Operation {
                 match self {
-                    $(Step::$variant(op) => op),*
+                    $(Step::$variant(op) => op,)*
+                    $(Step::$part(op) => op,)*
                 }
             }
         }

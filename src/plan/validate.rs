@@ -105,6 +105,34 @@ pub fn validate(plan: &Plan) -> Vec<Finding> {
     findings
 }
 
+/// The steps whose operation cannot run on `dialect` (`validate --dialect`), located at each.
+pub fn dialect_findings(plan: &Plan, dialect: crate::ops::Dialect) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (p, phase) in plan.phases.value.iter().enumerate() {
+        for (i, step) in phase.value.steps.value.iter().enumerate() {
+            if plan.scheduled_at(p, i).is_some() {
+                continue;
+            }
+            if let Some(why) = step.value.op().unsupported_on(dialect) {
+                findings.push(
+                    Finding::error(
+                        step.referenced,
+                        format!(
+                            "`{}` cannot run on {}: {why}",
+                            step.value.label(),
+                            dialect.as_str()
+                        ),
+                    )
+                    .with_help(
+                        "run this plan on PostgreSQL, or write the change another way for SQLite",
+                    ),
+                );
+            }
+        }
+    }
+    findings
+}
+
 /// A `sql` step's `allow:` names lint rules phased knows.
 fn check_allow(step: &Spanned<Step>, findings: &mut Vec<Finding>) {
     let Step::Sql(sql) = &step.value else {
@@ -256,28 +284,24 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
             empty(findings, "table", &c.table);
             empty(findings, "name", &c.name);
             empty(findings, "type", &c.ty);
+            // A non-constant default, a serial or generated type: `lint::add_column`, located
+            // at the field.
             let existing = !created.contains(c.table.as_str());
-            if let Some(default) = &c.default {
-                if existing {
-                    if let Some(func) = volatile_call(default) {
-                        findings.push(
-                            Finding::error(
-                                at,
-                                format!(
-                                    "`add_column {}.{}` has the non-constant default `{default}`",
-                                    c.table, c.name
-                                ),
-                            )
-                            .with_help(format!(
-                                "{}; SQLite refuses a non-constant default in ADD COLUMN altogether. Add the column \
-                                 without a default, fill it with a `backfill` step, and set the default for new rows \
-                                 with a `sql` step",
-                                default_cost(func)
-                            )),
-                        );
-                    }
-                }
-            } else if !c.nullable && existing {
+            if let (Some(up), Some(_)) = (&c.up, &c.default) {
+                findings.push(
+                    Finding::error(
+                        at,
+                        format!("`add_column {}.{}` has both `up` and `default`", c.table, c.name),
+                    )
+                    .with_help(format!(
+                        "`up` fills the column for every row the old application writes; a default would fill it first (with a constant), and `up` would never run. Drop `default`, or drop `up` and `backfill` with `{up}` yourself"
+                    )),
+                );
+            } else if let Some(up) = c.up.as_deref().filter(|u| u.trim().is_empty()) {
+                findings.push(Finding::error(at, format!("`up` cannot be empty{up}")));
+            }
+            // With `up`: filled by its trigger and its backfill, NOT NULL at contract.
+            if c.up.is_none() && c.default.is_none() && !c.nullable && existing {
                 findings.push(
                     Finding::error(
                         at,
@@ -382,6 +406,18 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
                 format!("`rename_constraint` renames `{}` to itself", r.from),
             ));
         }
+        Step::RenameTable(r) if r.to.schema().is_some() && r.to.schema() != r.from.schema() => {
+            findings.push(
+                Finding::error(
+                    at,
+                    format!(
+                        "`rename_table` would move `{}` to another schema (`{}`)",
+                        r.from, r.to
+                    ),
+                )
+                .with_help("a rename keeps the table in its schema: write `to` without a schema"),
+            );
+        }
         Step::DualWrite(d) if d.set.is_empty() => {
             findings.push(Finding::error(
                 at,
@@ -462,89 +498,4 @@ pub fn reversibility(plan: &Plan) -> Vec<Finding> {
         }
     }
     findings
-}
-
-/// What a non-constant default costs on PostgreSQL when the column is added to a live table.
-fn default_cost(func: &str) -> String {
-    // Stable functions (the transaction's timestamp) are evaluated once since PostgreSQL 11: no
-    // rewrite, but every existing row gets the deploy's time. Volatile ones force a rewrite.
-    const ONCE: &[&str] = &[
-        "now",
-        "transaction_timestamp",
-        "statement_timestamp",
-        "current_timestamp",
-        "localtimestamp",
-        "current_time",
-        "current_date",
-    ];
-    if ONCE.contains(&func) {
-        format!(
-            "`{func}` is evaluated once when the column is added, so every existing row would get the time of \
-             the deploy instead of a value of its own"
-        )
-    } else {
-        format!(
-            "`{func}` is volatile: PostgreSQL evaluates it per row and rewrites the whole table under an \
-             ACCESS EXCLUSIVE lock, blocking every query for as long as that takes"
-        )
-    }
-}
-
-/// The first function call in a default that is evaluated per row or per statement.
-fn volatile_call(default: &str) -> Option<&'static str> {
-    const VOLATILE: &[&str] = &[
-        "now",
-        "random",
-        "gen_random_uuid",
-        "uuid_generate_v1",
-        "uuid_generate_v4",
-        "clock_timestamp",
-        "statement_timestamp",
-        "transaction_timestamp",
-        "timeofday",
-        "nextval",
-        "current_timestamp",
-        "localtimestamp",
-        "current_time",
-        "current_date",
-        "randomblob",
-    ];
-    let lower = default.to_ascii_lowercase();
-    VOLATILE.iter().copied().find(|name| {
-        lower.match_indices(name).any(|(i, _)| {
-            let before_ok = lower[..i]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
-            let after = lower[i + name.len()..].trim_start();
-            let after_ok = after.starts_with('(')
-                || (name.starts_with("current_") || *name == "localtimestamp")
-                    && !after.starts_with(|c: char| c.is_alphanumeric() || c == '_');
-            before_ok && after_ok
-        })
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::volatile_call;
-
-    #[test]
-    fn finds_volatile_defaults() {
-        assert_eq!(volatile_call("now()"), Some("now"));
-        assert_eq!(volatile_call("gen_random_uuid()"), Some("gen_random_uuid"));
-        assert_eq!(
-            volatile_call("CURRENT_TIMESTAMP"),
-            Some("current_timestamp")
-        );
-        assert_eq!(volatile_call("(random() * 10)::int"), Some("random"));
-    }
-
-    #[test]
-    fn constants_are_fine() {
-        assert_eq!(volatile_call("0"), None);
-        assert_eq!(volatile_call("'now'"), None);
-        assert_eq!(volatile_call("'unknown'"), None);
-        assert_eq!(volatile_call("false"), None);
-    }
 }

@@ -2,6 +2,7 @@
 //! per test, plans from YAML text, and runs that record their events.
 #![allow(dead_code)]
 pub mod pg_capture;
+pub mod two_apps;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

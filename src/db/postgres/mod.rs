@@ -6,6 +6,7 @@ pub mod backup;
 mod blockers;
 mod column_dependents;
 pub mod conn;
+mod facts;
 mod index_build;
 mod lease;
 mod remember;
@@ -903,6 +904,10 @@ impl Catalog for PgTarget {
 
     async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError> {
         snapshot::snapshot(self.work.client()?).await
+    }
+
+    async fn table_facts(&mut self, table: &str) -> Result<crate::ops::TableFacts, DbError> {
+        facts::table_facts(&self.work, table).await
     }
 
     async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {

@@ -3,6 +3,7 @@
 
 mod backfill;
 pub mod backup;
+mod facts;
 mod lease;
 mod rebuild;
 mod remember;
@@ -566,6 +567,10 @@ impl Catalog for SqliteTarget {
 
     async fn schema_snapshot(&mut self) -> Result<Vec<String>, DbError> {
         snapshot::snapshot(&self.conn)
+    }
+
+    async fn table_facts(&mut self, table: &str) -> Result<crate::ops::TableFacts, DbError> {
+        facts::table_facts(&self.conn, table)
     }
 
     async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError> {

@@ -1,7 +1,9 @@
 //! `destructive-outside-contract` (phased's own): a statement that destroys or renames
 //! something the old application still uses — `DROP`, `TRUNCATE`, `SET NOT NULL`, `RENAME` —
 //! in a phase other than `contract`. Until contract the old code is still running: it would
-//! fail on the missing name or lose the rows.
+//! fail on the missing name or lose the rows. A `DROP INDEX` of an index the same SQL creates
+//! again later (dropping an INVALID leftover before a `CONCURRENTLY` build) is a rebuild, not a
+//! loss, and passes.
 
 use super::{Context, RuleInfo, Severity, SqlFinding, Statement};
 use crate::plan::PhaseKind;
@@ -51,9 +53,40 @@ fn destroys(stmt: &Statement) -> Option<(&'static str, &'static str)> {
     None
 }
 
-pub fn check(stmt: &Statement, ctx: &Context) -> Option<SqlFinding> {
+/// The index a `DROP INDEX` names, and the one a `CREATE INDEX` names (lower-cased as
+/// PostgreSQL folds them).
+fn index_name(stmt: &Statement, verb: &str) -> Option<String> {
+    let start = if stmt.starts(&[verb, "INDEX"]) {
+        2
+    } else if stmt.starts(&[verb, "UNIQUE", "INDEX"]) {
+        3
+    } else {
+        return None;
+    };
+    let at = stmt.after_options(
+        start,
+        &[
+            &["CONCURRENTLY"],
+            &["IF", "EXISTS"],
+            &["IF", "NOT", "EXISTS"],
+        ],
+    )?;
+    stmt.name_at(at)
+}
+
+/// Whether `stmt` drops an index that a later statement of the same SQL creates again.
+fn rebuilds(stmt: &Statement, all: &[Statement]) -> bool {
+    let Some(dropped) = index_name(stmt, "DROP") else {
+        return false;
+    };
+    all.iter()
+        .filter(|s| s.offset > stmt.offset)
+        .any(|s| index_name(s, "CREATE").as_deref() == Some(dropped.as_str()))
+}
+
+pub fn check(stmt: &Statement, all: &[Statement], ctx: &Context) -> Option<SqlFinding> {
     let phase = ctx.phase?;
-    if phase == PhaseKind::Contract {
+    if phase == PhaseKind::Contract || rebuilds(stmt, all) {
         return None;
     }
     let (what, safe) = destroys(stmt)?;
@@ -107,6 +140,18 @@ mod tests {
             let plain = Context::default();
             assert!(!rules_hit(sql, plain).contains(&"destructive-outside-contract"));
         }
+    }
+
+    #[test]
+    fn dropping_an_index_built_again_is_a_rebuild() {
+        let rebuild = "DROP INDEX CONCURRENTLY IF EXISTS orders_customer_id_idx;\n\
+                       CREATE INDEX CONCURRENTLY orders_customer_id_idx ON orders (customer_id);";
+        assert!(!rules_hit(rebuild, SCRIPT).contains(&"destructive-outside-contract"));
+        let other = "DROP INDEX IF EXISTS orders_customer_id_idx;\n\
+                     CREATE INDEX CONCURRENTLY orders_total_idx ON orders (total);";
+        assert!(rules_hit(other, SCRIPT).contains(&"destructive-outside-contract"));
+        let after = "CREATE INDEX CONCURRENTLY i ON orders (total);\nDROP INDEX i;";
+        assert!(rules_hit(after, SCRIPT).contains(&"destructive-outside-contract"));
     }
 
     #[test]

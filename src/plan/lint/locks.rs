@@ -118,6 +118,12 @@ fn statement_locks(stmt: &Statement) -> Vec<(String, LockMode)> {
             .map(|t| (t, AccessExclusive))
             .collect();
     }
+    if stmt.starts(&["DROP", "TRIGGER"]) {
+        return match w.iter().position(|x| x == "ON") {
+            Some(on) => one(on + 1, AccessExclusive),
+            None => Vec::new(),
+        };
+    }
     if stmt.starts(&["INSERT", "INTO"]) {
         return one(2, RowExclusive);
     }
@@ -252,6 +258,10 @@ mod tests {
         assert_eq!(
             of("CREATE TRIGGER t BEFORE INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION f()"),
             vec![("accounts".into(), ShareRowExclusive)]
+        );
+        assert_eq!(
+            of("DROP TRIGGER IF EXISTS t ON \"Accounts\""),
+            vec![("\"Accounts\"".into(), AccessExclusive)]
         );
     }
 

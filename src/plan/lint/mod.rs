@@ -6,9 +6,11 @@
 //! step kind that does the same thing safely), `destructive_outside_contract.rs` and
 //! `table_rewrite.rs`, `concurrently_in_transaction.rs` (phased's own). Suppression lives in `suppress.rs`.
 
+pub mod add_column;
 mod concurrently_in_transaction;
 mod destructive_outside_contract;
 pub mod locks;
+pub mod migrations;
 mod plan;
 mod source;
 mod squawk_rules;
@@ -18,7 +20,7 @@ mod table_rewrite;
 
 use squawk_syntax::SourceFile;
 
-pub use plan::lint_plan;
+pub use plan::{lint_plan, suppressed_in_plan};
 pub use source::{postgres_up, LintSource};
 pub use statement::Statement;
 
@@ -85,20 +87,61 @@ pub fn is_rule(name: &str) -> bool {
 /// statement suppresses. A text the parser cannot read yields no finding: PostgreSQL itself
 /// reports syntax errors, and SQLite-only text is not phased's to judge.
 pub fn lint_sql(sql: &str, ctx: &Context, allow: &[String]) -> Vec<SqlFinding> {
+    lint(sql, ctx, allow).findings
+}
+
+/// A finding someone suppressed on purpose, and how: shown by the dry run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppressed {
+    pub finding: SqlFinding,
+    /// The comment as written (`phased: allow rule — reason`), or "`allow:` on the step".
+    pub by: String,
+}
+
+/// What linting a text found: the findings that stand, and the ones suppressed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Linted {
+    pub findings: Vec<SqlFinding>,
+    pub suppressed: Vec<Suppressed>,
+}
+
+/// Lints `sql` like [`lint_sql`], keeping the suppressed findings apart with what suppressed them.
+pub fn lint(sql: &str, ctx: &Context, allow: &[String]) -> Linted {
     let parse = SourceFile::parse(sql);
     let statements = statement::statements(sql, &parse, ctx.transactional);
-    let mut findings = squawk_rules::check(sql, &parse, ctx, &statements);
+    let mut all = squawk_rules::check(sql, &parse, ctx, &statements);
     for stmt in &statements {
-        findings.extend(concurrently_in_transaction::check(stmt, ctx));
-        findings.extend(destructive_outside_contract::check(stmt, ctx));
-        findings.extend(table_rewrite::check(stmt, ctx));
+        all.extend(concurrently_in_transaction::check(stmt, ctx));
+        all.extend(destructive_outside_contract::check(stmt, &statements, ctx));
+        all.extend(table_rewrite::check(stmt, ctx));
     }
-    findings.retain(|f| {
-        !allow.iter().any(|a| a == f.rule) && !suppress::is_suppressed(sql, f.offset, f.rule)
-    });
-    findings.sort_by_key(|f| (f.offset, f.rule));
-    findings.dedup_by(|a, b| a.offset == b.offset && a.rule == b.rule);
-    findings
+    all.sort_by_key(|f| (f.offset, f.rule));
+    all.dedup_by(|a, b| a.offset == b.offset && a.rule == b.rule);
+    let mut linted = Linted::default();
+    for f in all {
+        let by = if allow.iter().any(|a| a == f.rule) {
+            Some("`allow:` on the step".to_string())
+        } else {
+            suppress::suppression(sql, f.offset, f.rule)
+        };
+        match by {
+            Some(by) => linted.suppressed.push(Suppressed { finding: f, by }),
+            None => linted.findings.push(f),
+        }
+    }
+    linted
+}
+
+/// Lints a file's text as `phased lint` and `phased validate` read it — a phased migration
+/// keeps its PostgreSQL `up` sections, and runs in one transaction unless its header says
+/// otherwise — in `phase`; `transactional` forces one transaction.
+pub fn lint_file_text(text: &str, phase: Option<PhaseKind>, transactional: bool) -> Linted {
+    let source = postgres_up(text);
+    let ctx = Context {
+        phase,
+        transactional: transactional || source.transactional,
+    };
+    lint(&source.text, &ctx, &[])
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

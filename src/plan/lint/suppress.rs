@@ -4,13 +4,20 @@
 //! or at the end of its first line; several rules are separated by commas.
 
 /// Whether a comment suppresses `rule` for the statement starting at byte `offset` of `sql`.
+#[cfg(test)]
 pub fn is_suppressed(sql: &str, offset: usize, rule: &str) -> bool {
+    suppression(sql, offset, rule).is_some()
+}
+
+/// The comment that suppresses `rule` for the statement starting at byte `offset` of `sql`, as
+/// written (trimmed: `phased: allow rule — reason`), or None.
+pub fn suppression(sql: &str, offset: usize, rule: &str) -> Option<String> {
     let file_wide = sql
         .lines()
         .filter_map(comment)
-        .any(|c| names(c, "squawk-ignore-file").is_some_and(|n| n.contains(&rule)));
-    if file_wide {
-        return true;
+        .find(|c| names(c, "squawk-ignore-file").is_some_and(|n| n.contains(&rule)));
+    if let Some(c) = file_wide {
+        return Some(c.trim().to_string());
     }
     let before = sql.get(..offset.min(sql.len())).unwrap_or("");
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -27,7 +34,8 @@ pub fn is_suppressed(sql: &str, offset: usize, rule: &str) -> bool {
     std::iter::once(first_line)
         .chain(above)
         .filter_map(comment)
-        .any(|c| suppresses(c, rule))
+        .find(|c| suppresses(c, rule))
+        .map(|c| c.trim().trim_end_matches("*/").trim_end().to_string())
 }
 
 /// The text of the `--` or `/* */` comment on `line`, if any (a `--` inside a string on the same
@@ -90,6 +98,16 @@ mod tests {
         let sql = "-- phased: allow table-rewrite\n\nCLUSTER t;";
         let at = sql.find("CLUSTER").unwrap_or(0);
         assert!(!is_suppressed(sql, at, "table-rewrite"));
+    }
+
+    #[test]
+    fn the_suppressing_comment_is_returned_with_its_reason() {
+        let sql = "-- phased: allow table-rewrite — maintenance window\nCLUSTER t;";
+        let at = sql.find("CLUSTER").unwrap_or(0);
+        assert_eq!(
+            suppression(sql, at, "table-rewrite").as_deref(),
+            Some("phased: allow table-rewrite — maintenance window")
+        );
     }
 
     #[test]
