@@ -487,7 +487,7 @@ phases:
     match run(&db, &loaded, RunOptions::default()).await {
         Err((EngineError::Usage(message), _)) => {
             assert!(
-                message.starts_with("test.yaml:8: step expand#2 create_enum"),
+                message.starts_with("step expand#2 `create_enum order_state` cannot run on sqlite"),
                 "{message}"
             );
             assert!(message.contains("PostgreSQL-only"), "{message}");
@@ -668,4 +668,45 @@ async fn postgres_receives_what_the_dry_run_of_every_catalog_operation_printed()
         .await,
         13
     );
+}
+
+/// `phased validate --dialect sqlite` names each step SQLite has no counterpart for, located.
+#[test]
+fn validate_for_sqlite_names_the_postgresql_only_steps_located() {
+    let dir = crate::common::scratch_dir();
+    let path = dir.join("plan.yaml");
+    std::fs::write(
+        &path,
+        "plan: catalog-sqlite-only
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - create_enum: { name: order_state, values: [new, paid] }
+      - set_comment: { table: orders, comment: x }
+      - rename_index: { table: orders, from: a, to: b }
+      - set_default: { table: orders, column: status, default: \"'new'\" }
+",
+    )
+    .expect("write the plan");
+    let out = crate::common::phased_cmd()
+        .args(["validate", "--dialect", "sqlite", "plan.yaml"])
+        .current_dir(&dir)
+        .output()
+        .expect("phased validate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("plan.yaml:6:9: error: `create_enum order_state` cannot run on sqlite"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("plan.yaml:7:9: error: `set_comment orders` cannot run on sqlite"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("rename_index orders"),
+        "SQLite renames an index: {stderr}"
+    );
+    assert!(!stderr.contains("set_default"), "{stderr}");
 }
