@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
 # Backfill benchmark on the local PostgreSQL. Not a test: it measures, it does not assert.
 #
-#   (a) a fixed-rate pgbench workload (point reads, updates, inserts) on a 1,000,000-row table:
-#       p50/p99/max latency and failed transactions, before and during a backfill that runs with
-#       the default throttle;
+#   (a) the backfill's pace next to a fixed-rate pgbench workload (point reads, updates,
+#       inserts) on a $ROWS-row table with the dual_write trigger in place, for each scenario
+#       and each throttle: the backfill's wall time and rows/s (and its speed ÷ the unthrottled
+#       run of the same scenario), and for the window before and the window during the
+#       backfill the workload's p99, max latency, transactions over 100 ms and failed ones.
+#       Scenarios: `light` (RATE tx/s), `heavy` (HEAVY_RATE, default 80% of the transactions/s
+#       the machine served in a 10 s unthrottled pgbench run), `idle` (no workload). Throttles:
+#       `auto` (the default: no knob in the plan) and `unthrottled` (`pause: 0s,
+#       target_batch_time: 50ms`), or any `name=, yaml options` of your own in THROTTLES
+#       (entries separated by `;`, e.g. "auto;gentle=, pause: 28ms").
+#       With PAUSE_CHECK=1, one more auto run is paused with `phased pause` a few seconds in:
+#       the time from the pause to the last batch committed, and the resume to the end.
 #   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
-#   (c) unthrottled rows/s (and phased's peak RSS) at 100k, 1M and 5M rows.
+#   (c) unthrottled rows/s (and phased's peak RSS) at each of SIZES.
 #
 # Usage:  cargo build --release && bench/backfill.sh
 # Env:    PGHOST PGPORT PGUSER (default 127.0.0.1 5432 postgres), PHASED (the binary),
-#         SIZES ("100000 1000000 5000000"), RATE (workload tx/s, 200), CLIENTS (4),
-#         BASELINE_SECS (60), REPEATS (3: runs per size, the median is reported), OUT (bench/out), THROTTLE (extra backfill options for (a), e.g.
-#         ", pause: 10ms"; empty = the default throttle)
-# Prints a markdown summary on stdout; raw pgbench logs stay in $OUT.
+#         SIZES ("100000 1000000 5000000"; empty skips (b) and (c)), REPEATS (3: runs per size
+#         in (b)/(c), the median is reported), ROWS (1000000: the table of (a)),
+#         SCENARIOS ("light heavy idle"), THROTTLES ("auto;unthrottled"), RATE (light
+#         workload tx/s, 200), HEAVY_RATE (tx/s; default 80% of the measured capacity),
+#         CLIENTS (4), BASELINE_SECS (60: the window before each backfill), PAUSE_CHECK (0),
+#         OUT (bench/out)
+# A short smoke run: SIZES= ROWS=100000 BASELINE_SECS=10 bench/backfill.sh
+# Prints a markdown summary on stdout; raw pgbench logs and NDJSON events stay in $OUT.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,8 +38,12 @@ RATE="${RATE:-200}"
 CLIENTS="${CLIENTS:-4}"
 BASELINE_SECS="${BASELINE_SECS:-60}"
 OUT="${OUT:-$PWD/bench/out}"
-THROTTLE="${THROTTLE:-}"
 REPEATS="${REPEATS:-3}"
+ROWS="${ROWS:-1000000}"
+SCENARIOS="${SCENARIOS-light heavy idle}"
+THROTTLES="${THROTTLES-auto;unthrottled}"
+HEAVY_RATE="${HEAVY_RATE:-}"
+PAUSE_CHECK="${PAUSE_CHECK:-0}"
 DB=phased_bench
 URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
 BENCH="$PWD/bench"
@@ -61,15 +78,15 @@ run_plan() {
 # until stopped. One run for before, during and after, cut into windows by time: a pgbench
 # restarted for each window would put its new connections' cold first transactions (catalog
 # caches, the trigger function's compile) into short windows more than long ones.
-start_workload() {
-  pgbench -n -c "$CLIENTS" -j 2 -R "$RATE" -T 86400 -D maxid=1000000 \
+start_workload() { # $1 log prefix, $2 rate (tx/s)
+  pgbench -n -c "$CLIENTS" -j 2 -R "$2" -T 86400 -D maxid="$ROWS" \
     -f "$BENCH/workload/read.sql@5" -f "$BENCH/workload/update.sql@3" -f "$BENCH/workload/insert.sql@2" \
     -l --log-prefix="$OUT/$1" "$DB" >>"$OUT/pgbench.out" 2>&1 &
   echo $!
 }
 
 # Latency stats of the logged transactions between epochs $2 and $3 from logs $1*:
-# "count p50_ms p99_ms max_ms failed".
+# "count p50_ms p99_ms max_ms failed over_100ms".
 # $4 (optional): a file of epoch seconds whose transactions, and the next second's, are left out.
 stats() {
   cat "$OUT"/"$1"* | awk -v from="$2" -v to="$3" -v skip="${4:-}" '
@@ -83,9 +100,10 @@ stats() {
   failed=$(grep '^FAILED' "$OUT/lat.txt" | cut -d' ' -f2)
   grep -v '^FAILED' "$OUT/lat.txt" | sort -g | awk -v failed="$failed" '
     { v[NR] = $1 } END {
-      if (NR == 0) { print "0 - - - " failed; exit }
+      if (NR == 0) { print "0 - - - " failed " 0"; exit }
       p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]; p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1];
-      printf "%d %.2f %.2f %.2f %d\n", NR, p50, p99, v[NR], failed }'
+      over = 0; for (i = 1; i <= NR; i++) if (v[i] > 100) over++;
+      printf "%d %.2f %.2f %.2f %d %d\n", NR, p50, p99, v[NR], failed, over }'
 }
 
 # Samples full I/O pressure (the time every task waited on the disk) 5 times a second into
@@ -130,7 +148,7 @@ fresh_db
 # (b) + (c): plain UPDATE vs unthrottled backfill, per size. Unthrottled = `pause: 0s,
 # target_batch_time: 200ms` (batch_size auto, no pause, no rate cap) and no trigger: the
 # backfill's own cost only.
-speed_table_header
+[ -z "$SIZES" ] || speed_table_header
 for n in $SIZES; do
   speed_samples_reset "$n"
   for r in $(seq "$REPEATS"); do
@@ -150,56 +168,122 @@ for n in $SIZES; do
   speed_table_row "$n"
 done
 
-# (a): the workload before and during a backfill with the default throttle, on 1M rows, with the
-# dual_write trigger in place (as in a real deploy) for both measurements.
-log "workload: baseline ${BASELINE_SECS}s at $RATE tx/s"
-fresh_table 1000000
-sql -c "CREATE SEQUENCE IF NOT EXISTS accounts_new_ids START 100000001"
-plan=$(plan_file default "$THROTTLE")
-"$PHASED" run "$plan" --phase expand --database "$URL" --format json >"$OUT/expand.ndjson"
-io_pid=$(start_io_monitor)
-wl_pid=$(start_workload workload)
-sleep 5 # warm-up: every client connected and past its first transactions
-b_start=$(now); sleep "$BASELINE_SECS"; b_end=$(now)
-read -r b_n b_p50 b_p99 b_max b_failed < <(stats workload "$b_start" "$b_end")
+# (a): the backfill next to the workload, per scenario and throttle, on $ROWS rows with the
+# dual_write trigger in place (as in a real deploy).
+throttle_options() { # $1: auto | unthrottled | name=, yaml options
+  case "$1" in
+    auto) echo "" ;;
+    unthrottled) echo ", pause: 0s, target_batch_time: 50ms" ;;
+    *=*) echo "${1#*=}" ;;
+    *) echo "unknown throttle $1 (auto, unthrottled or name=, options)" >&2; exit 2 ;;
+  esac
+}
 
-log "workload: during a backfill with the default throttle"
-d_start=$(now)
-"$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-default.ndjson" \
-  || { kill "$wl_pid" ${io_pid:+"$io_pid"}; echo "backfill failed" >&2; exit 1; }
-d_end=$(now)
-d_secs=$(echo "$d_end - $d_start" | bc)
-log "workload: baseline again, after the backfill"
-a_start=$(now); sleep "$BASELINE_SECS"; a_end=$(now)
-sleep 3 # pgbench's log buffers: the last second or so is lost when it is stopped
-kill "$wl_pid"; wait "$wl_pid" 2>/dev/null || true
-[ -z "$io_pid" ] || kill "$io_pid"
-read -r d_n d_p50 d_p99 d_max d_failed < <(stats workload "$d_start" "$d_end")
-read -r a_n a_p50 a_p99 a_max a_failed < <(stats workload "$a_start" "$a_end")
-left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
-aborted=$(grep -c -i "aborted\|error" "$OUT/pgbench.out" || true)
+# The transactions/s the machine serves with this workload, unthrottled, for 10 s.
+capacity() {
+  fresh_table "$ROWS" >/dev/null
+  sql -c "DROP SEQUENCE IF EXISTS accounts_new_ids" -c "CREATE SEQUENCE accounts_new_ids START 100000001"
+  pgbench -n -c "$CLIENTS" -j 2 -T 10 -D maxid="$ROWS" \
+    -f "$BENCH/workload/read.sql@5" -f "$BENCH/workload/update.sql@3" -f "$BENCH/workload/insert.sql@2" \
+    "$DB" 2>/dev/null | awk '/^tps = / { printf "%d\n", $3 }'
+}
 
-echo
-echo "Workload: pgbench -R $RATE -c $CLIENTS, 50% point reads, 30% point updates, 20% inserts, on 1,000,000 rows with the dual_write trigger; latency counted from the scheduled start; load average now $(cut -d' ' -f1-3 /proc/loadavg)."
-echo
-echo "| workload at $RATE tx/s, $CLIENTS clients | transactions | p50 (ms) | p99 (ms) | max (ms) | failed |"
-echo "|---|---:|---:|---:|---:|---:|"
-echo "| before the backfill (${BASELINE_SECS}s) | $b_n | $b_p50 | $b_p99 | $b_max | $b_failed |"
-printf "| during the backfill (%.1fs, %s) | %s | %s | %s | %s | %s |\n" "$d_secs" "${THROTTLE:-default throttle}" "$d_n" "$d_p50" "$d_p99" "$d_max" "$d_failed"
-echo "| after the backfill (${BASELINE_SECS}s) | $a_n | $a_p50 | $a_p99 | $a_max | $a_failed |"
-echo
-echo "p99 during ÷ before: $(echo "scale=2; $d_p99 / $b_p99" | bc); during ÷ after: $(echo "scale=2; $d_p99 / $a_p99" | bc); rows left wrong after the backfill: $left;" \
-  "pgbench error/abort lines: $aborted"
+# One backfill next to a workload at $2 tx/s (0: none), throttle $3 (see throttle_options);
+# scenario $1. Appends a
+# table row to $OUT/rows.md and the wall time to $OUT/secs-$1-$3.
+measure() {
+  local scenario=$1 rate=$2 throttle=${3%%=*} plan wl_pid="" b_start b_end d_start d_end d_secs
+  local tag="$scenario-$throttle"
+  log "$tag: fresh table of $ROWS rows (load $(cut -d' ' -f1 /proc/loadavg))"
+  fresh_table "$ROWS"
+  sql -c "DROP SEQUENCE IF EXISTS accounts_new_ids" -c "CREATE SEQUENCE accounts_new_ids START 100000001"
+  plan=$(plan_file "$tag" "$(throttle_options "$3")")
+  "$PHASED" run "$plan" --phase expand --database "$URL" --format json >"$OUT/expand-$tag.ndjson"
+  if [ "$rate" != 0 ]; then
+    wl_pid=$(start_workload "wl-$tag" "$rate")
+    sleep 5 # warm-up: every client connected and past its first transactions
+    log "$tag: the window before, ${BASELINE_SECS}s at $rate tx/s"
+    b_start=$(now); sleep "$BASELINE_SECS"; b_end=$(now)
+  fi
+  log "$tag: the backfill"
+  d_start=$(now)
+  "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-$tag.ndjson" \
+    || { [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
+  d_end=$(now)
+  d_secs=$(echo "$d_end - $d_start" | bc)
+  echo "$d_secs" >"$OUT/secs-$tag"
+  local left slowed b=(- - - - - -) d=(- - - - - -)
+  if [ -n "$wl_pid" ]; then
+    sleep 3 # pgbench's log buffers: the last second or so is lost when it is stopped
+    kill "$wl_pid"; wait "$wl_pid" 2>/dev/null || true
+    read -r -a b < <(stats "wl-$tag" "$b_start" "$b_end")
+    read -r -a d < <(stats "wl-$tag" "$d_start" "$d_end")
+  fi
+  left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
+  [ "$left" = 0 ] || { echo "backfill left $left rows wrong ($tag)" >&2; exit 1; }
+  slowed=$(grep -c '"trend":"down"' "$OUT/backfill-$tag.ndjson" || true)
+  printf "| %s | %s | %s | %.1f | %.0f | @%s | %s → %s | %s | %s | %s | %s |\n" \
+    "$scenario" "${rate/#0/idle}" "$throttle" "$d_secs" "$(echo "$ROWS / $d_secs" | bc -l)" "$tag" \
+    "${b[2]}" "${d[2]}" "${d[3]}" "${d[5]}" "${d[4]}" "$slowed" >>"$OUT/rows.md"
+}
 
-if [ -n "$io_pid" ]; then
-  io_stall_seconds >"$OUT/io-stall-seconds"
-  in_window() { awk -v from="$1" -v to="$2" '$1 >= int(from) && $1 <= to { n++ } END { print n + 0 }' "$OUT/io-stall-seconds"; }
-  read -r _ _ bc_p99 _ _ < <(stats workload "$b_start" "$b_end" "$OUT/io-stall-seconds")
-  read -r _ _ dc_p99 _ _ < <(stats workload "$d_start" "$d_end" "$OUT/io-stall-seconds")
-  read -r _ _ ac_p99 _ _ < <(stats workload "$a_start" "$a_end" "$OUT/io-stall-seconds")
+if [ -n "$SCENARIOS" ]; then
+  : >"$OUT/rows.md"
+  for scenario in $SCENARIOS; do
+    case "$scenario" in
+      light) rate=$RATE ;;
+      idle) rate=0 ;;
+      heavy)
+        if [ -z "$HEAVY_RATE" ]; then
+          log "heavy: measuring the workload's capacity (10 s unthrottled)"
+          HEAVY_RATE=$(( $(capacity) * 8 / 10 ))
+          log "heavy: $HEAVY_RATE tx/s (80% of the capacity)"
+        fi
+        rate=$HEAVY_RATE ;;
+      *) echo "unknown scenario $scenario (light, heavy, idle)" >&2; exit 2 ;;
+    esac
+    IFS=';' read -r -a throttles <<<"$THROTTLES"
+    for throttle in "${throttles[@]}"; do
+      throttle=$(echo "$throttle" | sed 's/^ *//; s/ *$//')
+      measure "$scenario" "$rate" "$throttle"
+    done
+  done
   echo
-  echo "Seconds in which the disk itself stalled (> 50 ms of full I/O pressure, /proc/pressure/io):" \
-    "before $(in_window "$b_start" "$b_end"), during $(in_window "$d_start" "$d_end"), after $(in_window "$a_start" "$a_end")." \
-    "Without the transactions that ended in them or in the second after: p99 before $bc_p99 ms, during $dc_p99 ms," \
-    "after $ac_p99 ms; during ÷ before: $(echo "scale=2; $dc_p99 / $bc_p99" | bc)"
+  echo "Workload: pgbench -R RATE -c $CLIENTS, 50% point reads, 30% point updates, 20% inserts, on $ROWS rows with the dual_write trigger; latency counted from the scheduled start; windows: ${BASELINE_SECS}s before, and the backfill's own. Load average now $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo
+  echo "| scenario | tx/s | throttle | backfill (s) | rows/s | speed ÷ unthrottled | p99 before → during (ms) | max during (ms) | > 100 ms during | failed during | pace slowdowns |"
+  echo "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"
+  # The speed column: this run's wall time against the unthrottled run of the same scenario.
+  while IFS= read -r row; do
+    tag=$(echo "$row" | sed 's/.*| @\([^ |]*\) |.*/\1/')
+    scenario=${tag%%-*}
+    if [ -f "$OUT/secs-$scenario-unthrottled" ]; then
+      ratio=$(printf "%.2f" "$(echo "$(cat "$OUT/secs-$scenario-unthrottled") / $(cat "$OUT/secs-$tag")" | bc -l)")
+    else
+      ratio=-
+    fi
+    echo "${row/@$tag/$ratio}"
+  done <"$OUT/rows.md"
+fi
+
+# `phased pause` on a running auto backfill: the time from the pause (its `set_at`) to the last
+# batch committed (the step's `updated_at`), and `resume` carrying it to the end.
+if [ "$PAUSE_CHECK" = 1 ]; then
+  log "pause check: an auto backfill, paused once it has written rows"
+  fresh_table "$ROWS"
+  plan=$(plan_file pause "")
+  "$PHASED" run "$plan" --phase expand --database "$URL" --format json >"$OUT/expand-pause.ndjson"
+  "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-pause.ndjson" &
+  run_pid=$!
+  until [ "$(sql -At -c "SELECT coalesce(max(rows_done), 0) > 0 FROM phased.steps WHERE plan = 'bench-pause'" 2>/dev/null)" = t ]; do sleep 0.05; done
+  "$PHASED" pause "$plan" --database "$URL" >/dev/null
+  sleep 3 # time for any batch to (wrongly) commit after the pause
+  read -r done_paused stop_ms < <(sql -At -F ' ' -c "SELECT s.rows_done, round(extract(epoch FROM s.updated_at - c.set_at) * 1000) FROM phased.steps s, phased.backfill_control c WHERE s.plan = 'bench-pause' AND s.kind = 'backfill' AND c.plan = 'bench-pause'")
+  sleep 1
+  done_later=$(sql -At -c "SELECT rows_done FROM phased.steps WHERE plan = 'bench-pause' AND kind = 'backfill'")
+  "$PHASED" resume "$plan" --database "$URL" >/dev/null
+  wait "$run_pid"
+  left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
+  echo
+  echo "Pause: the last batch committed ${stop_ms} ms after \`phased pause\` (negative: before it); rows written while paused: $(( done_later - done_paused )); after \`resume\`: the backfill finished, rows left wrong: $left."
 fi

@@ -323,6 +323,7 @@ fn status_reads_a_state_from_an_older_version() {
     let conn = rusqlite::Connection::open(&db).expect("open");
     conn.execute_batch(
         "ALTER TABLE phased_steps DROP COLUMN rows_per_second; \
+         ALTER TABLE phased_steps DROP COLUMN progress; \
          UPDATE phased_meta SET value = '1' WHERE key = 'schema_version';",
     )
     .expect("downgrade the state to version 1");

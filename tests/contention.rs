@@ -23,7 +23,7 @@ pub(crate) struct StartLine {
 }
 
 impl StartLine {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut cat = Command::new("cat")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -33,7 +33,7 @@ impl StartLine {
         Self { cat, read }
     }
 
-    fn release(mut self) {
+    pub(crate) fn release(mut self) {
         drop(self.cat.stdin.take());
         self.cat.wait().expect("cat exits");
     }

@@ -189,3 +189,71 @@ phases:
         .get(0);
     assert!(valid, "{text}");
 }
+
+/// The step connection dropped while `pg_dump` writes the backup before a phase: the backup is
+/// recorded on a connection opened again, and the run finishes (it used to exit 1, "the backup
+/// before phase `contract` failed: connection closed"; found by the fault sweep). A stand-in
+/// `pg_dump` terminates phased's step session and waits until it is gone, then hands over to
+/// the real one.
+#[tokio::test]
+async fn a_step_connection_dropped_during_the_backup_is_reopened_to_record_it() {
+    use crate::common::{phased_cmd, real_tool, scratch_dir, Shims};
+    let db = PgDb::new().await;
+    let dir = scratch_dir();
+    let plan = dir.join("plan.yaml");
+    std::fs::write(
+        &plan,
+        "plan: dropped\nbackup: { before: [contract], dir: backups }\nphases:\n  - name: contract\n    kind: contract\n    steps:\n      - sql: \"CREATE TABLE after_backup (id integer)\"\n",
+    )
+    .expect("write the plan");
+    let psql = format!("'{}' -Atq '{}' -c", real_tool("psql"), db.url);
+    let step_sessions = "FROM pg_stat_activity WHERE datname = current_database() \
+                         AND application_name = 'phased/dropped' \
+                         AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)";
+    let shims = Shims::new();
+    shims.add(
+        "pg_dump",
+        &format!(
+            "case \"$*\" in *--file=*)\n\
+               {psql} \"SELECT count(pg_terminate_backend(pid)) {step_sessions}\" >/dev/null || exit 99\n\
+               i=0; while [ \"$({psql} \"SELECT count(*) {step_sessions}\")\" != 0 ]; do\n\
+                 i=$((i + 1)); [ $i -gt 600 ] && exit 98; sleep 0.05; done;;\n\
+             esac\n\
+             exec '{}' \"$@\"\n",
+            real_tool("pg_dump")
+        ),
+    );
+    shims.add(
+        "pg_restore",
+        &format!("exec '{}' \"$@\"\n", real_tool("pg_restore")),
+    );
+    let out = phased_cmd()
+        .arg("run")
+        .arg(&plan)
+        .args(["--database", &db.url])
+        .env("PHASED_PG_BIN", shims.dir.path())
+        .output()
+        .expect("phased run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = db.client().await;
+    let recorded: i64 = client
+        .query_one("SELECT count(*) FROM phased.backups WHERE verified", &[])
+        .await
+        .expect("backups")
+        .get(0);
+    assert_eq!(recorded, 1);
+    let made: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'after_backup'",
+            &[],
+        )
+        .await
+        .expect("pg_class")
+        .get(0);
+    assert_eq!(made, 1);
+}

@@ -19,6 +19,37 @@ fn is_lookup(sql: &str) -> bool {
     sql.to_ascii_uppercase().starts_with("SELECT")
 }
 
+/// A state write that records a runner's work is sent, by a runner holding the lease, in a
+/// transaction of its own that first proves the lease's generation (a look-up); a dry run
+/// takes no lease and sends the write alone. So a `BEGIN`, one bookkeeping write of phased's
+/// own (or none: a backup's record, left out below) and a `COMMIT` count as that write.
+fn without_fence_transactions(sent: Vec<String>) -> Vec<String> {
+    let bookkeeping = |sql: &str| {
+        (sql.starts_with("UPDATE phased.steps") || sql.starts_with("INSERT INTO phased.steps"))
+            && !sql.contains(';')
+    };
+    let mut out = Vec::with_capacity(sent.len());
+    let mut i = 0;
+    while i < sent.len() {
+        if sent[i] == "BEGIN" {
+            if sent.get(i + 1).is_some_and(|s| s == "COMMIT") {
+                i += 2;
+                continue;
+            }
+            if sent.get(i + 1).is_some_and(|s| bookkeeping(s))
+                && sent.get(i + 2).is_some_and(|s| s == "COMMIT")
+            {
+                out.push(sent[i + 1].clone());
+                i += 3;
+                continue;
+            }
+        }
+        out.push(sent[i].clone());
+        i += 1;
+    }
+    out
+}
+
 /// The dry run's statements, in order: (statement, repeats once per backfill batch).
 fn recorded(json: &str) -> Vec<(String, bool)> {
     let entries: serde_json::Value = serde_json::from_str(json).expect("plan --format json");
@@ -163,7 +194,7 @@ pub(crate) async fn assert_run_is_the_dry_run(db: &TestDb, plan: &std::path::Pat
         .map(|r| normal(&r.sql))
         .filter(|sql| !is_lookup(sql) && !is_backup_bookkeeping(sql))
         .collect();
-    assert_same(&shown, &sent);
+    assert_same(&shown, &without_fence_transactions(sent));
 }
 
 #[tokio::test]

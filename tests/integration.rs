@@ -3,6 +3,7 @@
 mod common;
 
 mod backfill;
+mod backfill_pace;
 mod backup_hygiene;
 mod backups;
 mod catalog_ops;
@@ -31,6 +32,7 @@ mod plan_fuzz;
 mod restore_checksum;
 mod sqlite_rebuild;
 mod startup;
+mod state_fence;
 mod state_writes;
 mod step_checksum;
 mod step_checksums;

@@ -489,20 +489,40 @@ async fn an_operator_pauses_and_resumes_a_backfill_from_another_process(db: Test
         done
     );
 
-    let paced = operator(&["pace", "--max-rows-per-second", "100000"]);
-    assert!(paced.contains("at most 100000 rows a second"), "{paced}");
+    // A cap from the operator, honoured by the running backfill and shown in its progress …
+    let paced = operator(&["pace", "--max-rows-per-second", "200"]);
+    assert!(paced.contains("at most 200 rows a second"), "{paced}");
     operator(&["resume"]);
+    until("the runner to go at the operator's pace", async || {
+        next.stderr().contains("at most 200 rows/s")
+    })
+    .await;
+    let status = operator(&["status"]);
+    assert!(status.contains("backfills: at most 200 rows/s"), "{status}");
+    assert!(
+        status.contains("pace now: fixed, batch 2.0 ms + pause"),
+        "status shows the running backfill's pace: {status}"
+    );
+    // … and `pace --auto` from another process lifts it: the steps' own pace again.
+    let auto = operator(&["pace", "--auto"]);
+    assert!(auto.contains("back to the steps' own pace"), "{auto}");
     assert_eq!(next.wait(), Some(0), "{}", next.stderr());
     assert_eq!(
         db.scalar("SELECT count(*) FROM items WHERE touched = 1")
             .await,
         ROWS
     );
-    let status = operator(&["status"]);
+    let stderr = next.stderr();
+    let last = stderr
+        .lines()
+        .rfind(|l| l.contains(&format!("{ROWS}/{ROWS} rows")))
+        .unwrap_or_else(|| panic!("a last progress line:\n{stderr}"));
     assert!(
-        status.contains("backfills: at most 100000 rows/s"),
-        "{status}"
+        last.contains("fixed, batch") && !last.contains("at most"),
+        "the last batches ran at the plan's own pace: {last}"
     );
+    let status = operator(&["status"]);
+    assert!(!status.contains("backfills: at most"), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

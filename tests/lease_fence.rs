@@ -161,3 +161,37 @@ fn a_sqlite_runner_whose_lease_is_taken_over_stops_at_its_next_unit() {
         .expect("count");
     assert_eq!(left, 0);
 }
+
+// The lock session ends after the run's last unit committed, before the lease is released:
+// the advisory lock ended with the session, so releasing it is done, not an error. (The run
+// used to exit 1 with a bare "connection closed" after finishing its work; found by the fault
+// sweep.)
+#[tokio::test]
+async fn releasing_a_lease_whose_lock_session_is_gone_succeeds() {
+    use phased::db::prelude::*;
+    let db = PgDb::new().await;
+    let client = db.client().await;
+    let mut target = db.target("gone").await;
+    target.ensure_state().await.expect("state tables");
+    assert!(target.acquire_lease("gone").await.expect("lease").is_none());
+    assert_eq!(terminate_lease_session(&client).await, 1);
+    let holders = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND application_name = 'phased/gone' \
+                   AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')";
+    let mut gone = false;
+    for _ in 0..3000 {
+        let n: i64 = client
+            .query_one(holders, &[])
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if n == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "the terminated lock session is still there");
+    let released = target.release_lease("gone").await;
+    assert!(released.is_ok(), "{released:?}");
+}

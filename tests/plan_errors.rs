@@ -185,3 +185,31 @@ fn three_mistakes_in_three_steps_are_three_errors() {
     }
     insta::assert_snapshot!(out);
 }
+
+#[test]
+fn max_latency_impact_without_its_x() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: m\n    kind: migrate\n    steps:\n      - backfill:\n          table: t\n          set: { c: \"1\" }\n          max_latency_impact: 1.5\n"
+    )));
+}
+
+#[test]
+fn max_latency_impact_below_one() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: m\n    kind: migrate\n    steps:\n      - backfill: { table: t, set: { c: \"1\" }, max_latency_impact: 0.5x }\n"
+    )));
+}
+
+#[test]
+fn throttle_auto_with_a_fixed_knob() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: m\n    kind: migrate\n    steps:\n      - backfill: { table: t, set: { c: \"1\" }, throttle: auto, pause: 10ms }\n"
+    )));
+}
+
+#[test]
+fn max_latency_impact_under_fixed_knobs() {
+    insta::assert_snapshot!(errors(&with_phases(
+        "  - name: m\n    kind: migrate\n    steps:\n      - backfill: { table: t, set: { c: \"1\" }, max_rows_per_second: 500, max_latency_impact: 2x }\n"
+    )));
+}

@@ -58,8 +58,8 @@ async fn a_changed_default_is_not_drift(db: TestDb) {
     let Step::Backfill(backfill) = step else {
         panic!("the migrate phase holds the backfill");
     };
-    backfill.pause = PlanDuration::from_millis(50);
-    backfill.target_batch_time = PlanDuration::from_millis(5);
+    backfill.pause = Some(PlanDuration::from_millis(50));
+    backfill.target_batch_time = Some(PlanDuration::from_millis(5));
     let after = serde_json::to_string(&*step).expect("serialize");
     assert_ne!(
         before, after,

@@ -143,10 +143,11 @@ pub struct RestoreArgs {
 pub struct PaceArgs {
     /// The plan file (YAML; its id keys the state in the database).
     pub plan: PathBuf,
-    /// At most this many rows a second, over the steps' own `max_rows_per_second`.
+    /// At most this many rows a second, over the steps' own pace (auto or fixed).
     #[arg(long, conflicts_with = "auto", required_unless_present = "auto")]
     pub max_rows_per_second: Option<u64>,
-    /// Back to the plan's own pace (drops a --max-rows-per-second set earlier).
+    /// Back to the steps' own pace: `throttle: auto` (set by the workload's health), or a
+    /// step's fixed knobs where it sets them (drops a --max-rows-per-second set earlier).
     #[arg(long)]
     pub auto: bool,
 }

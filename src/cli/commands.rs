@@ -381,7 +381,9 @@ async fn control(cli: &Cli, path: &Path, change: ControlChange) -> u8 {
         ControlChange::Pause => "paused: a running backfill stops before its next batch (within a second) and waits; the pause holds for later runs until `phased resume`".to_string(),
         ControlChange::Resume => "resumed: a paused backfill goes on from its checkpoint".to_string(),
         ControlChange::Pace(Some(n)) => format!("paced: at most {n} rows a second, from the next batch"),
-        ControlChange::Pace(None) => "paced: back to the plan's own pace".to_string(),
+        ControlChange::Pace(None) => {
+            "paced: back to the steps' own pace (throttle: auto, unless a step sets fixed knobs), from the next batch".to_string()
+        }
     };
     if cli.format == Format::Json {
         crate::outln!(

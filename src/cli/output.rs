@@ -30,6 +30,8 @@ pub struct HumanReporter {
     terminal: bool,
     bar: Option<(Span, String)>,
     last_plain_progress: Option<Instant>,
+    /// The signal of the last slowdown a plain line announced (cleared once the pace rises).
+    last_plain_slowdown: Option<String>,
     /// The latest progress line not printed yet (plain output prints every few seconds, and
     /// always the last one before the step's end).
     pending_plain: Option<String>,
@@ -44,6 +46,7 @@ impl HumanReporter {
             terminal: std::io::stderr().is_terminal(),
             bar: None,
             last_plain_progress: None,
+            last_plain_slowdown: None,
             pending_plain: None,
             index_shown: None,
         }
@@ -232,11 +235,30 @@ impl Reporter for HumanReporter {
                 batch_size,
                 rows_per_second,
                 paused,
+                pace,
             } => {
-                let status = match paused {
-                    Some(reason) => format!("paused: {reason}"),
-                    None => format!("{rows_per_second:.0} rows/s, batch {batch_size}"),
+                let status = match (paused, pace) {
+                    (Some(reason), _) => format!("paused: {reason}"),
+                    (None, Some(pace)) => format!(
+                        "{rows_per_second:.0} rows/s, batch {batch_size}; {}",
+                        pace.describe()
+                    ),
+                    (None, None) => format!("{rows_per_second:.0} rows/s, batch {batch_size}"),
                 };
+                // A slowdown is news: a plain line says so at once, once per signal until the
+                // pace rises again.
+                use crate::engine::pace::Trend;
+                let mut news = false;
+                if let Some(pace) = pace.as_ref().filter(|_| paused.is_none()) {
+                    match pace.trend {
+                        Trend::Down => {
+                            news = self.last_plain_slowdown.as_deref() != Some(&pace.signal);
+                            self.last_plain_slowdown = Some(pace.signal.clone());
+                        }
+                        Trend::Up => self.last_plain_slowdown = None,
+                        Trend::Start | Trend::Steady => {}
+                    }
+                }
                 if self.terminal {
                     let id = format!("{}#{}", step.phase, step.step);
                     let template = "[{bar:30}] {human_pos}/{human_len} rows, eta {eta} — {msg}";
@@ -254,7 +276,8 @@ impl Reporter for HumanReporter {
                     let due = self
                         .last_plain_progress
                         .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-                        || paused.is_some();
+                        || paused.is_some()
+                        || news;
                     if due {
                         self.pending_plain = None;
                         self.line(line);

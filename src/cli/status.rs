@@ -146,6 +146,14 @@ pub fn view(status: &PlanStatus, path: &Path) -> String {
             }
             out.push_str(&line);
             out.push('\n');
+            if let Some(pace) = &step.pace {
+                let when = if step.status == StepStatus::Running {
+                    "now"
+                } else {
+                    "when it stopped"
+                };
+                out.push_str(&format!("      pace {when}: {}\n", pace.describe()));
+            }
             if let Some(progress) = &step.progress {
                 let when = if step.status == StepStatus::Running {
                     "now"

@@ -47,6 +47,9 @@ pub struct BackupError {
     pub message: String,
     /// What the operator should change.
     pub hint: Option<String>,
+    /// Set when the backup could not be recorded because the runner lost the plan's lease: the
+    /// run stops as a runner that lost its lease (exit 4), not as a failed backup.
+    pub lease_lost: Option<String>,
 }
 
 impl BackupError {
@@ -54,6 +57,7 @@ impl BackupError {
         Self {
             message: message.into(),
             hint: None,
+            lease_lost: None,
         }
     }
 
@@ -65,7 +69,9 @@ impl BackupError {
 
 impl From<DbError> for BackupError {
     fn from(e: DbError) -> Self {
-        BackupError::new(e.to_string())
+        let mut error = BackupError::new(e.to_string());
+        error.lease_lost = e.lease_lost().map(str::to_string);
+        error
     }
 }
 

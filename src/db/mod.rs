@@ -9,6 +9,7 @@ pub mod index_build;
 pub mod lock;
 pub mod open;
 pub mod postgres;
+pub mod probe;
 pub mod recorder;
 pub mod scratch;
 pub mod sqlite;
@@ -141,6 +142,9 @@ pub struct BatchRequest<'a> {
     /// A rollback's walk of the backfill's `down`: its checkpoint is kept apart from the
     /// backfill's own (see `state_sql::backfill_checkpoint`).
     pub down: bool,
+    /// The pace the backfill runs at and why (JSON), recorded with the checkpoint in the
+    /// step's `progress` for `phased status`.
+    pub pace: Option<&'a str>,
 }
 
 /// What one committed batch did.
@@ -152,6 +156,9 @@ pub struct BatchOutcome {
     /// How long the batch held its row locks: from its UPDATE to its commit. What
     /// `batch_size: auto` steers toward `target_batch_time`.
     pub held: std::time::Duration,
+    /// SQLite: how long the batch waited for the write lock (another writer held it); zero on
+    /// PostgreSQL, whose probe sees lock waits instead.
+    pub waited: std::time::Duration,
 }
 
 /// An operator's hand on a plan's backfills, from any machine (`phased pause|resume|pace`).
@@ -349,6 +356,17 @@ pub trait Catalog {
     /// The largest replay lag among streaming replicas, or None when there are none
     /// (always None on SQLite).
     async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError>;
+
+    /// Starts watching the workload's health on `table` from a second session, for a backfill
+    /// walking it by `key_columns` under `throttle: auto` (PostgreSQL: a probe query's latency
+    /// and the lock waits around the step connection; see [`probe`]). None where there is no
+    /// second session to watch from: SQLite, whose batches report their own lock waits, and a
+    /// dry run.
+    async fn start_probe(
+        &mut self,
+        table: &str,
+        key_columns: &[String],
+    ) -> Result<Option<probe::Probe>, DbError>;
 
     /// Evaluates a query that must return one boolean.
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError>;

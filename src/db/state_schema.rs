@@ -136,4 +136,7 @@ pub const SQLITE: &[&[&str]] = &[
     // 4: the lease's generation (see the PostgreSQL version 5); kept apart from `phased_lease`,
     // whose row is deleted when a runner ends, so the count never goes back.
     &["CREATE TABLE IF NOT EXISTS phased_lease_generations (plan TEXT PRIMARY KEY, generation INTEGER NOT NULL)"],
+    // 5: where a step stands while it runs (JSON; PostgreSQL's version 3): a backfill's pace
+    // and the signal that set it, written with each checkpoint.
+    &["ALTER TABLE phased_steps ADD COLUMN progress TEXT"],
 ];

@@ -1,5 +1,6 @@
 //! The backfill loop: keyset batches committed with their checkpoint, sized toward a target
-//! batch time, throttled by pause, rows-per-second cap, replica lag and a throttle file.
+//! batch time, paced by the workload's health (`throttle: auto`, see `pace`) or the plan's
+//! fixed knobs, and held by the operator, replica lag and a throttle file.
 //!
 //! Memory stays flat: the loop holds one key (the checkpoint) at a time, never a list of keys;
 //! each batch finds its own upper bound in the database and updates the rows in between.
@@ -9,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use super::events::{Event, Reporter, StepId};
 use super::interrupt::Interrupt;
-use crate::db::{BackfillControl, BatchRequest, Database, DbError, StepKey, Timeouts};
+use super::pace::{self, Controller, Limits, PaceReport, Signals, Trend};
+use crate::db::probe::{Probe, BASELINE_SAMPLES};
+use crate::db::{BackfillControl, BatchRequest, Database, DbError, Dialect, StepKey, Timeouts};
+use crate::ops::backfill::Throttle;
 use crate::plan::{Backfill, BatchSize};
 
 /// Batch size bounds for `batch_size: auto`.
@@ -26,6 +30,12 @@ const FILE_POLL: Duration = Duration::from_millis(200);
 const CONTROL_POLL: Duration = Duration::from_millis(500);
 /// How often the replica lag is read: before a batch at most this often, and while paused on it.
 const LAG_POLL: Duration = Duration::from_secs(1);
+/// How often `throttle: auto` looks at the workload's health (at once on a lock wait).
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// Probe latencies a look needs to judge the probe.
+const LOOK_SAMPLES: usize = 5;
+/// How long the probe's baseline may take before the backfill starts without one.
+const BASELINE_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Next batch size after a batch of `size` rows took `took`, aiming at `target`.
 /// Grows by at most 2× when fast; shrinks at once in proportion when slow (down to a tenth),
@@ -118,11 +128,81 @@ struct Walk<'a> {
     /// last read with what it said. None in a dry run.
     control_of: Option<&'a str>,
     control: Option<(Instant, Option<BackfillControl>)>,
+    throttle: Throttle,
+    /// `throttle: auto`'s controller and the probe feeding it (none on SQLite, in a dry run,
+    /// or when no second session could be had).
+    pace: Option<Controller>,
+    probe: Option<Probe>,
+    last_look: Instant,
+    /// The longest a batch waited for SQLite's write lock since the last look.
+    write_lock_wait: Duration,
+    last_pause: Duration,
+    /// The rows-per-second cap in force at the last batch (0: none).
+    cap: u64,
 }
 
 impl Walk<'_> {
     fn rate(&self) -> f64 {
         self.done_here as f64 / self.started.elapsed().as_secs_f64().max(0.001)
+    }
+
+    /// The pace now, and why.
+    fn pace_report(&self) -> PaceReport {
+        let cap = (self.cap > 0).then_some(self.cap);
+        match (&self.pace, self.throttle) {
+            (Some(c), _) => {
+                let d = c.last();
+                PaceReport {
+                    throttle: "auto".to_string(),
+                    batch_time_ms: pace::ms(c.batch_time()),
+                    pause_ms: pace::ms(self.last_pause),
+                    duty: c.duty(),
+                    max_rows_per_second: cap,
+                    trend: d.trend,
+                    signal: d.signal.to_string(),
+                    value: d.value,
+                    reason: d.reason.clone(),
+                }
+            }
+            (None, throttle) => {
+                let (batch, pause, reason) = match throttle {
+                    Throttle::Fixed {
+                        target_batch_time,
+                        pause,
+                        ..
+                    } => (
+                        target_batch_time,
+                        pause,
+                        "fixed: the plan's target_batch_time, pause and max_rows_per_second",
+                    ),
+                    Throttle::Auto { .. } => (
+                        Duration::ZERO,
+                        Duration::ZERO,
+                        "auto: no look at the workload in a dry run",
+                    ),
+                };
+                PaceReport {
+                    throttle: if matches!(throttle, Throttle::Fixed { .. }) {
+                        "fixed"
+                    } else {
+                        "auto"
+                    }
+                    .to_string(),
+                    batch_time_ms: pace::ms(batch),
+                    pause_ms: pace::ms(pause.max(self.last_pause)),
+                    duty: if batch.is_zero() {
+                        1.0
+                    } else {
+                        batch.as_secs_f64() / (batch + pause).as_secs_f64()
+                    },
+                    max_rows_per_second: cap,
+                    trend: Trend::Steady,
+                    signal: "none".to_string(),
+                    value: None,
+                    reason: reason.to_string(),
+                }
+            }
+        }
     }
 
     fn report(&mut self, reporter: &mut dyn Reporter, paused: Option<String>) {
@@ -133,8 +213,61 @@ impl Walk<'_> {
             batch_size: self.size,
             rows_per_second: if paused.is_some() { 0.0 } else { self.rate() },
             paused,
+            pace: Some(self.pace_report()),
         });
         self.last_report = Some(Instant::now());
+    }
+
+    /// The pace as the state records it with the next checkpoint.
+    fn pace_json(&self) -> String {
+        serde_json::json!({ "pace": self.pace_report() }).to_string()
+    }
+
+    /// Waits for the probe's baseline (its first probes, before any batch).
+    async fn take_baseline(&mut self) {
+        let (Some(controller), Some(probe)) = (self.pace.as_mut(), self.probe.as_ref()) else {
+            return;
+        };
+        let deadline = Instant::now() + BASELINE_PATIENCE;
+        while probe.samples() < BASELINE_SAMPLES && !probe.stopped() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut latencies = probe.take().latencies;
+        controller.set_baseline(pace::p90(&mut latencies, BASELINE_SAMPLES / 2));
+    }
+
+    /// After a batch under `throttle: auto`: a look at the workload when one is due, and the
+    /// pace it sets. True when the pace moved or its reason changed (a report is due at once).
+    fn look(&mut self, waited: Duration) -> bool {
+        let Some(controller) = self.pace.as_mut() else {
+            return false;
+        };
+        self.write_lock_wait = self.write_lock_wait.max(waited);
+        let probing = self.probe.as_ref().filter(|p| !p.stopped());
+        let lock_waits =
+            probing.is_some_and(|p| p.saw_lock_waits()) || waited > pace::WRITE_LOCK_WAIT_LIMIT;
+        let enough = probing.is_none_or(|p| p.samples() >= LOOK_SAMPLES);
+        if !(lock_waits || (self.last_look.elapsed() >= LOOK_EVERY && enough)) {
+            return false;
+        }
+        let window = probing.map(|p| p.take()).unwrap_or_default();
+        let mut latencies = window.latencies;
+        let signals = Signals {
+            probe_p90: pace::p90(&mut latencies, LOOK_SAMPLES),
+            blocked_sessions: window.blocked_sessions,
+            blocking_sessions: window.blocking_sessions,
+            write_lock_wait: self.write_lock_wait,
+        };
+        let before = controller.last().clone();
+        let decision = controller.decide(&signals);
+        if decision.reason != before.reason && decision.trend == Trend::Down {
+            tracing::info!(step = %self.id.label, "backfill {}", decision.reason);
+        }
+        // Every move is reported, so the events show each pace the backfill ran at.
+        let turned = decision.trend != Trend::Steady || decision.reason != before.reason;
+        self.write_lock_wait = Duration::ZERO;
+        self.last_look = Instant::now();
+        turned
     }
 
     /// The operator's control of the plan's backfills, read at most every `CONTROL_POLL`.
@@ -155,7 +288,7 @@ impl Walk<'_> {
         }
     }
 
-    /// The rows-per-second cap: the operator's `pace`, else the step's own.
+    /// The rows-per-second cap: the operator's `pace`, else the step's own (0: none).
     async fn max_rows_per_second<T: Database>(&mut self, target: &mut T) -> Result<u64, DbError> {
         Ok(
             match self
@@ -164,7 +297,13 @@ impl Walk<'_> {
                 .and_then(|c| c.max_rows_per_second)
             {
                 Some(rate) => u64::try_from(rate).unwrap_or(0),
-                None => self.step.max_rows_per_second,
+                None => match self.throttle {
+                    Throttle::Fixed {
+                        max_rows_per_second,
+                        ..
+                    } => max_rows_per_second,
+                    Throttle::Auto { .. } => 0,
+                },
             },
         )
     }
@@ -324,6 +463,7 @@ pub async fn run<T: Database>(
         rows_per_second: 0.0,
         key_types_hint: &key_types_hint,
         down,
+        pace: None,
     };
     let remaining = match target
         .backfill_remaining(&BatchRequest {
@@ -341,6 +481,27 @@ pub async fn run<T: Database>(
         .set_rows_total(key, i64::try_from(total).unwrap_or(i64::MAX))
         .await?;
 
+    let throttle = step.throttle();
+    let limits = match target.dialect() {
+        Dialect::Postgres => Limits::POSTGRES,
+        Dialect::Sqlite => Limits::SQLITE,
+    };
+    let pace = match throttle {
+        Throttle::Auto { max_latency_impact } if !dry => {
+            Some(Controller::new(limits, max_latency_impact))
+        }
+        _ => None,
+    };
+    let probe = match &pace {
+        Some(_) => match target.start_probe(&step.table, &key_columns).await {
+            Ok(probe) => probe,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot probe the workload; pacing on the batches alone");
+                None
+            }
+        },
+        None => None,
+    };
     let mut walk = Walk {
         id,
         step,
@@ -357,7 +518,16 @@ pub async fn run<T: Database>(
         last_lag_check: None,
         control_of: (!dry).then_some(key.plan.as_str()),
         control: None,
+        throttle,
+        pace,
+        probe,
+        last_look: Instant::now(),
+        write_lock_wait: Duration::ZERO,
+        last_pause: Duration::ZERO,
+        cap: 0,
     };
+    walk.take_baseline().await;
+    walk.last_look = Instant::now();
     walk.report(reporter, None);
     loop {
         walk.wait_while_throttled(target, reporter, interrupt)
@@ -369,11 +539,13 @@ pub async fn run<T: Database>(
             });
         }
         let batch_started = Instant::now();
+        let pace_json = walk.pace_json();
         let outcome = target
             .backfill_batch(&BatchRequest {
                 after: checkpoint.as_deref(),
                 limit: walk.size,
                 rows_per_second: walk.rate(),
+                pace: Some(&pace_json),
                 ..base.clone()
             })
             .await?;
@@ -393,17 +565,31 @@ pub async fn run<T: Database>(
         *checkpoint = Some(last);
         walk.done += outcome.rows;
         walk.done_here += outcome.rows;
-        if walk.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-            walk.report(reporter, None);
-        }
+        let turned = walk.look(outcome.waited);
+        let (batch_time, pause) = match (&walk.pace, walk.throttle) {
+            (Some(c), _) => (c.batch_time(), c.pause_after(took)),
+            (
+                None,
+                Throttle::Fixed {
+                    target_batch_time,
+                    pause,
+                    ..
+                },
+            ) => (target_batch_time, pause),
+            (None, Throttle::Auto { .. }) => (limits.start_batch_time, Duration::ZERO),
+        };
         if step.batch_size == BatchSize::Auto {
             // Steered by how long the batch held its row locks, not by the round trips
             // around it: those cost the application nothing, and counting them would shrink
             // short batches to nothing on a slow link.
-            walk.size = next_auto_size(walk.size, outcome.held, step.target_batch_time.0);
+            walk.size = next_auto_size(walk.size, outcome.held, batch_time);
         }
-        let cap = walk.max_rows_per_second(target).await?;
-        let pause = pause_after(outcome.rows, took, step.pause.0, cap);
+        walk.cap = walk.max_rows_per_second(target).await?;
+        let pause = pause_after(outcome.rows, took, pause, walk.cap);
+        walk.last_pause = pause;
+        if turned || walk.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            walk.report(reporter, None);
+        }
         if !pause.is_zero() {
             match interrupt {
                 Some(interrupt) => {

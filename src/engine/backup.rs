@@ -279,6 +279,11 @@ pub async fn before_phase<T: Database>(
             phase: phase.name().to_string(),
             error: e.message.clone(),
         });
+        // A runner that lost its lease meanwhile (the fence refused the backup's record, or
+        // the heartbeat saw the lock session go) stops as one: exit 4, not a failed backup.
+        if let Some(why) = e.lease_lost.clone().or_else(|| target.lease_lost()) {
+            return Err(EngineError::LeaseLost(why));
+        }
         return Err(fail(e));
     }
     if let Some(keep) = plan.backup.keep {

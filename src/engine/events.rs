@@ -130,6 +130,8 @@ pub enum Event {
         batch_size: u64,
         rows_per_second: f64,
         paused: Option<String>,
+        /// The pace and the signal that set it (none in a dry run).
+        pace: Option<super::pace::PaceReport>,
     },
     Log {
         level: String,

@@ -12,6 +12,7 @@ pub mod interrupt;
 pub mod lease_wait;
 pub mod lock_policy;
 pub mod migrations;
+pub mod pace;
 pub mod records;
 pub mod retry;
 pub mod rollback;

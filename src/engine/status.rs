@@ -55,6 +55,10 @@ pub struct StepStatusView {
     /// Where a concurrent index build (or drop) of the step stands while it runs, or where it
     /// stopped when it failed (PostgreSQL).
     pub progress: Option<IndexProgress>,
+    /// A backfill's pace and the signal that set it, as of its last committed batch (while it
+    /// is not done).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pace: Option<super::pace::PaceReport>,
 }
 
 pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStatus, DbError> {
@@ -99,6 +103,11 @@ pub async fn status<T: Database>(target: &mut T, plan: &Plan) -> Result<PlanStat
                         .filter(|r| r.status != StepStatus::Done)
                         .and_then(|r| r.progress.as_deref())
                         .and_then(|p| serde_json::from_str(p).ok()),
+                    pace: record
+                        .filter(|r| is_backfill && r.status != StepStatus::Done)
+                        .and_then(|r| r.progress.as_deref())
+                        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+                        .and_then(|v| serde_json::from_value(v.get("pace")?.clone()).ok()),
                 }
             })
             .collect();

@@ -29,14 +29,25 @@ pub struct Backfill {
     pub key: Vec<Name>,
     #[serde(default)]
     pub batch_size: BatchSize,
-    #[serde(default = "Backfill::default_target_batch_time")]
-    pub target_batch_time: PlanDuration,
-    /// Sleep between batches (default 28ms: with the default 2ms batches, the backfill works
-    /// about a fifteenth of the time and leaves the rest to the application).
-    #[serde(default = "Backfill::default_pause")]
-    pub pause: PlanDuration,
-    #[serde(default)]
-    pub max_rows_per_second: u64,
+    /// `auto` (the default when no fixed knob is set): the pace follows the workload's health
+    /// (`engine::pace`); `fixed`: `target_batch_time`, `pause` and `max_rows_per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<ThrottleMode>,
+    /// `throttle: auto`'s budget: how much the probe's latency may grow (`1.5x`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_impact: Option<LatencyImpact>,
+    /// A fixed knob: what `batch_size: auto` aims at (default 2ms under `throttle: fixed`).
+    /// Written out as the old default when left out, so the legacy checksum of older state
+    /// stays what it was.
+    #[serde(default, serialize_with = "legacy_target_batch_time")]
+    pub target_batch_time: Option<PlanDuration>,
+    /// A fixed knob: sleep between batches (default 28ms under `throttle: fixed`: with 2ms
+    /// batches, the backfill works about a fifteenth of the time).
+    #[serde(default, serialize_with = "legacy_pause")]
+    pub pause: Option<PlanDuration>,
+    /// A fixed knob: at most this many rows a second (0: no cap).
+    #[serde(default, serialize_with = "legacy_rate")]
+    pub max_rows_per_second: Option<u64>,
     #[serde(default)]
     pub max_replica_lag: Option<PlanDuration>,
     /// How rollback undoes a backfill into pre-existing columns: a reverse walk (`{ set, where }`,
@@ -49,19 +60,141 @@ pub struct Backfill {
     pub statement_timeout: Option<PlanDuration>,
 }
 
+/// Short, frequent batches are what keep the application's latency flat under a fixed pace:
+/// on a busy server a batch is a burst of CPU and WAL that every application write queues
+/// behind, and the shorter the burst, the shorter the queue (docs/benchmarks.md: 10ms batches
+/// cost the application's p99 2.6×, 2ms batches at the same share of time about 1.5×).
+pub const FIXED_TARGET_BATCH_TIME: PlanDuration = PlanDuration::from_millis(2);
+pub const FIXED_PAUSE: PlanDuration = PlanDuration::from_millis(28);
+/// `throttle: auto`'s budget when the step states none: the probe's p90 may grow to 1.5× its
+/// baseline.
+pub const DEFAULT_MAX_LATENCY_IMPACT: f64 = 1.5;
+
+fn legacy_target_batch_time<S: serde::Serializer>(
+    v: &Option<PlanDuration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    v.unwrap_or(FIXED_TARGET_BATCH_TIME).serialize(s)
+}
+
+fn legacy_pause<S: serde::Serializer>(v: &Option<PlanDuration>, s: S) -> Result<S::Ok, S::Error> {
+    v.unwrap_or(FIXED_PAUSE).serialize(s)
+}
+
+fn legacy_rate<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    v.unwrap_or(0).serialize(s)
+}
+
+/// `throttle:` — who sets the pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleMode {
+    Auto,
+    Fixed,
+}
+
+/// `max_latency_impact: 1.5x`: a factor of at least 1, written with its `x`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyImpact(pub f64);
+
+impl LatencyImpact {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let expected = "write a factor of at least 1 followed by `x`, e.g. `1.5x`";
+        let number = text
+            .trim()
+            .strip_suffix('x')
+            .ok_or_else(|| format!("max_latency_impact `{text}` has no `x`: {expected}"))?;
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("max_latency_impact `{text}` is not a factor: {expected}"))?;
+        if !value.is_finite() || !(1.0..=100.0).contains(&value) {
+            return Err(format!(
+                "max_latency_impact `{text}` is out of range: {expected} (at most `100x`)"
+            ));
+        }
+        Ok(Self(value))
+    }
+}
+
+impl Serialize for LatencyImpact {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}x", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for LatencyImpact {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ImpactVisitor;
+        impl Visitor<'_> for ImpactVisitor {
+            type Value = LatencyImpact;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a factor followed by `x`, e.g. `1.5x`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LatencyImpact, E> {
+                LatencyImpact::parse(v).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<LatencyImpact, E> {
+                Err(E::custom(format!(
+                    "max_latency_impact `{v}` has no `x`: write e.g. `{v}x`"
+                )))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<LatencyImpact, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LatencyImpact, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        deserializer.deserialize_any(ImpactVisitor)
+    }
+}
+
+/// How a backfill step is paced, its knobs resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Throttle {
+    /// Set by the workload's health; the budget is the allowed growth of the probe's latency.
+    Auto { max_latency_impact: f64 },
+    /// The plan's knobs (their defaults where left out).
+    Fixed {
+        target_batch_time: std::time::Duration,
+        pause: std::time::Duration,
+        max_rows_per_second: u64,
+    },
+}
+
 impl Backfill {
-    /// Short, frequent batches are what keep the application's latency flat: on a busy
-    /// server a batch is a burst of CPU and WAL that every application write queues behind, and
-    /// the shorter the burst, the shorter the queue (docs/benchmarks.md: 10ms batches cost
-    /// the application's p99 2.6×, 2ms batches at the same share of time about 1.5×). The
-    /// defaults are gentle on purpose; `pause: 0s` with a longer batch time is the fast
-    /// setting for quiet hours.
-    fn default_target_batch_time() -> PlanDuration {
-        PlanDuration::from_millis(2)
+    /// The fixed knobs the step sets (`throttle: auto` refuses them).
+    pub fn fixed_knobs(&self) -> Vec<&'static str> {
+        let mut knobs = Vec::new();
+        if self.target_batch_time.is_some() {
+            knobs.push("target_batch_time");
+        }
+        if self.pause.is_some() {
+            knobs.push("pause");
+        }
+        if self.max_rows_per_second.is_some() {
+            knobs.push("max_rows_per_second");
+        }
+        knobs
     }
 
-    fn default_pause() -> PlanDuration {
-        PlanDuration::from_millis(28)
+    /// Auto unless the step says `throttle: fixed` or sets a fixed knob: the knobs override.
+    pub fn throttle(&self) -> Throttle {
+        let fixed = self.throttle == Some(ThrottleMode::Fixed)
+            || (self.throttle.is_none() && !self.fixed_knobs().is_empty());
+        if fixed {
+            Throttle::Fixed {
+                target_batch_time: self.target_batch_time.unwrap_or(FIXED_TARGET_BATCH_TIME).0,
+                pause: self.pause.unwrap_or(FIXED_PAUSE).0,
+                max_rows_per_second: self.max_rows_per_second.unwrap_or(0),
+            }
+        } else {
+            Throttle::Auto {
+                max_latency_impact: self
+                    .max_latency_impact
+                    .map_or(DEFAULT_MAX_LATENCY_IMPACT, |l| l.0),
+            }
+        }
     }
 }
 
@@ -401,6 +534,79 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(extra: &str) -> Backfill {
+        serde_saphyr::from_str(&format!("{{ table: t, set: {{ c: \"1\" }}{extra} }}"))
+            .unwrap_or_else(|e| panic!("{extra}: {e}"))
+    }
+
+    #[test]
+    fn auto_is_the_default_and_fixed_knobs_override_it() {
+        assert_eq!(
+            step("").throttle(),
+            Throttle::Auto {
+                max_latency_impact: DEFAULT_MAX_LATENCY_IMPACT
+            }
+        );
+        assert_eq!(
+            step(", max_latency_impact: 2.5x").throttle(),
+            Throttle::Auto {
+                max_latency_impact: 2.5
+            }
+        );
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(
+            step(", pause: 5ms").throttle(),
+            Throttle::Fixed {
+                target_batch_time: ms(2),
+                pause: ms(5),
+                max_rows_per_second: 0
+            }
+        );
+        assert_eq!(
+            step(", max_rows_per_second: 100").throttle(),
+            Throttle::Fixed {
+                target_batch_time: ms(2),
+                pause: ms(28),
+                max_rows_per_second: 100
+            }
+        );
+        assert_eq!(
+            step(", throttle: fixed").throttle(),
+            Throttle::Fixed {
+                target_batch_time: ms(2),
+                pause: ms(28),
+                max_rows_per_second: 0
+            }
+        );
+        assert_eq!(
+            step(", target_batch_time: 50ms").fixed_knobs(),
+            ["target_batch_time"]
+        );
+    }
+
+    #[test]
+    fn latency_impact_is_a_factor_with_its_x() {
+        assert_eq!(LatencyImpact::parse("1.5x"), Ok(LatencyImpact(1.5)));
+        assert_eq!(LatencyImpact::parse("2x"), Ok(LatencyImpact(2.0)));
+        assert_eq!(LatencyImpact::parse("1x"), Ok(LatencyImpact(1.0)));
+        for bad in [
+            "1.5", "x", "0.5x", "-2x", "abcx", "infx", "NaNx", "101x", "1.5 x",
+        ] {
+            assert!(LatencyImpact::parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_legacy_form_writes_the_old_defaults() {
+        // State written before `throttle: auto` holds checksums of the model serialized with
+        // its defaults; leaving the fixed knobs out must serialize the same.
+        let json = serde_json::to_value(step("")).expect("serialize");
+        assert_eq!(json["pause"], "28ms");
+        assert_eq!(json["target_batch_time"], "2ms");
+        assert_eq!(json["max_rows_per_second"], 0);
+        assert!(json.get("throttle").is_none() && json.get("max_latency_impact").is_none());
+    }
 
     #[test]
     fn postgres_batch_casts_bound_text() {

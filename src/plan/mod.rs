@@ -196,8 +196,8 @@ mod tests {
         let Step::Backfill(b) = &mut loaded.plan.phases.value[0].value.steps.value[0].value else {
             panic!("a backfill");
         };
-        assert_eq!(b.pause, PlanDuration::from_millis(28));
-        b.pause = PlanDuration::from_millis(50);
+        assert_eq!(b.pause, None);
+        b.pause = Some(PlanDuration::from_millis(50));
         let (after, _) = &loaded.plan.step_refs()[0];
         assert_eq!(after.checksum, before);
         assert_ne!(after.legacy_checksum, legacy_before);
@@ -217,7 +217,7 @@ mod tests {
         assert_eq!(flow_step, block_step);
         assert_eq!(flow.checksum, block.checksum);
         let (explicit, explicit_step) =
-            one("      - backfill: { table: t, set: { c: \"lower(d)\" }, pause: 28ms }\n");
+            one("      - backfill: { table: t, set: { c: \"lower(d)\" }, batch_size: auto }\n");
         assert_eq!(explicit_step, flow_step);
         assert_eq!(explicit.legacy_checksum, flow.legacy_checksum);
         assert_ne!(explicit.checksum, flow.checksum);

@@ -6,6 +6,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::diagnostic::Finding;
 use super::model::{Gate, PhaseKind, Plan, Step};
+use crate::ops::backfill::{Throttle, ThrottleMode};
 
 /// Every finding in the plan, errors and warnings, in file order.
 pub fn validate(plan: &Plan) -> Vec<Finding> {
@@ -431,8 +432,37 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
                     "`backfill` needs at least one column in `set`",
                 ));
             }
-            if b.target_batch_time.is_zero() {
+            if b.target_batch_time.is_some_and(|t| t.is_zero()) {
                 findings.push(Finding::error(at, "`target_batch_time` must be above 0"));
+            }
+            let knobs = b.fixed_knobs();
+            if b.throttle == Some(ThrottleMode::Auto) && !knobs.is_empty() {
+                findings.push(
+                    Finding::error(
+                        at,
+                        format!(
+                            "`throttle: auto` sets the pace from the workload's health, but the step also sets {}",
+                            knobs.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                    .with_help("remove the fixed knobs, or write `throttle: fixed` to pace the backfill by them"),
+                );
+            }
+            if b.max_latency_impact.is_some() && !matches!(b.throttle(), Throttle::Auto { .. }) {
+                findings.push(
+                    Finding::error(
+                        at,
+                        "`max_latency_impact` is the budget of `throttle: auto`, but this step's pace is fixed",
+                    )
+                    .with_help(if knobs.is_empty() {
+                        "remove `throttle: fixed` or `max_latency_impact`".to_string()
+                    } else {
+                        format!(
+                            "the fixed knobs ({}) override the automatic pace: remove them or `max_latency_impact`",
+                            knobs.join(", ")
+                        )
+                    }),
+                );
             }
         }
         Step::Command(c) if c.run.is_empty() || c.run[0].trim().is_empty() => {

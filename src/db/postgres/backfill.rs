@@ -180,6 +180,7 @@ fn record_batch(
             "<the batch's last key>".to_string(),
             "<rows updated>".to_string(),
             "<rows per second>".to_string(),
+            "<the pace and why>".to_string(),
         ],
         Effect::State,
     );
@@ -215,6 +216,7 @@ pub async fn run_batch(
             rows: 0,
             last_key: None,
             held: Duration::ZERO,
+            waited: Duration::ZERO,
         });
     }
     let conn = conn.client_mut()?;
@@ -252,6 +254,7 @@ pub async fn run_batch(
             rows: 0,
             last_key: None,
             held: Duration::ZERO,
+            waited: Duration::ZERO,
         });
     };
     let last: Vec<String> = (0..batch.key_columns.len())
@@ -274,11 +277,20 @@ pub async fn run_batch(
         .map_err(|e| sql_error(e, &sql.update))?;
     let last_json = serde_json::to_string(&last).unwrap_or_default();
     let stored = crate::db::state_sql::backfill_checkpoint(&last_json, batch.down);
-    state::checkpoint(&tx, batch.key, &stored, rows as i64, batch.rows_per_second).await?;
+    state::checkpoint(
+        &tx,
+        batch.key,
+        &stored,
+        rows as i64,
+        batch.rows_per_second,
+        batch.pace,
+    )
+    .await?;
     tx.commit().await.map_err(|e| sql_error(e, "COMMIT"))?;
     Ok(BatchOutcome {
         rows,
         last_key: Some(last_json),
         held: locking.elapsed(),
+        waited: Duration::ZERO,
     })
 }

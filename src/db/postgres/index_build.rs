@@ -597,7 +597,7 @@ impl PgTarget {
     }
 
     /// The step connection's backend pid, looked up once.
-    async fn work_pid(&mut self) -> Result<i32, DbError> {
+    pub(super) async fn work_pid(&mut self) -> Result<i32, DbError> {
         if let Some(pid) = self.work_pid {
             return Ok(pid);
         }
@@ -613,7 +613,7 @@ impl PgTarget {
     }
 
     /// A session to watch a statement from, announced as `phased/<plan>/watch`.
-    async fn watching_session(&self) -> Result<Object, String> {
+    pub(super) async fn watching_session(&self) -> Result<Object, String> {
         let pool = self
             .watchers
             .as_ref()

@@ -9,6 +9,7 @@ pub mod conn;
 mod facts;
 mod index_build;
 mod lease;
+mod probe;
 mod remember;
 mod snapshot;
 mod state;
@@ -287,6 +288,42 @@ impl PgTarget {
         }
     }
 
+    /// A bookkeeping write that records work (an attempt starting or failing, a status, a
+    /// checkpoint, a script's progress): with `plan`'s lease held, it is sent in a transaction
+    /// that first proves the lease's generation, locked `FOR SHARE` until the commit, so no
+    /// runner can take the lease over between the proof and the write. Without a lease (a dry
+    /// run, a command that takes none) the write is sent as it is.
+    async fn fenced<T>(
+        &self,
+        plan: &str,
+        write: impl AsyncFnOnce(&Conn) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        if let Some(why) = self.lost_reason() {
+            return Err(DbError::LeaseLost(why));
+        }
+        let Some(fence) = self.fence(plan) else {
+            return write(&self.work).await;
+        };
+        let work = &self.work;
+        work.in_transaction(async {
+            lease::check_fence(work.client()?, Some(&fence)).await?;
+            write(work).await
+        })
+        .await
+    }
+
+    /// Every lease this target holds, as fences: a versioned migration's record proves them
+    /// all, since the version tables belong to no one plan.
+    fn all_fences(&self) -> Vec<(String, i64)> {
+        let mut fences: Vec<(String, i64)> = self
+            .leases
+            .iter()
+            .map(|(plan, held)| (plan.clone(), held.generation))
+            .collect();
+        fences.sort();
+        fences
+    }
+
     fn lost_reason(&self) -> Option<String> {
         self.lease_lost.lock().ok().and_then(|l| l.clone())
     }
@@ -376,12 +413,17 @@ impl PgTarget {
                     let fence = self.fence(&key.plan);
                     self.run_transaction(&stmts, timeouts, done, fence).await?
                 }
+                // A statement outside a transaction (`CONCURRENTLY`) cannot prove the fence in
+                // its own: it is checked right before, the heartbeat cancels the statement if
+                // the lock session goes meanwhile, and the step's status after it is fenced.
                 Unit::Standalone(sql) => {
+                    self.check_fence_now(&key.plan).await?;
                     self.run_standalone(sql, timeouts, Some(key), progress)
                         .await?
                 }
                 Unit::Script(sql) => self.run_script(key, sql, timeouts, progress).await?,
                 Unit::ConcurrentIndex { name, create } => {
+                    self.check_fence_now(&key.plan).await?;
                     self.concurrent_index(key, name, create, timeouts, progress)
                         .await?
                 }
@@ -422,8 +464,8 @@ impl PgTarget {
             }
         }
         if last_tx.is_none() {
-            self.check_fence_now(&key.plan).await?;
-            state::mark(&self.work, key, status).await?;
+            self.fenced(&key.plan, async |work| state::mark(work, key, status).await)
+                .await?;
         }
         Ok(())
     }
@@ -451,7 +493,10 @@ impl PgTarget {
             self.check_fence_now(&key.plan).await?;
             self.run_standalone(statement, timeouts, Some(key), progress)
                 .await?;
-            state::set_script_progress(&self.work, key, i + 1).await?;
+            self.fenced(&key.plan, async |work| {
+                state::set_script_progress(work, key, i + 1).await
+            })
+            .await?;
         }
         Ok(())
     }
@@ -655,24 +700,37 @@ impl StateStore for PgTarget {
         state::load_steps(&self.work, plan).await
     }
 
+    // Every write below that records a runner's work goes through `fenced`: it proves the
+    // plan's lease generation in its own transaction.
+
     async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
         self.revive().await?;
-        self.check_fence_now(&step.key.plan).await?;
-        state::begin_step(&self.work, step).await
+        self.fenced(&step.key.plan, async |work| {
+            state::begin_step(work, step).await
+        })
+        .await
     }
 
     async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
         self.revive().await?;
-        self.check_fence_now(&key.plan).await?;
-        state::fail_step(&self.work, key, error).await
+        self.fenced(&key.plan, async |work| {
+            state::fail_step(work, key, error).await
+        })
+        .await
     }
 
     async fn finish_step(&mut self, key: &StepKey) -> Result<(), DbError> {
-        state::mark_done(&self.work, key).await
+        self.revive().await?;
+        self.fenced(&key.plan, async |work| state::mark_done(work, key).await)
+            .await
     }
 
     async fn set_step_status(&mut self, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
-        state::set_status(&self.work, key, status).await
+        self.revive().await?;
+        self.fenced(&key.plan, async |work| {
+            state::set_status(work, key, status).await
+        })
+        .await
     }
 
     async fn set_checkpoint(
@@ -680,11 +738,19 @@ impl StateStore for PgTarget {
         key: &StepKey,
         checkpoint: Option<&str>,
     ) -> Result<(), DbError> {
-        state::set_checkpoint(&self.work, key, checkpoint).await
+        self.revive().await?;
+        self.fenced(&key.plan, async |work| {
+            state::set_checkpoint(work, key, checkpoint).await
+        })
+        .await
     }
 
     async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError> {
-        state::set_rows_total(&self.work, key, total).await
+        self.revive().await?;
+        self.fenced(&key.plan, async |work| {
+            state::set_rows_total(work, key, total).await
+        })
+        .await
     }
 
     async fn backfill_control(
@@ -709,6 +775,9 @@ impl StateStore for PgTarget {
             }))
     }
 
+    /// Not fenced: an operator's `pause`, `resume` or `pace` holds no lease (it must reach a
+    /// runner that holds one, from any machine), and records no work, only a wish the runner
+    /// reads.
     async fn set_backfill_control(
         &mut self,
         plan: &str,
@@ -746,6 +815,7 @@ impl StateStore for PgTarget {
         state::flags(&self.work).await
     }
 
+    /// Fenced when a flag step sets it; `phased flags set` by hand holds no lease and is not.
     async fn set_flag(
         &mut self,
         name: &str,
@@ -753,6 +823,9 @@ impl StateStore for PgTarget {
         plan: Option<&str>,
         step: Option<&StepKey>,
     ) -> Result<(), DbError> {
+        if let Some(why) = step.and_then(|_| self.lost_reason()) {
+            return Err(DbError::LeaseLost(why));
+        }
         let fence = step.and_then(|k| self.fence(&k.plan));
         let work = &self.work;
         work.in_transaction(async {
@@ -776,6 +849,9 @@ impl StateStore for PgTarget {
         previous: Option<&str>,
         step: &StepKey,
     ) -> Result<(), DbError> {
+        if let Some(why) = self.lost_reason() {
+            return Err(DbError::LeaseLost(why));
+        }
         let fence = self.fence(&step.plan);
         let work = &self.work;
         work.in_transaction(async {
@@ -869,7 +945,16 @@ impl Lease for PgTarget {
     async fn release_lease(&mut self, plan: &str) -> Result<(), DbError> {
         if let Some(held) = self.leases.remove(plan) {
             held.heartbeat.abort();
-            lease::release(&held.conn, plan).await?;
+            // A lock session that is gone took the advisory lock with it: nothing is left to
+            // release. (Its loss during the run was the fence's business: every write since
+            // proved the generation, so the work done is this runner's.)
+            if held.conn.is_closed() {
+                return Ok(());
+            }
+            match lease::release(&held.conn, plan).await {
+                Err(_) if held.conn.is_closed() => {}
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -914,6 +999,23 @@ impl Catalog for PgTarget {
         backfill::replica_lag(&self.work).await
     }
 
+    async fn start_probe(
+        &mut self,
+        table: &str,
+        key_columns: &[String],
+    ) -> Result<Option<crate::db::probe::Probe>, DbError> {
+        if self.work.recorder().is_some() {
+            return Ok(None);
+        }
+        let pid = self.work_pid().await.ok();
+        let session = self.watching_session().await.map_err(|e| {
+            DbError::Unexpected(format!("no session for the backfill's probe: {e}"))
+        })?;
+        probe::start(session, table, key_columns, pid)
+            .await
+            .map(Some)
+    }
+
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
         let row = self.work.query_opt(sql, &[]).await?;
         let row = row.ok_or_else(|| DbError::Unexpected(format!("`{sql}` returned no row")))?;
@@ -934,23 +1036,63 @@ impl Backups for PgTarget {
         tables: &[String],
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackupError> {
+        // The step connection may have been dropped since it was last used (a terminated
+        // session): opened again here, like before a step's state write.
+        self.revive().await?;
         let selection = backup::selection(self.work.client()?, tables).await?;
         backup::dump(&self.url, file, &selection, progress).await?;
         backup::list(file).await.map(|_| ())
     }
 
+    /// Fenced: a verified backup's record lets its phase start, so a runner that lost the
+    /// plan's lease must not write one.
     async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, DbError> {
-        backup::record(self.work.client()?, record).await
+        if let Some(why) = self.lost_reason() {
+            return Err(DbError::LeaseLost(why));
+        }
+        // Written after `pg_dump`, which may have taken long enough for the idle step
+        // connection to be dropped: opened again first.
+        self.revive().await?;
+        let fence = self.fence(&record.plan);
+        let client = self.work.client()?;
+        if fence.is_none() {
+            return backup::record(client, record).await;
+        }
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| sql_error(e, "BEGIN"))?;
+        let recorded = async {
+            lease::check_fence(client, fence.as_ref()).await?;
+            backup::record(client, record).await
+        }
+        .await;
+        let end = if recorded.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        let ended = client
+            .batch_execute(end)
+            .await
+            .map_err(|e| sql_error(e, end));
+        let id = recorded?;
+        ended?;
+        Ok(id)
     }
 
     async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
         backup::backups(self.work.client()?, plan).await
     }
 
+    /// Not fenced: forgetting a pruned backup's record records no work, and a rerun prunes
+    /// again whatever is left.
     async fn forget_backup(&mut self, id: i64) -> Result<(), DbError> {
         backup::forget(self.work.client()?, id).await
     }
 
+    /// Not fenced: a restore replaces the state itself (the lease generations with it) and
+    /// takes no plan's lease; the note only says that it happened.
     async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), DbError> {
         backup::record_restore(self.work.client()?, note).await
     }

@@ -216,7 +216,7 @@ pub async fn set_rows_total(conn: &Conn, key: &StepKey, total: i64) -> Result<()
 /// A backfill batch's checkpoint write.
 pub const CHECKPOINT: &str =
     "UPDATE phased.steps SET checkpoint = $4, rows_done = rows_done + $5, \
-                              rows_per_second = $6, updated_at = now() \
+                              rows_per_second = $6, progress = $7, updated_at = now() \
                               WHERE plan = $1 AND phase = $2 AND step_index = $3";
 
 /// Records a backfill batch's checkpoint, in the batch's own transaction.
@@ -226,6 +226,7 @@ pub async fn checkpoint<C: GenericClient>(
     last_key: &str,
     rows: i64,
     rows_per_second: f64,
+    pace: Option<&str>,
 ) -> Result<(), DbError> {
     let sql = CHECKPOINT;
     let statement = conn
@@ -241,6 +242,7 @@ pub async fn checkpoint<C: GenericClient>(
             &last_key,
             &rows,
             &rows_per_second,
+            &pace,
         ],
     )
     .await

@@ -72,12 +72,24 @@ impl PgTarget {
     ) -> Result<(), DbError> {
         if !run.transactional {
             for statement in statements::split(run.script) {
+                for (plan, _) in self.all_fences() {
+                    self.check_fence_now(&plan).await?;
+                }
                 self.run_standalone(&statement, run.timeouts, run.step, progress)
                     .await?;
             }
         }
+        if let Some(why) = self.lost_reason() {
+            return Err(DbError::LeaseLost(why));
+        }
+        // The record proves every lease this runner holds (the folder's `db:` lease, and the
+        // plan's when a step runs it), in the migration's own transaction.
+        let fences = self.all_fences();
         let work = &self.work;
         work.in_transaction(async {
+            for fence in &fences {
+                super::lease::check_fence(work.client()?, Some(fence)).await?;
+            }
             work.batch_execute(&set_local(run.timeouts)).await?;
             if run.transactional && !statements::split(run.script).is_empty() {
                 work.batch_execute(run.script).await?;

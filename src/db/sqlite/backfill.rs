@@ -156,9 +156,13 @@ pub fn run_batch(
         batch.predicate,
         after.is_some(),
     );
+    // How long the write lock took: another writer holding it is the workload's sign of life
+    // that `throttle: auto` yields to.
+    let asked = Instant::now();
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+    let waited = asked.elapsed();
     super::lease::check_fence(&tx, fence)?;
     let limit = i64::try_from(batch.limit).unwrap_or(i64::MAX);
     let mut params: Vec<Value> = after.clone().unwrap_or_default();
@@ -187,6 +191,7 @@ pub fn run_batch(
             rows: 0,
             last_key: None,
             held: Duration::ZERO,
+            waited,
         });
     };
     let mut params: Vec<Value> = after.unwrap_or_default();
@@ -199,11 +204,19 @@ pub fn run_batch(
     let json: Vec<serde_json::Value> = last.iter().map(to_json).collect::<Result<_, _>>()?;
     let last_json = serde_json::to_string(&json).unwrap_or_default();
     let stored = crate::db::state_sql::backfill_checkpoint(&last_json, batch.down);
-    state::checkpoint(&tx, batch.key, &stored, rows as i64, batch.rows_per_second)?;
+    state::checkpoint(
+        &tx,
+        batch.key,
+        &stored,
+        rows as i64,
+        batch.rows_per_second,
+        batch.pace,
+    )?;
     tx.commit().map_err(|e| sql_error(e, "COMMIT"))?;
     Ok(BatchOutcome {
         rows: rows as u64,
         last_key: Some(last_json),
         held: locking.elapsed(),
+        waited,
     })
 }

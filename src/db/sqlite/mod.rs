@@ -168,11 +168,14 @@ impl SqliteTarget {
         let statements = crate::migrations::statements::split(script);
         let done = state::script_progress(&self.conn, key)?;
         for (i, statement) in statements.iter().enumerate().skip(done) {
+            lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
             self.conn
                 .execute_batch(statement)
                 .map_err(|e| sql_error(e, statement))?;
             let progress = crate::db::state_sql::script_progress(i + 1);
-            state::set_checkpoint(&self.conn, key, Some(&progress))?;
+            self.fenced(&key.plan, |conn| {
+                state::set_checkpoint(conn, key, Some(&progress))
+            })?;
         }
         Ok(())
     }
@@ -181,6 +184,38 @@ impl SqliteTarget {
     /// that takes none).
     fn fence(&self, plan: &str) -> Option<(String, i64)> {
         self.fences.get(plan).map(|g| (plan.to_string(), *g))
+    }
+
+    /// A bookkeeping write that records work (an attempt starting or failing, a status, a
+    /// checkpoint, a script's progress): with `plan`'s lease held, it is made in a `BEGIN
+    /// IMMEDIATE` transaction that first proves the lease's generation; the transaction holds
+    /// the database's write lock, so no runner can take the lease over between the proof and
+    /// the write. Without a lease (a dry run, a command that takes none) it is made as it is.
+    fn fenced<T>(
+        &mut self,
+        plan: &str,
+        write: impl FnOnce(&Connection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let Some(fence) = self.fence(plan) else {
+            return write(&self.conn);
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+        lease::check_fence(&tx, Some(&fence))?;
+        let value = write(&tx)?;
+        tx.commit().map_err(|e| sql_error(e, "COMMIT"))?;
+        Ok(value)
+    }
+
+    /// Every lease this target holds, as fences: a versioned migration's record proves them
+    /// all, since the version tables belong to no one plan.
+    fn all_fences(&self) -> Vec<(String, i64)> {
+        let mut fences: Vec<(String, i64)> =
+            self.fences.iter().map(|(p, g)| (p.clone(), *g)).collect();
+        fences.sort();
+        fences
     }
 
     fn run_transaction(
@@ -283,25 +318,31 @@ impl SqliteTarget {
                     let fence = self.fence(&key.plan);
                     self.run_transaction(&stmts, done, fence)?
                 }
-                Unit::Standalone(sql) => self
-                    .conn
-                    .execute_batch(sql)
-                    .map_err(|e| sql_error(e, sql))?,
+                // A statement outside a transaction cannot prove the fence in its own; it is
+                // checked right before, and the step's status after it is fenced.
+                Unit::Standalone(sql) => {
+                    lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
+                    self.conn
+                        .execute_batch(sql)
+                        .map_err(|e| sql_error(e, sql))?
+                }
                 Unit::Script(script) => self.run_script(key, script)?,
-                Unit::ConcurrentIndex { create, .. } => self
-                    .conn
-                    .execute_batch(create)
-                    .map_err(|e| sql_error(e, create))?,
+                Unit::ConcurrentIndex { create, .. } => {
+                    lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
+                    self.conn
+                        .execute_batch(create)
+                        .map_err(|e| sql_error(e, create))?
+                }
                 Unit::RebuildTable { table, change } => {
                     // The rebuild records "done" in its own transaction; any other status is
                     // recorded right after it.
                     let in_tx = done
                         .filter(|(_, st)| *st == StepStatus::Done)
                         .map(|(k, _)| k);
-                    lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
-                    rebuild::rebuild(&mut self.conn, table, change, in_tx)?;
+                    let fence = self.fence(&key.plan);
+                    rebuild::rebuild(&mut self.conn, table, change, in_tx, fence.as_ref())?;
                     if let Some((k, st)) = done.filter(|(_, st)| *st != StepStatus::Done) {
-                        state::mark(&self.conn, k, st)?;
+                        self.fenced(&k.plan, |conn| state::mark(conn, k, st))?;
                     }
                 }
                 Unit::Remember { then, .. } => {
@@ -313,8 +354,7 @@ impl SqliteTarget {
             }
         }
         if last_tx.is_none() {
-            lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
-            state::mark(&self.conn, key, status)?;
+            self.fenced(&key.plan, |conn| state::mark(conn, key, status))?;
         }
         Ok(())
     }
@@ -329,22 +369,23 @@ impl StateStore for SqliteTarget {
         state::load_steps(&self.conn, plan)
     }
 
+    // Every write below that records a runner's work goes through `fenced`: it proves the
+    // plan's lease generation in its own transaction.
+
     async fn begin_step(&mut self, step: &StepStart<'_>) -> Result<(), DbError> {
-        lease::check_fence(&self.conn, self.fence(&step.key.plan).as_ref())?;
-        state::begin_step(&self.conn, step)
+        self.fenced(&step.key.plan, |conn| state::begin_step(conn, step))
     }
 
     async fn fail_step(&mut self, key: &StepKey, error: &str) -> Result<(), DbError> {
-        lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
-        state::fail_step(&self.conn, key, error)
+        self.fenced(&key.plan, |conn| state::fail_step(conn, key, error))
     }
 
     async fn finish_step(&mut self, key: &StepKey) -> Result<(), DbError> {
-        state::mark_done(&self.conn, key)
+        self.fenced(&key.plan, |conn| state::mark_done(conn, key))
     }
 
     async fn set_step_status(&mut self, key: &StepKey, status: StepStatus) -> Result<(), DbError> {
-        state::set_status(&self.conn, key, status)
+        self.fenced(&key.plan, |conn| state::set_status(conn, key, status))
     }
 
     async fn set_checkpoint(
@@ -352,11 +393,13 @@ impl StateStore for SqliteTarget {
         key: &StepKey,
         checkpoint: Option<&str>,
     ) -> Result<(), DbError> {
-        state::set_checkpoint(&self.conn, key, checkpoint)
+        self.fenced(&key.plan, |conn| {
+            state::set_checkpoint(conn, key, checkpoint)
+        })
     }
 
     async fn set_rows_total(&mut self, key: &StepKey, total: i64) -> Result<(), DbError> {
-        state::set_rows_total(&self.conn, key, total)
+        self.fenced(&key.plan, |conn| state::set_rows_total(conn, key, total))
     }
 
     async fn backfill_control(
@@ -385,6 +428,9 @@ impl StateStore for SqliteTarget {
             .map_err(|e| sql_error(e, sql))
     }
 
+    /// Not fenced: an operator's `pause`, `resume` or `pace` holds no lease (it must reach a
+    /// runner that holds one, from any machine), and records no work, only a wish the runner
+    /// reads.
     async fn set_backfill_control(
         &mut self,
         plan: &str,
@@ -426,6 +472,7 @@ impl StateStore for SqliteTarget {
         state::flags(&self.conn)
     }
 
+    /// Fenced when a flag step sets it; `phased flags set` by hand holds no lease and is not.
     async fn set_flag(
         &mut self,
         name: &str,
@@ -577,6 +624,15 @@ impl Catalog for SqliteTarget {
         Ok(None)
     }
 
+    /// No second session to probe from: each batch reports its own wait for the write lock.
+    async fn start_probe(
+        &mut self,
+        _table: &str,
+        _key_columns: &[String],
+    ) -> Result<Option<crate::db::probe::Probe>, DbError> {
+        Ok(None)
+    }
+
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {
         let value: rusqlite::types::Value = self
             .conn
@@ -611,18 +667,24 @@ impl Backups for SqliteTarget {
         backup::write(&self.conn, file, progress)
     }
 
+    /// Fenced: a verified backup's record lets its phase start, so a runner that lost the
+    /// plan's lease must not write one.
     async fn record_backup(&mut self, record: &BackupRecord) -> Result<i64, DbError> {
-        backup::record(&self.conn, record)
+        self.fenced(&record.plan, |conn| backup::record(conn, record))
     }
 
     async fn backups(&mut self, plan: Option<&str>) -> Result<Vec<BackupRecord>, DbError> {
         backup::backups(&self.conn, plan)
     }
 
+    /// Not fenced: forgetting a pruned backup's record records no work, and a rerun prunes
+    /// again whatever is left.
     async fn forget_backup(&mut self, id: i64) -> Result<(), DbError> {
         backup::forget(&self.conn, id)
     }
 
+    /// Not fenced: a restore replaces the state itself (the lease generations with it) and
+    /// takes no plan's lease; the note only says that it happened.
     async fn record_restore(&mut self, note: &RestoreNote) -> Result<(), DbError> {
         backup::record_restore(&self.conn, note)
     }
@@ -678,6 +740,7 @@ impl Executor for SqliteTarget {
         run: &MigrationRun<'_>,
         _progress: &mut dyn FnMut(&crate::db::IndexProgress),
     ) -> Result<(), DbError> {
-        self.run_one_migration(run)
+        let fences = self.all_fences();
+        self.run_one_migration(run, &fences)
     }
 }

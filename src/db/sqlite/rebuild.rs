@@ -26,6 +26,7 @@ pub fn rebuild(
     table: &str,
     change: &TableChange,
     done: Option<&StepKey>,
+    fence: Option<&(String, i64)>,
 ) -> Result<(), DbError> {
     let pragma = |conn: &Connection, name: &str| -> Result<i64, DbError> {
         let sql = format!("PRAGMA {name}");
@@ -42,7 +43,7 @@ pub fn rebuild(
         conn,
         "PRAGMA foreign_keys = OFF; PRAGMA legacy_alter_table = ON",
     )?;
-    let result = rebuild_in_transaction(conn, table, change, done);
+    let result = rebuild_in_transaction(conn, table, change, done, fence);
     let restore =
         format!("PRAGMA foreign_keys = {foreign_keys}; PRAGMA legacy_alter_table = {legacy_alter}");
     let restored = set(conn, &restore);
@@ -55,11 +56,14 @@ fn rebuild_in_transaction(
     table: &str,
     change: &TableChange,
     done: Option<&StepKey>,
+    fence: Option<&(String, i64)>,
 ) -> Result<(), DbError> {
     let name = base_name(table);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+    // The fence first, under the write lock this transaction holds until it commits.
+    super::lease::check_fence(&tx, fence)?;
     let read =
         "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE";
     let (name, create): (String, String) = tx

@@ -88,7 +88,8 @@ pub fn load_steps(conn: &Connection, plan: &str) -> Result<Vec<StepRecord>, DbEr
                 rows_total: r.get("rows_total")?,
                 // Added by state version 2.
                 rows_per_second: r.get::<_, Option<f64>>("rows_per_second").ok().flatten(),
-                progress: None,
+                // Added by state version 5: a backfill's pace and why.
+                progress: r.get::<_, Option<String>>("progress").ok().flatten(),
             })
         })
         .map_err(|e| sql_error(e, sql))?;
@@ -206,9 +207,10 @@ pub fn checkpoint(
     last_key: &str,
     rows: i64,
     rows_per_second: f64,
+    pace: Option<&str>,
 ) -> Result<(), DbError> {
     let sql = format!(
-        "UPDATE phased_steps SET checkpoint = ?4, rows_done = rows_done + ?5, rows_per_second = ?6, \
+        "UPDATE phased_steps SET checkpoint = ?4, rows_done = rows_done + ?5, rows_per_second = ?6, progress = ?7, \
          updated_at = {NOW} WHERE plan = ?1 AND phase = ?2 AND step_index = ?3"
     );
     conn.execute(
@@ -219,7 +221,8 @@ pub fn checkpoint(
             key.index,
             last_key,
             rows,
-            rows_per_second
+            rows_per_second,
+            pace
         ],
     )
     .map_err(|e| sql_error(e, &sql))?;

@@ -67,9 +67,18 @@ impl SqliteTarget {
         Ok(VersionState { applied, heads })
     }
 
-    pub(super) fn run_one_migration(&mut self, run: &MigrationRun<'_>) -> Result<(), DbError> {
+    /// Runs and records one migration; the record proves every lease in `fences` (the
+    /// folder's `db:` lease, and the plan's when a step runs it) in its own transaction.
+    pub(super) fn run_one_migration(
+        &mut self,
+        run: &MigrationRun<'_>,
+        fences: &[(String, i64)],
+    ) -> Result<(), DbError> {
         self.with_busy_timeout(run.timeouts)?;
         if !run.transactional {
+            for fence in fences {
+                super::lease::check_fence(&self.conn, Some(fence))?;
+            }
             self.conn
                 .execute_batch(run.script)
                 .map_err(|e| sql_error(e, run.script))?;
@@ -78,6 +87,9 @@ impl SqliteTarget {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
+        for fence in fences {
+            super::lease::check_fence(&tx, Some(fence))?;
+        }
         if run.transactional {
             tx.execute_batch(run.script)
                 .map_err(|e| sql_error(e, run.script))?;

@@ -1,0 +1,72 @@
+//! What a backfill under `throttle: auto` sees of the workload while it runs: a cheap probe
+//! query on the backfilled table, timed from a second session a few dozen times a second, and
+//! the lock waits between the step connection and other sessions. The probe runs in a task of
+//! its own (`postgres::probe`); the engine takes what it gathered at each look.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How many probes make the baseline (the engine waits for them before the first batch).
+pub const BASELINE_SAMPLES: usize = 20;
+
+/// What the probe gathered since the last look.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeWindow {
+    /// Each probe query's latency, in the order run.
+    pub latencies: Vec<Duration>,
+    /// The most sessions seen waiting on locks the step connection held.
+    pub blocked_sessions: u32,
+    /// The most sessions seen holding locks the step connection waited on.
+    pub blocking_sessions: u32,
+}
+
+impl ProbeWindow {
+    /// Lock waits seen: a look is due at once.
+    pub fn saw_lock_waits(&self) -> bool {
+        self.blocked_sessions > 0 || self.blocking_sessions > 0
+    }
+}
+
+/// A running probe; dropping it stops it.
+pub struct Probe {
+    window: Arc<Mutex<ProbeWindow>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Probe {
+    pub fn new(window: Arc<Mutex<ProbeWindow>>, task: tokio::task::JoinHandle<()>) -> Self {
+        Self { window, task }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProbeWindow> {
+        self.window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Probe queries timed since the last `take`.
+    pub fn samples(&self) -> usize {
+        self.lock().latencies.len()
+    }
+
+    pub fn saw_lock_waits(&self) -> bool {
+        self.lock().saw_lock_waits()
+    }
+
+    /// What was gathered since the last take; the window starts again empty.
+    pub fn take(&self) -> ProbeWindow {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// The probe stopped (its session failed): the backfill carries on with the signals it
+    /// still has.
+    pub fn stopped(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,547 @@
+//! The adaptive pace of a backfill (`throttle: auto`, the default): after each look at the
+//! workload's health the backfill works a larger share of the time when the workload is
+//! unaffected, and a much smaller share at once when it suffers — additive increase,
+//! multiplicative decrease, the way TCP's congestion control shares a link. Pure: it takes the
+//! signals of one look and returns the next pace and the reason, so its decisions are tested
+//! on recorded sequences (`tests` below) without a database.
+//!
+//! The pace is two numbers: the batch time (how long a batch holds its row locks, what
+//! `batch_size: auto` aims at) and the duty cycle (the share of time spent in batches; the
+//! pause after a batch is `took × (1 − duty) / duty`). Both have floors, and the pause a
+//! ceiling, so a backfill under a suffering workload crawls but never stops.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A probe baseline under this counts as this: below a millisecond, scheduler noise on a busy
+/// host is larger than anything an application notices.
+pub const BASELINE_FLOOR: Duration = Duration::from_millis(1);
+/// A batch that waited longer than this for SQLite's write lock met another writer.
+pub const WRITE_LOCK_WAIT_LIMIT: Duration = Duration::from_millis(2);
+/// Duty cycle added after a healthy look (additive increase) …
+const DUTY_STEP: f64 = 0.1;
+/// … and the factor applied to duty and batch time after a bad one (multiplicative decrease).
+const BACK_OFF: f64 = 0.5;
+/// Batch time growth after a healthy look.
+const BATCH_GROWTH: f64 = 1.25;
+
+/// Bounds of the pace on one dialect.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub min_batch_time: Duration,
+    pub start_batch_time: Duration,
+    pub max_batch_time: Duration,
+    pub min_duty: f64,
+    pub start_duty: f64,
+    pub max_duty: f64,
+    /// The longest pause after a batch: the backfill is never stuck.
+    pub max_pause: Duration,
+    /// What health means when no probe is judged.
+    pub quiet: &'static str,
+}
+
+impl Limits {
+    /// PostgreSQL: batches take row locks only, so a healthy workload lets the backfill run
+    /// flat out in 50 ms batches.
+    pub const POSTGRES: Limits = Limits {
+        min_batch_time: Duration::from_millis(2),
+        start_batch_time: Duration::from_millis(10),
+        max_batch_time: Duration::from_millis(50),
+        min_duty: 0.05,
+        start_duty: 0.5,
+        max_duty: 1.0,
+        max_pause: Duration::from_secs(1),
+        quiet: "no lock waits",
+    };
+
+    /// SQLite: a batch holds the database's only write lock, so every other writer waits for
+    /// the whole batch: batches stay short, and a fifth of the time is always left free, since
+    /// a waiting writer retries on its own schedule (its busy handler sleeps 1…100 ms) and a
+    /// backfill that never let go of the lock would starve it without ever waiting itself.
+    pub const SQLITE: Limits = Limits {
+        min_batch_time: Duration::from_millis(2),
+        start_batch_time: Duration::from_millis(5),
+        max_batch_time: Duration::from_millis(20),
+        min_duty: 0.05,
+        start_duty: 0.4,
+        max_duty: 0.8,
+        max_pause: Duration::from_secs(1),
+        quiet: "no batch waited for the write lock",
+    };
+}
+
+/// What one look at the workload saw (since the look before).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Signals {
+    /// PostgreSQL: the probe's p90 latency over the look's window (None: too few probes).
+    pub probe_p90: Option<Duration>,
+    /// PostgreSQL: the most sessions seen waiting on locks the backfill held.
+    pub blocked_sessions: u32,
+    /// PostgreSQL: the most sessions seen holding locks the backfill waited on.
+    pub blocking_sessions: u32,
+    /// SQLite: the longest a batch waited for the write lock.
+    pub write_lock_wait: Duration,
+}
+
+/// Which way the pace moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trend {
+    /// The first pace, before any look.
+    Start,
+    Up,
+    Down,
+    /// At a bound already, or too little seen to move.
+    Steady,
+}
+
+/// The pace after a look, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub trend: Trend,
+    /// The signal that decided: `probe_p90`, `blocked_sessions`, `blocking_sessions`,
+    /// `write_lock_wait` or `none` (healthy without a probe, or nothing seen yet).
+    pub signal: &'static str,
+    /// Its value (milliseconds for times, a count for sessions).
+    pub value: Option<f64>,
+    /// For people: "slowed: probe p90 4.1 ms > 1.5 × 2.2 ms baseline".
+    pub reason: String,
+}
+
+/// The adaptive pace of one backfill attempt.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    limits: Limits,
+    budget: f64,
+    baseline: Option<Duration>,
+    duty: f64,
+    batch_time: Duration,
+    last: Decision,
+}
+
+/// Milliseconds, as a float.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `4.1 ms`, `0.35 ms`, `120 ms`.
+pub fn show_ms(d: Duration) -> String {
+    let v = ms(d);
+    if v >= 10.0 {
+        format!("{v:.0} ms")
+    } else if v >= 1.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+fn sessions(n: u32) -> String {
+    if n == 1 {
+        "1 session".to_string()
+    } else {
+        format!("{n} sessions")
+    }
+}
+
+impl Controller {
+    /// A controller at the dialect's starting pace, with `budget` the allowed growth of the
+    /// probe's latency (`max_latency_impact`).
+    pub fn new(limits: Limits, budget: f64) -> Self {
+        Self {
+            limits,
+            budget,
+            baseline: None,
+            duty: limits.start_duty,
+            batch_time: limits.start_batch_time,
+            last: Decision {
+                trend: Trend::Start,
+                signal: "none",
+                value: None,
+                reason: "starting: no look at the workload yet".to_string(),
+            },
+        }
+    }
+
+    /// The probe's latency before the first batch (its p90), which later looks compare with.
+    pub fn set_baseline(&mut self, baseline: Option<Duration>) {
+        self.baseline = baseline;
+        if let Some(b) = baseline {
+            self.last.reason = format!("starting: probe baseline p90 {}", show_ms(b));
+        }
+    }
+
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline
+    }
+
+    /// What `batch_size: auto` aims at now.
+    pub fn batch_time(&self) -> Duration {
+        self.batch_time
+    }
+
+    /// The share of time spent in batches.
+    pub fn duty(&self) -> f64 {
+        self.duty
+    }
+
+    pub fn last(&self) -> &Decision {
+        &self.last
+    }
+
+    /// The pause after a batch that took `took`, so that batches fill `duty` of the time;
+    /// never longer than the dialect's ceiling.
+    pub fn pause_after(&self, took: Duration) -> Duration {
+        let factor = (1.0 - self.duty) / self.duty;
+        took.mul_f64(factor.max(0.0)).min(self.limits.max_pause)
+    }
+
+    /// The probe latency above which the workload counts as suffering.
+    fn threshold(&self) -> Option<Duration> {
+        self.baseline
+            .map(|b| b.max(BASELINE_FLOOR).mul_f64(self.budget))
+    }
+
+    /// What the signals say: the first complaint found, else health.
+    fn verdict(&self, s: &Signals) -> (bool, &'static str, Option<f64>, String) {
+        if s.blocked_sessions > 0 {
+            let n = s.blocked_sessions;
+            return (
+                false,
+                "blocked_sessions",
+                Some(f64::from(n)),
+                format!("{} waited on the backfill's row locks", sessions(n)),
+            );
+        }
+        if s.blocking_sessions > 0 {
+            let n = s.blocking_sessions;
+            return (
+                false,
+                "blocking_sessions",
+                Some(f64::from(n)),
+                format!("the backfill waited on row locks held by {}", sessions(n)),
+            );
+        }
+        if s.write_lock_wait > WRITE_LOCK_WAIT_LIMIT {
+            return (
+                false,
+                "write_lock_wait",
+                Some(ms(s.write_lock_wait)),
+                format!(
+                    "a batch waited {} for the write lock (another writer held it)",
+                    show_ms(s.write_lock_wait)
+                ),
+            );
+        }
+        match (s.probe_p90, self.threshold(), self.baseline) {
+            (Some(p90), Some(limit), Some(baseline)) => {
+                let over = p90 > limit;
+                let sign = if over { ">" } else { "≤" };
+                (
+                    !over,
+                    "probe_p90",
+                    Some(ms(p90)),
+                    format!(
+                        "probe p90 {} {sign} {} × {} baseline",
+                        show_ms(p90),
+                        self.budget,
+                        show_ms(baseline.max(BASELINE_FLOOR))
+                    ),
+                )
+            }
+            _ => (true, "none", None, self.limits.quiet.to_string()),
+        }
+    }
+
+    /// Takes one look's signals and moves the pace: up a step when healthy, halved when not.
+    pub fn decide(&mut self, s: &Signals) -> &Decision {
+        let (healthy, signal, value, what) = self.verdict(s);
+        let l = self.limits;
+        let (trend, reason) = if healthy {
+            let duty = (self.duty + DUTY_STEP).min(l.max_duty);
+            let batch = self.batch_time.mul_f64(BATCH_GROWTH).min(l.max_batch_time);
+            let moved = duty > self.duty || batch > self.batch_time;
+            self.duty = duty;
+            self.batch_time = batch;
+            if moved {
+                (Trend::Up, format!("sped up: {what}"))
+            } else {
+                (Trend::Steady, format!("full pace: {what}"))
+            }
+        } else {
+            let duty = (self.duty * BACK_OFF).max(l.min_duty);
+            let batch = self.batch_time.mul_f64(BACK_OFF).max(l.min_batch_time);
+            let moved = duty < self.duty || batch < self.batch_time;
+            self.duty = duty;
+            self.batch_time = batch;
+            if moved {
+                (Trend::Down, format!("slowed: {what}"))
+            } else {
+                (Trend::Steady, format!("slowed to the floor: {what}"))
+            }
+        };
+        self.last = Decision {
+            trend,
+            signal,
+            value,
+            reason,
+        };
+        &self.last
+    }
+}
+
+/// The pace a backfill runs at and why, as progress events, plain lines and `phased status`
+/// show it (status reads it from the step's `progress`, written with each checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaceReport {
+    /// `auto` (set by the workload's health) or `fixed` (the plan's knobs).
+    pub throttle: String,
+    /// What a batch aims to take (how long it holds its row locks).
+    pub batch_time_ms: f64,
+    /// The pause after the last batch.
+    pub pause_ms: f64,
+    /// The share of time the backfill aims to spend in batches (0…1).
+    pub duty: f64,
+    /// A rows-per-second cap over it: the operator's `phased pace`, else the step's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_second: Option<u64>,
+    pub trend: Trend,
+    /// The signal that set the pace (see [`Decision::signal`]).
+    pub signal: String,
+    /// Its value: milliseconds for times, a count for sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub reason: String,
+}
+
+impl PaceReport {
+    /// `auto, batch 10 ms + pause 10 ms — slowed: probe p90 4.1 ms > 1.5 × 2.2 ms baseline`.
+    pub fn describe(&self) -> String {
+        let show = |v: f64| show_ms(Duration::from_secs_f64(v.max(0.0) / 1000.0));
+        let mut text = format!(
+            "{}, batch {} + pause {} ({:.0}% busy)",
+            self.throttle,
+            show(self.batch_time_ms),
+            show(self.pause_ms),
+            self.duty * 100.0
+        );
+        if let Some(cap) = self.max_rows_per_second {
+            text.push_str(&format!(", at most {cap} rows/s"));
+        }
+        text.push_str(" — ");
+        text.push_str(&self.reason);
+        text
+    }
+}
+
+/// The p90 of some probe latencies (None for fewer than `min` samples). Sorts them.
+pub fn p90(samples: &mut [Duration], min: usize) -> Option<Duration> {
+    if samples.is_empty() || samples.len() < min {
+        return None;
+    }
+    samples.sort_unstable();
+    let rank = ((samples.len() as f64) * 0.9).ceil() as usize;
+    Some(samples[rank.clamp(1, samples.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Equal to the microsecond (the duty cycle is a float).
+    fn assert_near(got: Duration, want: Duration) {
+        let diff = got.abs_diff(want);
+        assert!(diff < Duration::from_micros(1), "{got:?} is not {want:?}");
+    }
+
+    fn probe(p90: u64) -> Signals {
+        Signals {
+            probe_p90: Some(ms(p90)),
+            ..Default::default()
+        }
+    }
+
+    fn pg(baseline: u64) -> Controller {
+        let mut c = Controller::new(Limits::POSTGRES, 1.5);
+        c.set_baseline(Some(ms(baseline)));
+        c
+    }
+
+    #[test]
+    fn grows_to_full_pace_while_the_workload_is_unaffected() {
+        let mut c = pg(2);
+        let mut duties = vec![c.duty()];
+        for _ in 0..20 {
+            let d = c.decide(&probe(2)).clone();
+            assert_ne!(d.trend, Trend::Down, "{d:?}");
+            duties.push(c.duty());
+        }
+        assert!(duties.windows(2).all(|w| w[1] >= w[0]), "{duties:?}");
+        assert_eq!(c.duty(), 1.0);
+        assert_eq!(c.batch_time(), Limits::POSTGRES.max_batch_time);
+        assert_eq!(c.pause_after(ms(50)), Duration::ZERO);
+        assert_eq!(c.last().trend, Trend::Steady);
+        assert_eq!(
+            c.last().reason,
+            "full pace: probe p90 2.0 ms ≤ 1.5 × 2.0 ms baseline"
+        );
+    }
+
+    #[test]
+    fn backs_off_at_once_and_by_half_when_the_probe_suffers() {
+        let mut c = pg(2);
+        for _ in 0..20 {
+            c.decide(&probe(2));
+        }
+        let d = c.decide(&probe(5)).clone();
+        assert_eq!(d.trend, Trend::Down);
+        assert_eq!(d.signal, "probe_p90");
+        assert_eq!(d.value, Some(5.0));
+        assert_eq!(d.reason, "slowed: probe p90 5.0 ms > 1.5 × 2.0 ms baseline");
+        assert_eq!(c.duty(), 0.5);
+        assert_eq!(c.batch_time(), ms(25));
+        // Half the time working: the pause equals the batch.
+        assert_near(c.pause_after(ms(25)), ms(25));
+        // Two bad looks undo what ten good ones built (AIMD): fast down, slow up.
+        c.decide(&probe(5));
+        assert_eq!(c.duty(), 0.25);
+        c.decide(&probe(2));
+        assert!((c.duty() - 0.35).abs() < 1e-9, "{}", c.duty());
+    }
+
+    #[test]
+    fn never_below_the_floor_and_never_stuck_paused() {
+        let mut c = pg(1);
+        let blocked = Signals {
+            blocked_sessions: 3,
+            ..Default::default()
+        };
+        for _ in 0..50 {
+            c.decide(&blocked);
+            assert!(c.duty() >= Limits::POSTGRES.min_duty);
+            assert!(c.batch_time() >= Limits::POSTGRES.min_batch_time);
+        }
+        assert_eq!(c.duty(), Limits::POSTGRES.min_duty);
+        assert_eq!(c.batch_time(), Limits::POSTGRES.min_batch_time);
+        assert_eq!(c.last().trend, Trend::Steady);
+        assert_eq!(
+            c.last().reason,
+            "slowed to the floor: 3 sessions waited on the backfill's row locks"
+        );
+        // At the floor a 2 ms batch is followed by 38 ms: slow, but moving.
+        assert_near(c.pause_after(ms(2)), ms(38));
+        // However long a batch took (it waited on a lock), the pause is bounded.
+        assert_eq!(
+            c.pause_after(Duration::from_secs(30)),
+            Duration::from_secs(1)
+        );
+        // And the first healthy look moves it up again.
+        assert_eq!(c.decide(&probe(1)).trend, Trend::Up);
+    }
+
+    #[test]
+    fn recovers_after_a_recorded_disturbance() {
+        // A recorded sequence: quiet, a burst of lock waits, quiet again.
+        let mut c = pg(1);
+        let mut seq = vec![probe(1); 5];
+        seq.extend(vec![
+            Signals {
+                blocking_sessions: 1,
+                ..Default::default()
+            };
+            3
+        ]);
+        seq.extend(vec![probe(1); 10]);
+        let trends: Vec<Trend> = seq.iter().map(|s| c.decide(s).trend).collect();
+        let first_down = trends.iter().position(|t| *t == Trend::Down).expect("down");
+        assert_eq!(first_down, 5, "{trends:?}");
+        assert!(trends[8..].iter().all(|t| *t != Trend::Down), "{trends:?}");
+        assert_eq!(trends[8], Trend::Up, "{trends:?}");
+        assert!(c.duty() > Limits::POSTGRES.start_duty, "{}", c.duty());
+    }
+
+    #[test]
+    fn lock_waits_outrank_a_healthy_probe() {
+        let mut c = pg(1);
+        let d = c
+            .decide(&Signals {
+                probe_p90: Some(ms(1)),
+                blocking_sessions: 1,
+                ..Default::default()
+            })
+            .clone();
+        assert_eq!(d.signal, "blocking_sessions");
+        assert_eq!(
+            d.reason,
+            "slowed: the backfill waited on row locks held by 1 session"
+        );
+    }
+
+    #[test]
+    fn a_tiny_baseline_counts_as_the_floor() {
+        let mut c = pg(0);
+        // 0.2 ms baseline → compared with 1.5 × 1 ms: 1.2 ms is within budget.
+        c.set_baseline(Some(Duration::from_micros(200)));
+        assert_eq!(c.decide(&probe(1)).trend, Trend::Up);
+        assert_eq!(c.decide(&probe(2)).trend, Trend::Down);
+    }
+
+    #[test]
+    fn sqlite_yields_to_other_writers_and_keeps_a_share_free() {
+        let mut c = Controller::new(Limits::SQLITE, 1.5);
+        for _ in 0..20 {
+            assert_ne!(c.decide(&Signals::default()).trend, Trend::Down);
+        }
+        assert_eq!(c.duty(), Limits::SQLITE.max_duty);
+        assert_eq!(c.batch_time(), Limits::SQLITE.max_batch_time);
+        assert_near(c.pause_after(ms(20)), ms(5));
+        assert_eq!(
+            c.last().reason,
+            "full pace: no batch waited for the write lock"
+        );
+        let d = c
+            .decide(&Signals {
+                write_lock_wait: ms(120),
+                ..Default::default()
+            })
+            .clone();
+        assert_eq!(d.trend, Trend::Down);
+        assert_eq!(d.signal, "write_lock_wait");
+        assert_eq!(
+            d.reason,
+            "slowed: a batch waited 120 ms for the write lock (another writer held it)"
+        );
+        // A wait within the scheduler's noise is no writer.
+        assert_eq!(
+            c.decide(&Signals {
+                write_lock_wait: ms(1),
+                ..Default::default()
+            })
+            .trend,
+            Trend::Up
+        );
+    }
+
+    #[test]
+    fn without_a_baseline_the_probe_is_not_judged() {
+        let mut c = Controller::new(Limits::POSTGRES, 1.5);
+        let d = c.decide(&probe(500)).clone();
+        assert_eq!(d.trend, Trend::Up);
+        assert_eq!(d.signal, "none");
+    }
+
+    #[test]
+    fn p90_of_a_window() {
+        let mut v: Vec<Duration> = (1..=10).map(ms).collect();
+        assert_eq!(p90(&mut v, 5), Some(ms(9)));
+        let mut few = vec![ms(3), ms(1)];
+        assert_eq!(p90(&mut few, 5), None);
+        assert_eq!(p90(&mut few, 1), Some(ms(3)));
+        assert_eq!(p90(&mut [], 0), None);
+    }
+}
