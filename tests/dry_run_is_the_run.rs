@@ -147,7 +147,7 @@ fn is_backup_bookkeeping(sql: &str) -> bool {
 
 /// Runs `plan` (a file in its folder) with `phased plan --format json`, then with `phased run`
 /// through a capturing proxy, and compares what PostgreSQL received with the recording.
-async fn assert_run_is_the_dry_run(db: &TestDb, plan: &std::path::Path) {
+pub(crate) async fn assert_run_is_the_dry_run(db: &TestDb, plan: &std::path::Path) {
     let plan = plan.display().to_string();
     let dry = common::phased_cmd()
         .args(["plan", &plan, "--format", "json", "--database", &db.url()])

@@ -6,6 +6,7 @@ mod backfill;
 mod backfill_pace;
 mod backup_hygiene;
 mod backups;
+mod catalog_ops;
 mod change_type;
 mod ci_recovery;
 mod cli;

@@ -99,7 +99,8 @@ fn migrations_step_checksums_are_unchanged() {
     assert_eq!(checksums("plans/migrations.yaml"), expected);
 }
 
-/// Every step kind with every field, schema-qualified names included.
+/// Every step kind with every field, schema-qualified names included (the catalog operations
+/// of issue 14 were pinned when they were added, as expand#11–18 and contract#7–8).
 #[test]
 fn every_step_kind_checksum_is_unchanged() {
     let expected = pinned(&[
@@ -144,6 +145,38 @@ fn every_step_kind_checksum_is_unchanged() {
             "1d843c2e53458de518092313bc8334820963b9e8af6788e13b8fcba13fb7ee12",
         ),
         (
+            "expand#11",
+            "7ddb91e926ca2827b706e64132a5189e0e48aae1ec509e9be998c8475fdd32f9",
+        ),
+        (
+            "expand#12",
+            "11444396e994d063cadf768c05a251d33aebef0e897630a81b268b3b326bffb2",
+        ),
+        (
+            "expand#13",
+            "1556a29df4f296540d421ce6ba07e7337ccae1da1c05b04ad0ea48ac30e3a9d2",
+        ),
+        (
+            "expand#14",
+            "6a689e17023882084fda2c16286a27c4054f6e98e69a8922ec6278b915636bdb",
+        ),
+        (
+            "expand#15",
+            "40e418f2df3737342497a8b29888f194cfc0f6f0bed39dce3e7574221ede00f4",
+        ),
+        (
+            "expand#16",
+            "6072252a80fccbc73ef1835835ffcb402062411351b0a015ab1d7edcd754e121",
+        ),
+        (
+            "expand#17",
+            "e7557bf77932f1cfd34ac6ac2db8d8f0ce08eff70700c0b65c5816501da416e6",
+        ),
+        (
+            "expand#18",
+            "2b658589bf7049856e96f4cf5c18e11c7eba1dec16881775217753b503ed1095",
+        ),
+        (
             "migrate#1",
             "51ee6a02bb47e637a371d67c0d2dbe6e6df0ccbcdbbff53b94653db07f57e042",
         ),
@@ -182,6 +215,14 @@ fn every_step_kind_checksum_is_unchanged() {
         (
             "contract#6",
             "bbd7f2a27b62d5ec07feaa571e287b92f3368d7db523a6a9b0d57abd5fff3e00",
+        ),
+        (
+            "contract#7",
+            "326ffdd70c32cb10d77b7e19e46956160e9d288bced8b362553238d47f191211",
+        ),
+        (
+            "contract#8",
+            "7aad9122be55f3208951c89b618b49424a03689afc739205652dfb9328baa5aa",
         ),
     ]);
     assert_eq!(checksums("tests/fixtures/every_step_kind.yaml"), expected);

@@ -10,7 +10,7 @@ use super::lock_policy::{self, blocked_by, Attempts};
 use super::records::{find_drift, key_of, load_records, millis, step_id, timeouts_for, Records};
 use super::{backfill, command, EngineError};
 use crate::db::{Database, DbError, LockMode, StepStatus};
-use crate::ops::{inverse_of, Inverse};
+use crate::ops::{inverse_of, put_back, Dialect, Inverse, Recorded, Remembered};
 use crate::plan::{LoadedPlan, PhaseKind, Step, StepRef};
 
 /// How far to roll back.
@@ -134,7 +134,15 @@ async fn rollback_locked<T: Database>(
         }
         let id = step_id(step, def);
         let key = key_of(plan, step);
-        let inverse = inverse_of(plan, def, status, target.dialect());
+        let inverse = match inverse_of(plan, def, status, target.dialect()) {
+            Inverse::Recorded(what) => {
+                let checkpoint = records
+                    .get(&(step.phase.clone(), step.index as i32))
+                    .and_then(|r| r.checkpoint.as_deref());
+                put_back_recorded(&what, checkpoint, status, target.dialect())
+            }
+            other => other,
+        };
         if let Inverse::Irreversible(reason) = &inverse {
             return Err(EngineError::Irreversible {
                 step: step.id(),
@@ -375,7 +383,9 @@ async fn rollback_locked<T: Database>(
                 }
                 target.set_step_status(&key, StepStatus::RolledBack).await?;
             }
-            Inverse::Irreversible(_) => unreachable!("handled above"),
+            Inverse::Irreversible(_) | Inverse::Recorded(_) => {
+                unreachable!("handled above")
+            }
         }
         // (Rolling back cleared its checkpoint in the same statement: a backfill done again
         // starts from the beginning; a flag records its previous value anew.)
@@ -391,4 +401,34 @@ async fn rollback_locked<T: Database>(
         elapsed_ms: millis(started.elapsed()),
     });
     Ok(undone)
+}
+
+/// The units that put back what a step recorded in its checkpoint before it ran. A step that
+/// recorded nothing and did not finish dropped nothing (the record comes first); a done step
+/// without a record ran before phased recorded definitions.
+fn put_back_recorded(
+    what: &Remembered,
+    checkpoint: Option<&str>,
+    status: StepStatus,
+    dialect: Dialect,
+) -> Inverse {
+    match Recorded::from_checkpoint(checkpoint) {
+        Some(recorded) => match put_back(what, &recorded, dialect) {
+            Ok(units) if units.is_empty() => Inverse::Nothing(format!(
+                "{} was not there when the step ran",
+                what.describe()
+            )),
+            Ok(units) => Inverse::Units(units),
+            Err(why) => Inverse::Irreversible(why),
+        },
+        None if status != StepStatus::Done => Inverse::Nothing(format!(
+            "it recorded nothing, so it changed nothing of {}",
+            what.describe()
+        )),
+        None => Inverse::Irreversible(format!(
+            "{} was not recorded in the step's state (the step ran before phased recorded \
+             what it drops); only a backup brings it back (`phased restore`)",
+            what.describe()
+        )),
+    }
 }

@@ -1,13 +1,18 @@
 //! `drop_index`: PostgreSQL drops it `CONCURRENTLY` (no ACCESS EXCLUSIVE on the table), outside a
-//! transaction; SQLite in a transaction.
+//! transaction; SQLite in a transaction. The index's definition (`pg_get_indexdef`; SQLite: its
+//! SQL in `sqlite_schema`) is recorded in the step's state first — on PostgreSQL in a write of
+//! its own just before the drop (a `CONCURRENTLY` drop cannot share a transaction), on SQLite
+//! in the drop's transaction — so rollback builds it again (`CONCURRENTLY` on PostgreSQL).
 //!
-//! Resumes: `IF EXISTS`, so a retry after a crash finishes the drop or finds nothing to do.
+//! Resumes: `IF EXISTS`, so a retry after a crash finishes the drop or finds nothing to do; a
+//! retry that finds the index gone keeps the definition recorded by the attempt that dropped it.
 
 use serde::{Deserialize, Serialize};
 
 use super::create_index::{drop_index_units, qualified_index};
 use super::name::TableName;
-use super::{lost, Dialect, Inverse, InverseContext, Operation, RenderError, Unit};
+use super::unit::Remembered;
+use super::{Dialect, Inverse, InverseContext, Operation, RenderError, Unit};
 use crate::plan::{PhaseKind, PlanDuration};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -25,6 +30,16 @@ pub struct DropIndex {
     /// when absent; not serialized when absent, so existing checksums stay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_wait_timeout: Option<PlanDuration>,
+}
+
+impl DropIndex {
+    /// The index as the target finds it: in its table's schema on PostgreSQL.
+    fn index(&self, dialect: Dialect) -> TableName {
+        match dialect {
+            Dialect::Postgres => qualified_index(&self.name, self.table.as_ref()),
+            Dialect::Sqlite => self.name.clone(),
+        }
+    }
 }
 
 impl Operation for DropIndex {
@@ -59,18 +74,23 @@ impl Operation for DropIndex {
     }
 
     fn units(&self, dialect: Dialect) -> Result<Vec<Unit>, RenderError> {
-        let index = match dialect {
-            Dialect::Postgres => qualified_index(&self.name, self.table.as_ref()),
-            Dialect::Sqlite => self.name.clone(),
-        };
-        Ok(drop_index_units(&index, dialect))
+        let index = self.index(dialect);
+        Ok(drop_index_units(&index, dialect)
+            .into_iter()
+            .map(|drop| Unit::Remember {
+                what: Remembered::Index {
+                    name: index.to_string(),
+                },
+                then: Box::new(drop),
+            })
+            .collect())
     }
 
-    fn inverse(&self, _ctx: &InverseContext<'_>, _done: bool, _dialect: Dialect) -> Inverse {
-        lost(
-            self.kind(),
-            "dropped an index whose definition the plan does not hold",
-        )
+    /// The definition recorded before the drop, built again (`CONCURRENTLY` on PostgreSQL).
+    fn inverse(&self, _ctx: &InverseContext<'_>, _done: bool, dialect: Dialect) -> Inverse {
+        Inverse::Recorded(Remembered::Index {
+            name: self.index(dialect).to_string(),
+        })
     }
 }
 
@@ -84,16 +104,30 @@ mod tests {
         let step = parse_step("drop_index: { name: idx, table: app.accounts }");
         assert_eq!(
             step.op().units(Dialect::Postgres).ok(),
-            Some(vec![Unit::Standalone(
-                "DROP INDEX CONCURRENTLY IF EXISTS \"app\".\"idx\"".into()
-            )])
+            Some(vec![Unit::Remember {
+                what: Remembered::Index {
+                    name: "app.idx".into()
+                },
+                then: Box::new(Unit::Standalone(
+                    "DROP INDEX CONCURRENTLY IF EXISTS \"app\".\"idx\"".into()
+                ))
+            }])
         );
         let plain = parse_step("drop_index: { name: idx }");
         assert_eq!(
             plain.op().units(Dialect::Sqlite).ok(),
-            Some(vec![Unit::Transaction(vec![
-                "DROP INDEX IF EXISTS \"idx\"".into()
-            ])])
+            Some(vec![Unit::Remember {
+                what: Remembered::Index { name: "idx".into() },
+                then: Box::new(Unit::Transaction(vec![
+                    "DROP INDEX IF EXISTS \"idx\"".into()
+                ]))
+            }])
+        );
+        assert_eq!(
+            plain
+                .op()
+                .inverse(&InverseContext::default(), true, Dialect::Sqlite),
+            Inverse::Recorded(Remembered::Index { name: "idx".into() })
         );
     }
 }

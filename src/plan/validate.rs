@@ -361,6 +361,52 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
                 ),
             );
         }
+        Step::AddUnique(u) if u.columns.is_empty() => {
+            findings.push(Finding::error(
+                at,
+                format!("unique constraint `{}` has no columns", u.name),
+            ));
+        }
+        Step::SetDefault(d) => empty(findings, "default", &d.default),
+        Step::CreateEnum(e) => {
+            if e.values.is_empty() {
+                findings.push(Finding::error(
+                    at,
+                    format!("enum `{}` has no values", e.name),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for value in &e.values {
+                empty(findings, "enum value", value);
+                if !seen.insert(value.as_str()) {
+                    findings.push(Finding::error(
+                        at,
+                        format!("enum `{}` lists value `{value}` twice", e.name),
+                    ));
+                }
+            }
+        }
+        Step::AddEnumValue(v) => {
+            empty(findings, "value", &v.value);
+            if v.before.is_some() && v.after.is_some() {
+                findings.push(
+                    Finding::error(at, "`add_enum_value` takes `before` or `after`, not both")
+                        .with_help("PostgreSQL places a new value before one value or after one"),
+                );
+            }
+        }
+        Step::RenameIndex(r) if r.from == r.to => {
+            findings.push(Finding::error(
+                at,
+                format!("`rename_index` renames `{}` to itself", r.from),
+            ));
+        }
+        Step::RenameConstraint(r) if r.from == r.to => {
+            findings.push(Finding::error(
+                at,
+                format!("`rename_constraint` renames `{}` to itself", r.from),
+            ));
+        }
         Step::RenameTable(r) if r.to.schema().is_some() && r.to.schema() != r.from.schema() => {
             findings.push(
                 Finding::error(

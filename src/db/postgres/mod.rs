@@ -10,6 +10,7 @@ mod facts;
 mod index_build;
 mod lease;
 mod probe;
+mod remember;
 mod snapshot;
 mod state;
 pub mod tls;
@@ -341,6 +342,20 @@ impl PgTarget {
         done: Option<(&StepKey, StepStatus)>,
         fence: Option<(String, i64)>,
     ) -> Result<(), DbError> {
+        self.run_transaction_remembering(statements, timeouts, done, fence, None)
+            .await
+    }
+
+    /// [`Self::run_transaction`], first recording what the statements change in the step's
+    /// checkpoint when `remember` says so (`Unit::Remember`), in the same transaction.
+    async fn run_transaction_remembering(
+        &mut self,
+        statements: &[String],
+        timeouts: Timeouts,
+        done: Option<(&StepKey, StepStatus)>,
+        fence: Option<(String, i64)>,
+        remember: Option<(&StepKey, &crate::ops::Remembered)>,
+    ) -> Result<(), DbError> {
         if let Some(why) = self.lost_reason() {
             return Err(DbError::LeaseLost(why));
         }
@@ -350,6 +365,9 @@ impl PgTarget {
                 lease::check_fence(work.client()?, fence.as_ref()).await?;
             }
             work.batch_execute(&set_local(timeouts)).await?;
+            if let Some((key, what)) = remember {
+                remember::record(work, key, what).await?;
+            }
             for sql in statements {
                 work.batch_execute(sql).await?;
             }
@@ -373,7 +391,10 @@ impl PgTarget {
     ) -> Result<(), DbError> {
         let last_tx = units
             .iter()
-            .rposition(|u| matches!(u, Unit::Transaction(_) | Unit::DropColumn { .. }))
+            .rposition(|u| match u {
+                Unit::Remember { then, .. } => matches!(**then, Unit::Transaction(_)),
+                other => matches!(other, Unit::Transaction(_) | Unit::DropColumn { .. }),
+            })
             .filter(|&i| i + 1 == units.len());
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some((key, status));
@@ -406,11 +427,40 @@ impl PgTarget {
                     self.concurrent_index(key, name, create, timeouts, progress)
                         .await?
                 }
-                Unit::RebuildTable { .. } => {
-                    return Err(DbError::Unexpected(
-                        "the copy-table recipe is for SQLite only".to_string(),
-                    ))
+                Unit::RebuildTable { .. } | Unit::RenameIndex { .. } => {
+                    return Err(DbError::Unexpected(format!(
+                        "SQLite only: {}",
+                        unit.sql_text()
+                    )))
                 }
+                Unit::Remember { what, then } => match &**then {
+                    // Recorded in the change's own transaction: both commit, or neither.
+                    Unit::Transaction(stmts) => {
+                        let fence = self.fence(&key.plan);
+                        self.run_transaction_remembering(
+                            stmts,
+                            timeouts,
+                            done,
+                            fence,
+                            Some((key, what)),
+                        )
+                        .await?
+                    }
+                    // A `CONCURRENTLY` drop cannot share a transaction: recorded first (a
+                    // rerun after the drop finds nothing and keeps this record).
+                    Unit::Standalone(sql) => {
+                        self.check_fence_now(&key.plan).await?;
+                        remember::record(&self.work, key, what).await?;
+                        self.run_standalone(sql, timeouts, Some(key), progress)
+                            .await?
+                    }
+                    other => {
+                        return Err(DbError::Unexpected(format!(
+                            "cannot record before {}",
+                            other.sql_text()
+                        )))
+                    }
+                },
             }
         }
         if last_tx.is_none() {

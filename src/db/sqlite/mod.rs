@@ -6,6 +6,7 @@ pub mod backup;
 mod facts;
 mod lease;
 mod rebuild;
+mod remember;
 mod snapshot;
 mod state;
 mod table_definition;
@@ -223,11 +224,26 @@ impl SqliteTarget {
         done: Option<(&StepKey, StepStatus)>,
         fence: Option<(String, i64)>,
     ) -> Result<(), DbError> {
+        self.run_transaction_remembering(statements, done, fence, None)
+    }
+
+    /// [`Self::run_transaction`], first recording what the statements change in the step's
+    /// checkpoint when `remember` says so (`Unit::Remember`), in the same transaction.
+    fn run_transaction_remembering(
+        &mut self,
+        statements: &[String],
+        done: Option<(&StepKey, StepStatus)>,
+        fence: Option<(String, i64)>,
+        remember: Option<(&StepKey, &crate::ops::Remembered)>,
+    ) -> Result<(), DbError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sql_error(e, "BEGIN IMMEDIATE"))?;
         lease::check_fence(&tx, fence.as_ref())?;
+        if let Some((key, what)) = remember {
+            remember::record(&tx, key, what)?;
+        }
         for sql in statements {
             tx.execute_batch(sql).map_err(|e| sql_error(e, sql))?;
         }
@@ -250,14 +266,39 @@ impl SqliteTarget {
         let last_tx = units
             .iter()
             .rposition(|u| {
+                let u = match u {
+                    Unit::Remember { then, .. } => then,
+                    other => other,
+                };
                 matches!(
                     u,
-                    Unit::Transaction(_) | Unit::RebuildTable { .. } | Unit::DropColumn { .. }
+                    Unit::Transaction(_)
+                        | Unit::RebuildTable { .. }
+                        | Unit::DropColumn { .. }
+                        | Unit::RenameIndex { .. }
                 )
             })
             .filter(|&i| i + 1 == units.len());
         for (i, unit) in units.iter().enumerate() {
             let done = (Some(i) == last_tx).then_some((key, status));
+            let unit = match unit {
+                // Recorded in the change's own transaction when it is one; before a rebuild
+                // otherwise (the rebuild reads the table's SQL afresh, and a rerun after it
+                // committed finds the constraint gone and keeps this record).
+                Unit::Remember { what, then } => match &**then {
+                    Unit::Transaction(stmts) => {
+                        let fence = self.fence(&key.plan);
+                        self.run_transaction_remembering(stmts, done, fence, Some((key, what)))?;
+                        continue;
+                    }
+                    other => {
+                        lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
+                        remember::record(&self.conn, key, what)?;
+                        other
+                    }
+                },
+                other => other,
+            };
             match unit {
                 Unit::Transaction(stmts) => {
                     let fence = self.fence(&key.plan);
@@ -269,6 +310,11 @@ impl SqliteTarget {
                     drop,
                 } => {
                     let stmts = rebuild::drop_column_statements(&self.conn, table, column, drop)?;
+                    let fence = self.fence(&key.plan);
+                    self.run_transaction(&stmts, done, fence)?
+                }
+                Unit::RenameIndex { from, to } => {
+                    let stmts = rebuild::rename_index_statements(&self.conn, from, to)?;
                     let fence = self.fence(&key.plan);
                     self.run_transaction(&stmts, done, fence)?
                 }
@@ -298,6 +344,12 @@ impl SqliteTarget {
                     if let Some((k, st)) = done.filter(|(_, st)| *st != StepStatus::Done) {
                         self.fenced(&k.plan, |conn| state::mark(conn, k, st))?;
                     }
+                }
+                Unit::Remember { then, .. } => {
+                    return Err(DbError::Unexpected(format!(
+                        "cannot record before {}",
+                        then.sql_text()
+                    )))
                 }
             }
         }

@@ -11,7 +11,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::table_definition::{drop_not_null, TableDefinition};
+use super::table_definition::{drop_default, drop_not_null, TableDefinition};
 use super::{sql_error, state};
 use crate::db::{DbError, StepKey};
 use crate::ops::name::{base_name, ident};
@@ -141,6 +141,83 @@ fn rebuild_in_transaction(
                 return finish_unchanged(tx, done);
             }
         }
+        TableChange::SetDefault { column, default } => {
+            let current =
+                "SELECT dflt_value FROM pragma_table_info(?1) WHERE name = ?2 COLLATE NOCASE";
+            let now: Option<String> = tx
+                .query_row(current, [&name, column], |r| r.get(0))
+                .optional()
+                .map_err(|e| sql_error(e, current))?
+                .ok_or_else(|| {
+                    DbError::Unexpected(format!("table `{name}` has no column `{column}`"))
+                })?;
+            if &now == default {
+                return finish_unchanged(tx, done);
+            }
+            let item = definition.column_mut(column).ok_or_else(|| {
+                DbError::Unexpected(format!("table `{name}` has no column `{column}`"))
+            })?;
+            drop_default(item);
+            if let Some(default) = default {
+                item.push_str(&format!(" DEFAULT {default}"));
+            }
+        }
+        TableChange::AddUnique {
+            name: unique,
+            columns,
+        } => {
+            if definition.constraint(unique).is_some() {
+                return finish_unchanged(tx, done);
+            }
+            let listed = columns
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let not_null = columns
+                .iter()
+                .map(|c| format!("{} IS NOT NULL", ident(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let sql = format!(
+                "SELECT {listed} FROM {quoted} WHERE {not_null} GROUP BY {listed} HAVING count(*) > 1 LIMIT {}",
+                SHOWN + 1
+            );
+            let repeated = rows_as_keys(&tx, &sql, columns, [])?;
+            if !repeated.is_empty() {
+                return Err(violation(
+                    &name,
+                    &format!(
+                        "the new UNIQUE constraint `{unique}` ({}): these keys repeat",
+                        columns.join(", ")
+                    ),
+                    columns,
+                    &repeated,
+                ));
+            }
+            definition
+                .items
+                .push(format!("CONSTRAINT {} UNIQUE ({listed})", ident(unique)));
+        }
+        TableChange::RestoreConstraint {
+            name: constraint,
+            clause,
+        } => {
+            if definition.constraint(constraint).is_some() {
+                return finish_unchanged(tx, done);
+            }
+            definition.items.push(clause.clone());
+        }
+        TableChange::RenameConstraint { from, to } => {
+            if !definition.rename_constraint(from, to) {
+                if definition.constraint(to).is_some() {
+                    return finish_unchanged(tx, done);
+                }
+                return Err(DbError::Unexpected(format!(
+                    "table `{name}` has no constraint `{from}` to rename"
+                )));
+            }
+        }
     }
 
     // What DROP TABLE takes with it and must be recreated: indexes and triggers (automatic
@@ -252,6 +329,65 @@ pub fn drop_column_statements(
     }
     statements.push(drop.to_string());
     Ok(statements)
+}
+
+/// The statements that rename index `from` to `to`, which SQLite cannot do in place: its
+/// stored `CREATE [UNIQUE] INDEX from ON …` under the new name, then `DROP INDEX from`. None
+/// when `from` is gone and `to` is there (a rename that committed).
+pub fn rename_index_statements(
+    conn: &Connection,
+    from: &str,
+    to: &str,
+) -> Result<Vec<String>, DbError> {
+    let sql = "SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = ?1 COLLATE NOCASE";
+    let stored = |name: &str| -> Result<Option<Option<String>>, DbError> {
+        conn.query_row(sql, [base_name(name)], |r| r.get(0))
+            .optional()
+            .map_err(|e| sql_error(e, sql))
+    };
+    let create = match stored(from)? {
+        Some(Some(create)) => create,
+        Some(None) => {
+            return Err(DbError::Unexpected(format!(
+                "index `{from}` belongs to a UNIQUE or PRIMARY KEY constraint (it has no SQL of its own): rename the constraint instead"
+            )))
+        }
+        None if stored(to)?.is_some() => return Ok(Vec::new()),
+        None => {
+            return Err(DbError::Unexpected(format!(
+                "there is no index `{from}` to rename"
+            )))
+        }
+    };
+    // `CREATE [UNIQUE] INDEX [IF NOT EXISTS] <name> ON …`: the name's place.
+    let mut rest = create.as_str();
+    let mut at = 0;
+    for word in ["CREATE", "UNIQUE", "INDEX", "IF", "NOT", "EXISTS"] {
+        let trimmed = rest.trim_start();
+        let skipped = rest.len() - trimmed.len();
+        let matches = trimmed
+            .get(..word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+            && trimmed[word.len()..].starts_with(char::is_whitespace);
+        if matches {
+            at += skipped + word.len();
+            rest = &trimmed[word.len()..];
+        }
+    }
+    let trimmed = rest.trim_start();
+    at += rest.len() - trimmed.len();
+    let len = super::table_definition::name_len(trimmed).ok_or_else(|| {
+        DbError::Unexpected(format!(
+            "cannot read the name in the SQL of index `{from}`: {create}"
+        ))
+    })?;
+    let renamed = format!(
+        "{}{}{}",
+        &create[..at],
+        super::table_definition::written_like(trimmed, to),
+        &create[at + len..]
+    );
+    Ok(vec![format!("DROP INDEX {}", ident(from)), renamed])
 }
 
 /// A string literal for SQLite.

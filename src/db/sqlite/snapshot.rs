@@ -32,6 +32,13 @@ pub fn snapshot(conn: &Connection) -> Result<Vec<String>, DbError> {
             continue;
         }
         lines.push(format!("table {name}"));
+        // Table constraints (CHECK, UNIQUE, FOREIGN KEY, PRIMARY KEY clauses), which
+        // pragma_table_info does not show.
+        if let Ok(definition) = super::table_definition::TableDefinition::parse(&name, &sql) {
+            for constraint in definition.table_constraints() {
+                lines.push(format!("constraint {name}: {}", normalise(constraint)));
+            }
+        }
         let columns_sql = "SELECT name, type, \"notnull\", coalesce(dflt_value, ''), pk FROM pragma_table_info(?1)";
         let mut stmt = conn
             .prepare(columns_sql)

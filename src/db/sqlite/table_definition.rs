@@ -153,18 +153,186 @@ impl TableDefinition {
     /// Removes the table constraint `CONSTRAINT <name> …`; false when there is none.
     pub fn remove_constraint(&mut self, name: &str) -> bool {
         let before = self.items.len();
-        self.items.retain(|item| {
-            let item = skip_comments(item);
-            let named = item
-                .get(..10)
-                .filter(|k| k.eq_ignore_ascii_case("CONSTRAINT"))
-                .and_then(|_| item.get(10..))
-                .filter(|rest| rest.starts_with(char::is_whitespace))
-                .and_then(|rest| read_name(rest.trim_start()));
-            !named.is_some_and(|n| n.eq_ignore_ascii_case(name))
-        });
+        self.items
+            .retain(|item| !constraint_name(item).is_some_and(|n| n.eq_ignore_ascii_case(name)));
         self.items.len() != before
     }
+
+    /// The table constraints (items that are not columns), as written.
+    pub fn table_constraints(&self) -> Vec<&str> {
+        self.items
+            .iter()
+            .filter(|item| first_name(item).is_none())
+            .map(|item| skip_comments(item))
+            .collect()
+    }
+
+    /// The table constraint `CONSTRAINT <name> …` as written (leading comments left out).
+    pub fn constraint(&self, name: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .find(|item| constraint_name(item).is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .map(|item| skip_comments(item))
+    }
+
+    /// Renames the table constraint `from` to `to` (quoted); false when there is none.
+    pub fn rename_constraint(&mut self, from: &str, to: &str) -> bool {
+        for item in self.items.iter_mut() {
+            if !constraint_name(item).is_some_and(|n| n.eq_ignore_ascii_case(from)) {
+                continue;
+            }
+            let body = skip_comments(item);
+            let rest = body[10..].trim_start();
+            let Some(end) = name_len(rest) else {
+                return false;
+            };
+            let tail = rest[end..].to_string();
+            *item = format!("CONSTRAINT {}{tail}", written_like(rest, to));
+            return true;
+        }
+        false
+    }
+}
+
+/// The name of a table constraint item `CONSTRAINT <name> …`; None for anything else.
+fn constraint_name(item: &str) -> Option<String> {
+    let item = skip_comments(item);
+    item.get(..10)
+        .filter(|k| k.eq_ignore_ascii_case("CONSTRAINT"))
+        .and_then(|_| item.get(10..))
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .and_then(|rest| read_name(rest.trim_start()))
+}
+
+/// `name` written the way the name `old` starts with was: bare stays bare when `name` can be
+/// (so a rename and its rename back leave the stored SQL as it was), quoted otherwise.
+pub fn written_like(old: &str, name: &str) -> String {
+    let bare = !old.starts_with(['"', '`', '['])
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if bare {
+        name.to_string()
+    } else {
+        crate::ops::name::quote(name)
+    }
+}
+
+/// The byte length of the name `text` starts with, as [`read_name`] reads it.
+pub fn name_len(text: &str) -> Option<usize> {
+    let first = text.chars().next()?;
+    if let '"' | '`' | '[' = first {
+        let close = if first == '[' { ']' } else { first };
+        let bytes: Vec<(usize, char)> = text.char_indices().skip(1).collect();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i].1 == close {
+                if close != ']' && bytes.get(i + 1).map(|&(_, c)| c) == Some(close) {
+                    i += 2;
+                    continue;
+                }
+                return Some(bytes[i].0 + close.len_utf8());
+            }
+            i += 1;
+        }
+        return None;
+    }
+    Some(
+        text.find(|c: char| c.is_whitespace() || c == '(')
+            .unwrap_or(text.len()),
+    )
+}
+
+/// Removes the `DEFAULT …` clause from a column definition (outside quotes, comments and
+/// parentheses); false when it had none. The value is a parenthesised expression, a quoted
+/// literal (`'…'`, `X'…'`), a signed number or a single word (`CURRENT_TIMESTAMP`, `NULL`).
+pub fn drop_default(column: &mut String) -> bool {
+    let mut at = None;
+    let mut prev_is_word = false;
+    scan(column, |i, c, depth| {
+        let word = c.is_ascii_alphanumeric() || c == '_';
+        if depth == 0
+            && !prev_is_word
+            && column
+                .get(i..i + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case("DEFAULT"))
+            && !column[i + 7..]
+                .chars()
+                .next()
+                .is_some_and(|n| n.is_ascii_alphanumeric() || n == '_')
+        {
+            at = Some(i);
+            return false;
+        }
+        prev_is_word = word;
+        true
+    });
+    let Some(start) = at else {
+        return false;
+    };
+    let value = column[start + 7..].trim_start();
+    let value_at = column.len() - value.len();
+    let mut chars = value.char_indices().peekable();
+    let end = match chars.peek().map(|&(_, c)| c) {
+        Some('(') => {
+            let mut depth = 0usize;
+            let mut end = value.len();
+            let mut quote: Option<char> = None;
+            for (i, c) in value.char_indices() {
+                match (quote, c) {
+                    (Some(q), c) if c == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, '\'' | '"') => quote = Some(c),
+                    (None, '(') => depth += 1,
+                    (None, ')') => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            end
+        }
+        Some(first) => {
+            let literal_start = match first {
+                '\'' => Some(0),
+                'x' | 'X' if value[1..].starts_with('\'') => Some(1),
+                _ => None,
+            };
+            match literal_start {
+                Some(open) => {
+                    let body: Vec<(usize, char)> = value.char_indices().skip(open + 1).collect();
+                    let mut i = 0;
+                    let mut end = value.len();
+                    while i < body.len() {
+                        if body[i].1 == '\'' {
+                            if body.get(i + 1).map(|&(_, c)| c) == Some('\'') {
+                                i += 2;
+                                continue;
+                            }
+                            end = body[i].0 + 1;
+                            break;
+                        }
+                        i += 1;
+                    }
+                    end
+                }
+                None => {
+                    let signed = usize::from(matches!(first, '+' | '-'));
+                    value[signed..]
+                        .find(|c: char| c.is_whitespace() || c == ',' || c == ')')
+                        .map(|e| e + signed)
+                        .unwrap_or(value.len())
+                }
+            }
+        }
+        None => 0,
+    };
+    let cut_from = column[..start].trim_end().len();
+    column.replace_range(cut_from..value_at + end, "");
+    true
 }
 
 /// Removes every `NOT NULL` (with an `ON CONFLICT <action>` after it) from a column definition,
@@ -376,5 +544,55 @@ mod tests {
         let mut column = "c integer not null on conflict replace unique".to_string();
         assert!(drop_not_null(&mut column));
         assert_eq!(column, "c integer unique");
+    }
+
+    #[test]
+    fn drops_every_form_of_default() {
+        for (written, left) in [
+            ("status text DEFAULT 'old' NOT NULL", "status text NOT NULL"),
+            (
+                "s text default 'it''s, (x)' check (s <> '')",
+                "s text check (s <> '')",
+            ),
+            ("n integer DEFAULT -1", "n integer"),
+            (
+                "n integer DEFAULT (abs(-1) + 2) NOT NULL",
+                "n integer NOT NULL",
+            ),
+            ("t text DEFAULT CURRENT_TIMESTAMP", "t text"),
+            ("b blob DEFAULT x'00ff' UNIQUE", "b blob UNIQUE"),
+            ("\"default\" text DEFAULT NULL", "\"default\" text"),
+        ] {
+            let mut column = written.to_string();
+            assert!(drop_default(&mut column), "{written}");
+            assert_eq!(column, left, "{written}");
+        }
+        let mut plain = "c text NOT NULL".to_string();
+        assert!(!drop_default(&mut plain));
+        let mut named = "defaults text".to_string();
+        assert!(!drop_default(&mut named));
+    }
+
+    #[test]
+    fn finds_renames_and_lists_constraints() {
+        let sql = "CREATE TABLE t (id INTEGER PRIMARY KEY, q INTEGER, \
+                   CONSTRAINT q_pos CHECK (q > 0), CONSTRAINT \"q u\" UNIQUE (q))";
+        let mut def = TableDefinition::parse("t", sql).expect("parses");
+        assert_eq!(
+            def.constraint("Q_POS"),
+            Some("CONSTRAINT q_pos CHECK (q > 0)")
+        );
+        assert_eq!(def.table_constraints().len(), 2);
+        assert!(def.rename_constraint("q_pos", "q_positive"));
+        assert_eq!(
+            def.constraint("q_positive"),
+            Some("CONSTRAINT q_positive CHECK (q > 0)")
+        );
+        assert!(def.rename_constraint("q u", "q_unique"));
+        assert_eq!(
+            def.constraint("q_unique"),
+            Some("CONSTRAINT \"q_unique\" UNIQUE (q)")
+        );
+        assert!(!def.rename_constraint("absent", "x"));
     }
 }
