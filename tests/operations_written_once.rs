@@ -445,3 +445,28 @@ fn an_operation_before_the_rename_of_its_table_is_refused() {
     assert!(err.contains("p.yaml:3:5"), "{err}");
     assert!(err.contains("write the `rename_table` first"), "{err}");
 }
+
+/// What the catalog says SQLite cannot do is said before anything runs: here a rename of a NOT
+/// NULL column without a default (SQLite checks NOT NULL before its AFTER triggers could fill
+/// it), after a step that would otherwise have run first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refusals_come_before_anything_runs() {
+    let db = TestDb::sqlite();
+    db.execute("CREATE TABLE users (id integer PRIMARY KEY, email text NOT NULL)")
+        .await;
+    let loaded = plan(
+        r#"
+plan: refused
+changes:
+  - create_table: { name: other, columns: [ { name: id, type: integer, primary_key: true } ] }
+  - rename_column: { table: users, from: email, to: email_address }
+"#,
+    );
+    let err = match crate::common::run(&db, &loaded, Default::default()).await {
+        Ok(_) => panic!("the run went ahead"),
+        Err((e, _)) => e.to_string(),
+    };
+    assert!(err.contains("expand#2"), "{err}");
+    assert!(err.contains("nothing was run"), "{err}");
+    assert!(!db.has_table("other").await, "the first step did not run");
+}

@@ -219,6 +219,40 @@ async fn run_locked<T: Database>(
         )));
     }
 
+    // An operation that the catalog says cannot run here (SQLite refuses a rename of a NOT NULL
+    // column without a default, a change of a column in a constraint, a view over a table
+    // without a primary key) is said before anything runs too: the first pending step on
+    // each existing table is rendered from the catalog as it is now. Later steps on a table
+    // are left to their own turn (an earlier step may change what they find).
+    if dry.is_none() {
+        let mut touched: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (s, d) in steps
+            .iter()
+            .filter(|(s, _)| range.contains(&s.phase_index) && !is_done(&records, s))
+        {
+            let op = d.op();
+            if let Some(table) = op.facts_of() {
+                let scheduled = plan.scheduled_at(s.phase_index, s.index).is_some();
+                if !scheduled && !touched.contains(table.as_str()) {
+                    let facts = target.table_facts(table.as_str()).await?;
+                    if facts.exists {
+                        if let Err(why) = op.units_with(target.dialect(), &facts) {
+                            return Err(EngineError::Usage(format!(
+                                "step {} `{}` cannot run on {}: {why}; nothing was run",
+                                s.id(),
+                                d.label(),
+                                target.dialect().as_str()
+                            )));
+                        }
+                    }
+                }
+            }
+            if let Some(table) = op.table().or(op.facts_of()) {
+                touched.insert(table.as_str().to_string());
+            }
+        }
+    }
+
     // A phase preceded by a backup: check the tools and the folder before anything runs.
     if let Some(phase_index) = range.clone().filter(|_| dry.is_none()).find(|&i| {
         backup::wanted_before(plan, &plan.phases.value[i].value)
