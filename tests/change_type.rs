@@ -5,9 +5,7 @@
 //! before contract keeps every row either application wrote; a kill -9 mid-backfill on 200k
 //! rows resumes to every row right.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use phased::engine::events::Recorder;
@@ -406,28 +404,9 @@ async fn kill_9_mid_backfill_resumes_on_postgres() {
     // The state tables, so the test can watch them from the first batch on.
     let mut target = db.target("widen").await;
     phased::with_target!(&mut target, t => t.ensure_state().await).expect("state tables");
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("phased"))
-        .arg("run")
-        .arg(&plan)
-        .args(["--database", &db.url()])
-        .args(["--throttle-file", &throttle.display().to_string()])
-        .env_remove("DATABASE_URL")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start phased run");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let pipe = child.stderr.take().expect("stderr");
-    let sink = Arc::clone(&stderr);
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if let Ok(mut text) = sink.lock() {
-                text.push_str(&line);
-                text.push('\n');
-            }
-        }
-    });
+    let throttle_arg = throttle.display().to_string();
+    let (mut child, stderr) =
+        crate::common::spawn_run(&plan, &db.url(), &["--throttle-file", &throttle_arg]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while db
         .scalar("SELECT count(*) FROM phased.steps WHERE rows_done > 0")

@@ -3,8 +3,7 @@
 //! rerun resumes and ends where an uninterrupted run would. Waits are on conditions seen in the
 //! database or on the process's output, never on sleeps.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,28 +18,7 @@ struct Running {
 }
 
 fn start(plan: &std::path::Path, db: &TestDb, extra: &[&str]) -> Running {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("phased"))
-        .arg("run")
-        .arg(plan)
-        .args(["--database", &db.url()])
-        .args(extra)
-        .env_remove("DATABASE_URL")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start phased run");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let pipe = child.stderr.take().expect("stderr");
-    let sink = Arc::clone(&stderr);
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if let Ok(mut text) = sink.lock() {
-                text.push_str(&line);
-                text.push('\n');
-            }
-        }
-    });
+    let (child, stderr) = crate::common::spawn_run(plan, &db.url(), extra);
     Running { child, stderr }
 }
 

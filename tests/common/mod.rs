@@ -424,3 +424,39 @@ pub fn real_tool(name: &str) -> String {
     assert!(!path.is_empty(), "{name} must be installed for these tests");
     path
 }
+
+/// Starts `phased run PLAN --database URL EXTRA…` as a process of its own, its stderr gathered
+/// line by line (for waits on what it printed): the child and what it printed so far.
+pub fn spawn_run(
+    plan: &Path,
+    url: &str,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("phased"))
+        .arg("run")
+        .arg(plan)
+        .args(["--database", url])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start phased run");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let pipe = child.stderr.take().expect("stderr");
+    let sink = std::sync::Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Ok(mut text) = sink.lock() {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+    });
+    (child, stderr)
+}
