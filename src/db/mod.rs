@@ -357,13 +357,15 @@ pub trait Catalog {
     /// (always None on SQLite).
     async fn replica_lag(&mut self) -> Result<Option<Duration>, DbError>;
 
-    /// Starts watching the workload's health on `table` from a second session, for a backfill
-    /// walking it by `key_columns` under `throttle: auto` (PostgreSQL: a probe query's latency
-    /// and the lock waits around the step connection; see [`probe`]). None where there is no
+    /// Starts watching the workload's health on `table` from a second session, for `plan`'s
+    /// backfill walking it by `key_columns` under `throttle: auto` (PostgreSQL: a probe read's
+    /// and a probe commit's latency, other sessions' activity and the lock waits around the
+    /// step connection; see [`probe`]). None where there is no
     /// second session to watch from: SQLite, whose batches report their own lock waits, and a
     /// dry run.
     async fn start_probe(
         &mut self,
+        plan: &str,
         table: &str,
         key_columns: &[String],
     ) -> Result<Option<probe::Probe>, DbError>;

@@ -1,7 +1,9 @@
-//! What a backfill under `throttle: auto` sees of the workload while it runs: a cheap probe
-//! query on the backfilled table, timed from a second session a few dozen times a second, and
-//! the lock waits between the step connection and other sessions. The probe runs in a task of
-//! its own (`postgres::probe`); the engine takes what it gathered at each look.
+//! What a backfill under `throttle: auto` sees of the workload while it runs, from a second
+//! session a few dozen times a second: the latency of a cheap read on the backfilled table, the
+//! latency of a tiny committed write (what every application commit waits for: the flush of
+//! the WAL written before it, the backfill's included), whether any other session is at work,
+//! and the lock waits between the step connection and other sessions. The probe runs in a
+//! task of its own (`postgres::probe`); the engine takes what it gathered at each look.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +16,12 @@ pub const BASELINE_SAMPLES: usize = 20;
 pub struct ProbeWindow {
     /// Each probe query's latency, in the order run.
     pub latencies: Vec<Duration>,
+    /// Each probe commit's latency (a one-row write in phased's own state, committed).
+    pub commit_latencies: Vec<Duration>,
+    /// How many times other sessions' activity was read …
+    pub activity_reads: u32,
+    /// … and the most sessions (not phased's) seen at work or busy within the last second.
+    pub others_active: u32,
     /// The most sessions seen waiting on locks the step connection held.
     pub blocked_sessions: u32,
     /// The most sessions seen holding locks the step connection waited on.

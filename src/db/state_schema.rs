@@ -67,6 +67,13 @@ pub const POSTGRES: &[&[&str]] = &[
     // 5: the lease's generation, bumped by every runner that takes a plan's lease and checked
     // in the transaction of each unit of work, so a runner that lost its lease commits nothing.
     &["CREATE TABLE IF NOT EXISTS phased.leases (plan text PRIMARY KEY, generation bigint NOT NULL)"],
+    // 6: one row per plan that a backfill's probe updates and commits under `throttle: auto`,
+    // timing what every application commit waits for (the WAL flush; see `postgres::probe`).
+    &["CREATE TABLE IF NOT EXISTS phased.pace_probe (
+            plan text PRIMARY KEY,
+            beats bigint NOT NULL DEFAULT 0,
+            at timestamptz
+        )"],
 ];
 
 /// SQLite: tables prefixed `phased_`.

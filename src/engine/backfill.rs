@@ -232,8 +232,11 @@ impl Walk<'_> {
         while probe.samples() < BASELINE_SAMPLES && !probe.stopped() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let mut latencies = probe.take().latencies;
-        controller.set_baseline(pace::p90(&mut latencies, BASELINE_SAMPLES / 2));
+        let mut window = probe.take();
+        controller.set_baseline(
+            pace::p90(&mut window.latencies, BASELINE_SAMPLES / 2),
+            pace::p90(&mut window.commit_latencies, BASELINE_SAMPLES / 2),
+        );
     }
 
     /// After a batch under `throttle: auto`: a look at the workload when one is due, and the
@@ -250,10 +253,11 @@ impl Walk<'_> {
         if !(lock_waits || (self.last_look.elapsed() >= LOOK_EVERY && enough)) {
             return false;
         }
-        let window = probing.map(|p| p.take()).unwrap_or_default();
-        let mut latencies = window.latencies;
+        let mut window = probing.map(|p| p.take()).unwrap_or_default();
         let signals = Signals {
-            probe_p90: pace::p90(&mut latencies, LOOK_SAMPLES),
+            probe_p90: pace::p90(&mut window.latencies, LOOK_SAMPLES),
+            commit_p90: pace::p90(&mut window.commit_latencies, LOOK_SAMPLES),
+            others_active: (window.activity_reads > 0).then_some(window.others_active),
             blocked_sessions: window.blocked_sessions,
             blocking_sessions: window.blocking_sessions,
             write_lock_wait: self.write_lock_wait,
@@ -493,7 +497,7 @@ pub async fn run<T: Database>(
         _ => None,
     };
     let probe = match &pace {
-        Some(_) => match target.start_probe(&step.table, &key_columns).await {
+        Some(_) => match target.start_probe(&key.plan, &step.table, &key_columns).await {
             Ok(probe) => probe,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot probe the workload; pacing on the batches alone");

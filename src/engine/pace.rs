@@ -9,6 +9,14 @@
 //! `batch_size: auto` aims at) and the duty cycle (the share of time spent in batches; the
 //! pause after a batch is `took × (1 − duty) / duty`). Both have floors, and the pause a
 //! ceiling, so a backfill under a suffering workload crawls but never stops.
+//!
+//! Of the two, the batch time is what a workload feels most: a batch's WAL reaches the disk
+//! with the next commit, and an application commit that comes just after a large batch waits
+//! for all of it (measured in docs/benchmarks.md: 2 ms batches back to back doubled the
+//! workload's p99, 50 ms batches made it ten times worse). So the look that matters most on
+//! PostgreSQL is the probe *commit*'s latency, and a database where no other session is at
+//! work gets the full pace at once, whatever the probes say (they only measure the backfill
+//! against itself there).
 
 use std::time::Duration;
 
@@ -46,7 +54,7 @@ impl Limits {
     /// flat out in 50 ms batches.
     pub const POSTGRES: Limits = Limits {
         min_batch_time: Duration::from_millis(2),
-        start_batch_time: Duration::from_millis(10),
+        start_batch_time: Duration::from_millis(5),
         max_batch_time: Duration::from_millis(50),
         min_duty: 0.05,
         start_duty: 0.5,
@@ -74,8 +82,12 @@ impl Limits {
 /// What one look at the workload saw (since the look before).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Signals {
-    /// PostgreSQL: the probe's p90 latency over the look's window (None: too few probes).
+    /// PostgreSQL: the probe read's p90 latency over the look's window (None: too few probes).
     pub probe_p90: Option<Duration>,
+    /// PostgreSQL: the probe commit's p90 latency over the look's window (None: too few).
+    pub commit_p90: Option<Duration>,
+    /// PostgreSQL: the most other client sessions seen at work (None: not read in this look).
+    pub others_active: Option<u32>,
     /// PostgreSQL: the most sessions seen waiting on locks the backfill held.
     pub blocked_sessions: u32,
     /// PostgreSQL: the most sessions seen holding locks the backfill waited on.
@@ -100,7 +112,8 @@ pub enum Trend {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub trend: Trend,
-    /// The signal that decided: `probe_p90`, `blocked_sessions`, `blocking_sessions`,
+    /// The signal that decided: `commit_p90`, `probe_p90`, `others_active` (an idle database,
+    /// or a workload that just appeared), `blocked_sessions`, `blocking_sessions`,
     /// `write_lock_wait` or `none` (healthy without a probe, or nothing seen yet).
     pub signal: &'static str,
     /// Its value (milliseconds for times, a count for sessions).
@@ -115,6 +128,9 @@ pub struct Controller {
     limits: Limits,
     budget: f64,
     baseline: Option<Duration>,
+    commit_baseline: Option<Duration>,
+    /// The last look saw no other session at work.
+    idle: bool,
     duty: f64,
     batch_time: Duration,
     last: Decision,
@@ -153,6 +169,8 @@ impl Controller {
             limits,
             budget,
             baseline: None,
+            commit_baseline: None,
+            idle: false,
             duty: limits.start_duty,
             batch_time: limits.start_batch_time,
             last: Decision {
@@ -164,11 +182,20 @@ impl Controller {
         }
     }
 
-    /// The probe's latency before the first batch (its p90), which later looks compare with.
-    pub fn set_baseline(&mut self, baseline: Option<Duration>) {
-        self.baseline = baseline;
-        if let Some(b) = baseline {
-            self.last.reason = format!("starting: probe baseline p90 {}", show_ms(b));
+    /// The probes' latencies before the first batch (their p90s: the read's, the commit's),
+    /// which later looks compare with.
+    pub fn set_baseline(&mut self, read: Option<Duration>, commit: Option<Duration>) {
+        self.baseline = read;
+        self.commit_baseline = commit;
+        let mut parts = Vec::new();
+        if let Some(b) = read {
+            parts.push(format!("probe p90 {}", show_ms(b)));
+        }
+        if let Some(b) = commit {
+            parts.push(format!("commit p90 {}", show_ms(b)));
+        }
+        if !parts.is_empty() {
+            self.last.reason = format!("starting: baseline {}", parts.join(", "));
         }
     }
 
@@ -197,10 +224,27 @@ impl Controller {
         took.mul_f64(factor.max(0.0)).min(self.limits.max_pause)
     }
 
-    /// The probe latency above which the workload counts as suffering.
-    fn threshold(&self) -> Option<Duration> {
-        self.baseline
-            .map(|b| b.max(BASELINE_FLOOR).mul_f64(self.budget))
+    /// A probe's p90 judged against its baseline: None when either is missing, else whether
+    /// it is within budget, with the words for it.
+    fn judge(
+        &self,
+        name: &str,
+        p90: Option<Duration>,
+        baseline: Option<Duration>,
+    ) -> Option<(bool, f64, String)> {
+        let (p90, baseline) = (p90?, baseline?.max(BASELINE_FLOOR));
+        let over = p90 > baseline.mul_f64(self.budget);
+        let sign = if over { ">" } else { "≤" };
+        Some((
+            !over,
+            ms(p90),
+            format!(
+                "{name} p90 {} {sign} {} × {} baseline",
+                show_ms(p90),
+                self.budget,
+                show_ms(baseline)
+            ),
+        ))
     }
 
     /// What the signals say: the first complaint found, else health.
@@ -234,31 +278,59 @@ impl Controller {
                 ),
             );
         }
-        match (s.probe_p90, self.threshold(), self.baseline) {
-            (Some(p90), Some(limit), Some(baseline)) => {
-                let over = p90 > limit;
-                let sign = if over { ">" } else { "≤" };
-                (
-                    !over,
-                    "probe_p90",
-                    Some(ms(p90)),
-                    format!(
-                        "probe p90 {} {sign} {} × {} baseline",
-                        show_ms(p90),
-                        self.budget,
-                        show_ms(baseline.max(BASELINE_FLOOR))
-                    ),
-                )
-            }
-            _ => (true, "none", None, self.limits.quiet.to_string()),
+        if s.others_active == Some(0) {
+            return (
+                true,
+                "others_active",
+                Some(0.0),
+                "idle: no other session at work".to_string(),
+            );
+        }
+        let commit = self.judge("commit", s.commit_p90, self.commit_baseline);
+        let read = self.judge("probe", s.probe_p90, self.baseline);
+        match (commit, read) {
+            (Some((false, v, why)), _) => (false, "commit_p90", Some(v), why),
+            (_, Some((false, v, why))) => (false, "probe_p90", Some(v), why),
+            (Some((true, v, why)), _) => (true, "commit_p90", Some(v), why),
+            (None, Some((true, v, why))) => (true, "probe_p90", Some(v), why),
+            (None, None) => (true, "none", None, self.limits.quiet.to_string()),
         }
     }
 
-    /// Takes one look's signals and moves the pace: up a step when healthy, halved when not.
+    /// Takes one look's signals and moves the pace: up a step when healthy, halved when not;
+    /// the full pace at once on an idle database, and the starting pace again as soon as a
+    /// workload appears on it.
     pub fn decide(&mut self, s: &Signals) -> &Decision {
         let (healthy, signal, value, what) = self.verdict(s);
         let l = self.limits;
-        let (trend, reason) = if healthy {
+        let was_idle = self.idle;
+        if s.others_active.is_some() {
+            self.idle = s.others_active == Some(0);
+        }
+        let (trend, reason) = if signal == "others_active" {
+            let moved = self.duty < l.max_duty || self.batch_time < l.max_batch_time;
+            self.duty = l.max_duty;
+            self.batch_time = l.max_batch_time;
+            if moved {
+                (Trend::Up, format!("sped up: {what}"))
+            } else {
+                (Trend::Steady, format!("full pace: {what}"))
+            }
+        } else if was_idle && !self.idle {
+            let n = s.others_active.unwrap_or(0);
+            self.duty = self.duty.min(l.start_duty);
+            self.batch_time = self.batch_time.min(l.start_batch_time);
+            self.last = Decision {
+                trend: Trend::Down,
+                signal: "others_active",
+                value: Some(f64::from(n)),
+                reason: format!(
+                    "slowed: {} at work, the idle database is not: back to the starting pace",
+                    sessions(n)
+                ),
+            };
+            return &self.last;
+        } else if healthy {
             let duty = (self.duty + DUTY_STEP).min(l.max_duty);
             let batch = self.batch_time.mul_f64(BATCH_GROWTH).min(l.max_batch_time);
             let moved = duty > self.duty || batch > self.batch_time;
@@ -368,7 +440,7 @@ mod tests {
 
     fn pg(baseline: u64) -> Controller {
         let mut c = Controller::new(Limits::POSTGRES, 1.5);
-        c.set_baseline(Some(ms(baseline)));
+        c.set_baseline(Some(ms(baseline)), None);
         c
     }
 
@@ -486,7 +558,7 @@ mod tests {
     fn a_tiny_baseline_counts_as_the_floor() {
         let mut c = pg(0);
         // 0.2 ms baseline → compared with 1.5 × 1 ms: 1.2 ms is within budget.
-        c.set_baseline(Some(Duration::from_micros(200)));
+        c.set_baseline(Some(Duration::from_micros(200)), None);
         assert_eq!(c.decide(&probe(1)).trend, Trend::Up);
         assert_eq!(c.decide(&probe(2)).trend, Trend::Down);
     }
@@ -533,6 +605,97 @@ mod tests {
         let d = c.decide(&probe(500)).clone();
         assert_eq!(d.trend, Trend::Up);
         assert_eq!(d.signal, "none");
+    }
+
+    fn commit(p90: u64, others: u32) -> Signals {
+        Signals {
+            probe_p90: Some(ms(1)),
+            commit_p90: Some(ms(p90)),
+            others_active: Some(others),
+            ..Default::default()
+        }
+    }
+
+    fn pg_commit(read: u64, commit: u64) -> Controller {
+        let mut c = Controller::new(Limits::POSTGRES, 1.5);
+        c.set_baseline(Some(ms(read)), Some(ms(commit)));
+        c
+    }
+
+    #[test]
+    fn the_commit_probe_outranks_a_healthy_read() {
+        let mut c = pg_commit(1, 2);
+        assert_eq!(c.last().reason, "starting: baseline probe p90 1.0 ms, commit p90 2.0 ms");
+        let d = c.decide(&commit(3, 4)).clone();
+        assert_eq!(d.trend, Trend::Up, "{d:?}");
+        assert_eq!(d.signal, "commit_p90");
+        assert_eq!(d.reason, "sped up: commit p90 3.0 ms ≤ 1.5 × 2.0 ms baseline");
+        let d = c.decide(&commit(9, 4)).clone();
+        assert_eq!(d.trend, Trend::Down);
+        assert_eq!(d.signal, "commit_p90");
+        assert_eq!(d.value, Some(9.0));
+        assert_eq!(d.reason, "slowed: commit p90 9.0 ms > 1.5 × 2.0 ms baseline");
+        // A slow read slows it too, with the commit within budget.
+        let d = c
+            .decide(&Signals {
+                probe_p90: Some(ms(5)),
+                ..commit(2, 4)
+            })
+            .clone();
+        assert_eq!(d.trend, Trend::Down);
+        assert_eq!(d.signal, "probe_p90");
+    }
+
+    #[test]
+    fn an_idle_database_gets_the_full_pace_at_once_whatever_the_probes_say() {
+        let mut c = pg_commit(1, 1);
+        // The probes see only the backfill itself: 20 ms commits, and no one else at work.
+        let d = c.decide(&commit(20, 0)).clone();
+        assert_eq!(d.trend, Trend::Up);
+        assert_eq!(d.signal, "others_active");
+        assert_eq!(d.reason, "sped up: idle: no other session at work");
+        assert_eq!(c.duty(), Limits::POSTGRES.max_duty);
+        assert_eq!(c.batch_time(), Limits::POSTGRES.max_batch_time);
+        assert_eq!(c.decide(&commit(20, 0)).trend, Trend::Steady);
+        // A look without an activity reading keeps judging the probes.
+        let d = c
+            .decide(&Signals {
+                others_active: None,
+                ..commit(20, 0)
+            })
+            .clone();
+        assert_eq!(d.trend, Trend::Down, "{d:?}");
+    }
+
+    #[test]
+    fn a_workload_that_appears_on_an_idle_database_gets_the_starting_pace_back() {
+        let mut c = pg_commit(1, 1);
+        c.decide(&commit(20, 0));
+        let d = c.decide(&commit(1, 2)).clone();
+        assert_eq!(d.trend, Trend::Down);
+        assert_eq!(d.signal, "others_active");
+        assert_eq!(d.value, Some(2.0));
+        assert_eq!(
+            d.reason,
+            "slowed: 2 sessions at work, the idle database is not: back to the starting pace"
+        );
+        assert_eq!(c.duty(), Limits::POSTGRES.start_duty);
+        assert_eq!(c.batch_time(), Limits::POSTGRES.start_batch_time);
+        // From there the probes judge: healthy, so it grows again.
+        assert_eq!(c.decide(&commit(1, 2)).trend, Trend::Up);
+    }
+
+    #[test]
+    fn lock_waits_outrank_an_idle_reading() {
+        let mut c = pg_commit(1, 1);
+        let d = c
+            .decide(&Signals {
+                blocked_sessions: 1,
+                ..commit(1, 0)
+            })
+            .clone();
+        assert_eq!(d.signal, "blocked_sessions");
+        assert_eq!(d.trend, Trend::Down);
     }
 
     #[test]

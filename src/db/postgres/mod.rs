@@ -1001,6 +1001,7 @@ impl Catalog for PgTarget {
 
     async fn start_probe(
         &mut self,
+        plan: &str,
         table: &str,
         key_columns: &[String],
     ) -> Result<Option<crate::db::probe::Probe>, DbError> {
@@ -1011,7 +1012,7 @@ impl Catalog for PgTarget {
         let session = self.watching_session().await.map_err(|e| {
             DbError::Unexpected(format!("no session for the backfill's probe: {e}"))
         })?;
-        probe::start(session, table, key_columns, pid)
+        probe::start(session, plan, table, key_columns, pid)
             .await
             .map(Some)
     }

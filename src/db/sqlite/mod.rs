@@ -627,6 +627,7 @@ impl Catalog for SqliteTarget {
     /// No second session to probe from: each batch reports its own wait for the write lock.
     async fn start_probe(
         &mut self,
+        _plan: &str,
         _table: &str,
         _key_columns: &[String],
     ) -> Result<Option<crate::db::probe::Probe>, DbError> {
