@@ -194,6 +194,50 @@ async fn pg_pace_drops_while_another_session_holds_row_locks_then_recovers() {
     assert_eq!(recorded, 1, "the pace is recorded with the checkpoint");
 }
 
+/// PostgreSQL: the probe times commits of the plan's own row in `phased.pace_probe` (what an
+/// application's commit waits for), and counts other client sessions at work: an
+/// application's session in a transaction counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
+    use phased::db::Catalog;
+    let db = TestDb::pg().await;
+    seed_items(&db, 100).await;
+    run(&db, &plan(AUTO_PLAN), RunOptions::default())
+        .await
+        .map_err(|(e, _)| e.to_string())
+        .expect("backfill");
+    assert!(
+        db.scalar("SELECT beats FROM phased.pace_probe WHERE plan = 'fill'")
+            .await
+            > 0,
+        "the backfill's probe committed to its row"
+    );
+    let TestDb::Pg(pg_db) = &db else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let mut target = pg_db.target("fill").await;
+    let probe = target
+        .start_probe("fill", "items", &["id".to_string()])
+        .await
+        .expect("probe")
+        .expect("a probe on PostgreSQL");
+    let app = pg(&db).client().await;
+    app.batch_execute("BEGIN; SELECT 1 FROM items WHERE id = 1")
+        .await
+        .expect("the application's transaction");
+    let mut seen = phased::db::probe::ProbeWindow::default();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen.others_active == 0 || seen.commit_latencies.is_empty() {
+        assert!(
+            Instant::now() < deadline && !probe.stopped(),
+            "timed out waiting for the probe to see the application at work: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen.absorb(probe.take());
+    }
+    app.batch_execute("COMMIT").await.expect("commit");
+}
+
 /// SQLite: another connection holds the write lock when the backfill's next batch wants it.
 /// The batch waits, reports how long, and the pace drops, saying so; then it recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How many probes make the baseline (the engine waits for them before the first batch).
-pub const BASELINE_SAMPLES: usize = 20;
+pub const BASELINE_SAMPLES: usize = 40;
+/// The probe commits a steady pace is judged on, at most (about two seconds of them).
+pub const COMMITS_KEPT: usize = 100;
 
 /// What the probe gathered since the last look.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -29,6 +31,32 @@ pub struct ProbeWindow {
 }
 
 impl ProbeWindow {
+    /// Adds a later window to this one.
+    pub fn absorb(&mut self, later: ProbeWindow) {
+        self.latencies.extend(later.latencies);
+        self.commit_latencies.extend(later.commit_latencies);
+        self.activity_reads += later.activity_reads;
+        self.others_active = self.others_active.max(later.others_active);
+        self.blocked_sessions = self.blocked_sessions.max(later.blocked_sessions);
+        self.blocking_sessions = self.blocking_sessions.max(later.blocking_sessions);
+    }
+
+    /// After a look: everything starts again, but the commits only when the pace moved (they
+    /// were about the pace before); otherwise the latest `COMMITS_KEPT` stay.
+    pub fn settle(&mut self, moved: bool) {
+        let mut commits = std::mem::take(&mut self.commit_latencies);
+        if !moved {
+            let from = commits.len().saturating_sub(COMMITS_KEPT);
+            commits.drain(..from);
+            self.commit_latencies = commits;
+        }
+        self.latencies.clear();
+        self.activity_reads = 0;
+        self.others_active = 0;
+        self.blocked_sessions = 0;
+        self.blocking_sessions = 0;
+    }
+
     /// Lock waits seen: a look is due at once.
     pub fn saw_lock_waits(&self) -> bool {
         self.blocked_sessions > 0 || self.blocking_sessions > 0

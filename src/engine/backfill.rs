@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter, StepId};
 use super::interrupt::Interrupt;
 use super::pace::{self, Controller, Limits, PaceReport, Signals, Trend};
-use crate::db::probe::{Probe, BASELINE_SAMPLES};
+use crate::db::probe::{Probe, ProbeWindow, BASELINE_SAMPLES};
 use crate::db::{BackfillControl, BatchRequest, Database, DbError, Dialect, StepKey, Timeouts};
 use crate::ops::backfill::Throttle;
 use crate::plan::{Backfill, BatchSize};
@@ -134,6 +134,8 @@ struct Walk<'a> {
     pace: Option<Controller>,
     probe: Option<Probe>,
     last_look: Instant,
+    /// What the probe saw since the last look (its commits: since the pace last moved).
+    seen: ProbeWindow,
     /// The longest a batch waited for SQLite's write lock since the last look.
     write_lock_wait: Duration,
     last_pause: Duration,
@@ -235,7 +237,7 @@ impl Walk<'_> {
         let mut window = probe.take();
         controller.set_baseline(
             pace::p90(&mut window.latencies, BASELINE_SAMPLES / 2),
-            pace::p90(&mut window.commit_latencies, BASELINE_SAMPLES / 2),
+            pace::quantile(&mut window.commit_latencies, 0.95, BASELINE_SAMPLES / 2),
         );
     }
 
@@ -249,21 +251,32 @@ impl Walk<'_> {
         let probing = self.probe.as_ref().filter(|p| !p.stopped());
         let lock_waits =
             probing.is_some_and(|p| p.saw_lock_waits()) || waited > pace::WRITE_LOCK_WAIT_LIMIT;
-        let enough = probing.is_none_or(|p| p.samples() >= LOOK_SAMPLES);
+        if let Some(p) = probing {
+            self.seen.absorb(p.take());
+        }
+        let seen = &mut self.seen;
+        // The commits' tail needs more samples than a look's window: they gather from the
+        // last move of the pace on (what came before was about another pace), unless the
+        // database is idle or the probe makes no commits.
+        let tail_ready = seen.commit_latencies.len() >= pace::TAIL_SAMPLES
+            || seen.latencies.len() >= 2 * pace::TAIL_SAMPLES
+            || (seen.activity_reads > 0 && seen.others_active == 0);
+        let enough = probing.is_none() || (seen.latencies.len() >= LOOK_SAMPLES && tail_ready);
         if !(lock_waits || (self.last_look.elapsed() >= LOOK_EVERY && enough)) {
             return false;
         }
-        let mut window = probing.map(|p| p.take()).unwrap_or_default();
+        let mut commits = seen.commit_latencies.clone();
         let signals = Signals {
-            probe_p90: pace::p90(&mut window.latencies, LOOK_SAMPLES),
-            commit_p90: pace::p90(&mut window.commit_latencies, LOOK_SAMPLES),
-            others_active: (window.activity_reads > 0).then_some(window.others_active),
-            blocked_sessions: window.blocked_sessions,
-            blocking_sessions: window.blocking_sessions,
+            probe_p90: pace::p90(&mut seen.latencies, LOOK_SAMPLES),
+            commit_p95: pace::quantile(&mut commits, 0.95, pace::TAIL_SAMPLES),
+            others_active: (seen.activity_reads > 0).then_some(seen.others_active),
+            blocked_sessions: seen.blocked_sessions,
+            blocking_sessions: seen.blocking_sessions,
             write_lock_wait: self.write_lock_wait,
         };
         let before = controller.last().clone();
         let decision = controller.decide(&signals);
+        seen.settle(matches!(decision.trend, Trend::Up | Trend::Down));
         if decision.reason != before.reason && decision.trend == Trend::Down {
             tracing::info!(step = %self.id.label, "backfill {}", decision.reason);
         }
@@ -497,7 +510,10 @@ pub async fn run<T: Database>(
         _ => None,
     };
     let probe = match &pace {
-        Some(_) => match target.start_probe(&key.plan, &step.table, &key_columns).await {
+        Some(_) => match target
+            .start_probe(&key.plan, &step.table, &key_columns)
+            .await
+        {
             Ok(probe) => probe,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot probe the workload; pacing on the batches alone");
@@ -526,6 +542,7 @@ pub async fn run<T: Database>(
         pace,
         probe,
         last_look: Instant::now(),
+        seen: ProbeWindow::default(),
         write_lock_wait: Duration::ZERO,
         last_pause: Duration::ZERO,
         cap: 0,
