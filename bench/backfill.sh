@@ -6,7 +6,7 @@
 #       and each throttle: the backfill's wall time and rows/s (and its speed ÷ the unthrottled
 #       run of the same scenario), and for the window before and the window during the
 #       backfill the workload's p99, max latency, transactions over 100 ms and failed ones.
-#       Scenarios: `light` (RATE tx/s), `heavy` (HEAVY_RATE, default 70% of the transactions/s
+#       Scenarios: `light` (RATE tx/s), `heavy` (HEAVY_RATE, default 50% of the transactions/s
 #       the machine served in a 10 s unthrottled pgbench run with the trigger in place), `idle` (no workload). Throttles:
 #       `auto` (the default: no knob in the plan) and `unthrottled` (`pause: 0s,
 #       target_batch_time: 50ms`), or any `name=, yaml options` of your own in THROTTLES
@@ -21,7 +21,7 @@
 #         SIZES ("100000 1000000 5000000"; empty skips (b) and (c)), REPEATS (3: runs per size
 #         in (b)/(c), the median is reported), ROWS (1000000: the table of (a)),
 #         SCENARIOS ("light heavy idle"), THROTTLES ("auto;unthrottled"), RATE (light
-#         workload tx/s, 200), HEAVY_RATE (tx/s; default 70% of the measured capacity with the trigger),
+#         workload tx/s, 200), HEAVY_RATE (tx/s; default 50% of the measured capacity with the trigger),
 #         CLIENTS (4), BASELINE_SECS (60: the window before each backfill), PAUSE_CHECK (0),
 #         OUT (bench/out)
 # A short smoke run: SIZES= ROWS=100000 BASELINE_SECS=10 bench/backfill.sh
@@ -241,8 +241,8 @@ if [ -n "$SCENARIOS" ]; then
         if [ -z "$HEAVY_RATE" ]; then
           log "heavy: measuring the workload's capacity (10 s unthrottled)"
           cap=$(capacity)
-          HEAVY_RATE=$(( cap * 7 / 10 ))
-          log "heavy: $HEAVY_RATE tx/s (70% of the capacity, $cap tx/s)"
+          HEAVY_RATE=$(( cap / 2 ))
+          log "heavy: $HEAVY_RATE tx/s (50% of the capacity, $cap tx/s)"
         fi
         rate=$HEAVY_RATE ;;
       *) echo "unknown scenario $scenario (light, heavy, idle)" >&2; exit 2 ;;
