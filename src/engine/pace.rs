@@ -61,8 +61,8 @@ pub struct Limits {
 impl Limits {
     /// PostgreSQL: batches take row locks only. It starts with 2 ms batches back to back;
     /// next to a workload that stays healthy the batches grow to 5 ms at most (measured next
-    /// to a light workload: its p99 1.5–1.8× with 5 ms, 1.4–2.9× with 10 ms, 3–5× with 50 ms
-    /// batches); on an idle database they run flat out in 50 ms batches. See
+    /// to a light workload: its p99 1.5–2.0× with 5 ms, 1.4–3.0× with 10 ms, 2.1–11× with
+    /// 50 ms batches); on an idle database they run flat out in 50 ms batches. See
     /// docs/benchmarks.md.
     pub const POSTGRES: Limits = Limits {
         min_batch_time: Duration::from_millis(2),
