@@ -195,8 +195,8 @@ async fn pg_pace_drops_while_another_session_holds_row_locks_then_recovers() {
 }
 
 /// PostgreSQL: the probe times commits of the plan's own row in `phased.pace_probe` (what an
-/// application's commit waits for), and counts other client sessions at work: an
-/// application's session in a transaction counts.
+/// application's commit waits for), and counts other client sessions at work and their
+/// transactions in flight: an application's session in a transaction counts for both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
     use phased::db::Catalog;
@@ -227,7 +227,10 @@ async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
         .expect("the application's transaction");
     let mut seen = phased::db::probe::ProbeWindow::default();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while seen.others_active == 0 || seen.commit_latencies.is_empty() {
+    while seen.others_active == 0
+        || seen.commit_latencies.is_empty()
+        || !seen.in_flight.iter().any(|&n| n > 0)
+    {
         assert!(
             Instant::now() < deadline && !probe.stopped(),
             "timed out waiting for the probe to see the application at work: {seen:?}"

@@ -24,6 +24,10 @@ pub struct ProbeWindow {
     pub activity_reads: u32,
     /// … and the most sessions (not phased's) seen at work or busy within the last second.
     pub others_active: u32,
+    /// Other sessions in a statement or a transaction at each probe: the workload's
+    /// transactions in flight, which at a steady rate grow with their latency (Little's law),
+    /// queueing included.
+    pub in_flight: Vec<u32>,
     /// The most sessions seen waiting on locks the step connection held.
     pub blocked_sessions: u32,
     /// The most sessions seen holding locks the step connection waited on.
@@ -31,10 +35,18 @@ pub struct ProbeWindow {
 }
 
 impl ProbeWindow {
+    /// The mean of the in-flight counts (None without any).
+    pub fn mean_in_flight(&self) -> Option<f64> {
+        (!self.in_flight.is_empty()).then(|| {
+            self.in_flight.iter().map(|&n| f64::from(n)).sum::<f64>() / self.in_flight.len() as f64
+        })
+    }
+
     /// Adds a later window to this one.
     pub fn absorb(&mut self, later: ProbeWindow) {
         self.latencies.extend(later.latencies);
         self.commit_latencies.extend(later.commit_latencies);
+        self.in_flight.extend(later.in_flight);
         self.activity_reads += later.activity_reads;
         self.others_active = self.others_active.max(later.others_active);
         self.blocked_sessions = self.blocked_sessions.max(later.blocked_sessions);
@@ -51,6 +63,7 @@ impl ProbeWindow {
             self.commit_latencies = commits;
         }
         self.latencies.clear();
+        self.in_flight.clear();
         self.activity_reads = 0;
         self.others_active = 0;
         self.blocked_sessions = 0;

@@ -239,6 +239,7 @@ impl Walk<'_> {
             pace::p90(&mut window.latencies, BASELINE_SAMPLES / 2),
             pace::quantile(&mut window.commit_latencies, 0.95, BASELINE_SAMPLES / 2),
         );
+        controller.set_in_flight_baseline(window.mean_in_flight());
     }
 
     /// After a batch under `throttle: auto`: a look at the workload when one is due, and the
@@ -270,6 +271,7 @@ impl Walk<'_> {
             probe_p90: pace::p90(&mut seen.latencies, LOOK_SAMPLES),
             commit_p95: pace::quantile(&mut commits, 0.95, pace::TAIL_SAMPLES),
             others_active: (seen.activity_reads > 0).then_some(seen.others_active),
+            in_flight: seen.mean_in_flight(),
             blocked_sessions: seen.blocked_sessions,
             blocking_sessions: seen.blocking_sessions,
             write_lock_wait: self.write_lock_wait,

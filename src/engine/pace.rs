@@ -35,6 +35,9 @@ pub const WRITE_LOCK_WAIT_LIMIT: Duration = Duration::from_millis(2);
 const DUTY_STEP: f64 = 0.1;
 /// … and the factor applied to duty and batch time after a bad one (multiplicative decrease).
 const BACK_OFF: f64 = 0.5;
+/// A workload with fewer transactions in flight than this before the first batch counts as
+/// this: one more or less in flight is noise for a light workload, not queueing.
+pub const IN_FLIGHT_FLOOR: f64 = 1.0;
 /// Probe commits needed to judge their tail (p95): about half a second of them.
 pub const TAIL_SAMPLES: usize = 20;
 /// Batch time growth after a healthy look.
@@ -102,6 +105,8 @@ pub struct Signals {
     pub commit_p95: Option<Duration>,
     /// PostgreSQL: the most other client sessions seen at work (None: not read in this look).
     pub others_active: Option<u32>,
+    /// PostgreSQL: the mean number of other sessions' transactions in flight (None: not read).
+    pub in_flight: Option<f64>,
     /// PostgreSQL: the most sessions seen waiting on locks the backfill held.
     pub blocked_sessions: u32,
     /// PostgreSQL: the most sessions seen holding locks the backfill waited on.
@@ -143,6 +148,7 @@ pub struct Controller {
     budget: f64,
     baseline: Option<Duration>,
     commit_baseline: Option<Duration>,
+    in_flight_baseline: Option<f64>,
     /// The last look saw no other session at work.
     idle: bool,
     duty: f64,
@@ -184,6 +190,7 @@ impl Controller {
             budget,
             baseline: None,
             commit_baseline: None,
+            in_flight_baseline: None,
             idle: false,
             duty: limits.start_duty,
             batch_time: limits.start_batch_time,
@@ -201,12 +208,27 @@ impl Controller {
     pub fn set_baseline(&mut self, read: Option<Duration>, commit: Option<Duration>) {
         self.baseline = read;
         self.commit_baseline = commit;
+        self.describe_baseline();
+    }
+
+    /// The workload's transactions in flight before the first batch (their mean), which later
+    /// looks compare with.
+    pub fn set_in_flight_baseline(&mut self, in_flight: Option<f64>) {
+        self.in_flight_baseline = in_flight;
+        self.describe_baseline();
+    }
+
+    fn describe_baseline(&mut self) {
+        let (read, commit) = (self.baseline, self.commit_baseline);
         let mut parts = Vec::new();
         if let Some(b) = read {
             parts.push(format!("probe p90 {}", show_ms(b)));
         }
         if let Some(b) = commit {
             parts.push(format!("commit p95 {}", show_ms(b)));
+        }
+        if let Some(n) = self.in_flight_baseline {
+            parts.push(format!("{n:.1} in flight"));
         }
         if !parts.is_empty() {
             self.last.reason = format!("starting: baseline {}", parts.join(", "));
@@ -308,6 +330,20 @@ impl Controller {
             BASELINE_FLOOR,
         );
         let read = self.judge("probe p90", s.probe_p90, self.baseline, READ_BASELINE_FLOOR);
+        if let (Some(now), Some(before)) = (s.in_flight, self.in_flight_baseline) {
+            let before = before.max(IN_FLIGHT_FLOOR);
+            if now > before * self.budget {
+                return (
+                    false,
+                    "in_flight",
+                    Some(now),
+                    format!(
+                        "{now:.1} transactions in flight > {} × {before:.1} baseline",
+                        self.budget
+                    ),
+                );
+            }
+        }
         match (commit, read) {
             (Some((false, v, why)), _) => (false, "commit_p95", Some(v), why),
             (_, Some((false, v, why))) => (false, "probe_p90", Some(v), why),
@@ -377,6 +413,7 @@ impl Controller {
             // batch before it), less of the time once they are as short as they go. Lock
             // waits: both at once.
             let latency = matches!(signal, "commit_p95" | "probe_p90");
+            // Transactions queueing (in flight) want CPU back: both levers, like lock waits.
             let batch = self.batch_time.mul_f64(BACK_OFF).max(l.min_batch_time);
             let duty = if latency && batch < self.batch_time {
                 self.duty
@@ -789,6 +826,38 @@ mod tests {
         assert_eq!(c.batch_time(), Limits::POSTGRES.start_batch_time);
         // From there the probes judge: healthy, so it grows again.
         assert_eq!(c.decide(&commit(1, 2)).trend, Trend::Up);
+    }
+
+    #[test]
+    fn transactions_queueing_in_flight_slow_both_levers() {
+        // A CPU-bound workload: its probes look fine, but its transactions pile up.
+        let mut c = pg_commit(1, 1);
+        c.set_in_flight_baseline(Some(2.0));
+        assert_eq!(
+            c.last().reason,
+            "starting: baseline probe p90 1.0 ms, commit p95 1.0 ms, 2.0 in flight"
+        );
+        let busy = |n: f64| Signals {
+            in_flight: Some(n),
+            ..commit(1, 4)
+        };
+        assert_eq!(c.decide(&busy(3.0)).trend, Trend::Up);
+        let d = c.decide(&busy(3.5)).clone();
+        assert_eq!(d.trend, Trend::Down);
+        assert_eq!(d.signal, "in_flight");
+        assert_eq!(d.value, Some(3.5));
+        assert_eq!(
+            d.reason,
+            "slowed: 3.5 transactions in flight > 1.5 × 2.0 baseline"
+        );
+        // Both levers at once: it wants the CPU back, not only shorter batches.
+        assert_eq!(c.duty(), 0.5);
+        assert_eq!(c.batch_time(), Limits::POSTGRES.min_batch_time);
+        // A light workload's fraction of a transaction in flight counts as one.
+        let mut c = pg_commit(1, 1);
+        c.set_in_flight_baseline(Some(0.2));
+        assert_eq!(c.decide(&busy(1.4)).trend, Trend::Up);
+        assert_eq!(c.decide(&busy(1.6)).trend, Trend::Down);
     }
 
     #[test]

@@ -48,6 +48,13 @@ const COMMIT_ROW: &str =
 const COMMIT_PROBE: &str =
     "UPDATE phased.pace_probe SET beats = beats + 1, at = clock_timestamp() WHERE plan = $1";
 
+/// Other client sessions in a statement or a transaction (phased's own left out): the
+/// workload's transactions in flight.
+const IN_FLIGHT: &str = "SELECT count(*)::int4 FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND pid <> $1::int4 \
+       AND coalesce(application_name, '') NOT LIKE 'phased/%' \
+       AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')";
+
 /// Sessions waiting on the step connection's locks, sessions it waits on, and other client
 /// sessions at work (phased's own, named `phased/…`, left out; a session whose state this
 /// role may not read counts as at work).
@@ -84,6 +91,10 @@ pub async fn start(
         .prepare(LOOK_AROUND)
         .await
         .map_err(|e| super::sql_error(e, LOOK_AROUND))?;
+    let in_flight = session
+        .prepare(IN_FLIGHT)
+        .await
+        .map_err(|e| super::sql_error(e, IN_FLIGHT))?;
     // Without its row (a state older than version 6 cannot be: the runner brings the state up
     // to date first) the backfill paces on the read probe alone.
     let commit = match session.execute(COMMIT_ROW, &[&plan]).await {
@@ -125,6 +136,11 @@ pub async fn start(
                 }
                 None => None,
             };
+            let flying = session
+                .query_one(&in_flight, &[&pid])
+                .await
+                .ok()
+                .map(|r| r.get::<_, i32>(0));
             let around = if round % LOCKS_EVERY == 0 {
                 session
                     .query_one(&look, &[&pid])
@@ -141,6 +157,9 @@ pub async fn start(
                 w.latencies.push(latency);
                 if let Some(c) = committed {
                     w.commit_latencies.push(c);
+                }
+                if let Some(n) = flying {
+                    w.in_flight.push(u32::try_from(n).unwrap_or(0));
                 }
                 if let Some((blocked, blocking, others)) = around {
                     let count = |n: i32| u32::try_from(n).unwrap_or(0);
