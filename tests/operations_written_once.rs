@@ -658,3 +658,68 @@ changes:
     assert!(db.has_table("accounts").await);
     assert_eq!(done_steps(&db).await, 2);
 }
+
+/// `phased validate --dialect sqlite` rehearses the plan on an empty database: a refusal on a
+/// table the plan itself creates is named at its step, with no database; steps on tables the
+/// plan does not create (it cannot see them) and the same plan without `--dialect` pass.
+#[test]
+fn validate_for_sqlite_names_a_refusal_on_a_table_the_plan_creates() {
+    let dir = crate::common::scratch_dir();
+    std::fs::write(
+        dir.join("refused.yaml"),
+        "plan: refused_offline
+changes:
+  - rename_column: { table: users, from: email, to: email_address }
+  - create_table: { name: accounts, columns: [ { name: id, type: integer, primary_key: true },
+                                               { name: email, type: text, nullable: false } ] }
+  - rename_column: { table: accounts, from: email, to: email_address }
+",
+    )
+    .expect("write the plan");
+    std::fs::write(
+        dir.join("fine.yaml"),
+        "plan: fine_offline
+changes:
+  - create_table: { name: accounts, columns: [ { name: id, type: integer, primary_key: true },
+                                               { name: email, type: text, nullable: false, default: \"''\" } ] }
+  - rename_column: { table: accounts, from: email, to: email_address }
+  - rename_column: { table: users, from: email, to: email_address }
+",
+    )
+    .expect("write the plan");
+    let validate = |args: &[&str]| {
+        crate::common::phased_cmd()
+            .arg("validate")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("phased validate")
+    };
+    let out = validate(&["--dialect", "sqlite", "refused.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "refused.yaml:6:5: error: `rename_column accounts.email → email_address` (step expand#3)"
+        ),
+        "{stderr}"
+    );
+    let flat = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("`accounts.email` is NOT NULL without a default"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("users"), "{stderr}");
+    for args in [
+        &["--dialect", "sqlite", "fine.yaml"][..],
+        &["refused.yaml"][..],
+        &["--dialect", "postgres", "refused.yaml"][..],
+    ] {
+        let out = validate(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
