@@ -14,41 +14,6 @@ use crate::db::{ControlChange, DatabaseUrl, DbError};
 use crate::engine::{self, EngineError, Reporter};
 use crate::with_target;
 
-/// `validate --dialect sqlite`: the plan rehearsed on an empty SQLite database in memory
-/// (`engine::rehearsal`); a step SQLite refuses on a table the plan itself makes (a rename of a
-/// NOT NULL column its `create_table` made without a default), located at the step.
-async fn sqlite_rehearsal_finding(plan: &crate::plan::model::Plan) -> Option<crate::plan::Finding> {
-    let mut empty = match crate::db::sqlite::SqliteTarget::open(Path::new(":memory:")) {
-        Ok(empty) => empty,
-        Err(e) => {
-            tracing::debug!(error = %e, "no rehearsal of the plan: no SQLite database in memory");
-            return None;
-        }
-    };
-    let refused = engine::rehearsal::offline_refusal(&mut empty, plan).await?;
-    let at = plan
-        .phases
-        .value
-        .get(refused.step.phase_index)?
-        .value
-        .steps
-        .value
-        .get(refused.step.index)?
-        .referenced;
-    Some(
-        crate::plan::Finding::error(
-            at,
-            format!(
-                "`{}` (step {}) cannot run on sqlite: {}",
-                refused.label,
-                refused.step.id(),
-                refused.why
-            ),
-        )
-        .with_help("found by rehearsing the plan's steps on an empty SQLite database; change the earlier step that makes the table, or run this plan on PostgreSQL"),
-    )
-}
-
 /// Runs the parsed command line and returns the process exit code.
 pub async fn execute(cli: Cli) -> u8 {
     match &cli.command {
@@ -172,6 +137,41 @@ async fn validate(
         }
     }
     code
+}
+
+/// `validate --dialect sqlite`: the plan rehearsed on an empty SQLite database in memory
+/// (`engine::rehearsal`); a step SQLite refuses on a table the plan itself makes (a rename of a
+/// NOT NULL column its `create_table` made without a default), located at the step.
+async fn sqlite_rehearsal_finding(plan: &crate::plan::model::Plan) -> Option<crate::plan::Finding> {
+    let mut empty = match crate::db::sqlite::SqliteTarget::open(Path::new(":memory:")) {
+        Ok(empty) => empty,
+        Err(e) => {
+            tracing::debug!(error = %e, "no rehearsal of the plan: no SQLite database in memory");
+            return None;
+        }
+    };
+    let refused = engine::rehearsal::offline_refusal(&mut empty, plan).await?;
+    let at = plan
+        .phases
+        .value
+        .get(refused.step.phase_index)?
+        .value
+        .steps
+        .value
+        .get(refused.step.index)?
+        .referenced;
+    Some(
+        crate::plan::Finding::error(
+            at,
+            format!(
+                "`{}` (step {}) cannot run on sqlite: {}",
+                refused.label,
+                refused.step.id(),
+                refused.why
+            ),
+        )
+        .with_help("found by rehearsing the plan's steps on an empty SQLite database; change the earlier step that makes the table, or run this plan on PostgreSQL"),
+    )
 }
 
 /// The migration files each `migrations` step of the plan runs, linted in that step's phase
