@@ -470,3 +470,256 @@ changes:
     assert!(err.contains("nothing was run"), "{err}");
     assert!(!db.has_table("other").await, "the first step did not run");
 }
+
+/// The state's done steps of a test database (SQLite).
+async fn done_steps(db: &TestDb) -> i64 {
+    db.scalar("SELECT count(*) FROM phased_steps WHERE status = 'done'")
+        .await
+}
+
+/// A refusal on a table the plan itself creates comes before anything runs too: the steps are
+/// rehearsed on a copy of the schema, so the rename sees the NOT NULL column the first step
+/// makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refusal_on_a_table_the_plan_creates_comes_before_anything_runs() {
+    let db = TestDb::sqlite();
+    let loaded = plan(
+        r#"
+plan: refused_created
+changes:
+  - create_table: { name: accounts, columns: [ { name: id, type: integer, primary_key: true },
+                                               { name: email, type: text, nullable: false } ] }
+  - rename_column: { table: accounts, from: email, to: email_address }
+"#,
+    );
+    let err = match crate::common::run(&db, &loaded, Default::default()).await {
+        Ok(_) => panic!("the run went ahead"),
+        Err((e, _)) => e.to_string(),
+    };
+    assert!(err.contains("step expand#2"), "{err}");
+    assert!(err.contains("rename_column accounts.email"), "{err}");
+    assert!(err.contains("NOT NULL without a default"), "{err}");
+    assert!(err.contains("nothing was run"), "{err}");
+    assert!(
+        !db.has_table("accounts").await,
+        "the first step did not run"
+    );
+    assert_eq!(done_steps(&db).await, 0);
+}
+
+/// A type change of a column that an earlier step puts in a CHECK is refused before that
+/// step runs: the table keeps its definition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refusal_after_an_earlier_step_constrains_the_column_comes_before_anything_runs() {
+    let db = TestDb::sqlite();
+    db.execute("CREATE TABLE items (id integer PRIMARY KEY, price integer)")
+        .await;
+    let before = db
+        .text("SELECT sql FROM sqlite_schema WHERE name = 'items'")
+        .await;
+    let loaded = plan(
+        r#"
+plan: refused_checked
+changes:
+  - add_check: { table: items, name: items_price_positive, expression: "price > 0" }
+  - change_type: { table: items, column: price, type: bigint }
+"#,
+    );
+    let err = match crate::common::run(&db, &loaded, Default::default()).await {
+        Ok(_) => panic!("the run went ahead"),
+        Err((e, _)) => e.to_string(),
+    };
+    assert!(err.contains("step expand#2"), "{err}");
+    assert!(err.contains("change_type items.price"), "{err}");
+    assert!(err.contains("nothing was run"), "{err}");
+    assert_eq!(
+        db.text("SELECT sql FROM sqlite_schema WHERE name = 'items'")
+            .await,
+        before,
+        "the check was not added"
+    );
+    assert_eq!(done_steps(&db).await, 0);
+}
+
+/// The same plan with a column SQLite can rename (nullable) runs as before; the rehearsal
+/// leaves no file and no trace in the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rehearsed_plan_that_is_fine_runs() {
+    let db = TestDb::sqlite();
+    let loaded = plan(
+        r#"
+plan: fine_created
+changes:
+  - create_table: { name: accounts, columns: [ { name: id, type: integer, primary_key: true },
+                                               { name: email, type: text } ] }
+  - rename_column: { table: accounts, from: email, to: email_address }
+"#,
+    );
+    crate::common::run_ok(&db, &loaded).await;
+    assert!(db.has_column("accounts", "email_address").await);
+    assert_eq!(
+        done_steps(&db).await,
+        4,
+        "create, rename, its backfill, its contract"
+    );
+}
+
+/// A rehearsal that cannot follow the plan (an `sql` step that needs rows fails on a copy
+/// without them) does not block the run: the run goes ahead and its steps run as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rehearsal_that_fails_for_want_of_rows_does_not_block_the_run() {
+    let db = TestDb::sqlite();
+    db.execute(
+        "CREATE TABLE users (id integer PRIMARY KEY, email text); \
+         INSERT INTO users (id, email) VALUES (1, 'a@example.com'); \
+         CREATE TABLE counts (n integer NOT NULL)",
+    )
+    .await;
+    let loaded = plan(
+        r#"
+plan: needs_rows
+changes:
+  - sql: "INSERT INTO counts (n) VALUES ((SELECT max(id) FROM users))"
+  - rename_column: { table: users, from: email, to: email_address }
+"#,
+    );
+    crate::common::run_ok(&db, &loaded).await;
+    assert_eq!(db.scalar("SELECT n FROM counts").await, 1);
+    assert!(db.has_column("users", "email_address").await);
+}
+
+/// A dry run is not rehearsed: `phased plan` still shows what the run would send, step by step,
+/// up to the step that cannot render, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_dry_run_of_a_refused_plan_is_unchanged() {
+    let db = TestDb::sqlite();
+    db.execute("CREATE TABLE placeholder (id integer PRIMARY KEY)")
+        .await;
+    let dir = crate::common::scratch_dir();
+    std::fs::write(
+        dir.join("p.yaml"),
+        r#"
+plan: refused_dry
+changes:
+  - create_table: { name: accounts, columns: [ { name: id, type: integer, primary_key: true },
+                                               { name: email, type: text, nullable: false } ] }
+  - rename_column: { table: accounts, from: email, to: email_address }
+"#,
+    )
+    .expect("write the plan");
+    let out = crate::common::phased_cmd()
+        .current_dir(&dir)
+        .args(["plan", "p.yaml", "--database", &db.url()])
+        .output()
+        .expect("phased plan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("CREATE TABLE \"accounts\""), "{text}");
+    assert!(text.contains("cannot be shown further"), "{text}");
+    assert!(text.contains("NOT NULL without a default"), "{text}");
+    assert!(!text.contains("nothing was run"), "{text}");
+    assert!(!db.has_table("accounts").await);
+}
+
+/// Where the rehearsal stops (here at the `sql` step that needs rows), the steps after it are
+/// checked at their turn, as before the rehearsal existed: the run is not refused up front, and
+/// a later refusal comes when its step runs, after the earlier steps ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_steps_after_where_the_rehearsal_stops_are_checked_at_their_turn() {
+    let db = TestDb::sqlite();
+    db.execute(
+        "CREATE TABLE users (id integer PRIMARY KEY); \
+         INSERT INTO users (id) VALUES (1); \
+         CREATE TABLE counts (n integer NOT NULL)",
+    )
+    .await;
+    let loaded = plan(
+        r#"
+plan: stops_early
+changes:
+  - sql: "INSERT INTO counts (n) VALUES ((SELECT max(id) FROM users))"
+  - create_table: { name: accounts, columns: [ { name: id, type: integer, primary_key: true },
+                                               { name: email, type: text, nullable: false } ] }
+  - rename_column: { table: accounts, from: email, to: email_address }
+"#,
+    );
+    let err = match crate::common::run(&db, &loaded, Default::default()).await {
+        Ok(_) => panic!("the rename of a NOT NULL column without a default ran"),
+        Err((e, _)) => e.to_string(),
+    };
+    assert!(err.contains("expand#3"), "{err}");
+    assert!(err.contains("NOT NULL without a default"), "{err}");
+    assert!(!err.contains("nothing was run"), "{err}");
+    assert_eq!(db.scalar("SELECT n FROM counts").await, 1);
+    assert!(db.has_table("accounts").await);
+    assert_eq!(done_steps(&db).await, 2);
+}
+
+/// `phased validate --dialect sqlite` rehearses the plan on an empty database: a refusal on a
+/// table the plan itself creates is named at its step, with no database; steps on tables the
+/// plan does not create (it cannot see them) and the same plan without `--dialect` pass.
+#[test]
+fn validate_for_sqlite_names_a_refusal_on_a_table_the_plan_creates() {
+    let dir = crate::common::scratch_dir();
+    std::fs::write(
+        dir.join("refused.yaml"),
+        "plan: refused_offline
+changes:
+  - rename_column: { table: users, from: email, to: email_address }
+  - create_table: { name: accounts, columns: [ { name: id, type: integer, primary_key: true },
+                                               { name: email, type: text, nullable: false } ] }
+  - rename_column: { table: accounts, from: email, to: email_address }
+",
+    )
+    .expect("write the plan");
+    std::fs::write(
+        dir.join("fine.yaml"),
+        "plan: fine_offline
+changes:
+  - create_table: { name: accounts, columns: [ { name: id, type: integer, primary_key: true },
+                                               { name: email, type: text, nullable: false, default: \"''\" } ] }
+  - rename_column: { table: accounts, from: email, to: email_address }
+  - rename_column: { table: users, from: email, to: email_address }
+",
+    )
+    .expect("write the plan");
+    let validate = |args: &[&str]| {
+        crate::common::phased_cmd()
+            .arg("validate")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("phased validate")
+    };
+    let out = validate(&["--dialect", "sqlite", "refused.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "refused.yaml:6:5: error: `rename_column accounts.email → email_address` (step expand#3)"
+        ),
+        "{stderr}"
+    );
+    let flat = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("`accounts.email` is NOT NULL without a default"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("users"), "{stderr}");
+    for args in [
+        &["--dialect", "sqlite", "fine.yaml"][..],
+        &["refused.yaml"][..],
+        &["--dialect", "postgres", "refused.yaml"][..],
+    ] {
+        let out = validate(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

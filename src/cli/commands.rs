@@ -17,7 +17,7 @@ use crate::with_target;
 /// Runs the parsed command line and returns the process exit code.
 pub async fn execute(cli: Cli) -> u8 {
     match &cli.command {
-        Command::Validate { plans, dialect } => validate(plans, *dialect, cli.output),
+        Command::Validate { plans, dialect } => validate(plans, *dialect, cli.output).await,
         Command::Lint(args) => super::lint::lint(args, cli.output),
         Command::Run(args) => run(&cli, args).await,
         Command::Status(args) => super::status::status(&cli, args).await,
@@ -41,7 +41,7 @@ pub async fn execute(cli: Cli) -> u8 {
     }
 }
 
-fn validate(
+async fn validate(
     plans: &[std::path::PathBuf],
     dialect: Option<super::args::DialectArg>,
     format: OutputFormat,
@@ -57,12 +57,18 @@ fn validate(
                     .findings
                     .extend(crate::plan::lint::lint_plan(&loaded.plan));
                 if let Some(dialect) = dialect {
+                    let dialect = dialect.into();
                     report
                         .findings
                         .extend(crate::plan::validate::dialect_findings(
                             &loaded.plan,
-                            dialect.into(),
+                            dialect,
                         ));
+                    if dialect == crate::db::Dialect::Sqlite {
+                        report
+                            .findings
+                            .extend(sqlite_rehearsal_finding(&loaded.plan).await);
+                    }
                 }
                 report.findings.sort_by_key(|f| (f.line, f.column));
                 let migrations = lint_migrations(&loaded.base_dir, &loaded.plan);
@@ -131,6 +137,41 @@ fn validate(
         }
     }
     code
+}
+
+/// `validate --dialect sqlite`: the plan rehearsed on an empty SQLite database in memory
+/// (`engine::rehearsal`); a step SQLite refuses on a table the plan itself makes (a rename of a
+/// NOT NULL column its `create_table` made without a default), located at the step.
+async fn sqlite_rehearsal_finding(plan: &crate::plan::model::Plan) -> Option<crate::plan::Finding> {
+    let mut empty = match crate::db::sqlite::SqliteTarget::open(Path::new(":memory:")) {
+        Ok(empty) => empty,
+        Err(e) => {
+            tracing::debug!(error = %e, "no rehearsal of the plan: no SQLite database in memory");
+            return None;
+        }
+    };
+    let refused = engine::rehearsal::offline_refusal(&mut empty, plan).await?;
+    let at = plan
+        .phases
+        .value
+        .get(refused.step.phase_index)?
+        .value
+        .steps
+        .value
+        .get(refused.step.index)?
+        .referenced;
+    Some(
+        crate::plan::Finding::error(
+            at,
+            format!(
+                "`{}` (step {}) cannot run on sqlite: {}",
+                refused.label,
+                refused.step.id(),
+                refused.why
+            ),
+        )
+        .with_help("found by rehearsing the plan's steps on an empty SQLite database; change the earlier step that makes the table, or run this plan on PostgreSQL"),
+    )
 }
 
 /// The migration files each `migrations` step of the plan runs, linted in that step's phase

@@ -372,6 +372,14 @@ pub trait Catalog {
 
     /// Evaluates a query that must return one boolean.
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError>;
+
+    /// A copy of this database's schema without its rows or phased's state, apart from it, on
+    /// which a run rehearses its pending steps before it sends anything (`engine::rehearsal`).
+    /// SQLite: in memory, no file written. None where no copy is that cheap (PostgreSQL, whose
+    /// copy needs `pg_dump` and a new database) and in a dry run.
+    async fn schema_copy(&mut self) -> Result<Option<Self>, DbError>
+    where
+        Self: Sized;
 }
 
 /// Writing, recording and listing backups (`pg_dump -Fc`; SQLite's online backup API).

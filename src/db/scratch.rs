@@ -1,7 +1,8 @@
 //! Scratch databases for `phased verify`: a copy of a database's schema without its data, always
 //! removed afterwards. PostgreSQL: a new database on the same server, filled by
 //! `pg_dump --schema-only | psql` (a TEMPLATE copy would need the source to have no other
-//! connections). SQLite: a temporary file holding the `CREATE` statements of `sqlite_schema`.
+//! connections). SQLite: a temporary file holding the `CREATE` statements of `sqlite_schema`
+//! (which a run's rehearsal also copies, into memory: `Catalog::schema_copy`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -233,23 +234,40 @@ fn copy_sqlite_schema(source: &std::path::Path, scratch: &std::path::Path) -> Re
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(|e| open_error(source, e))?;
-        let sql = "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL \
-                   AND name NOT LIKE 'phased\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
-                   ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid";
-        let mut stmt = conn
-            .prepare(sql)
-            .map_err(|e| super::sqlite::sql_error(e, sql))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| super::sqlite::sql_error(e, sql))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| super::sqlite::sql_error(e, sql))?;
-        rows
+        sqlite_schema_statements(&conn)?
     } else {
         Vec::new()
     };
     let conn = rusqlite::Connection::open(scratch).map_err(|e| open_error(scratch, e))?;
-    for sql in &statements {
+    sqlite_create_schema(&conn, &statements)
+}
+
+/// The `CREATE` statements of an SQLite database's tables, then of its indexes, views and
+/// triggers, in the order that makes them again; phased's state and SQLite's own tables left
+/// out. Only reads.
+pub(crate) fn sqlite_schema_statements(
+    conn: &rusqlite::Connection,
+) -> Result<Vec<String>, DbError> {
+    let sql = "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL \
+               AND name NOT LIKE 'phased\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+               ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid";
+    let mut stmt = conn
+        .prepare(sql)
+        .map_err(|e| super::sqlite::sql_error(e, sql))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| super::sqlite::sql_error(e, sql))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| super::sqlite::sql_error(e, sql))?;
+    Ok(rows)
+}
+
+/// Runs `statements` ([`sqlite_schema_statements`] of another database) on `conn`.
+pub(crate) fn sqlite_create_schema(
+    conn: &rusqlite::Connection,
+    statements: &[String],
+) -> Result<(), DbError> {
+    for sql in statements {
         conn.execute_batch(sql)
             .map_err(|e| super::sqlite::sql_error(e, sql))?;
     }

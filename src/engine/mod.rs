@@ -14,6 +14,7 @@ pub mod lock_policy;
 pub mod migrations;
 pub mod pace;
 pub mod records;
+pub mod rehearsal;
 pub mod retry;
 pub mod rollback;
 pub mod runner;

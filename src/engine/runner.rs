@@ -221,9 +221,8 @@ async fn run_locked<T: Database>(
 
     // An operation that the catalog says cannot run here (SQLite refuses a rename of a NOT NULL
     // column without a default, a change of a column in a constraint, a view over a table
-    // without a primary key) is said before anything runs too: the first pending step on
-    // each existing table is rendered from the catalog as it is now. Later steps on a table
-    // are left to their own turn (an earlier step may change what they find).
+    // without a primary key) is said before anything runs too: first the first pending step on
+    // each existing table, rendered from the catalog as it is now.
     if dry.is_none() {
         let mut touched: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (s, d) in steps
@@ -251,6 +250,13 @@ async fn run_locked<T: Database>(
                 touched.insert(table.as_str().to_string());
             }
         }
+        // Then the later steps, each as the steps before it leave its table: rehearsed on a
+        // copy of the schema without rows (SQLite; see `rehearsal`).
+        let pending: Vec<&(StepRef, &Step)> = steps
+            .iter()
+            .filter(|(s, _)| range.contains(&s.phase_index) && !is_done(&records, s))
+            .collect();
+        super::rehearsal::refuse_before_run(target, plan, &pending).await?;
     }
 
     // A phase preceded by a backup: check the tools and the folder before anything runs.

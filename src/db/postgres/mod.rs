@@ -1024,6 +1024,10 @@ impl Catalog for PgTarget {
             .map(|v| v.unwrap_or(false))
             .map_err(|_| DbError::Unexpected(format!("`{sql}` did not return a boolean")))
     }
+
+    async fn schema_copy(&mut self) -> Result<Option<Self>, DbError> {
+        Ok(None)
+    }
 }
 
 impl Backups for PgTarget {

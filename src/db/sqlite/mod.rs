@@ -647,6 +647,21 @@ impl Catalog for SqliteTarget {
             ))),
         }
     }
+
+    async fn schema_copy(&mut self) -> Result<Option<Self>, DbError> {
+        if self.recorder.is_some() {
+            return Ok(None);
+        }
+        let statements = super::scratch::sqlite_schema_statements(&self.conn)?;
+        let copy = Connection::open_in_memory().map_err(|e| sql_error(e, ":memory:"))?;
+        super::scratch::sqlite_create_schema(&copy, &statements)?;
+        Ok(Some(Self {
+            conn: copy,
+            path: PathBuf::from(":memory:"),
+            recorder: None,
+            fences: Default::default(),
+        }))
+    }
 }
 
 impl Backups for SqliteTarget {
