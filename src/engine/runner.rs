@@ -500,7 +500,7 @@ async fn run_step<T: Database>(
         // Some steps lock tables only the catalog names (the tables whose foreign keys
         // reference a column `change_type` swaps). When the facts cannot be read the attempt
         // itself fails on the same error, under the retry policy.
-        if let Some(table) = def.op().facts_of() {
+        if let Some(table) = def.op().facts_of().filter(|_| def.op().locks_need_facts()) {
             if let Ok(facts) = target.table_facts(table.as_str()).await {
                 needed = def.op().locks_with(&facts);
             }

@@ -832,6 +832,10 @@ impl Operation for ChangeTypeSwap {
     /// EXCLUSIVE), in the swap's transaction. After the swap committed (a rerun) only what is
     /// left: adding back a missing key takes SHARE ROW EXCLUSIVE on both tables; VALIDATE's
     /// SHARE UPDATE EXCLUSIVE (referencing) and ROW SHARE (referenced) nobody queues behind.
+    fn locks_need_facts(&self) -> bool {
+        true
+    }
+
     fn locks_with(&self, facts: &TableFacts) -> Vec<TableLock> {
         let shape = self.0.shape();
         let swapped = facts.exists && shape.is_swapped(facts);

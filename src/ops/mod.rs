@@ -146,6 +146,12 @@ pub trait Operation {
         self.locks()
     }
 
+    /// Whether [`Operation::locks_with`] needs the catalog: the runner reads the facts of
+    /// [`Operation::facts_of`] before its look only for kinds that say so.
+    fn locks_need_facts(&self) -> bool {
+        false
+    }
+
     /// The table locks its inverse asks for that application traffic would queue behind, for
     /// rollback's look before it queues: a transactional inverse (`DROP COLUMN`, `DROP
     /// CONSTRAINT`, `DROP TRIGGER`, a SQLite rebuild) asks for ACCESS EXCLUSIVE (or SHARE ROW
