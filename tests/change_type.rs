@@ -501,3 +501,278 @@ async fn plan_against_the_database_before_anything_ran(db: TestDb) {
     assert!(!db.has_column("orders", SHADOW).await);
 }
 on_both!(plan_against_the_database_before_anything_ran);
+
+/// A `change_type` of `customers.id` (a serial primary key) that `invoices` references, with
+/// its own lock_timeout long enough for the waits the tests below arrange, and no backup.
+const WIDEN_REFERENCED: &str = r#"
+plan: widen-referenced
+defaults:
+  retry: { attempts: 3, backoff: 50ms, max_backoff: 100ms }
+backup: { before: [] }
+changes:
+  - change_type: { table: customers, column: id, type: bigint, lock_timeout: 30s }
+"#;
+
+const FK_DEFINITION: &str =
+    "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'invoices_customer_fk'";
+
+/// Customers and invoices referencing them, and the plan run up to its contract phase.
+async fn referenced_up_to_contract(db: &TestDb) -> std::path::PathBuf {
+    db.execute(
+        "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE invoices (id serial PRIMARY KEY, customer_id integer NOT NULL CONSTRAINT invoices_customer_fk REFERENCES customers (id) ON DELETE CASCADE);
+         INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 200) g;
+         INSERT INTO invoices (customer_id) SELECT (g % 200) + 1 FROM generate_series(1, 400) g;",
+    )
+    .await;
+    let dir = crate::common::scratch_dir();
+    let plan = dir.join("plan.yaml");
+    std::fs::write(&plan, WIDEN_REFERENCED).expect("write the plan");
+    let out = phased_cmd()
+        .arg("run")
+        .arg(&plan)
+        .args(["--database", &db.url(), "--until", "migrate"])
+        .output()
+        .expect("phased run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    plan
+}
+
+/// Polls `sql` (a count) until it is positive, failing after a minute.
+async fn wait_until(db: &TestDb, what: &str, sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.scalar(sql).await == 0 {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// kill -9 after the swap committed and before the foreign key that references the column
+/// was validated. Made deterministic with locks: a session holds the serial's sequence, so the
+/// swap waits inside its transaction (holding `invoices`); a second session queues for SHARE
+/// on `invoices` behind it, and so gets it the moment the swap commits, before the validation
+/// (SHARE UPDATE EXCLUSIVE) can; the runner is killed while its validation waits. Rollback then
+/// says the swap committed and what to do (never "nothing to undo") and undoes nothing; the
+/// rerun, after the key was dropped by hand meanwhile, adds it back and validates it: it is as
+/// it was before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_the_swap_and_the_validation_resumes_on_postgres() {
+    let db = TestDb::pg().await;
+    let plan = referenced_up_to_contract(&db).await;
+    let before = db.text(FK_DEFINITION).await;
+    assert_eq!(
+        before.as_deref(),
+        Some("FOREIGN KEY (customer_id) REFERENCES customers(id) ON DELETE CASCADE")
+    );
+
+    let pg = crate::common::pg(&db);
+    let sequence = pg.client().await;
+    sequence
+        .batch_execute("BEGIN; ALTER SEQUENCE customers_id_seq INCREMENT BY 1")
+        .await
+        .expect("hold the sequence");
+    let (mut child, stderr) = crate::common::spawn_run(&plan, &db.url(), &["--phase", "contract"]);
+    wait_until(
+        &db,
+        "the swap waits for the sequence",
+        "SELECT count(*) FROM pg_locks WHERE relation = 'customers_id_seq'::regclass AND NOT granted",
+    )
+    .await;
+    let share = pg.client().await;
+    let queued = tokio::spawn(async move {
+        share
+            .batch_execute("BEGIN; LOCK TABLE invoices IN SHARE MODE")
+            .await
+            .expect("SHARE on invoices");
+        share
+    });
+    wait_until(
+        &db,
+        "the SHARE lock queues behind the swap",
+        "SELECT count(*) FROM pg_locks WHERE relation = 'invoices'::regclass AND mode = 'ShareLock' AND NOT granted",
+    )
+    .await;
+    sequence.batch_execute("ROLLBACK").await.expect("release");
+    let share = queued.await.expect("the SHARE session");
+    wait_until(
+        &db,
+        "the validation waits behind the SHARE lock",
+        "SELECT count(*) FROM pg_locks WHERE relation = 'invoices'::regclass AND mode = 'ShareUpdateExclusiveLock' AND NOT granted",
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(child.wait().expect("wait").code(), None, "killed");
+    share.batch_execute("ROLLBACK").await.expect("release");
+    let printed = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+    // The killed runner's sessions end (the one that waited ends once it sees the client gone).
+    wait_until(
+        &db,
+        "the killed runner's sessions are gone",
+        "SELECT CASE WHEN count(*) = 0 THEN 1::int8 ELSE 0::int8 END FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'phased%'",
+    )
+    .await;
+
+    // The swap committed; the key is back NOT VALID; the step is not done, and says so.
+    assert_eq!(
+        db.text("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attname = 'id'")
+            .await
+            .as_deref(),
+        Some("bigint"),
+        "{printed}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_constraint WHERE conname = 'invoices_customer_fk' AND NOT convalidated")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.text("SELECT status FROM phased.steps WHERE phase = 'contract'")
+            .await
+            .as_deref(),
+        Some("running")
+    );
+
+    // Rollback: says where the step stands and what to do; undoes nothing.
+    let back = phased_cmd()
+        .arg("rollback")
+        .arg(&plan)
+        .args(["--database", &db.url()])
+        .output()
+        .expect("phased rollback");
+    let said = String::from_utf8_lossy(&back.stderr);
+    assert_eq!(back.status.code(), Some(1), "{said}");
+    for expected in [
+        "the swap of `customers.id` committed",
+        "\"invoices_customer_fk\" on invoices: NOT VALID now",
+        "`phased run` finishes the step",
+        "`phased restore BACKUP`",
+    ] {
+        assert!(said.contains(expected), "`{expected}` not in:\n{said}");
+    }
+    assert!(!said.contains("nothing to undo"), "{said}");
+    assert!(db.has_column("customers", "id").await);
+    assert_eq!(
+        db.text("SELECT status FROM phased.steps WHERE phase = 'contract'")
+            .await
+            .as_deref(),
+        Some("running")
+    );
+
+    // Someone drops the unvalidated key meanwhile; the rerun adds it back and validates it.
+    db.execute("ALTER TABLE invoices DROP CONSTRAINT invoices_customer_fk")
+        .await;
+    let rerun = phased_cmd()
+        .arg("run")
+        .arg(&plan)
+        .args(["--database", &db.url()])
+        .output()
+        .expect("phased run");
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(db.text(FK_DEFINITION).await, before);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_constraint WHERE conname = 'invoices_customer_fk' AND convalidated")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.text("SELECT status FROM phased.steps WHERE phase = 'contract'")
+            .await
+            .as_deref(),
+        Some("done")
+    );
+    let app = App::open(&db, "new app").await;
+    assert!(app
+        .try_exec("INSERT INTO invoices (customer_id) VALUES (-42)")
+        .await
+        .is_err_and(|e| e.contains("invoices_customer_fk")));
+}
+
+/// The swap locks `invoices` too (it drops and adds back its foreign key): a session reading
+/// `invoices` is seen by the look before queueing, and the swap waits for it (here, with few
+/// attempts, gives up naming it) instead of queueing behind it; `phased plan` looks at
+/// `invoices` as well, and offline says the referencing tables are locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_swap_looks_at_the_referencing_table_before_queueing_on_postgres() {
+    let db = TestDb::pg().await;
+    let plan = referenced_up_to_contract(&db).await;
+
+    let shown = phased_cmd()
+        .arg("plan")
+        .arg(&plan)
+        .args(["--database", &db.url()])
+        .output()
+        .expect("phased plan");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{text}");
+    let contract = text.find("phase contract").unwrap_or_default();
+    assert!(
+        text[contract..].contains("= \"\\\"invoices\\\"\", []"),
+        "no look at invoices in:\n{}",
+        &text[contract..]
+    );
+    let offline = phased_cmd()
+        .arg("plan")
+        .arg(&plan)
+        .args(["--offline", "--dialect", "postgres"])
+        .output()
+        .expect("phased plan --offline");
+    let text = String::from_utf8_lossy(&offline.stdout);
+    assert!(
+        text.contains("the tables with foreign keys referencing customers.id"),
+        "{text}"
+    );
+
+    let reader = crate::common::pg(&db).client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM invoices")
+        .await
+        .expect("a long reader");
+    let run = phased_cmd()
+        .arg("run")
+        .arg(&plan)
+        .args(["--database", &db.url()])
+        .output()
+        .expect("phased run");
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("hold locks on `invoices` that conflict with the ACCESS EXCLUSIVE lock"),
+        "{said}"
+    );
+    // Not attempted: nothing queued, nothing swapped.
+    assert_eq!(
+        db.text("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attname = 'id'")
+            .await
+            .as_deref(),
+        Some("integer")
+    );
+    reader.batch_execute("COMMIT").await.expect("commit");
+    let rerun = phased_cmd()
+        .arg("run")
+        .arg(&plan)
+        .args(["--database", &db.url()])
+        .output()
+        .expect("phased run");
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_constraint WHERE conname = 'invoices_customer_fk' AND convalidated")
+            .await,
+        1
+    );
+}

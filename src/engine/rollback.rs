@@ -134,11 +134,30 @@ async fn rollback_locked<T: Database>(
         }
         let id = step_id(step, def);
         let key = key_of(plan, step);
+        let checkpoint = records
+            .get(&(step.phase.clone(), step.index as i32))
+            .and_then(|r| r.checkpoint.as_deref());
+        // A step that did not finish but committed a part its inverse cannot take back (a
+        // `change_type` swap whose foreign keys were not validated yet) says so and stops
+        // the rollback, rather than report nothing to undo.
+        if status != StepStatus::Done && def.op().committed_part(checkpoint, None).is_some() {
+            let facts = match def.op().facts_of() {
+                Some(table) => target.table_facts(table.as_str()).await.ok(),
+                None => None,
+            };
+            let reason = def
+                .op()
+                .committed_part(checkpoint, facts.as_ref())
+                .unwrap_or_default();
+            return Err(EngineError::Irreversible {
+                step: step.id(),
+                label: def.label(),
+                reason,
+                undone,
+            });
+        }
         let inverse = match inverse_of(plan, def, status, target.dialect()) {
             Inverse::Recorded(what) => {
-                let checkpoint = records
-                    .get(&(step.phase.clone(), step.index as i32))
-                    .and_then(|r| r.checkpoint.as_deref());
                 put_back_recorded(&what, checkpoint, status, target.dialect())
             }
             other => other,

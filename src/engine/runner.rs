@@ -503,6 +503,14 @@ async fn run_step<T: Database>(
         if let Step::Migrations(m) = def {
             needed = super::migrations::pending_locks(target, &loaded.base_dir, m).await;
         }
+        // Some steps lock tables only the catalog names (the tables whose foreign keys
+        // reference a column `change_type` swaps). When the facts cannot be read the attempt
+        // itself fails on the same error, under the retry policy.
+        if let Some(table) = def.op().facts_of().filter(|_| def.op().locks_need_facts()) {
+            if let Ok(facts) = target.table_facts(table.as_str()).await {
+                needed = def.op().locks_with(&facts);
+            }
+        }
         match (lock_policy::look(target, &needed).await?, target.recorder()) {
             (None, _) => {}
             (Some(blocked), Some(recorder)) => recorder.note(format!(
@@ -867,11 +875,13 @@ async fn execute<T: Database>(
             Ok(Completion::Done)
         }
         _ => {
-            // Operations whose SQL depends on the catalog render from it as it is now.
+            // Operations whose SQL depends on the catalog render from it as it is now, and
+            // from what an earlier attempt that committed part of the step recorded.
             let units = match def.op().facts_of() {
                 Some(table) => {
                     let facts = target.table_facts(table.as_str()).await?;
-                    def.op().units_with(target.dialect(), &facts)
+                    def.op()
+                        .units_resumed(target.dialect(), &facts, checkpoint.as_deref())
                 }
                 None => def.op().units(target.dialect()),
             }

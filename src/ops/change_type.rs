@@ -192,6 +192,14 @@ impl Shape {
             .collect()
     }
 
+    /// Whether the swap has committed: the shadow is gone and the column is of the new type.
+    fn is_swapped(&self, facts: &TableFacts) -> bool {
+        facts.column(self.shadow().as_str()).is_none()
+            && self
+                .column_facts(facts)
+                .is_ok_and(|c| same_type(&c.ty, &self.ty))
+    }
+
     /// The foreign keys of other tables that reference the column.
     fn references<'f>(&self, facts: &'f TableFacts) -> Vec<&'f super::facts::ReferenceFacts> {
         let column = self.column.as_str();
@@ -258,6 +266,146 @@ fn owned_sequence(default: &str) -> Option<&str> {
     name.chars()
         .all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '"')
         .then_some(name)
+}
+
+/// What the swap records in its own transaction (`Unit::Checkpoint`, `{"swapped": …}`): the
+/// foreign keys of other tables it dropped and added back `NOT VALID`, as they were before. A
+/// rerun after a crash between the swap's commit and their validation adds back any that is
+/// missing and validates them; rollback knows from it that the swap committed.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+struct Swapped {
+    references: Vec<SwappedReference>,
+}
+
+/// One foreign key the swap dropped and added back.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+struct SwappedReference {
+    /// The referencing table as the database prints it (`regclass`).
+    table: String,
+    name: String,
+    /// `pg_get_constraintdef` before the swap, without ` NOT VALID`.
+    definition: String,
+    /// Whether it was validated before the swap (then it is validated again after).
+    validated: bool,
+}
+
+impl Swapped {
+    fn of(references: &[&super::facts::ReferenceFacts]) -> Self {
+        Swapped {
+            references: references
+                .iter()
+                .map(|r| SwappedReference {
+                    table: r.table.clone(),
+                    name: r.name.clone(),
+                    definition: without_not_valid(&r.definition).to_string(),
+                    validated: !r.definition.ends_with(" NOT VALID"),
+                })
+                .collect(),
+        }
+    }
+
+    fn to_checkpoint(&self) -> String {
+        serde_json::json!({ "swapped": self }).to_string()
+    }
+
+    fn from_checkpoint(checkpoint: Option<&str>) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_str(checkpoint?).ok()?;
+        serde_json::from_value(value.get("swapped")?.clone()).ok()
+    }
+
+    /// What is left after the swap committed, the catalog as it is now: the recorded keys that
+    /// are missing, added back `NOT VALID` in one transaction; then each key that was
+    /// validated before and is not now, validated in a transaction of its own.
+    fn rest(&self, facts: &TableFacts) -> Vec<Unit> {
+        let now = |r: &SwappedReference| {
+            facts
+                .referenced_by
+                .iter()
+                .find(|k| k.name == r.name && k.table == r.table)
+        };
+        let add: Vec<String> = self
+            .references
+            .iter()
+            .filter(|r| now(r).is_none())
+            .map(|r| {
+                format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
+                    r.table,
+                    quote(&r.name),
+                    r.definition
+                )
+            })
+            .collect();
+        let mut units = Vec::new();
+        if !add.is_empty() {
+            units.push(Unit::Transaction(add));
+        }
+        units.extend(
+            self.references
+                .iter()
+                .filter(|r| r.validated)
+                .filter(|r| now(r).is_none_or(|k| k.definition.ends_with(" NOT VALID")))
+                .map(|r| {
+                    Unit::Transaction(vec![format!(
+                        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+                        r.table,
+                        quote(&r.name)
+                    )])
+                }),
+        );
+        units
+    }
+
+    /// Each recorded key and its state in the catalog now, for rollback's message.
+    fn state(&self, facts: Option<&TableFacts>) -> String {
+        self.references
+            .iter()
+            .map(|r| {
+                let now = facts.map(|f| {
+                    f.referenced_by
+                        .iter()
+                        .find(|k| k.name == r.name && k.table == r.table)
+                });
+                let state = match now {
+                    None => "",
+                    Some(None) => ": missing now",
+                    Some(Some(k)) if k.definition.ends_with(" NOT VALID") => ": NOT VALID now",
+                    Some(Some(_)) => ": valid now",
+                };
+                format!("{} on {}{state}", quote(&r.name), r.table)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A table as `regclass::text` prints it (`invoices`, `app.invoices`, `"Odd"."Name"`), as a
+/// [`TableName`]: the look before queueing finds it with `to_regclass` of its quoted form.
+fn regclass_table(text: &str) -> Option<TableName> {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                part.push('"');
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut part)),
+            other => part.push(other),
+        }
+    }
+    parts.push(part);
+    match parts.as_slice() {
+        [name] => Some(TableName::in_schema(None, &Name::new(name.as_str()).ok()?)),
+        [schema, name] => Some(TableName::in_schema(
+            Some(&Name::new(schema.as_str()).ok()?),
+            &Name::new(name.as_str()).ok()?,
+        )),
+        _ => None,
+    }
 }
 
 impl ChangeType {
@@ -670,13 +818,48 @@ impl Operation for ChangeTypeSwap {
     }
 
     /// DROP COLUMN, RENAME, SET NOT NULL (proven by the check: no scan) take ACCESS EXCLUSIVE
-    /// for a moment; each table whose foreign key references the column is locked too (SHARE
-    /// ROW EXCLUSIVE or stronger) while its key is dropped and added back NOT VALID.
+    /// for a moment. The tables whose foreign keys reference the column are locked too, but
+    /// only the catalog names them: see [`Operation::locks_with`].
     fn locks(&self) -> Vec<TableLock> {
         vec![TableLock {
             table: self.0.table.clone(),
             mode: LockMode::AccessExclusive,
         }]
+    }
+
+    /// Each table whose foreign key references the column, as well: the swap's `ALTER TABLE …
+    /// DROP CONSTRAINT` takes ACCESS EXCLUSIVE on it (and `ADD … NOT VALID` SHARE ROW
+    /// EXCLUSIVE), in the swap's transaction. After the swap committed (a rerun) only what is
+    /// left: adding back a missing key takes SHARE ROW EXCLUSIVE on both tables; VALIDATE's
+    /// SHARE UPDATE EXCLUSIVE (referencing) and ROW SHARE (referenced) nobody queues behind.
+    fn locks_need_facts(&self) -> bool {
+        true
+    }
+
+    fn locks_with(&self, facts: &TableFacts) -> Vec<TableLock> {
+        let shape = self.0.shape();
+        let swapped = facts.exists && shape.is_swapped(facts);
+        let mode = if swapped {
+            LockMode::ShareRowExclusive
+        } else {
+            LockMode::AccessExclusive
+        };
+        let mut locks = vec![TableLock {
+            table: self.0.table.clone(),
+            mode,
+        }];
+        for r in shape.references(facts) {
+            match regclass_table(&r.table) {
+                Some(table) if !locks.iter().any(|l| l.table == table) => {
+                    locks.push(TableLock { table, mode })
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(table = %r.table, "cannot read the referencing table's name; it is not looked at before queueing")
+                }
+            }
+        }
+        locks
     }
 
     fn lock_timeout(&self) -> Option<PlanDuration> {
@@ -702,7 +885,11 @@ impl Operation for ChangeTypeSwap {
                 "ALTER TABLE {t} RENAME COLUMN {} TO {c}",
                 shadow.quoted()
             ));
-            sql.push("-- then: the copies of indexes and constraints renamed to the original names, the default and NOT NULL set, foreign keys that reference the column added back NOT VALID and validated".to_string());
+            sql.push(format!(
+                "-- then: the copies of indexes and constraints renamed to the original names, the default and NOT NULL set, foreign keys that reference the column added back NOT VALID and validated; \
+                 this also locks the tables with foreign keys referencing {}.{} (ACCESS EXCLUSIVE while each key is dropped and added back NOT VALID, in this transaction; SHARE UPDATE EXCLUSIVE while it is validated after)",
+                shape.table, shape.column
+            ));
             return Ok(vec![Unit::Transaction(sql)]);
         }
         let references = shape.references(facts);
@@ -718,13 +905,15 @@ impl Operation for ChangeTypeSwap {
                 })
                 .collect::<Vec<_>>()
         };
-        let swapped = facts.column(shadow.as_str()).is_none()
-            && shape
-                .column_facts(facts)
-                .is_ok_and(|c| same_type(&c.ty, &shape.ty));
-        if swapped {
-            // Swapped already (a rerun after the swap committed): validate what is left.
-            return Ok(validate_references(&references));
+        if shape.is_swapped(facts) {
+            // Swapped already (a rerun after the swap committed, which recorded nothing: see
+            // `units_resumed`): validate the keys that are not.
+            let not_valid: Vec<_> = references
+                .iter()
+                .copied()
+                .filter(|r| r.definition.ends_with(" NOT VALID"))
+                .collect();
+            return Ok(validate_references(&not_valid));
         }
         // (Without the shadow and still of the old type: a dry run before expand ran; the swap
         // is shown as it will run.)
@@ -835,9 +1024,63 @@ impl Operation for ChangeTypeSwap {
                 without_not_valid(&r.definition)
             ));
         }
-        let mut units = vec![Unit::Transaction(sql)];
-        units.extend(validate_references(&references));
+        let swap = Unit::Transaction(sql);
+        if references.is_empty() {
+            // The swap is the step's one unit: its transaction marks the step done.
+            return Ok(vec![swap]);
+        }
+        // A crash after the swap commits and before the keys are validated must leave a step
+        // that a rerun finishes and that rollback knows committed: the swap records the keys
+        // in its own transaction.
+        let mut units = vec![Unit::Checkpoint {
+            checkpoint: Swapped::of(&references).to_checkpoint(),
+            then: Box::new(swap),
+        }];
+        let validated: Vec<_> = references
+            .iter()
+            .copied()
+            .filter(|r| !r.definition.ends_with(" NOT VALID"))
+            .collect();
+        units.extend(validate_references(&validated));
         Ok(units)
+    }
+
+    /// After the swap committed (its checkpoint says so, and the catalog agrees): the recorded
+    /// foreign keys that are missing added back `NOT VALID`, and those that were validated
+    /// before validated again.
+    fn units_resumed(
+        &self,
+        dialect: Dialect,
+        facts: &TableFacts,
+        checkpoint: Option<&str>,
+    ) -> Result<Vec<Unit>, RenderError> {
+        match Swapped::from_checkpoint(checkpoint) {
+            Some(swapped) if facts.exists && self.0.shape().is_swapped(facts) => {
+                Ok(swapped.rest(facts))
+            }
+            _ => self.units_with(dialect, facts),
+        }
+    }
+
+    /// A swap that committed and whose foreign keys were not all validated yet: it cannot be
+    /// undone from the plan (the old column and its values are gone).
+    fn committed_part(
+        &self,
+        checkpoint: Option<&str>,
+        facts: Option<&TableFacts>,
+    ) -> Option<String> {
+        let swapped = Swapped::from_checkpoint(checkpoint)?;
+        let shape = self.0.shape();
+        Some(format!(
+            "the swap of `{}.{}` committed before the run stopped: the column is of type `{}` now and the column of the old type is dropped with its values, so the plan cannot undo it. \
+             The foreign keys that reference the column were added back NOT VALID in the swap, and not all were validated yet ({}). \
+             `phased run` finishes the step: it adds back any of those keys that is missing and validates them. \
+             To go back to the old type, restore the backup taken before this contract phase: `phased backups PLAN` lists them, `phased restore BACKUP` restores one",
+            shape.table,
+            shape.column,
+            shape.ty,
+            swapped.state(facts)
+        ))
     }
 
     /// Once the old column is dropped only a backup brings it back; a swap that did not commit
@@ -1042,6 +1285,21 @@ mod tests {
                 "ALTER TABLE lines VALIDATE CONSTRAINT \"lines_total_fk\"".into()
             ])
         );
+        // The swap records the key it drops, in its own transaction.
+        let Unit::Checkpoint { checkpoint, .. } = &units[0] else {
+            panic!("{:?}", units[0])
+        };
+        assert_eq!(
+            Swapped::from_checkpoint(Some(checkpoint)),
+            Some(Swapped {
+                references: vec![SwappedReference {
+                    table: "lines".into(),
+                    name: "lines_total_fk".into(),
+                    definition: "FOREIGN KEY (total) REFERENCES orders(total_cents)".into(),
+                    validated: true,
+                }]
+            })
+        );
         // The rebuilt index missing: refused, naming the part to run.
         facts
             .indexes
@@ -1051,6 +1309,132 @@ mod tests {
             matches!(&err, Err(e) if e.0.contains("has no valid copy")),
             "{err:?}"
         );
+    }
+
+    /// The catalog after the swap committed: the column of the new type, no shadow.
+    fn swapped_orders() -> TableFacts {
+        let mut facts = orders();
+        facts.columns[1].ty = "bigint".into();
+        facts
+    }
+
+    fn lines_fk(definition: &str) -> ReferenceFacts {
+        ReferenceFacts {
+            name: "lines_total_fk".into(),
+            table: "app.\"Lines\"".into(),
+            definition: definition.into(),
+            columns: vec!["total_cents".into()],
+        }
+    }
+
+    #[test]
+    fn a_rerun_after_the_swap_committed_does_what_its_checkpoint_says_is_left() {
+        let part = &op().op().later_parts()[2].step;
+        let recorded = Swapped::of(&[&lines_fk(
+            "FOREIGN KEY (total) REFERENCES orders(total_cents) ON DELETE CASCADE",
+        )])
+        .to_checkpoint();
+        let validate = Unit::Transaction(vec![
+            "ALTER TABLE app.\"Lines\" VALIDATE CONSTRAINT \"lines_total_fk\"".into(),
+        ]);
+        // The key missing (dropped by hand meanwhile): added back NOT VALID, then validated.
+        let mut facts = swapped_orders();
+        let units = part
+            .op()
+            .units_resumed(Dialect::Postgres, &facts, Some(&recorded))
+            .unwrap_or_default();
+        assert_eq!(
+            units,
+            vec![
+                Unit::Transaction(vec!["ALTER TABLE app.\"Lines\" ADD CONSTRAINT \"lines_total_fk\" FOREIGN KEY (total) REFERENCES orders(total_cents) ON DELETE CASCADE NOT VALID".into()]),
+                validate.clone()
+            ]
+        );
+        // Added back NOT VALID by the swap: validated.
+        facts.referenced_by.push(lines_fk(
+            "FOREIGN KEY (total) REFERENCES orders(total_cents) ON DELETE CASCADE NOT VALID",
+        ));
+        let units = part
+            .op()
+            .units_resumed(Dialect::Postgres, &facts, Some(&recorded))
+            .unwrap_or_default();
+        assert_eq!(units, vec![validate]);
+        // Valid already: nothing left.
+        facts.referenced_by[0] =
+            lines_fk("FOREIGN KEY (total) REFERENCES orders(total_cents) ON DELETE CASCADE");
+        let units = part
+            .op()
+            .units_resumed(Dialect::Postgres, &facts, Some(&recorded))
+            .unwrap_or_default();
+        assert!(units.is_empty(), "{units:?}");
+        // Rollback is told the swap committed, and each key's state now.
+        let why = part
+            .op()
+            .committed_part(Some(&recorded), Some(&swapped_orders()))
+            .unwrap_or_default();
+        assert!(
+            why.contains("the swap of `orders.total_cents` committed"),
+            "{why}"
+        );
+        assert!(
+            why.contains("\"lines_total_fk\" on app.\"Lines\": missing now"),
+            "{why}"
+        );
+        assert!(why.contains("`phased run` finishes the step"), "{why}");
+        assert_eq!(part.op().committed_part(None, None), None);
+    }
+
+    #[test]
+    fn the_swap_locks_the_tables_whose_keys_reference_the_column() {
+        let part = &op().op().later_parts()[2].step;
+        let mut facts = orders();
+        facts.columns.push(ColumnFacts {
+            name: "phased_new_total_cents".into(),
+            ty: "bigint".into(),
+            ..ColumnFacts::default()
+        });
+        facts.referenced_by.push(lines_fk(
+            "FOREIGN KEY (total) REFERENCES orders(total_cents)",
+        ));
+        let locks = |facts: &TableFacts| {
+            part.op()
+                .locks_with(facts)
+                .into_iter()
+                .map(|l| (l.table.quoted(), l.mode))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            locks(&facts),
+            vec![
+                ("\"orders\"".to_string(), LockMode::AccessExclusive),
+                ("\"app\".\"Lines\"".to_string(), LockMode::AccessExclusive),
+            ]
+        );
+        // After the swap: what adding back a key takes.
+        let mut swapped = swapped_orders();
+        swapped.referenced_by = facts.referenced_by.clone();
+        assert_eq!(
+            locks(&swapped),
+            vec![
+                ("\"orders\"".to_string(), LockMode::ShareRowExclusive),
+                ("\"app\".\"Lines\"".to_string(), LockMode::ShareRowExclusive),
+            ]
+        );
+    }
+
+    #[test]
+    fn regclass_names_are_read_back() {
+        let read = |t: &str| regclass_table(t).map(|t| t.quoted());
+        assert_eq!(read("invoices").as_deref(), Some("\"invoices\""));
+        assert_eq!(
+            read("app.invoices").as_deref(),
+            Some("\"app\".\"invoices\"")
+        );
+        assert_eq!(
+            read("\"A.b\".\"x\"\"y\"").as_deref(),
+            Some("\"A.b\".\"x\"\"y\"")
+        );
+        assert_eq!(read("a.b.c"), None);
     }
 
     #[test]

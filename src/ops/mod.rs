@@ -139,6 +139,19 @@ pub trait Operation {
         Vec::new()
     }
 
+    /// [`Operation::locks`], from the catalog as it is when the step runs
+    /// ([`Operation::facts_of`]): a step that also changes tables the catalog names (the
+    /// foreign keys of other tables that reference a column) asks for locks on those too.
+    fn locks_with(&self, _facts: &TableFacts) -> Vec<TableLock> {
+        self.locks()
+    }
+
+    /// Whether [`Operation::locks_with`] needs the catalog: the runner reads the facts of
+    /// [`Operation::facts_of`] before its look only for kinds that say so.
+    fn locks_need_facts(&self) -> bool {
+        false
+    }
+
     /// The table locks its inverse asks for that application traffic would queue behind, for
     /// rollback's look before it queues: a transactional inverse (`DROP COLUMN`, `DROP
     /// CONSTRAINT`, `DROP TRIGGER`, a SQLite rebuild) asks for ACCESS EXCLUSIVE (or SHARE ROW
@@ -183,6 +196,30 @@ pub trait Operation {
         self.units(dialect)
     }
 
+    /// [`Operation::units_with`] for an attempt at a step that may have committed part of its
+    /// work before (a rerun after a crash): `checkpoint` is what its earlier attempt recorded
+    /// (`Unit::Checkpoint`), so the units can be what is left.
+    fn units_resumed(
+        &self,
+        dialect: Dialect,
+        facts: &TableFacts,
+        _checkpoint: Option<&str>,
+    ) -> Result<Vec<Unit>, RenderError> {
+        self.units_with(dialect, facts)
+    }
+
+    /// For rollback, a step that did not finish but whose checkpoint says it committed a part
+    /// that its inverse cannot take back (`Unit::Checkpoint`): what state that left and what
+    /// to do. Rollback stops there rather than report nothing to undo.
+    /// `facts` are the catalog's of [`Operation::facts_of`] now, when they could be read.
+    fn committed_part(
+        &self,
+        _checkpoint: Option<&str>,
+        _facts: Option<&TableFacts>,
+    ) -> Option<String> {
+        None
+    }
+
     /// Columns the step adds to existing tables that its own inverse drops (a shadow column):
     /// work done later into them needs no undo of its own.
     fn adds_columns(&self) -> Vec<(TableName, Name)> {
@@ -219,7 +256,7 @@ pub struct LaterPart {
 /// [`Operation::inverse_locks`]).
 fn inverse_locks_on(table: Option<&TableName>, units: &[Unit]) -> Vec<TableLock> {
     let transactional = units.iter().any(|u| match u {
-        Unit::Remember { then, .. } => {
+        Unit::Remember { then, .. } | Unit::Checkpoint { then, .. } => {
             matches!(**then, Unit::Transaction(_) | Unit::RebuildTable { .. })
         }
         other => matches!(other, Unit::Transaction(_) | Unit::RebuildTable { .. }),

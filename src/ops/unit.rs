@@ -55,6 +55,11 @@ pub enum Unit {
     /// index or constraint that is not there (a rerun after the drop committed) leaves what
     /// was recorded as it is.
     Remember { what: Remembered, then: Box<Unit> },
+    /// Runs `then` (a transaction) and, in that same transaction, writes `checkpoint` as the
+    /// step's checkpoint: what is left of the step once `then` has committed (a step of several
+    /// units that a crash can stop between them), for the rerun that finishes it and for
+    /// rollback, which must know that `then` committed.
+    Checkpoint { checkpoint: String, then: Box<Unit> },
 }
 
 /// What a [`Unit::Remember`] looks up before the change. Names are as the plan writes them
@@ -201,6 +206,10 @@ impl Unit {
             Unit::Remember { what, then } => format!(
                 "-- first: record {} in the step's state (rollback puts it back)\n{}",
                 what.describe(),
+                then.sql_text()
+            ),
+            Unit::Checkpoint { then, .. } => format!(
+                "{}\n-- and, in the same transaction: record in the step's state what is left to do after it",
                 then.sql_text()
             ),
             Unit::RebuildTable { table, change } => {

@@ -342,12 +342,13 @@ impl PgTarget {
         done: Option<(&StepKey, StepStatus)>,
         fence: Option<(String, i64)>,
     ) -> Result<(), DbError> {
-        self.run_transaction_remembering(statements, timeouts, done, fence, None)
+        self.run_transaction_remembering(statements, timeouts, done, fence, None, None)
             .await
     }
 
     /// [`Self::run_transaction`], first recording what the statements change in the step's
-    /// checkpoint when `remember` says so (`Unit::Remember`), in the same transaction.
+    /// checkpoint when `remember` says so (`Unit::Remember`), in the same transaction; and,
+    /// after them, writing `checkpoint` as the step's checkpoint (`Unit::Checkpoint`).
     async fn run_transaction_remembering(
         &mut self,
         statements: &[String],
@@ -355,6 +356,7 @@ impl PgTarget {
         done: Option<(&StepKey, StepStatus)>,
         fence: Option<(String, i64)>,
         remember: Option<(&StepKey, &crate::ops::Remembered)>,
+        checkpoint: Option<(&StepKey, &str)>,
     ) -> Result<(), DbError> {
         if let Some(why) = self.lost_reason() {
             return Err(DbError::LeaseLost(why));
@@ -370,6 +372,9 @@ impl PgTarget {
             }
             for sql in statements {
                 work.batch_execute(sql).await?;
+            }
+            if let Some((key, checkpoint)) = checkpoint {
+                state::set_checkpoint(work, key, Some(checkpoint)).await?;
             }
             if let Some((key, status)) = done {
                 state::mark(work, key, status).await?;
@@ -392,7 +397,9 @@ impl PgTarget {
         let last_tx = units
             .iter()
             .rposition(|u| match u {
-                Unit::Remember { then, .. } => matches!(**then, Unit::Transaction(_)),
+                Unit::Remember { then, .. } | Unit::Checkpoint { then, .. } => {
+                    matches!(**then, Unit::Transaction(_))
+                }
                 other => matches!(other, Unit::Transaction(_) | Unit::DropColumn { .. }),
             })
             .filter(|&i| i + 1 == units.len());
@@ -433,6 +440,27 @@ impl PgTarget {
                         unit.sql_text()
                     )))
                 }
+                Unit::Checkpoint { checkpoint, then } => match &**then {
+                    // Written in the change's own transaction: both commit, or neither.
+                    Unit::Transaction(stmts) => {
+                        let fence = self.fence(&key.plan);
+                        self.run_transaction_remembering(
+                            stmts,
+                            timeouts,
+                            done,
+                            fence,
+                            None,
+                            Some((key, checkpoint.as_str())),
+                        )
+                        .await?
+                    }
+                    other => {
+                        return Err(DbError::Unexpected(format!(
+                            "cannot record a checkpoint with {}",
+                            other.sql_text()
+                        )))
+                    }
+                },
                 Unit::Remember { what, then } => match &**then {
                     // Recorded in the change's own transaction: both commit, or neither.
                     Unit::Transaction(stmts) => {
@@ -443,6 +471,7 @@ impl PgTarget {
                             done,
                             fence,
                             Some((key, what)),
+                            None,
                         )
                         .await?
                     }

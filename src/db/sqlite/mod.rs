@@ -224,17 +224,19 @@ impl SqliteTarget {
         done: Option<(&StepKey, StepStatus)>,
         fence: Option<(String, i64)>,
     ) -> Result<(), DbError> {
-        self.run_transaction_remembering(statements, done, fence, None)
+        self.run_transaction_remembering(statements, done, fence, None, None)
     }
 
     /// [`Self::run_transaction`], first recording what the statements change in the step's
-    /// checkpoint when `remember` says so (`Unit::Remember`), in the same transaction.
+    /// checkpoint when `remember` says so (`Unit::Remember`), in the same transaction; and,
+    /// after them, writing `checkpoint` as the step's checkpoint (`Unit::Checkpoint`).
     fn run_transaction_remembering(
         &mut self,
         statements: &[String],
         done: Option<(&StepKey, StepStatus)>,
         fence: Option<(String, i64)>,
         remember: Option<(&StepKey, &crate::ops::Remembered)>,
+        checkpoint: Option<(&StepKey, &str)>,
     ) -> Result<(), DbError> {
         let tx = self
             .conn
@@ -246,6 +248,9 @@ impl SqliteTarget {
         }
         for sql in statements {
             tx.execute_batch(sql).map_err(|e| sql_error(e, sql))?;
+        }
+        if let Some((key, checkpoint)) = checkpoint {
+            state::set_checkpoint(&tx, key, Some(checkpoint))?;
         }
         if let Some((key, status)) = done {
             state::mark(&tx, key, status)?;
@@ -267,7 +272,7 @@ impl SqliteTarget {
             .iter()
             .rposition(|u| {
                 let u = match u {
-                    Unit::Remember { then, .. } => then,
+                    Unit::Remember { then, .. } | Unit::Checkpoint { then, .. } => then,
                     other => other,
                 };
                 matches!(
@@ -288,13 +293,39 @@ impl SqliteTarget {
                 Unit::Remember { what, then } => match &**then {
                     Unit::Transaction(stmts) => {
                         let fence = self.fence(&key.plan);
-                        self.run_transaction_remembering(stmts, done, fence, Some((key, what)))?;
+                        self.run_transaction_remembering(
+                            stmts,
+                            done,
+                            fence,
+                            Some((key, what)),
+                            None,
+                        )?;
                         continue;
                     }
                     other => {
                         lease::check_fence(&self.conn, self.fence(&key.plan).as_ref())?;
                         remember::record(&self.conn, key, what)?;
                         other
+                    }
+                },
+                // Written in the change's own transaction: both commit, or neither.
+                Unit::Checkpoint { checkpoint, then } => match &**then {
+                    Unit::Transaction(stmts) => {
+                        let fence = self.fence(&key.plan);
+                        self.run_transaction_remembering(
+                            stmts,
+                            done,
+                            fence,
+                            None,
+                            Some((key, checkpoint.as_str())),
+                        )?;
+                        continue;
+                    }
+                    other => {
+                        return Err(DbError::Unexpected(format!(
+                            "cannot record a checkpoint with {}",
+                            other.sql_text()
+                        )))
                     }
                 },
                 other => other,
@@ -345,7 +376,7 @@ impl SqliteTarget {
                         self.fenced(&k.plan, |conn| state::mark(conn, k, st))?;
                     }
                 }
-                Unit::Remember { then, .. } => {
+                Unit::Remember { then, .. } | Unit::Checkpoint { then, .. } => {
                     return Err(DbError::Unexpected(format!(
                         "cannot record before {}",
                         then.sql_text()
