@@ -295,11 +295,11 @@ pub fn check(plan: &Plan) -> Vec<Finding> {
                             };
                             let what = match (to, from) {
                                 (Family::Text(Some(_)), _) => format!(
-                                    "the default `up`, `CAST({} AS {})`, truncates {why} without an error (an explicit cast to a length-limited type cuts the value; nothing fails, but the rest of the value is lost)",
+                                    "the default `up`, `CAST({} AS {})`, truncates {why} to its first characters, without an error (an explicit cast to a length-limited type cuts the value)",
                                     c.column, c.ty
                                 ),
                                 (_, None) => format!(
-                                    "converting `{}` to `{}` fails for {why} (phased cannot see the column's present type offline: from a type that holds no such value, a narrower integer say, nothing fails)",
+                                    "converting `{}` to `{}` fails for {why} (phased cannot see the column's present type offline; from a type that holds no such value nothing fails)",
                                     c.column, c.ty
                                 ),
                                 (_, Some(_)) => format!(
@@ -307,9 +307,16 @@ pub fn check(plan: &Plan) -> Vec<Finding> {
                                     c.column, c.ty
                                 ),
                             };
+                            let help = match to {
+                                Family::Text(Some(n)) => format!(
+                                    "nothing fails, so nothing stops: the shadow column keeps the first {n} characters and, after contract, that is all `{}` holds. Find such values first (`SELECT count(*) FROM {} WHERE length({}) > {n}`), or write an `up` that decides what to do with them",
+                                    c.column, c.table, c.column
+                                ),
+                                _ => HELP.to_string(),
+                            };
                             out.push(
                                 Finding::warning(step.referenced, format!("`{label}`: {what}"))
-                                    .with_help(HELP),
+                                    .with_help(help),
                             );
                         }
                         Some(up) => out.extend(cast_warnings(step.referenced, &label, up)),
