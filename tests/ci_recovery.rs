@@ -951,7 +951,7 @@ const EVENTS: &[(&str, &[&str])] = &[
     ("backup_failed", &["phase", "error"]),
     ("backup_pruned", &["path"]),
     ("error", &["exit_code", "message"]),
-    ("verify_result", &["result"]),
+    ("verify_result", &["result", "data_checks"]),
 ];
 
 /// Every stdout line is one JSON object whose `event` is documented and has its fields.

@@ -11,6 +11,7 @@ mod change_type;
 mod ci_recovery;
 mod cli;
 mod contention;
+mod conversion_checks;
 mod docs_examples;
 mod drop_column_dependents;
 mod dropped_connection;

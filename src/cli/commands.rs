@@ -716,6 +716,38 @@ async fn dry_run(cli: &Cli, args: &PlanArgs) -> u8 {
     }
 }
 
+/// One line of verify's human output for a data check.
+fn data_check_line(check: &engine::verify::DataCheck) -> String {
+    use crate::db::conversion_check::Conversion;
+    let head = format!("{} {}", check.step, check.label);
+    match &check.found {
+        Conversion::Converts { rows } => format!(
+            "data: {head}: `{}` converts all {rows} existing row(s) of {}",
+            check.expression, check.table
+        ),
+        Conversion::Fails { error, row } => {
+            let error = error.replace('\n', " ");
+            let row = match row {
+                Some(row) => format!("the first row that fails is {row}"),
+                None => "the row was not narrowed down".to_string(),
+            };
+            format!(
+                "warning: {head}: `{}` fails on an existing row of {} ({row}): {error} — until the row is fixed the backfill stops there, and the old application's writes of such a value fail",
+                check.expression, check.table
+            )
+        }
+        Conversion::CutShort { timeout_ms } => format!(
+            "warning: {head}: the check of `{}` over the rows of {} was cut short after {timeout_ms} ms: rows it did not reach may not convert",
+            check.expression, check.table
+        ),
+        Conversion::Unchecked { error } => format!(
+            "warning: {head}: the rows of {} could not be checked: {}",
+            check.table,
+            error.replace('\n', " ")
+        ),
+    }
+}
+
 async fn verify(cli: &Cli, path: &Path) -> u8 {
     use crate::db::scratch::Scratch;
     use crate::engine::verify::VerifyOutcome;
@@ -735,7 +767,9 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
         }
     };
     // Verify rehearses a plan before it runs: on a database where it has started, the copied
-    // schema already holds its changes.
+    // schema already holds its changes. The rows the target holds are checked against each
+    // `up` (read-only) before the rehearsal.
+    let mut data_checks = Vec::new();
     if !config::is_missing_file(&url) {
         let mut target = match config::open(&url, loaded.plan.id(), Open::Existing).await {
             Ok(t) => t,
@@ -765,6 +799,12 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
                 return exit::FAILED;
             }
         }
+        data_checks = with_target!(&mut target, t => engine::verify::check_data(
+            t,
+            &loaded,
+            engine::verify::DATA_CHECK_TIMEOUT,
+        )
+        .await);
     }
     let scratch = match Scratch::create(&url).await {
         Ok(s) => s,
@@ -799,6 +839,10 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
         let mut line = serde_json::to_value(&outcome).unwrap_or_default();
         if let Some(map) = line.as_object_mut() {
             map.insert("event".into(), "verify_result".into());
+            map.insert(
+                "data_checks".into(),
+                serde_json::to_value(&data_checks).unwrap_or_default(),
+            );
         }
         crate::outln!("{line}");
     } else {
@@ -833,7 +877,12 @@ async fn verify(cli: &Cli, path: &Path) -> u8 {
                 crate::outln!("verify failed during {stage}: {error}")
             }
         }
+        for check in &data_checks {
+            crate::outln!("{}", data_check_line(check));
+        }
     }
+    // A value `up` cannot convert is a warning, not a failure (issue 13): the plan is sound, the
+    // data needs fixing (or `up` a case for it) before the backfill reaches that row.
     if outcome.passed() {
         exit::OK
     } else {

@@ -3,6 +3,7 @@
 pub mod backfill_key;
 pub mod backup;
 pub mod cancel;
+pub mod conversion_check;
 pub mod error;
 pub mod fence;
 pub mod index_build;
@@ -369,6 +370,14 @@ pub trait Catalog {
         table: &str,
         key_columns: &[String],
     ) -> Result<Option<probe::Probe>, DbError>;
+
+    /// Whether an expression converts every existing row of a table, read-only and within
+    /// the check's deadline (`phased verify` asks it of the real target; see
+    /// [`conversion_check`]).
+    async fn check_conversion(
+        &mut self,
+        check: &conversion_check::ConversionCheck<'_>,
+    ) -> Result<conversion_check::Conversion, DbError>;
 
     /// Evaluates a query that must return one boolean.
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError>;

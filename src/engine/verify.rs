@@ -8,7 +8,8 @@ use serde::Serialize;
 use super::events::Reporter;
 use super::rollback::{rollback, RollbackOptions};
 use super::{run, EngineError, RunOptions};
-use crate::db::{Database, StepStatus};
+use crate::db::conversion_check::{Conversion, ConversionCheck};
+use crate::db::{Database, Dialect, StepStatus};
 use crate::ops::{inverse_of, Inverse};
 use crate::plan::{Command, LoadedPlan, PhaseKind, SqlStep, Step};
 
@@ -147,4 +148,119 @@ pub async fn verify<T: Database>(
         .cloned()
         .collect();
     Ok(VerifyOutcome::Differs { missing, extra })
+}
+
+/// How long the check of one step's `up` over the target's rows may take (narrowing to the
+/// first failing row included); past it the check says it was cut short.
+pub const DATA_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One `change_type` or `add_column … up` checked against the rows the target holds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DataCheck {
+    pub step: String,
+    pub label: String,
+    pub table: String,
+    /// What is evaluated for each row.
+    pub expression: String,
+    #[serde(flatten)]
+    pub found: Conversion,
+}
+
+impl DataCheck {
+    /// Anything but "every row converts" is a warning.
+    pub fn is_warning(&self) -> bool {
+        !matches!(self.found, Conversion::Converts { .. })
+    }
+}
+
+/// The value a step stores for each row, as the row-by-row expression the check evaluates:
+/// PostgreSQL converts `up` to the column's type (the trigger's and the backfill's assignment;
+/// an explicit `CAST` stands in for it), SQLite stores `up` as it comes.
+fn stored_value(dialect: Dialect, up: &str, ty: &str) -> String {
+    match dialect {
+        Dialect::Postgres => format!("CAST(({up}) AS {ty})"),
+        Dialect::Sqlite => format!("({up})"),
+    }
+}
+
+/// Evaluates the `up` of each `change_type` and `add_column … up` of the plan over the rows
+/// the **real** target holds now (read-only, each within [`DATA_CHECK_TIMEOUT`]): a value the
+/// old application already wrote that `up` cannot convert will fail the backfill, and the same
+/// value written again fails the old application's write. Steps on a table (or a column) that
+/// is not there yet are skipped: the plan makes it, so it holds no old rows.
+pub async fn check_data<T: Database>(
+    target: &mut T,
+    loaded: &LoadedPlan,
+    timeout: std::time::Duration,
+) -> Vec<DataCheck> {
+    let dialect = target.dialect();
+    let mut out = Vec::new();
+    for (at, step) in loaded.plan.step_refs() {
+        let (table, column, up, ty) = match step {
+            Step::ChangeType(c) => (
+                &c.table,
+                Some(&c.column),
+                c.up.clone()
+                    .unwrap_or_else(|| format!("CAST({} AS {})", c.column.quoted(), c.ty)),
+                &c.ty,
+            ),
+            Step::AddColumn(c) => match &c.up {
+                Some(up) => (&c.table, None, up.clone(), &c.ty),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let facts = match target.table_facts(table.as_str()).await {
+            Ok(f) => f,
+            Err(e) => {
+                out.push(DataCheck {
+                    step: at.id(),
+                    label: step.label(),
+                    table: table.to_string(),
+                    expression: up.clone(),
+                    found: Conversion::Unchecked {
+                        error: e.to_string(),
+                    },
+                });
+                continue;
+            }
+        };
+        if !facts.exists || column.is_some_and(|c| facts.column(c.as_str()).is_none()) {
+            continue;
+        }
+        // Narrowing walks the table's key; without one the error alone is reported.
+        let key: Vec<String> = target
+            .backfill_key(table.as_str(), &[])
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|k| match (dialect, k.as_str()) {
+                (Dialect::Sqlite, "rowid") => k.clone(),
+                _ => crate::ops::name::quote(k),
+            })
+            .collect();
+        let expression = stored_value(dialect, &up, ty);
+        let quoted = table.quoted();
+        let check = ConversionCheck {
+            table: &quoted,
+            expr: &expression,
+            key: &key,
+            timeout,
+        };
+        let found =
+            target
+                .check_conversion(&check)
+                .await
+                .unwrap_or_else(|e| Conversion::Unchecked {
+                    error: e.to_string(),
+                });
+        out.push(DataCheck {
+            step: at.id(),
+            label: step.label(),
+            table: table.to_string(),
+            expression,
+            found,
+        });
+    }
+    out
 }

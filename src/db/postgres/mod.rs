@@ -6,6 +6,7 @@ pub mod backup;
 mod blockers;
 mod column_dependents;
 pub mod conn;
+mod conversion_check;
 mod facts;
 mod index_build;
 mod lease;
@@ -1044,6 +1045,13 @@ impl Catalog for PgTarget {
         probe::start(session, plan, table, key_columns, pid)
             .await
             .map(Some)
+    }
+
+    async fn check_conversion(
+        &mut self,
+        check: &super::conversion_check::ConversionCheck<'_>,
+    ) -> Result<super::conversion_check::Conversion, DbError> {
+        conversion_check::check(self.work.client()?, check).await
     }
 
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {

@@ -3,6 +3,7 @@
 
 mod backfill;
 pub mod backup;
+mod conversion_check;
 mod facts;
 mod lease;
 mod rebuild;
@@ -663,6 +664,13 @@ impl Catalog for SqliteTarget {
         _key_columns: &[String],
     ) -> Result<Option<crate::db::probe::Probe>, DbError> {
         Ok(None)
+    }
+
+    async fn check_conversion(
+        &mut self,
+        check: &super::conversion_check::ConversionCheck<'_>,
+    ) -> Result<super::conversion_check::Conversion, DbError> {
+        conversion_check::check(&self.conn, check).await
     }
 
     async fn query_bool(&mut self, sql: &str) -> Result<bool, DbError> {

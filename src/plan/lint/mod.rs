@@ -8,6 +8,7 @@
 
 pub mod add_column;
 mod concurrently_in_transaction;
+pub mod conversion;
 mod destructive_outside_contract;
 pub mod locks;
 pub mod migrations;

@@ -7,9 +7,10 @@ use std::path::Path;
 use super::{lint, lint_file_text, lint_sql, Context, SqlFinding, Suppressed};
 use crate::plan::{Finding, Plan, Severity, Step};
 
-/// Every lint finding of the plan's `sql` steps, located at the step, in file order.
+/// Every lint finding of the plan's `sql` steps, located at the step, in file order; and the
+/// conversions that may fail on a value (`change_type`, `add_column` with `up`).
 pub fn lint_plan(plan: &Plan) -> Vec<Finding> {
-    let mut out = Vec::new();
+    let mut out = super::conversion::check(plan);
     for phase in &plan.phases.value {
         let kind = phase.value.kind.value;
         for step in &phase.value.steps.value {
