@@ -172,7 +172,10 @@ pub async fn run<E: Evaluator>(
     let columns: Vec<String> = check
         .key
         .iter()
-        .map(|k| format!("CAST({k} AS text)"))
+        .enumerate()
+        // Named apart: a bare `CAST(id AS text)` is an output column named `id`, which the
+        // ORDER BY below would then sort as text ('42' after '37' … '4').
+        .map(|(i, k)| format!("CAST({k} AS text) AS phased_key_{i}"))
         .collect();
     let key_sql = format!(
         "SELECT {} FROM {} ORDER BY {} LIMIT 1 OFFSET {}",
