@@ -644,7 +644,7 @@ async fn kill_9_between_the_swap_and_the_validation_resumes_on_postgres() {
     let back = phased_cmd()
         .arg("rollback")
         .arg(&plan)
-        .args(["--database", &db.url()])
+        .args(["--database", &db.url(), "--yes"])
         .output()
         .expect("phased rollback");
     let said = String::from_utf8_lossy(&back.stderr);
