@@ -96,10 +96,15 @@ struct Shape {
     up: String,
 }
 
+/// The shadow column of `column`: `phased_new_<column>`.
+pub fn shadow_of(column: &str) -> Name {
+    derived_name(None, &["phased_new", column])
+}
+
 impl Shape {
     /// The shadow column: `phased_new_<column>`.
     fn shadow(&self) -> Name {
-        derived_name(None, &["phased_new", self.column.as_str()])
+        shadow_of(self.column.as_str())
     }
 
     /// The name of the copy of an index or constraint on the shadow.

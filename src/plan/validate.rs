@@ -482,6 +482,8 @@ fn check_step(step: &Spanned<Step>, created: &HashSet<&str>, findings: &mut Vec<
 pub fn reversibility(plan: &Plan) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut added: HashSet<(&str, &str)> = HashSet::new();
+    // Columns a step of the plan adds under a name it derives (a change_type's shadow).
+    let mut shadows: HashSet<(&str, String)> = HashSet::new();
     let mut created: HashSet<&str> = HashSet::new();
     for phase in plan.phases() {
         for step in phase.steps() {
@@ -494,6 +496,14 @@ pub fn reversibility(plan: &Plan) -> Vec<Finding> {
                 }
                 Step::CreateTable(t) => {
                     created.insert(t.name.as_str());
+                }
+                Step::ChangeType(c) => {
+                    shadows.insert((
+                        c.table.as_str(),
+                        crate::ops::change_type::shadow_of(c.column.as_str())
+                            .as_str()
+                            .to_string(),
+                    ));
                 }
                 _ => {}
             }
@@ -513,10 +523,10 @@ pub fn reversibility(plan: &Plan) -> Vec<Finding> {
                 Step::Backfill(b)
                     if b.down.is_none()
                         && !created.contains(b.table.as_str())
-                        && !b
-                            .set
-                            .keys()
-                            .all(|c| added.contains(&(b.table.as_str(), c.as_str()))) =>
+                        && !b.set.keys().all(|c| {
+                            added.contains(&(b.table.as_str(), c.as_str()))
+                                || shadows.contains(&(b.table.as_str(), c.to_string()))
+                        }) =>
                 {
                     Some((
                         "this `backfill` writes columns that existed before the plan and has no `down`, so `phased rollback` cannot undo it",
