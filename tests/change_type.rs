@@ -447,17 +447,7 @@ async fn kill_9_mid_backfill_resumes_on_postgres() {
     );
 
     std::fs::remove_file(&throttle).expect("remove throttle file");
-    let rerun = phased_cmd()
-        .arg("run")
-        .arg(&plan)
-        .args(["--database", &db.url()])
-        .output()
-        .expect("phased run");
-    assert!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    crate::common::rerun_succeeds(&plan, &db.url());
     assert_eq!(
         db.text("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'total_cents'")
             .await
@@ -669,17 +659,7 @@ async fn kill_9_between_the_swap_and_the_validation_resumes_on_postgres() {
     // Someone drops the unvalidated key meanwhile; the rerun adds it back and validates it.
     db.execute("ALTER TABLE invoices DROP CONSTRAINT invoices_customer_fk")
         .await;
-    let rerun = phased_cmd()
-        .arg("run")
-        .arg(&plan)
-        .args(["--database", &db.url()])
-        .output()
-        .expect("phased run");
-    assert!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    crate::common::rerun_succeeds(&plan, &db.url());
     assert_eq!(db.text(FK_DEFINITION).await, before);
     assert_eq!(
         db.scalar("SELECT count(*) FROM pg_constraint WHERE conname = 'invoices_customer_fk' AND convalidated")
@@ -759,17 +739,7 @@ async fn the_swap_looks_at_the_referencing_table_before_queueing_on_postgres() {
         Some("integer")
     );
     reader.batch_execute("COMMIT").await.expect("commit");
-    let rerun = phased_cmd()
-        .arg("run")
-        .arg(&plan)
-        .args(["--database", &db.url()])
-        .output()
-        .expect("phased run");
-    assert!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    crate::common::rerun_succeeds(&plan, &db.url());
     assert_eq!(
         db.scalar("SELECT count(*) FROM pg_constraint WHERE conname = 'invoices_customer_fk' AND convalidated")
             .await,

@@ -196,17 +196,7 @@ async fn a_signal_mid_backfill_stops_between_batches(db: TestDb, signal: &str, c
 
     // The rerun resumes from the checkpoint and touches every row exactly once.
     std::fs::remove_file(&throttle).expect("remove throttle file");
-    let rerun = phased_cmd()
-        .arg("run")
-        .arg(&plan)
-        .args(["--database", &db.url()])
-        .output()
-        .expect("phased run");
-    assert!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    crate::common::rerun_succeeds(&plan, &db.url());
     assert_eq!(
         db.scalar("SELECT count(*) FROM items WHERE touched = 1")
             .await,
@@ -283,17 +273,7 @@ phases:
     );
 
     old.batch_execute("COMMIT").await.expect("commit");
-    let rerun = phased_cmd()
-        .arg("run")
-        .arg(&plan)
-        .args(["--database", &db.url()])
-        .output()
-        .expect("phased run");
-    assert!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    crate::common::rerun_succeeds(&plan, &db.url());
     assert_eq!(
         db.scalar(
             "SELECT count(*) FROM pg_index WHERE indexrelid = 'items_touched_idx'::regclass AND indisvalid"

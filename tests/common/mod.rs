@@ -381,6 +381,22 @@ pub fn phased_cmd() -> assert_cmd::Command {
     cmd
 }
 
+/// Runs `phased run PLAN --database URL` as its own process (a rerun after an interruption)
+/// and asserts it succeeded, showing its stderr when not.
+pub fn rerun_succeeds(plan: &Path, url: &str) {
+    let rerun = phased_cmd()
+        .arg("run")
+        .arg(plan)
+        .args(["--database", url])
+        .output()
+        .expect("phased run");
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+}
+
 /// The repository root (for example plans).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
