@@ -11,6 +11,9 @@
 #       `auto` (the default: no knob in the plan) and `unthrottled` (`pause: 0s,
 #       target_batch_time: 50ms`), or any `name=, yaml options` of your own in THROTTLES
 #       (entries separated by `;`, e.g. "auto;gentle=, pause: 28ms").
+#       Also per run: the p99 ratio itself, the same ratio between the two halves of the
+#       window before (how far p99 moves with no backfill), the execution p99 ratio (latency
+#       less pgbench's schedule lag: what the server took) and the seconds the disk stalled.
 #       With PAUSE_CHECK=1, one more auto run is paused with `phased pause` a few seconds in:
 #       the time from the pause to the last batch committed, and the resume to the end.
 #   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
@@ -23,7 +26,9 @@
 #         SCENARIOS ("light heavy idle"), THROTTLES ("auto;unthrottled"), RATE (light
 #         workload tx/s, 200), HEAVY_RATE (tx/s; default 50% of the measured capacity with the trigger),
 #         CLIENTS (4), BASELINE_SECS (60: the window before each backfill), PAUSE_CHECK (0),
-#         OUT (bench/out)
+#         RUST_LOG (e.g. phased=debug: each look of the pace, in $OUT/backfill-*.log),
+#         RUNS (1: runs of each scenario and throttle in (a), in turn; with more, a summary of
+#         each pair's median and range follows the table), OUT (bench/out)
 # A short smoke run: SIZES= ROWS=100000 BASELINE_SECS=10 bench/backfill.sh
 # Prints a markdown summary on stdout; raw pgbench logs and NDJSON events stay in $OUT.
 set -euo pipefail
@@ -44,6 +49,7 @@ SCENARIOS="${SCENARIOS-light heavy idle}"
 THROTTLES="${THROTTLES-auto;unthrottled}"
 HEAVY_RATE="${HEAVY_RATE:-}"
 PAUSE_CHECK="${PAUSE_CHECK:-0}"
+RUNS="${RUNS:-1}"
 DB=phased_bench
 URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
 BENCH="$PWD/bench"
@@ -104,6 +110,18 @@ stats() {
       p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]; p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1];
       over = 0; for (i = 1; i <= NR; i++) if (v[i] > 100) over++;
       printf "%d %.2f %.2f %.2f %d %d\n", NR, p50, p99, v[NR], failed, over }'
+}
+
+# p99 (ms) of the logged transactions' execution between epochs $2 and $3 from logs $1*: their
+# latency without pgbench's schedule lag (the time a transaction waited in pgbench for its
+# client to be free), i.e. what the server took.
+exec_p99() {
+  cat "$OUT"/"$1"* | awk -v from="$2" -v to="$3" '
+    NF < 7 { next }
+    { t = $5 + $6 / 1e6; if (t < from || t > to || $3 == "failed" || $3 == "skipped") next;
+      print ($3 - $7) / 1000 }' | sort -g | awk '{ v[NR] = $1 } END {
+      if (NR == 0) { print "-"; exit }
+      i = int(NR * 0.99); if (i < 1) i = 1; printf "%.2f\n", v[i] }'
 }
 
 # Samples full I/O pressure (the time every task waited on the disk) 5 times a second into
@@ -196,8 +214,8 @@ capacity() {
 # scenario $1. Appends a
 # table row to $OUT/rows.md and the wall time to $OUT/secs-$1-$3.
 measure() {
-  local scenario=$1 rate=$2 throttle=${3%%=*} plan wl_pid="" b_start b_end d_start d_end d_secs
-  local tag="$scenario-$throttle"
+  local scenario=$1 rate=$2 throttle=${3%%=*} run=$4 plan wl_pid="" b_start b_end b_mid d_start d_end d_secs
+  local tag="$scenario-$throttle-$run"
   log "$tag: fresh table of $ROWS rows (load $(cut -d' ' -f1 /proc/loadavg))"
   fresh_table "$ROWS"
   sql -c "DROP SEQUENCE IF EXISTS accounts_new_ids" -c "CREATE SEQUENCE accounts_new_ids START 100000001"
@@ -212,27 +230,40 @@ measure() {
   log "$tag: the backfill"
   d_start=$(now)
   "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-$tag.ndjson" \
-    || { [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
+    2>"$OUT/backfill-$tag.log" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
   d_end=$(now)
   d_secs=$(echo "$d_end - $d_start" | bc)
   echo "$d_secs" >"$OUT/secs-$tag"
-  local left slowed b=(- - - - - -) d=(- - - - - -)
+  local left slowed b=(- - - - - -) d=(- - - - - -) b1=(- - - - - -) b2=(- - - - - -) ratio=- noise=- exec_ratio=- stalls=-
   if [ -n "$wl_pid" ]; then
     sleep 3 # pgbench's log buffers: the last second or so is lost when it is stopped
     kill "$wl_pid"; wait "$wl_pid" 2>/dev/null || true
     read -r -a b < <(stats "wl-$tag" "$b_start" "$b_end")
     read -r -a d < <(stats "wl-$tag" "$d_start" "$d_end")
+    # The same ratio between the two halves of the window before, where no backfill ran: how
+    # far p99 moves on its own on this machine.
+    b_mid=$(echo "($b_start + $b_end) / 2" | bc -l)
+    read -r -a b1 < <(stats "wl-$tag" "$b_start" "$b_mid")
+    read -r -a b2 < <(stats "wl-$tag" "$b_mid" "$b_end")
+    ratio=$(printf "%.2f" "$(echo "${d[2]} / ${b[2]}" | bc -l)")
+    noise=$(printf "%.2f" "$(echo "${b2[2]} / ${b1[2]}" | bc -l)")
+    exec_ratio=$(printf "%.2f" "$(echo "$(exec_p99 "wl-$tag" "$d_start" "$d_end") / $(exec_p99 "wl-$tag" "$b_start" "$b_end")" | bc -l)")
+  fi
+  if [ -s "$OUT/io-pressure" ]; then
+    stalls=$(io_stall_seconds | awk -v from="$d_start" -v to="$d_end" '$1 >= int(from) && $1 <= to { n++ } END { print n + 0 }')
   fi
   left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
   [ "$left" = 0 ] || { echo "backfill left $left rows wrong ($tag)" >&2; exit 1; }
   slowed=$(grep -c '"trend":"down"' "$OUT/backfill-$tag.ndjson" || true)
-  printf "| %s | %s | %s | %.1f | %.0f | @%s | %s → %s | %s | %s | %s | %s |\n" \
+  printf "| %s | %s | %s | %.1f | %.0f | @%s | %s → %s | %s | %s | %s | %s | %s | %s | %s | %s |\n" \
     "$scenario" "${rate/#0/idle}" "$throttle" "$d_secs" "$(echo "$ROWS / $d_secs" | bc -l)" "$tag" \
-    "${b[2]}" "${d[2]}" "${d[3]}" "${d[5]}" "${d[4]}" "$slowed" >>"$OUT/rows.md"
+    "${b[2]}" "${d[2]}" "$ratio" "$noise" "${d[3]}" "${d[5]}" "${d[4]}" "$slowed" "$exec_ratio" "$stalls" >>"$OUT/rows.md"
 }
 
 if [ -n "$SCENARIOS" ]; then
   : >"$OUT/rows.md"
+  io_pid=$(start_io_monitor)
+  [ -z "$io_pid" ] || trap 'kill "$io_pid" 2>/dev/null || true' EXIT
   for scenario in $SCENARIOS; do
     case "$scenario" in
       light) rate=$RATE ;;
@@ -248,27 +279,45 @@ if [ -n "$SCENARIOS" ]; then
       *) echo "unknown scenario $scenario (light, heavy, idle)" >&2; exit 2 ;;
     esac
     IFS=';' read -r -a throttles <<<"$THROTTLES"
-    for throttle in "${throttles[@]}"; do
-      throttle=$(echo "$throttle" | sed 's/^ *//; s/ *$//')
-      measure "$scenario" "$rate" "$throttle"
+    for run in $(seq "$RUNS"); do
+      for throttle in "${throttles[@]}"; do
+        throttle=$(echo "$throttle" | sed 's/^ *//; s/ *$//')
+        measure "$scenario" "$rate" "$throttle" "$run"
+      done
     done
   done
   echo
   echo "Workload: pgbench -R RATE -c $CLIENTS, 50% point reads, 30% point updates, 20% inserts, on $ROWS rows with the dual_write trigger; latency counted from the scheduled start; windows: ${BASELINE_SECS}s before, and the backfill's own. Load average now $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  echo "| scenario | tx/s | throttle | backfill (s) | rows/s | speed ÷ unthrottled | p99 before → during (ms) | max during (ms) | > 100 ms during | failed during | pace slowdowns |"
-  echo "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"
-  # The speed column: this run's wall time against the unthrottled run of the same scenario.
+  echo "| scenario | tx/s | throttle | backfill (s) | rows/s | speed ÷ unthrottled | p99 before → during (ms) | p99 × | p99 × with no backfill (2nd ÷ 1st half before) | max during (ms) | > 100 ms during | failed during | pace slowdowns | execution p99 × (without pgbench's schedule lag) | disk stall seconds during |"
+  echo "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  # The speed column: this run's wall time against the unthrottled run of the same scenario
+  # and round.
+  : >"$OUT/summary.tsv"
   while IFS= read -r row; do
     tag=$(echo "$row" | sed 's/.*| @\([^ |]*\) |.*/\1/')
-    scenario=${tag%%-*}
-    if [ -f "$OUT/secs-$scenario-unthrottled" ]; then
-      ratio=$(printf "%.2f" "$(echo "$(cat "$OUT/secs-$scenario-unthrottled") / $(cat "$OUT/secs-$tag")" | bc -l)")
+    scenario=${tag%%-*}; run=${tag##*-}
+    if [ -f "$OUT/secs-$scenario-unthrottled-$run" ]; then
+      ratio=$(printf "%.2f" "$(echo "$(cat "$OUT/secs-$scenario-unthrottled-$run") / $(cat "$OUT/secs-$tag")" | bc -l)")
     else
       ratio=-
     fi
     echo "${row/@$tag/$ratio}"
+    echo "${row/@$tag/$ratio}" | awk -F'|' -v OFS='\t' '{ gsub(/ /, ""); print $2, $4, $7, $9, $10, $11, $12 }' >>"$OUT/summary.tsv"
   done <"$OUT/rows.md"
+  if [ "$RUNS" -gt 1 ]; then
+    echo
+    echo "Over the $RUNS runs of each: median (min–max)."
+    echo
+    echo "| scenario | throttle | speed ÷ unthrottled | p99 × | p99 × with no backfill | max during (ms), worst | > 100 ms, all runs |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    cut -f1,2 "$OUT/summary.tsv" | awk '!seen[$0]++' | while IFS=$'\t' read -r scenario throttle; do
+      pick() { awk -F'\t' -v s="$scenario" -v t="$throttle" -v c="$1" '$1 == s && $2 == t && $c != "-" { print $c }' "$OUT/summary.tsv"; }
+      both() { if [ -n "$(pick "$1")" ]; then echo "$(pick "$1" | median) ($(pick "$1" | range))"; else echo -; fi; }
+      worst=$(pick 6 | sort -g | tail -1); over=$(pick 7 | awk '{ n += $1 } END { print n + 0 }')
+      echo "| $scenario | $throttle | $(both 3) | $(both 4) | $(both 5) | ${worst:--} | $over |"
+    done
+  fi
 fi
 
 # `phased pause` on a running auto backfill: the time from the pause (its `set_at`) to the last

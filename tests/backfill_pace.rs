@@ -124,10 +124,11 @@ async fn until<F: AsyncFn() -> bool>(what: &str, check: F) {
 /// the pace drops, saying so; later looks find the workload healthy and the pace rises again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_pace_drops_while_another_session_holds_row_locks_then_recovers() {
-    // Few rows, held near the start: on a loaded machine the probe finds the workload slow
-    // and the pace low from the first batch, and the test must not depend on how fast the
-    // backfill gets anywhere.
-    const ROWS: i64 = 30_000;
+    // Rows held near the start: on a loaded machine the probe finds the workload slow and the
+    // pace low from the first batch, and the test must not depend on how fast the backfill
+    // gets anywhere. Enough rows after them for the looks that follow the release (each
+    // judges a second's probe commits) to come before the end.
+    const ROWS: i64 = 150_000;
     let db = TestDb::pg().await;
     seed_items(&db, ROWS).await;
     let holder = pg(&db).client().await;

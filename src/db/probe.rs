@@ -53,17 +53,21 @@ impl ProbeWindow {
         self.blocking_sessions = self.blocking_sessions.max(later.blocking_sessions);
     }
 
-    /// After a look: everything starts again, but the commits only when the pace moved (they
-    /// were about the pace before); otherwise the latest `COMMITS_KEPT` stay.
+    /// After a look: everything starts again, but the commits and the in-flight counts only
+    /// when the pace moved (they were about the pace before); otherwise the latest
+    /// `COMMITS_KEPT` of each stay, so a steady pace is judged on more than one look's worth.
     pub fn settle(&mut self, moved: bool) {
-        let mut commits = std::mem::take(&mut self.commit_latencies);
-        if !moved {
-            let from = commits.len().saturating_sub(COMMITS_KEPT);
-            commits.drain(..from);
-            self.commit_latencies = commits;
+        fn keep<T>(samples: &mut Vec<T>, moved: bool) {
+            if moved {
+                samples.clear();
+            } else {
+                let from = samples.len().saturating_sub(COMMITS_KEPT);
+                samples.drain(..from);
+            }
         }
+        keep(&mut self.commit_latencies, moved);
+        keep(&mut self.in_flight, moved);
         self.latencies.clear();
-        self.in_flight.clear();
         self.activity_reads = 0;
         self.others_active = 0;
         self.blocked_sessions = 0;
@@ -117,5 +121,41 @@ impl Probe {
 impl Drop for Probe {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(commits: usize, in_flight: usize) -> ProbeWindow {
+        ProbeWindow {
+            latencies: vec![Duration::from_millis(1); 5],
+            commit_latencies: vec![Duration::from_millis(1); commits],
+            in_flight: vec![2; in_flight],
+            activity_reads: 1,
+            others_active: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_steady_pace_keeps_its_latest_commits_and_in_flight_counts() {
+        let mut w = window(30, 30);
+        w.absorb(window(90, 90));
+        w.settle(false);
+        assert_eq!(w.commit_latencies.len(), COMMITS_KEPT);
+        assert_eq!(w.in_flight.len(), COMMITS_KEPT);
+        assert!(w.latencies.is_empty());
+        assert_eq!((w.activity_reads, w.others_active), (0, 0));
+    }
+
+    #[test]
+    fn a_moved_pace_starts_again() {
+        let mut w = window(30, 30);
+        w.settle(true);
+        assert!(w.commit_latencies.is_empty());
+        assert!(w.in_flight.is_empty());
+        assert_eq!(w.mean_in_flight(), None);
     }
 }

@@ -34,6 +34,8 @@ const LAG_POLL: Duration = Duration::from_secs(1);
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// Probe latencies a look needs to judge the probe.
 const LOOK_SAMPLES: usize = 5;
+/// Probe reads a look needs when the probe makes no commits (about a second of them).
+const READS_WITHOUT_COMMITS: usize = 40;
 /// How long the probe's baseline may take before the backfill starts without one.
 const BASELINE_PATIENCE: Duration = Duration::from_secs(3);
 
@@ -259,8 +261,9 @@ impl Walk<'_> {
         // The commits' tail needs more samples than a look's window: they gather from the
         // last move of the pace on (what came before was about another pace), unless the
         // database is idle or the probe makes no commits.
-        let tail_ready = seen.commit_latencies.len() >= pace::TAIL_SAMPLES
-            || seen.latencies.len() >= 2 * pace::TAIL_SAMPLES
+        let commit_probe = controller.commit_baseline().is_some();
+        let tail_ready = (commit_probe && seen.commit_latencies.len() >= pace::TAIL_SAMPLES)
+            || (!commit_probe && seen.latencies.len() >= READS_WITHOUT_COMMITS)
             || (seen.activity_reads > 0 && seen.others_active == 0);
         let enough = probing.is_none() || (seen.latencies.len() >= LOOK_SAMPLES && tail_ready);
         if !(lock_waits || (self.last_look.elapsed() >= LOOK_EVERY && enough)) {
@@ -276,6 +279,17 @@ impl Walk<'_> {
             blocking_sessions: seen.blocking_sessions,
             write_lock_wait: self.write_lock_wait,
         };
+        tracing::debug!(
+            step = %self.id.label,
+            probe_p90_ms = signals.probe_p90.map(pace::ms),
+            commit_p95_ms = signals.commit_p95.map(pace::ms),
+            commits = seen.commit_latencies.len(),
+            others_active = signals.others_active,
+            in_flight = signals.in_flight,
+            blocked = signals.blocked_sessions,
+            blocking = signals.blocking_sessions,
+            "backfill look"
+        );
         let before = controller.last().clone();
         let decision = controller.decide(&signals);
         seen.settle(matches!(decision.trend, Trend::Up | Trend::Down));

@@ -87,6 +87,9 @@ pub async fn bump_generation(conn: &Client, plan: &str) -> Result<i64, DbError> 
         .get(0))
 }
 
+/// The fence's look-up: the plan's lease generation, locked until the transaction ends.
+pub(crate) const FENCE: &str = "SELECT generation FROM phased.leases WHERE plan = $1 FOR SHARE";
+
 /// The fence: in a unit's transaction, the plan's lease generation must still be this runner's.
 /// A look-up (sent only by a runner that holds a lease; a dry run takes none), locked `FOR
 /// SHARE` until the transaction ends so no other runner can take the lease over meanwhile.
@@ -97,7 +100,7 @@ pub async fn check_fence<C: deadpool_postgres::GenericClient>(
     let Some((plan, generation)) = fence else {
         return Ok(());
     };
-    let sql = "SELECT generation FROM phased.leases WHERE plan = $1 FOR SHARE";
+    let sql = FENCE;
     let found: Option<i64> = conn
         .query_opt(sql, &[plan])
         .await

@@ -213,43 +213,6 @@ pub async fn set_rows_total(conn: &Conn, key: &StepKey, total: i64) -> Result<()
     Ok(())
 }
 
-/// A backfill batch's checkpoint write.
-pub const CHECKPOINT: &str =
-    "UPDATE phased.steps SET checkpoint = $4, rows_done = rows_done + $5, \
-                              rows_per_second = $6, progress = $7, updated_at = now() \
-                              WHERE plan = $1 AND phase = $2 AND step_index = $3";
-
-/// Records a backfill batch's checkpoint, in the batch's own transaction.
-pub async fn checkpoint<C: GenericClient>(
-    conn: &C,
-    key: &StepKey,
-    last_key: &str,
-    rows: i64,
-    rows_per_second: f64,
-    pace: Option<&str>,
-) -> Result<(), DbError> {
-    let sql = CHECKPOINT;
-    let statement = conn
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| sql_error(e, sql))?;
-    conn.execute(
-        &statement,
-        &[
-            &key.plan,
-            &key.phase,
-            &key.index,
-            &last_key,
-            &rows,
-            &rows_per_second,
-            &pace,
-        ],
-    )
-    .await
-    .map_err(|e| sql_error(e, sql))?;
-    Ok(())
-}
-
 pub async fn flags(conn: &Conn) -> Result<Vec<FlagRecord>, DbError> {
     if !relation_exists(conn, "phased.flags").await? {
         return Ok(Vec::new());

@@ -124,6 +124,25 @@ fn statement_locks(stmt: &Statement) -> Vec<(String, LockMode)> {
             None => Vec::new(),
         };
     }
+    if stmt.starts(&["WITH"]) {
+        // Data-modifying parts, in a CTE's parentheses or as the statement after them:
+        // `WITH moved AS (DELETE FROM a … RETURNING …) INSERT INTO b SELECT … FROM moved`.
+        return (1..w.len())
+            .filter(|&i| w[i - 1] == "(" || w[i - 1] == ")")
+            .flat_map(|i| match w[i].as_str() {
+                "UPDATE" => stmt
+                    .after_options(i + 1, &[&["ONLY"]])
+                    .map(|at| one(at, RowExclusive))
+                    .unwrap_or_default(),
+                "INSERT" if w.get(i + 1).is_some_and(|x| x == "INTO") => one(i + 2, RowExclusive),
+                "DELETE" if w.get(i + 1).is_some_and(|x| x == "FROM") => stmt
+                    .after_options(i + 2, &[&["ONLY"]])
+                    .map(|at| one(at, RowExclusive))
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect();
+    }
     if stmt.starts(&["INSERT", "INTO"]) {
         return one(2, RowExclusive);
     }
@@ -224,6 +243,36 @@ mod tests {
         assert_eq!(
             of("ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (customer_id) REFERENCES \"Customers\" (id) NOT VALID"),
             vec![("orders".into(), ShareRowExclusive), ("\"Customers\"".into(), ShareRowExclusive)]
+        );
+    }
+
+    #[test]
+    fn data_modifying_ctes_lock_what_they_write() {
+        assert_eq!(
+            of(
+                "WITH batch AS (UPDATE \"accounts\" SET a = 1 WHERE id <= $1 RETURNING 1) \
+                UPDATE phased.steps SET n = (SELECT count(*) FROM batch)"
+            ),
+            vec![
+                ("\"accounts\"".into(), RowExclusive),
+                ("phased.steps".into(), RowExclusive)
+            ]
+        );
+        assert_eq!(
+            of(
+                "WITH moved AS MATERIALIZED (DELETE FROM ONLY a WHERE x RETURNING *) \
+                INSERT INTO b SELECT * FROM moved"
+            ),
+            vec![("a".into(), RowExclusive), ("b".into(), RowExclusive)]
+        );
+        // A read-only CTE, a row lock and an upsert's update take nothing more.
+        assert_eq!(
+            of("WITH r AS (SELECT * FROM a FOR UPDATE) SELECT * FROM r"),
+            vec![]
+        );
+        assert_eq!(
+            of("WITH v AS (SELECT 1 AS id) INSERT INTO b SELECT id FROM v ON CONFLICT (id) DO UPDATE SET id = 2"),
+            vec![("b".into(), RowExclusive)]
         );
     }
 
