@@ -307,7 +307,7 @@ if [ -n "$SCENARIOS" ]; then
   done <"$OUT/rows.md"
   if [ "$RUNS" -gt 1 ]; then
     echo
-    echo "Over the $RUNS runs of each: median (min–max)."
+    echo "Over the $RUNS runs of each: median (min–max; of an even count, the lower middle)."
     echo
     echo "| scenario | throttle | speed ÷ unthrottled | p99 × | p99 × with no backfill | max during (ms), worst | > 100 ms, all runs |"
     echo "|---|---|---:|---:|---:|---:|---:|"
