@@ -261,10 +261,12 @@ impl Walk<'_> {
         // The commits' tail needs more samples than a look's window: they gather from the
         // last move of the pace on (what came before was about another pace), unless the
         // database is idle or the probe makes no commits.
-        let commit_probe = controller.commit_baseline().is_some();
-        let tail_ready = (commit_probe && seen.commit_latencies.len() >= pace::TAIL_SAMPLES)
-            || (!commit_probe && seen.latencies.len() >= READS_WITHOUT_COMMITS)
-            || (seen.activity_reads > 0 && seen.others_active == 0);
+        let tail = if controller.commit_baseline().is_some() {
+            seen.commit_latencies.len() >= pace::TAIL_SAMPLES
+        } else {
+            seen.latencies.len() >= READS_WITHOUT_COMMITS
+        };
+        let tail_ready = tail || (seen.activity_reads > 0 && seen.others_active == 0);
         let enough = probing.is_none() || (seen.latencies.len() >= LOOK_SAMPLES && tail_ready);
         if !(lock_waits || (self.last_look.elapsed() >= LOOK_EVERY && enough)) {
             return false;

@@ -747,11 +747,6 @@ mod tests {
         // than that (more than 1.5× allows): 2 ms is within, 3 ms is not.
         let mut c = pg_commit(0, 0);
         c.set_baseline(None, Some(Duration::from_micros(200)));
-        let commit_only = |n: u64| Signals {
-            commit_p95: Some(ms(n)),
-            others_active: Some(1),
-            ..Default::default()
-        };
         assert_eq!(c.decide(&commit_only(2)).trend, Trend::Up);
         let d = c.decide(&commit_only(3)).clone();
         assert_eq!(d.trend, Trend::Down);
@@ -810,6 +805,15 @@ mod tests {
             probe_p90: Some(ms(1)),
             commit_p95: Some(ms(p90)),
             others_active: Some(others),
+            ..Default::default()
+        }
+    }
+
+    /// A look that judged the probe commits only, with other sessions at work.
+    fn commit_only(p95: u64) -> Signals {
+        Signals {
+            commit_p95: Some(ms(p95)),
+            others_active: Some(2),
             ..Default::default()
         }
     }
@@ -894,11 +898,6 @@ mod tests {
 
     #[test]
     fn a_busy_workload_gets_no_commit_slack() {
-        let commit_only = |n: u64| Signals {
-            commit_p95: Some(ms(n)),
-            others_active: Some(4),
-            ..Default::default()
-        };
         // A light workload (a fraction of a transaction in flight): 1 ms + 1.5 ms.
         let mut c = pg_commit(0, 1);
         c.set_in_flight_baseline(Some(0.1));
