@@ -13,7 +13,8 @@
 #       (entries separated by `;`, e.g. "auto;gentle=, pause: 28ms").
 #       Also per run: the p99 ratio itself, the same ratio between the two halves of the
 #       window before (how far p99 moves with no backfill), the execution p99 ratio (latency
-#       less pgbench's schedule lag: what the server took) and the seconds the disk stalled.
+#       less pgbench's schedule lag: what the server took), the seconds the disk stalled in
+#       each window, and the p99 ratio without those seconds.
 #       With PAUSE_CHECK=1, one more auto run is paused with `phased pause` a few seconds in:
 #       the time from the pause to the last batch committed, and the resume to the end.
 #   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
@@ -234,7 +235,7 @@ measure() {
   d_end=$(now)
   d_secs=$(echo "$d_end - $d_start" | bc)
   echo "$d_secs" >"$OUT/secs-$tag"
-  local left slowed b=(- - - - - -) d=(- - - - - -) b1=(- - - - - -) b2=(- - - - - -) ratio=- noise=- exec_ratio=- stalls=-
+  local left slowed b=(- - - - - -) d=(- - - - - -) b1=(- - - - - -) b2=(- - - - - -) bs ds ratio=- noise=- exec_ratio=- stalls=- calm_ratio=-
   if [ -n "$wl_pid" ]; then
     sleep 3 # pgbench's log buffers: the last second or so is lost when it is stopped
     kill "$wl_pid"; wait "$wl_pid" 2>/dev/null || true
@@ -251,13 +252,24 @@ measure() {
   fi
   if [ -s "$OUT/io-pressure" ]; then
     stalls=$(io_stall_seconds | awk -v from="$d_start" -v to="$d_end" '$1 >= int(from) && $1 <= to { n++ } END { print n + 0 }')
+    if [ -n "$wl_pid" ]; then
+      stalls="$(io_stall_seconds | awk -v from="$b_start" -v to="$b_end" '$1 >= int(from) && $1 <= to { n++ } END { print n + 0 }') → $stalls"
+      # The p99 ratio again without the seconds the disk stalled (and the second after each),
+      # in both windows: what is left when the disk is not in the way.
+      io_stall_seconds >"$OUT/stalls"
+      read -r -a bs < <(stats "wl-$tag" "$b_start" "$b_end" "$OUT/stalls")
+      read -r -a ds < <(stats "wl-$tag" "$d_start" "$d_end" "$OUT/stalls")
+      if [ "${bs[0]}" != 0 ] && [ "${ds[0]}" != 0 ]; then
+        calm_ratio=$(printf "%.2f" "$(echo "${ds[2]} / ${bs[2]}" | bc -l)")
+      fi
+    fi
   fi
   left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
   [ "$left" = 0 ] || { echo "backfill left $left rows wrong ($tag)" >&2; exit 1; }
   slowed=$(grep -c '"trend":"down"' "$OUT/backfill-$tag.ndjson" || true)
-  printf "| %s | %s | %s | %.1f | %.0f | @%s | %s → %s | %s | %s | %s | %s | %s | %s | %s | %s |\n" \
+  printf "| %s | %s | %s | %.1f | %.0f | @%s | %s → %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n" \
     "$scenario" "${rate/#0/idle}" "$throttle" "$d_secs" "$(echo "$ROWS / $d_secs" | bc -l)" "$tag" \
-    "${b[2]}" "${d[2]}" "$ratio" "$noise" "${d[3]}" "${d[5]}" "${d[4]}" "$slowed" "$exec_ratio" "$stalls" >>"$OUT/rows.md"
+    "${b[2]}" "${d[2]}" "$ratio" "$noise" "${d[3]}" "${d[5]}" "${d[4]}" "$slowed" "$exec_ratio" "$stalls" "$calm_ratio" >>"$OUT/rows.md"
 }
 
 if [ -n "$SCENARIOS" ]; then
@@ -289,8 +301,8 @@ if [ -n "$SCENARIOS" ]; then
   echo
   echo "Workload: pgbench -R RATE -c $CLIENTS, 50% point reads, 30% point updates, 20% inserts, on $ROWS rows with the dual_write trigger; latency counted from the scheduled start; windows: ${BASELINE_SECS}s before, and the backfill's own. Load average now $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  echo "| scenario | tx/s | throttle | backfill (s) | rows/s | speed ÷ unthrottled | p99 before → during (ms) | p99 × | p99 × with no backfill (2nd ÷ 1st half before) | max during (ms) | > 100 ms during | failed during | pace slowdowns | execution p99 × (without pgbench's schedule lag) | disk stall seconds during |"
-  echo "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| scenario | tx/s | throttle | backfill (s) | rows/s | speed ÷ unthrottled | p99 before → during (ms) | p99 × | p99 × with no backfill (2nd ÷ 1st half before) | max during (ms) | > 100 ms during | failed during | pace slowdowns | execution p99 × (without pgbench's schedule lag) | disk stall seconds before → during | p99 × outside them |"
+  echo "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   # The speed column: this run's wall time against the unthrottled run of the same scenario
   # and round.
   : >"$OUT/summary.tsv"

@@ -196,8 +196,10 @@ async fn pg_pace_drops_while_another_session_holds_row_locks_then_recovers() {
 }
 
 /// PostgreSQL: the probe times commits of the plan's own row in `phased.pace_probe` (what an
-/// application's commit waits for), and counts other client sessions at work and their
-/// transactions in flight: an application's session in a transaction counts for both.
+/// application's commit waits for), and counts other client sessions at work, their
+/// transactions in flight and their connections: an application's session in a transaction
+/// counts for all three, an idle one for the connections only (the server's other sessions,
+/// other tests' among them, count too: they share its CPU and its disk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
     use phased::db::Catalog;
@@ -223,6 +225,7 @@ async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
         .expect("probe")
         .expect("a probe on PostgreSQL");
     let app = pg(&db).client().await;
+    let idle_app = pg(&db).client().await;
     app.batch_execute("BEGIN; SELECT 1 FROM items WHERE id = 1")
         .await
         .expect("the application's transaction");
@@ -231,6 +234,7 @@ async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
     while seen.others_active == 0
         || seen.commit_latencies.is_empty()
         || !seen.in_flight.iter().any(|&n| n > 0)
+        || seen.connections < 2
     {
         assert!(
             Instant::now() < deadline && !probe.stopped(),
@@ -240,6 +244,7 @@ async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
         seen.absorb(probe.take());
     }
     app.batch_execute("COMMIT").await.expect("commit");
+    drop(idle_app);
 }
 
 /// SQLite: another connection holds the write lock when the backfill's next batch wants it.

@@ -8,8 +8,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How many probes make the baseline (the engine waits for them before the first batch).
-pub const BASELINE_SAMPLES: usize = 40;
+/// How many probes make the baseline (the engine waits for them before the first batch), as
+/// many commits as a look judges, 10 ms apart: over a third of a second (40 probes 5 ms apart)
+/// the same workload at half the machine's capacity read 0.7, 0.9 and 1.6 transactions in
+/// flight (docs/benchmarks.md). On a database where nobody else is at work half of them do:
+/// the backfill runs flat out there whatever the probes say, and a longer wait only delays it.
+pub const BASELINE_SAMPLES: usize = 50;
 /// The probe commits a steady pace is judged on, at most (about two seconds of them).
 pub const COMMITS_KEPT: usize = 100;
 
@@ -28,6 +32,9 @@ pub struct ProbeWindow {
     /// transactions in flight, which at a steady rate grow with their latency (Little's law),
     /// queueing included.
     pub in_flight: Vec<u32>,
+    /// The most other client sessions seen connected, at work or not: the workload's
+    /// connections, which its transactions in flight are a share of.
+    pub connections: u32,
     /// The most sessions seen waiting on locks the step connection held.
     pub blocked_sessions: u32,
     /// The most sessions seen holding locks the step connection waited on.
@@ -47,6 +54,7 @@ impl ProbeWindow {
         self.latencies.extend(later.latencies);
         self.commit_latencies.extend(later.commit_latencies);
         self.in_flight.extend(later.in_flight);
+        self.connections = self.connections.max(later.connections);
         self.activity_reads += later.activity_reads;
         self.others_active = self.others_active.max(later.others_active);
         self.blocked_sessions = self.blocked_sessions.max(later.blocked_sessions);
@@ -70,6 +78,7 @@ impl ProbeWindow {
         self.latencies.clear();
         self.activity_reads = 0;
         self.others_active = 0;
+        self.connections = 0;
         self.blocked_sessions = 0;
         self.blocking_sessions = 0;
     }
@@ -77,6 +86,11 @@ impl ProbeWindow {
     /// Lock waits seen: a look is due at once.
     pub fn saw_lock_waits(&self) -> bool {
         self.blocked_sessions > 0 || self.blocking_sessions > 0
+    }
+
+    /// Other sessions' activity was read, and nobody was at work.
+    pub fn quiet(&self) -> bool {
+        self.activity_reads > 0 && self.others_active == 0
     }
 }
 
@@ -106,6 +120,11 @@ impl Probe {
         self.lock().saw_lock_waits()
     }
 
+    /// Since the last `take`, other sessions' activity was read and nobody was at work.
+    pub fn quiet(&self) -> bool {
+        self.lock().quiet()
+    }
+
     /// What was gathered since the last take; the window starts again empty.
     pub fn take(&self) -> ProbeWindow {
         std::mem::take(&mut *self.lock())
@@ -133,6 +152,7 @@ mod tests {
             latencies: vec![Duration::from_millis(1); 5],
             commit_latencies: vec![Duration::from_millis(1); commits],
             in_flight: vec![2; in_flight],
+            connections: 4,
             activity_reads: 1,
             others_active: 3,
             ..Default::default()
@@ -147,7 +167,22 @@ mod tests {
         assert_eq!(w.commit_latencies.len(), COMMITS_KEPT);
         assert_eq!(w.in_flight.len(), COMMITS_KEPT);
         assert!(w.latencies.is_empty());
-        assert_eq!((w.activity_reads, w.others_active), (0, 0));
+        assert_eq!(
+            (w.activity_reads, w.others_active, w.connections),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn quiet_only_when_read_and_nobody_at_work() {
+        assert!(!ProbeWindow::default().quiet(), "not read yet");
+        let mut w = ProbeWindow {
+            activity_reads: 2,
+            ..Default::default()
+        };
+        assert!(w.quiet());
+        w.absorb(window(1, 1));
+        assert!(!w.quiet(), "someone was at work in a later read");
     }
 
     #[test]

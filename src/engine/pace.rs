@@ -30,10 +30,9 @@ pub const BASELINE_FLOOR: Duration = Duration::from_millis(1);
 /// to a light workload 2 ms batches back to back took the probe commits' p95 from 0.6–0.9 ms
 /// to 1.6–2.0 ms and the workload's p99 to 1.5–1.7×; judged by 1.5 × alone, the backfill
 /// halved its pace every few seconds for that, at no gain to the workload (docs/benchmarks.md).
-/// Not next to a busy workload (at least `IN_FLIGHT_FLOOR` transactions in flight before the
-/// first batch): a workload whose connections are busy amplifies a slower commit through its
-/// own queue (measured at half the machine's capacity: commits 1.1 → 2.1 ms within the slack,
-/// the workload's p99 12×).
+/// Not next to a busy workload (`BUSY_SHARE`): a workload whose connections are busy amplifies
+/// a slower commit through its own queue (measured at half the machine's capacity: commits
+/// 1.1 → 2.1 ms within the slack, the workload's p99 12×).
 pub const COMMIT_SLACK: Duration = Duration::from_micros(1500);
 /// The same for the probe read, whose baseline is a few tenths of a millisecond: measured next
 /// to a light workload (docs/benchmarks.md), any second busy process took it from 0.3 ms to
@@ -48,6 +47,13 @@ const BACK_OFF: f64 = 0.5;
 /// A workload with fewer transactions in flight than this before the first batch counts as
 /// this: one more or less in flight is noise for a light workload, not queueing.
 pub const IN_FLIGHT_FLOOR: f64 = 1.0;
+/// A workload is busy when its connections were in a transaction at least this share of the
+/// time before the first batch (its transactions in flight ÷ its connections): then a request
+/// that finds its connection taken waits for it, and that queue grows much faster than the
+/// server's own latency. Measured (docs/benchmarks.md): pgbench at 200 tx/s on 4 connections,
+/// 1–3%; at half the machine's capacity, 18–40%. Without a count of the connections, one
+/// transaction in flight (`IN_FLIGHT_FLOOR`) is busy.
+pub const BUSY_SHARE: f64 = 0.1;
 /// Probe commits needed to judge their tail (p95, the third slowest of 50): about a second
 /// of them. Over 20 (the second slowest) the p95 of a steady pace crossed a 1.5 ms threshold
 /// in a third of the looks and held a backfill at a tenth of its speed for nothing: the
@@ -163,6 +169,8 @@ pub struct Controller {
     baseline: Option<Duration>,
     commit_baseline: Option<Duration>,
     in_flight_baseline: Option<f64>,
+    /// The workload's connections before the first batch (None: not counted).
+    connections: Option<u32>,
     /// The last look saw no other session at work.
     idle: bool,
     duty: f64,
@@ -205,6 +213,7 @@ impl Controller {
             baseline: None,
             commit_baseline: None,
             in_flight_baseline: None,
+            connections: None,
             idle: false,
             duty: limits.start_duty,
             batch_time: limits.start_batch_time,
@@ -226,10 +235,45 @@ impl Controller {
     }
 
     /// The workload's transactions in flight before the first batch (their mean), which later
-    /// looks compare with.
-    pub fn set_in_flight_baseline(&mut self, in_flight: Option<f64>) {
+    /// looks compare with, and the connections they are in flight on (None: not counted).
+    pub fn set_in_flight_baseline(&mut self, in_flight: Option<f64>, connections: Option<u32>) {
         self.in_flight_baseline = in_flight;
+        self.connections = connections.filter(|&n| n > 0);
         self.describe_baseline();
+    }
+
+    /// The share of the time the workload's connections were in a transaction before the
+    /// first batch (None: not known).
+    fn busy_share(&self) -> Option<f64> {
+        let (n, connections) = (self.in_flight_baseline?, self.connections?);
+        Some((n / f64::from(connections)).clamp(0.0, 1.0))
+    }
+
+    /// A workload whose connections queue its requests (`BUSY_SHARE`).
+    fn busy(&self) -> bool {
+        match self.busy_share() {
+            Some(share) => share >= BUSY_SHARE,
+            None => self
+                .in_flight_baseline
+                .is_some_and(|n| n >= IN_FLIGHT_FLOOR),
+        }
+    }
+
+    /// How much the server's latency may grow: the budget is the workload's, and a request
+    /// that finds its connection taken waits for it (its response time goes as the server's
+    /// latency ÷ (1 − the share of the time its connections are busy)). Latency × `x` at a
+    /// steady rate keeps `x` times as many transactions in flight (Little's law), so the
+    /// response grows by `x (1 − share) ÷ (1 − x share)`; held to the budget `b`, that is
+    /// `x ≤ b ÷ (1 + (b − 1) share)`: the budget itself for connections mostly idle, 1.25 for
+    /// 40% busy under 1.5×.
+    fn server_budget(&self) -> f64 {
+        let share = self.busy_share().unwrap_or(0.0).min(0.9);
+        self.budget / (1.0 + (self.budget - 1.0) * share)
+    }
+
+    /// The most transactions in flight the budget allows.
+    fn in_flight_limit(&self, before: f64) -> f64 {
+        before.max(IN_FLIGHT_FLOOR) * self.server_budget()
     }
 
     fn describe_baseline(&mut self) {
@@ -241,8 +285,10 @@ impl Controller {
         if let Some(b) = commit {
             parts.push(format!("commit p95 {}", show_ms(b)));
         }
-        if let Some(n) = self.in_flight_baseline {
-            parts.push(format!("{n:.1} in flight"));
+        match (self.in_flight_baseline, self.connections) {
+            (Some(n), Some(c)) => parts.push(format!("{n:.1} in flight on {c} connections")),
+            (Some(n), None) => parts.push(format!("{n:.1} in flight")),
+            _ => {}
         }
         if !parts.is_empty() {
             self.last.reason = format!("starting: baseline {}", parts.join(", "));
@@ -291,12 +337,21 @@ impl Controller {
         slack: Duration,
     ) -> Option<(bool, f64, String)> {
         let (latency, baseline) = (latency?, baseline?.max(floor));
-        let by_ratio = baseline.mul_f64(self.budget);
+        let budget = self.server_budget();
+        let by_ratio = baseline.mul_f64(budget);
         let by_slack = baseline + slack;
         let over = latency > by_ratio.max(by_slack);
         let sign = if over { ">" } else { "≤" };
         let limit = if by_slack > by_ratio {
             format!("{} baseline + {}", show_ms(baseline), show_ms(slack))
+        } else if (budget - self.budget).abs() >= 0.005 {
+            let share = self.busy_share().unwrap_or(0.0);
+            format!(
+                "{budget:.2} × {} baseline ({}× with its connections {:.0}% busy)",
+                show_ms(baseline),
+                self.budget,
+                share * 100.0
+            )
         } else {
             format!("{} × {} baseline", self.budget, show_ms(baseline))
         };
@@ -347,9 +402,7 @@ impl Controller {
             );
         }
         // A busy workload gets no slack: its queue amplifies what its commits lose.
-        let busy = self
-            .in_flight_baseline
-            .is_some_and(|n| n >= IN_FLIGHT_FLOOR);
+        let busy = self.busy();
         let commit = self.judge(
             "commit p95",
             s.commit_p95,
@@ -365,14 +418,18 @@ impl Controller {
             Duration::ZERO,
         );
         if let (Some(now), Some(before)) = (s.in_flight, self.in_flight_baseline) {
-            let before = before.max(IN_FLIGHT_FLOOR);
-            if now > before * self.budget {
+            let limit = self.in_flight_limit(before);
+            if now > limit {
+                let of = match self.connections {
+                    Some(c) => format!("{before:.1} of {c} connections before"),
+                    None => format!("{before:.1} before"),
+                };
                 return (
                     false,
                     "in_flight",
                     Some(now),
                     format!(
-                        "{now:.1} transactions in flight > {} × {before:.1} baseline",
+                        "{now:.1} transactions in flight > {limit:.1} ({of}; {}× their latency)",
                         self.budget
                     ),
                 );
@@ -898,18 +955,70 @@ mod tests {
 
     #[test]
     fn a_busy_workload_gets_no_commit_slack() {
-        // A light workload (a fraction of a transaction in flight): 1 ms + 1.5 ms.
+        // A light workload (its 4 connections in a transaction 2.5% of the time): 1 ms + 1.5 ms.
         let mut c = pg_commit(0, 1);
-        c.set_in_flight_baseline(Some(0.1));
+        c.set_in_flight_baseline(Some(0.1), Some(4));
         assert_eq!(c.decide(&commit_only(2)).trend, Trend::Up);
-        // A busy one (its connections at work all the time): 1.5 × 1 ms only.
+        // A busy one, though under one transaction in flight: 0.9 of 4 connections (22%), as
+        // a third of a second's baseline read a workload at half the machine's capacity.
         let mut c = pg_commit(0, 1);
-        c.set_in_flight_baseline(Some(1.3));
+        c.set_in_flight_baseline(Some(0.9), Some(4));
         let d = c.decide(&commit_only(2)).clone();
         assert_eq!(d.trend, Trend::Down);
         assert_eq!(
             d.reason,
-            "slowed: commit p95 2.0 ms > 1.5 × 1.0 ms baseline"
+            "slowed: commit p95 2.0 ms > 1.35 × 1.0 ms baseline (1.5× with its connections 22% busy)"
+        );
+        // Many connections mostly idle (a pool): not busy, though more than one is at work.
+        let mut c = pg_commit(0, 1);
+        c.set_in_flight_baseline(Some(1.5), Some(50));
+        assert_eq!(c.decide(&commit_only(2)).trend, Trend::Up);
+        // Without a count of the connections, one transaction in flight is busy.
+        let mut c = pg_commit(0, 1);
+        c.set_in_flight_baseline(Some(1.3), None);
+        assert_eq!(c.decide(&commit_only(2)).trend, Trend::Down);
+        let mut c = pg_commit(0, 1);
+        c.set_in_flight_baseline(Some(0.9), None);
+        assert_eq!(c.decide(&commit_only(2)).trend, Trend::Up);
+    }
+
+    #[test]
+    fn the_busier_the_workload_the_less_its_server_latency_may_grow() {
+        // Its connections half busy: a request's wait for one grows faster than the server's
+        // latency, so 1.5× for the workload is 1.2× for the server: 1.2 ms on a 1 ms baseline.
+        let mut c = pg_commit(1, 1);
+        c.set_in_flight_baseline(Some(2.0), Some(4));
+        let steady = |commit_ms: u64| Signals {
+            commit_p95: Some(Duration::from_micros(commit_ms)),
+            in_flight: Some(2.0),
+            ..commit(1, 4)
+        };
+        assert_eq!(c.decide(&steady(1_150)).trend, Trend::Up);
+        let d = c.decide(&steady(1_300)).clone();
+        assert_eq!(d.trend, Trend::Down);
+        assert_eq!(d.signal, "commit_p95");
+        assert_eq!(
+            d.reason,
+            "slowed: commit p95 1.3 ms > 1.20 × 1.0 ms baseline (1.5× with its connections 50% busy)"
+        );
+        // The probe read too: 1.2 × its 2 ms floor.
+        let mut c = pg_commit(1, 1);
+        c.set_in_flight_baseline(Some(2.0), Some(4));
+        let read = |read_ms: u64| Signals {
+            probe_p90: Some(Duration::from_micros(read_ms)),
+            in_flight: Some(2.0),
+            ..commit(1, 4)
+        };
+        assert_eq!(c.decide(&read(2_300)).trend, Trend::Up);
+        assert_eq!(c.decide(&read(2_500)).signal, "probe_p90");
+        assert_eq!(c.last().trend, Trend::Down);
+        // Its connections mostly idle (a pool of 100, 2 in flight): the budget itself.
+        let mut c = pg_commit(1, 1);
+        c.set_in_flight_baseline(Some(2.0), Some(100));
+        let d = c.decide(&read(3_100)).clone();
+        assert_eq!(
+            d.reason,
+            "slowed: probe p90 3.1 ms > 1.49 × 2.0 ms baseline (1.5× with its connections 2% busy)"
         );
     }
 
@@ -917,32 +1026,43 @@ mod tests {
     fn transactions_queueing_in_flight_slow_both_levers() {
         // A CPU-bound workload: its probes look fine, but its transactions pile up.
         let mut c = pg_commit(1, 1);
-        c.set_in_flight_baseline(Some(2.0));
+        c.set_in_flight_baseline(Some(2.0), Some(4));
         assert_eq!(
             c.last().reason,
-            "starting: baseline probe p90 1.0 ms, commit p95 1.0 ms, 2.0 in flight"
+            "starting: baseline probe p90 1.0 ms, commit p95 1.0 ms, 2.0 in flight on 4 connections"
         );
         let busy = |n: f64| Signals {
             in_flight: Some(n),
             ..commit(1, 4)
         };
-        assert_eq!(c.decide(&busy(3.0)).trend, Trend::Up);
-        let d = c.decide(&busy(3.5)).clone();
+        // Half busy before: 1.5 ÷ (1 + 0.5 × 0.5) = 1.2 × 2.0 = 2.4 in flight at most.
+        assert_eq!(c.decide(&busy(2.3)).trend, Trend::Up);
+        let d = c.decide(&busy(2.5)).clone();
         assert_eq!(d.trend, Trend::Down);
         assert_eq!(d.signal, "in_flight");
-        assert_eq!(d.value, Some(3.5));
+        assert_eq!(d.value, Some(2.5));
         assert_eq!(
             d.reason,
-            "slowed: 3.5 transactions in flight > 1.5 × 2.0 baseline"
+            "slowed: 2.5 transactions in flight > 2.4 (2.0 of 4 connections before; 1.5× their latency)"
         );
         // Both levers at once: it wants the CPU back, not only shorter batches.
         assert_eq!(c.duty(), 0.5);
         assert_eq!(c.batch_time(), Limits::POSTGRES.min_batch_time);
-        // A light workload's fraction of a transaction in flight counts as one.
+        // A light workload's fraction of a transaction in flight counts as one; its idle
+        // connections leave it almost the whole budget (1.5 ÷ 1.025 = 1.46).
         let mut c = pg_commit(1, 1);
-        c.set_in_flight_baseline(Some(0.2));
+        c.set_in_flight_baseline(Some(0.2), Some(4));
         assert_eq!(c.decide(&busy(1.4)).trend, Trend::Up);
-        assert_eq!(c.decide(&busy(1.6)).trend, Trend::Down);
+        assert_eq!(c.decide(&busy(1.5)).trend, Trend::Down);
+        // Not counted: the budget itself.
+        let mut c = pg_commit(1, 1);
+        c.set_in_flight_baseline(Some(2.0), None);
+        assert_eq!(c.decide(&busy(2.9)).trend, Trend::Up);
+        let d = c.decide(&busy(3.1)).clone();
+        assert_eq!(
+            d.reason,
+            "slowed: 3.1 transactions in flight > 3.0 (2.0 before; 1.5× their latency)"
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::db::probe::{Probe, ProbeWindow, BASELINE_SAMPLES};
 use crate::db::DbError;
 use crate::ops::name::{ident, ident_list};
 
-/// The first probes, which make the baseline, come quickly …
-const BASELINE_EVERY: Duration = Duration::from_millis(5);
+/// The baseline's probes, before the first batch, come this often …
+const BASELINE_EVERY: Duration = Duration::from_millis(10);
 /// … then one every this long while the backfill runs.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// The lock waits and the other sessions' activity are read every this many probes
@@ -49,17 +49,22 @@ const COMMIT_PROBE: &str =
     "UPDATE phased.pace_probe SET beats = beats + 1, at = clock_timestamp() WHERE plan = $1";
 
 /// Other client sessions in a statement or a transaction (phased's own left out): the
-/// workload's transactions in flight.
-const IN_FLIGHT: &str = "SELECT count(*)::int4 FROM pg_stat_activity \
+/// workload's transactions in flight; and how many such sessions are connected at all.
+const IN_FLIGHT: &str = "SELECT count(*) FILTER (WHERE state IN \
+         ('active', 'idle in transaction', 'idle in transaction (aborted)'))::int4, \
+       count(*)::int4 \
+     FROM pg_stat_activity \
      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND pid <> $1::int4 \
-       AND coalesce(application_name, '') NOT LIKE 'phased/%' \
-       AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')";
+       AND coalesce(application_name, '') NOT LIKE 'phased/%'";
 
 /// Sessions waiting on the step connection's locks, sessions it waits on, and other client
 /// sessions at work (phased's own, named `phased/…`, left out; a session whose state this
-/// role may not read counts as at work).
+/// role may not read counts as at work). `pg_blocking_pids` takes the lock manager's locks:
+/// it is asked about sessions waiting on a lock only, not about every session each time.
 const LOOK_AROUND: &str = "SELECT \
-     (SELECT count(*) FROM pg_stat_activity WHERE $1::int4 = ANY(pg_blocking_pids(pid)))::int4, \
+     (SELECT count(*) FROM pg_stat_activity \
+       WHERE CASE WHEN wait_event_type = 'Lock' \
+         THEN $1::int4 = ANY(pg_blocking_pids(pid)) ELSE false END)::int4, \
      cardinality(pg_blocking_pids($1::int4))::int4, \
      (SELECT count(*) FROM pg_stat_activity \
        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND pid <> $1::int4 \
@@ -115,7 +120,6 @@ pub async fn start(
     let shared = window.clone();
     let task = tokio::spawn(async move {
         let mut round: u32 = 0;
-        let mut taken = 0usize;
         loop {
             let started = Instant::now();
             // A probe that fails (its timeout) counts with the time it took: the workload
@@ -140,7 +144,7 @@ pub async fn start(
                 .query_one(&in_flight, &[&pid])
                 .await
                 .ok()
-                .map(|r| r.get::<_, i32>(0));
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)));
             let around = if round % LOCKS_EVERY == 0 {
                 session
                     .query_one(&look, &[&pid])
@@ -158,8 +162,9 @@ pub async fn start(
                 if let Some(c) = committed {
                     w.commit_latencies.push(c);
                 }
-                if let Some(n) = flying {
+                if let Some((n, connected)) = flying {
                     w.in_flight.push(u32::try_from(n).unwrap_or(0));
+                    w.connections = w.connections.max(u32::try_from(connected).unwrap_or(0));
                 }
                 if let Some((blocked, blocking, others)) = around {
                     let count = |n: i32| u32::try_from(n).unwrap_or(0);
@@ -172,8 +177,7 @@ pub async fn start(
                 }
             }
             round = round.wrapping_add(1);
-            taken += 1;
-            let every = if taken < BASELINE_SAMPLES {
+            let every = if (round as usize) < BASELINE_SAMPLES {
                 BASELINE_EVERY
             } else {
                 PROBE_EVERY
