@@ -14,7 +14,8 @@
 #       Also per run: the p99 ratio itself, the same ratio between the two halves of the
 #       window before (how far p99 moves with no backfill), the execution p99 ratio (latency
 #       less pgbench's schedule lag: what the server took), the seconds the disk stalled in
-#       each window, and the p99 ratio without those seconds.
+#       each window, the p99 ratio without those seconds, and the control: the p99 ratio of a
+#       window after the backfill as long as its own (at most AFTER_SECS), the workload alone.
 #       With PAUSE_CHECK=1, one more auto run is paused with `phased pause` a few seconds in:
 #       the time from the pause to the last batch committed, and the resume to the end.
 #   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
@@ -26,7 +27,8 @@
 #         in (b)/(c), the median is reported), ROWS (1000000: the table of (a)),
 #         SCENARIOS ("light heavy idle"), THROTTLES ("auto;unthrottled"), RATE (light
 #         workload tx/s, 200), HEAVY_RATE (tx/s; default 50% of the measured capacity with the trigger),
-#         CLIENTS (4), BASELINE_SECS (60: the window before each backfill), PAUSE_CHECK (0),
+#         CLIENTS (4), BASELINE_SECS (60: the window before each backfill), AFTER_SECS (120:
+#         the longest window after it), PAUSE_CHECK (0),
 #         RUST_LOG (e.g. phased=debug: each look of the pace, in $OUT/backfill-*.log),
 #         RUNS (1: runs of each scenario and throttle in (a), in turn; with more, a summary of
 #         each pair's median and range follows the table), OUT (bench/out)
@@ -50,6 +52,7 @@ SCENARIOS="${SCENARIOS-light heavy idle}"
 THROTTLES="${THROTTLES-auto;unthrottled}"
 HEAVY_RATE="${HEAVY_RATE:-}"
 PAUSE_CHECK="${PAUSE_CHECK:-0}"
+AFTER_SECS="${AFTER_SECS:-120}"
 RUNS="${RUNS:-1}"
 DB=phased_bench
 URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
@@ -235,12 +238,19 @@ measure() {
   d_end=$(now)
   d_secs=$(echo "$d_end - $d_start" | bc)
   echo "$d_secs" >"$OUT/secs-$tag"
-  local left slowed b=(- - - - - -) d=(- - - - - -) b1=(- - - - - -) b2=(- - - - - -) bs ds ratio=- noise=- exec_ratio=- stalls=- calm_ratio=-
+  local left slowed b=(- - - - - -) d=(- - - - - -) b1=(- - - - - -) b2=(- - - - - -) bs ds a=(- - - - - -) a_start a_end a_secs after_ratio=- ratio=- noise=- exec_ratio=- stalls=- calm_ratio=-
   if [ -n "$wl_pid" ]; then
+    # The control: the workload goes on alone for as long as the backfill ran (at most
+    # AFTER_SECS), a window as long as the one during, with no backfill in it.
+    a_start=$(now)
+    a_secs=$(echo "if ($d_secs < $AFTER_SECS) $d_secs else $AFTER_SECS" | bc)
+    sleep "$a_secs"; a_end=$(now)
     sleep 3 # pgbench's log buffers: the last second or so is lost when it is stopped
     kill "$wl_pid"; wait "$wl_pid" 2>/dev/null || true
     read -r -a b < <(stats "wl-$tag" "$b_start" "$b_end")
     read -r -a d < <(stats "wl-$tag" "$d_start" "$d_end")
+    read -r -a a < <(stats "wl-$tag" "$a_start" "$a_end")
+    after_ratio=$(printf "%.2f" "$(echo "${a[2]} / ${b[2]}" | bc -l)")
     # The same ratio between the two halves of the window before, where no backfill ran: how
     # far p99 moves on its own on this machine.
     b_mid=$(echo "($b_start + $b_end) / 2" | bc -l)
@@ -267,9 +277,9 @@ measure() {
   left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
   [ "$left" = 0 ] || { echo "backfill left $left rows wrong ($tag)" >&2; exit 1; }
   slowed=$(grep -c '"trend":"down"' "$OUT/backfill-$tag.ndjson" || true)
-  printf "| %s | %s | %s | %.1f | %.0f | @%s | %s → %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n" \
+  printf "| %s | %s | %s | %.1f | %.0f | @%s | %s → %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s (%s) |\n" \
     "$scenario" "${rate/#0/idle}" "$throttle" "$d_secs" "$(echo "$ROWS / $d_secs" | bc -l)" "$tag" \
-    "${b[2]}" "${d[2]}" "$ratio" "$noise" "${d[3]}" "${d[5]}" "${d[4]}" "$slowed" "$exec_ratio" "$stalls" "$calm_ratio" >>"$OUT/rows.md"
+    "${b[2]}" "${d[2]}" "$ratio" "$noise" "${d[3]}" "${d[5]}" "${d[4]}" "$slowed" "$exec_ratio" "$stalls" "$calm_ratio" "$after_ratio" "${a[2]}" >>"$OUT/rows.md"
 }
 
 if [ -n "$SCENARIOS" ]; then
@@ -301,8 +311,8 @@ if [ -n "$SCENARIOS" ]; then
   echo
   echo "Workload: pgbench -R RATE -c $CLIENTS, 50% point reads, 30% point updates, 20% inserts, on $ROWS rows with the dual_write trigger; latency counted from the scheduled start; windows: ${BASELINE_SECS}s before, and the backfill's own. Load average now $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  echo "| scenario | tx/s | throttle | backfill (s) | rows/s | speed ÷ unthrottled | p99 before → during (ms) | p99 × | p99 × with no backfill (2nd ÷ 1st half before) | max during (ms) | > 100 ms during | failed during | pace slowdowns | execution p99 × (without pgbench's schedule lag) | disk stall seconds before → during | p99 × outside them |"
-  echo "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| scenario | tx/s | throttle | backfill (s) | rows/s | speed ÷ unthrottled | p99 before → during (ms) | p99 × | p99 × with no backfill (2nd ÷ 1st half before) | max during (ms) | > 100 ms during | failed during | pace slowdowns | execution p99 × (without pgbench's schedule lag) | disk stall seconds before → during | p99 × outside them | p99 × after, no backfill (ms) |"
+  echo "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   # The speed column: this run's wall time against the unthrottled run of the same scenario
   # and round.
   : >"$OUT/summary.tsv"
