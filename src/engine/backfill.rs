@@ -246,10 +246,8 @@ impl Walk<'_> {
             pace::p90(&mut window.latencies, BASELINE_SAMPLES / 2),
             pace::quantile(&mut window.commit_latencies, 0.95, BASELINE_SAMPLES / 2),
         );
-        controller.set_in_flight_baseline(
-            window.mean_in_flight(),
-            (window.connections > 0).then_some(window.connections),
-        );
+        // No connection counted (0) is taken as not counted.
+        controller.set_in_flight_baseline(window.mean_in_flight(), Some(window.connections));
     }
 
     /// After a batch under `throttle: auto`: a look at the workload when one is due, and the

@@ -986,15 +986,21 @@ mod tests {
     fn the_busier_the_workload_the_less_its_server_latency_may_grow() {
         // Its connections half busy: a request's wait for one grows faster than the server's
         // latency, so 1.5× for the workload is 1.2× for the server: 1.2 ms on a 1 ms baseline.
-        let mut c = pg_commit(1, 1);
-        c.set_in_flight_baseline(Some(2.0), Some(4));
-        let steady = |commit_ms: u64| Signals {
-            commit_p95: Some(Duration::from_micros(commit_ms)),
+        // 2 transactions in flight before, on `connections`; a look at the probes (µs).
+        let controller = |connections: u32| {
+            let mut c = pg_commit(1, 1);
+            c.set_in_flight_baseline(Some(2.0), Some(connections));
+            c
+        };
+        let look = |commit_us: u64, read_us: u64| Signals {
+            commit_p95: Some(Duration::from_micros(commit_us)),
+            probe_p90: Some(Duration::from_micros(read_us)),
             in_flight: Some(2.0),
             ..commit(1, 4)
         };
-        assert_eq!(c.decide(&steady(1_150)).trend, Trend::Up);
-        let d = c.decide(&steady(1_300)).clone();
+        let mut c = controller(4);
+        assert_eq!(c.decide(&look(1_150, 1_000)).trend, Trend::Up);
+        let d = c.decide(&look(1_300, 1_000)).clone();
         assert_eq!(d.trend, Trend::Down);
         assert_eq!(d.signal, "commit_p95");
         assert_eq!(
@@ -1002,20 +1008,13 @@ mod tests {
             "slowed: commit p95 1.3 ms > 1.20 × 1.0 ms baseline (1.5× with its connections 50% busy)"
         );
         // The probe read too: 1.2 × its 2 ms floor.
-        let mut c = pg_commit(1, 1);
-        c.set_in_flight_baseline(Some(2.0), Some(4));
-        let read = |read_ms: u64| Signals {
-            probe_p90: Some(Duration::from_micros(read_ms)),
-            in_flight: Some(2.0),
-            ..commit(1, 4)
-        };
-        assert_eq!(c.decide(&read(2_300)).trend, Trend::Up);
-        assert_eq!(c.decide(&read(2_500)).signal, "probe_p90");
+        let mut c = controller(4);
+        assert_eq!(c.decide(&look(1_000, 2_300)).trend, Trend::Up);
+        assert_eq!(c.decide(&look(1_000, 2_500)).signal, "probe_p90");
         assert_eq!(c.last().trend, Trend::Down);
         // Its connections mostly idle (a pool of 100, 2 in flight): the budget itself.
-        let mut c = pg_commit(1, 1);
-        c.set_in_flight_baseline(Some(2.0), Some(100));
-        let d = c.decide(&read(3_100)).clone();
+        let mut c = controller(100);
+        let d = c.decide(&look(1_000, 3_100)).clone();
         assert_eq!(
             d.reason,
             "slowed: probe p90 3.1 ms > 1.49 × 2.0 ms baseline (1.5× with its connections 2% busy)"
