@@ -15,7 +15,9 @@
 #       window before (how far p99 moves with no backfill), the execution p99 ratio (latency
 #       less pgbench's schedule lag: what the server took), the seconds the disk stalled in
 #       each window, the p99 ratio without those seconds, and the control: the p99 ratio of a
-#       window after the backfill as long as its own (at most AFTER_SECS), the workload alone.
+#       window after the backfill as long as its own (at most AFTER_SECS), the workload alone;
+#       and in a table of its own, the data disk's writes, MB written and flushes per second
+#       in the window before and the window during.
 #       With PAUSE_CHECK=1, one more auto run is paused with `phased pause` a few seconds in:
 #       the time from the pause to the last batch committed, and the resume to the end.
 #   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
@@ -128,17 +130,51 @@ exec_p99() {
       i = int(NR * 0.99); if (i < 1) i = 1; printf "%.2f\n", v[i] }'
 }
 
+# The block device PostgreSQL's data directory is on (vda, sda, nvme0n1, …), for its
+# counters in /proc/diskstats; empty when it cannot be told.
+data_disk() {
+  local dir dev
+  dir=$(psql -X -At -d postgres -c 'SHOW data_directory' 2>/dev/null) || return 0
+  dev=$(df --output=source "$dir" 2>/dev/null | tail -1)
+  dev=$(basename "$(readlink -f "$dev" 2>/dev/null)")
+  # A partition's counters are its disk's share; the whole disk is what stalls.
+  [ -e "/sys/class/block/$dev/partition" ] && dev=$(basename "$(readlink -f "/sys/class/block/$dev/..")")
+  grep -qw "$dev" /proc/diskstats 2>/dev/null && echo "$dev"
+}
+
 # Samples full I/O pressure (the time every task waited on the disk) 5 times a second into
-# $OUT/io-pressure, in the background; prints the sampler's pid, or nothing without
-# /proc/pressure/io. The seconds in which the disk itself stalls — with or without a
-# backfill, on a shared virtual disk — are reported apart.
+# $OUT/io-pressure, in the background, with the data disk's writes completed, sectors
+# written, milliseconds spent writing, flushes completed and milliseconds spent flushing
+# (cumulative, from /proc/diskstats; - when unknown); prints the sampler's pid, or nothing
+# without /proc/pressure/io. The seconds in which the disk itself stalls — with or without a
+# backfill, on a shared virtual disk — are reported apart. (Full pressure also counts a
+# process's own waits for its flushes when nothing else runs: a backfill committing 300 small
+# batches a second adds some 30 ms of it each second on a disk that is not slow at all. The
+# disk's own latency per write and per flush tells the two apart.)
 start_io_monitor() {
   [ -r /proc/pressure/io ] || return 0
+  local disk
+  disk=$(data_disk)
   while :; do
-    echo "$(date +%s.%N) $(awk 'NR == 2 { split($5, a, "="); print a[2] }' /proc/pressure/io)"
+    echo "$(date +%s.%N) $(awk 'NR == 2 { split($5, a, "="); print a[2] }' /proc/pressure/io)" \
+      "$(awk -v d="$disk" '$3 == d { print $8, $10, $11, (NF >= 19 ? $18 " " $19 : "- -"); f = 1 } END { if (!f) print "- - - - -" }' /proc/diskstats)"
     sleep 0.2
   done >"$OUT/io-pressure" 2>/dev/null &
   echo $!
+}
+
+# The data disk between epochs $1 and $2, from the sampler: "writes/s MB/s flushes/s
+# ms-per-write ms-per-flush" (- when not sampled).
+disk_rates() {
+  awk -v from="$1" -v to="$2" '
+    $1 >= from && $1 <= to && $3 != "-" {
+      if (t0 == "") { t0 = $1; w0 = $3; s0 = $4; m0 = $5; f0 = $6; fm0 = $7 }
+      t1 = $1; w1 = $3; s1 = $4; m1 = $5; f1 = $6; fm1 = $7 }
+    END { if (t0 == "" || t1 <= t0) { print "- - - - -"; exit }
+          d = t1 - t0; fl = f0 == "-" ? "-" : sprintf("%.0f", (f1 - f0) / d)
+          wl = w1 > w0 ? sprintf("%.2f", (m1 - m0) / (w1 - w0)) : "-"
+          fw = (f0 != "-" && f1 > f0) ? sprintf("%.2f", (fm1 - fm0) / (f1 - f0)) : "-"
+          printf "%.0f %.1f %s %s %s\n", (w1 - w0) / d, (s1 - s0) * 512 / 1e6 / d, fl, wl, fw }' "$OUT/io-pressure"
 }
 
 # Seconds with more than 50 ms of full I/O pressure, one epoch second a line.
@@ -274,6 +310,12 @@ measure() {
       fi
     fi
   fi
+  if [ -s "$OUT/io-pressure" ]; then
+    local db=(- - - - -) dd
+    [ -z "$wl_pid" ] || read -r -a db < <(disk_rates "$b_start" "$b_end")
+    read -r -a dd < <(disk_rates "$d_start" "$d_end")
+    echo "| $tag | ${db[0]} → ${dd[0]} | ${db[1]} → ${dd[1]} | ${db[2]} → ${dd[2]} | ${db[3]} → ${dd[3]} | ${db[4]} → ${dd[4]} |" >>"$OUT/disk.md"
+  fi
   left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
   [ "$left" = 0 ] || { echo "backfill left $left rows wrong ($tag)" >&2; exit 1; }
   slowed=$(grep -c '"trend":"down"' "$OUT/backfill-$tag.ndjson" || true)
@@ -284,6 +326,7 @@ measure() {
 
 if [ -n "$SCENARIOS" ]; then
   : >"$OUT/rows.md"
+  : >"$OUT/disk.md"
   io_pid=$(start_io_monitor)
   [ -z "$io_pid" ] || trap 'kill "$io_pid" 2>/dev/null || true' EXIT
   for scenario in $SCENARIOS; do
@@ -327,6 +370,14 @@ if [ -n "$SCENARIOS" ]; then
     echo "${row/@$tag/$ratio}"
     echo "${row/@$tag/$ratio}" | awk -F'|' -v OFS='\t' '{ gsub(/ /, ""); print $2, $4, $7, $9, $10, $11, $12 }' >>"$OUT/summary.tsv"
   done <"$OUT/rows.md"
+  if [ -s "$OUT/disk.md" ]; then
+    echo
+    echo "The data disk ($(data_disk)), in the window before → during the backfill: what the backfill adds to the disk's work (each commit that waits is a flush)."
+    echo
+    echo "| run | writes/s | MB/s written | flushes/s | ms a write | ms a flush |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    cat "$OUT/disk.md"
+  fi
   if [ "$RUNS" -gt 1 ]; then
     echo
     echo "Over the $RUNS runs of each: median (min–max; of an even count, the lower middle)."

@@ -195,6 +195,76 @@ async fn pg_pace_drops_while_another_session_holds_row_locks_then_recovers() {
     assert_eq!(recorded, 1, "the pace is recorded with the checkpoint");
 }
 
+/// PostgreSQL: a probe commit that stalls — here it waits on its own row in
+/// `phased.pace_probe`, held by another session, until its `lock_timeout`, as an application
+/// commit waits on a disk that stopped — slows the pace at once, whatever the commits' p95
+/// says, naming the stall and how long the commit took; once commits are quick again the pace
+/// recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_pace_drops_at_once_on_a_stalled_probe_commit_then_recovers() {
+    const ROWS: i64 = 150_000;
+    let db = TestDb::pg().await;
+    seed_items(&db, ROWS).await;
+    let watcher = pg(&db).client().await;
+    let holder = pg(&db).client().await;
+    // A query on the state that fails while the run has not made it yet reads as false.
+    let holds = async |sql: &str| {
+        watcher
+            .query_one(sql, &[])
+            .await
+            .is_ok_and(|row| row.get::<_, bool>(0))
+    };
+    let disturbance = async {
+        // The baseline is taken before the first batch: stall the commits only after it.
+        until("the first batch", async || {
+            holds("SELECT coalesce(max(rows_done), 0) > 0 FROM phased.steps WHERE plan = 'fill'")
+                .await
+        })
+        .await;
+        holder
+            .batch_execute("BEGIN; SELECT 1 FROM phased.pace_probe WHERE plan = 'fill' FOR UPDATE")
+            .await
+            .expect("hold the probe's row");
+        // The pace is recorded with each checkpoint.
+        until(
+            "the backfill to slow down on the stalled commit",
+            async || {
+                holds(
+                "SELECT coalesce(bool_or(progress LIKE '%\"signal\":\"commit_stall\"%'), false) \
+                 FROM phased.steps WHERE plan = 'fill'",
+            )
+            .await
+            },
+        )
+        .await;
+        holder.batch_execute("COMMIT").await.expect("release");
+    };
+    let p = plan(AUTO_PLAN);
+    let (result, ()) = tokio::join!(run(&db, &p, RunOptions::default()), disturbance);
+    let events = result.map_err(|(e, _)| e.to_string()).expect("backfill");
+    assert_dropped_then_recovered(&paces(&events), "commit_stall", "a probe commit took ");
+    let stalled = paces(&events)
+        .into_iter()
+        .find(|p| p.signal == "commit_stall")
+        .expect("a stall");
+    // Waited on the held row until its 100 ms lock_timeout: far over the stall limit.
+    assert!(
+        stalled.value.is_some_and(|v| v >= 90.0),
+        "{}",
+        stalled.describe()
+    );
+    assert!(
+        stalled.reason.contains("the WAL flush stalled"),
+        "{}",
+        stalled.reason
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE filled = 'v' || v")
+            .await,
+        ROWS
+    );
+}
+
 /// PostgreSQL: the probe times commits of the plan's own row in `phased.pace_probe` (what an
 /// application's commit waits for), and counts other client sessions at work, their
 /// transactions in flight and their connections: an application's session in a transaction

@@ -24,6 +24,9 @@ pub struct ProbeWindow {
     pub latencies: Vec<Duration>,
     /// Each probe commit's latency (a one-row write in phased's own state, committed).
     pub commit_latencies: Vec<Duration>,
+    /// The slowest probe commit since the last look: one that takes many times its baseline
+    /// is a stalled WAL flush, which every application commit of the moment waited for too.
+    pub slowest_commit: Duration,
     /// How many times other sessions' activity was read …
     pub activity_reads: u32,
     /// … and the most sessions (not phased's) seen at work or busy within the last second.
@@ -53,6 +56,7 @@ impl ProbeWindow {
     pub fn absorb(&mut self, later: ProbeWindow) {
         self.latencies.extend(later.latencies);
         self.commit_latencies.extend(later.commit_latencies);
+        self.slowest_commit = self.slowest_commit.max(later.slowest_commit);
         self.in_flight.extend(later.in_flight);
         self.connections = self.connections.max(later.connections);
         self.activity_reads += later.activity_reads;
@@ -76,6 +80,7 @@ impl ProbeWindow {
         keep(&mut self.commit_latencies, moved);
         keep(&mut self.in_flight, moved);
         self.latencies.clear();
+        self.slowest_commit = Duration::ZERO;
         self.activity_reads = 0;
         self.others_active = 0;
         self.connections = 0;
@@ -118,6 +123,11 @@ impl Probe {
 
     pub fn saw_lock_waits(&self) -> bool {
         self.lock().saw_lock_waits()
+    }
+
+    /// The slowest probe commit since the last `take`.
+    pub fn slowest_commit(&self) -> Duration {
+        self.lock().slowest_commit
     }
 
     /// Since the last `take`, other sessions' activity was read and nobody was at work.
@@ -183,6 +193,22 @@ mod tests {
         assert!(w.quiet());
         w.absorb(window(1, 1));
         assert!(!w.quiet(), "someone was at work in a later read");
+    }
+
+    #[test]
+    fn the_slowest_commit_is_the_windows_and_starts_again_at_each_look() {
+        let mut w = window(3, 0);
+        w.slowest_commit = Duration::from_millis(2);
+        let mut later = window(1, 0);
+        later.slowest_commit = Duration::from_millis(412);
+        w.absorb(later);
+        assert_eq!(w.slowest_commit, Duration::from_millis(412));
+        w.absorb(ProbeWindow::default());
+        assert_eq!(w.slowest_commit, Duration::from_millis(412));
+        // Whether the pace moved or not, a stall is judged once.
+        w.settle(false);
+        assert_eq!(w.slowest_commit, Duration::ZERO);
+        assert_eq!(w.commit_latencies.len(), 4);
     }
 
     #[test]

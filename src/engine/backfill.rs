@@ -258,8 +258,10 @@ impl Walk<'_> {
         };
         self.write_lock_wait = self.write_lock_wait.max(waited);
         let probing = self.probe.as_ref().filter(|p| !p.stopped());
-        let lock_waits =
-            probing.is_some_and(|p| p.saw_lock_waits()) || waited > pace::WRITE_LOCK_WAIT_LIMIT;
+        // Lock waits and a stalled commit call for a look at once.
+        let at_once = probing
+            .is_some_and(|p| p.saw_lock_waits() || controller.stalled(p.slowest_commit()))
+            || waited > pace::WRITE_LOCK_WAIT_LIMIT;
         if let Some(p) = probing {
             self.seen.absorb(p.take());
         }
@@ -274,13 +276,14 @@ impl Walk<'_> {
         };
         let tail_ready = tail || (seen.activity_reads > 0 && seen.others_active == 0);
         let enough = probing.is_none() || (seen.latencies.len() >= LOOK_SAMPLES && tail_ready);
-        if !(lock_waits || (self.last_look.elapsed() >= LOOK_EVERY && enough)) {
+        if !(at_once || (self.last_look.elapsed() >= LOOK_EVERY && enough)) {
             return false;
         }
         let mut commits = seen.commit_latencies.clone();
         let signals = Signals {
             probe_p90: pace::p90(&mut seen.latencies, LOOK_SAMPLES),
             commit_p95: pace::quantile(&mut commits, 0.95, pace::TAIL_SAMPLES),
+            commit_max: controller.commit_baseline().map(|_| seen.slowest_commit),
             others_active: (seen.activity_reads > 0).then_some(seen.others_active),
             in_flight: seen.mean_in_flight(),
             blocked_sessions: seen.blocked_sessions,
@@ -291,6 +294,7 @@ impl Walk<'_> {
             step = %self.id.label,
             probe_p90_ms = signals.probe_p90.map(pace::ms),
             commit_p95_ms = signals.commit_p95.map(pace::ms),
+            commit_max_ms = signals.commit_max.map(pace::ms),
             commits = seen.commit_latencies.len(),
             others_active = signals.others_active,
             in_flight = signals.in_flight,

@@ -59,6 +59,16 @@ pub const BUSY_SHARE: f64 = 0.1;
 /// in a third of the looks and held a backfill at a tenth of its speed for nothing: the
 /// workload's p99 was the same as at full pace (docs/benchmarks.md).
 pub const TAIL_SAMPLES: usize = 50;
+/// A probe commit slower than this many times its baseline (and than `STALL_FLOOR`) is a
+/// stalled WAL flush: the disk stopped, and every application commit of the moment waited as
+/// long. One such commit is enough to slow down, at once: its p95 would not show it (one in
+/// fifty), and on this kind of virtual disk stalls come in runs, where the backfill's WAL in
+/// the queue is what turns the workload's waits of a few milliseconds into a hundred
+/// (measured in docs/benchmarks.md: at the same disk pressure, p99 3–7 ms without a
+/// backfill, 10–107 ms with one).
+pub const STALL_FACTOR: f64 = 10.0;
+/// The shortest probe commit that counts as a stall, whatever its baseline.
+pub const STALL_FLOOR: Duration = Duration::from_millis(20);
 /// Batch time growth after a healthy look.
 const BATCH_GROWTH: f64 = 1.25;
 
@@ -123,6 +133,8 @@ pub struct Signals {
     pub probe_p90: Option<Duration>,
     /// PostgreSQL: the probe commits' p95 latency since the pace last moved (None: too few).
     pub commit_p95: Option<Duration>,
+    /// PostgreSQL: the slowest probe commit since the last look (None: no commit probed).
+    pub commit_max: Option<Duration>,
     /// PostgreSQL: the most other client sessions seen at work (None: not read in this look).
     pub others_active: Option<u32>,
     /// PostgreSQL: the mean number of other sessions' transactions in flight (None: not read).
@@ -151,8 +163,9 @@ pub enum Trend {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub trend: Trend,
-    /// The signal that decided: `commit_p95`, `probe_p90`, `others_active` (an idle database,
-    /// or a workload that just appeared), `blocked_sessions`, `blocking_sessions`,
+    /// The signal that decided: `commit_stall`, `commit_p95`, `probe_p90`, `in_flight`,
+    /// `others_active` (an idle database, or a workload that just appeared),
+    /// `blocked_sessions`, `blocking_sessions`,
     /// `write_lock_wait` or `none` (healthy without a probe, or nothing seen yet).
     pub signal: &'static str,
     /// Its value (milliseconds for times, a count for sessions).
@@ -304,6 +317,19 @@ impl Controller {
         self.commit_baseline
     }
 
+    /// The longest a probe commit may take before it counts as a stalled flush (None: the
+    /// probe makes no commits).
+    pub fn stall_limit(&self) -> Option<Duration> {
+        self.commit_baseline
+            .map(|b| b.max(BASELINE_FLOOR).mul_f64(STALL_FACTOR).max(STALL_FLOOR))
+    }
+
+    /// A probe commit this slow calls for a look at once.
+    pub fn stalled(&self, slowest_commit: Duration) -> bool {
+        self.stall_limit()
+            .is_some_and(|limit| slowest_commit > limit)
+    }
+
     /// What `batch_size: auto` aims at now.
     pub fn batch_time(&self) -> Duration {
         self.batch_time
@@ -400,6 +426,20 @@ impl Controller {
                 Some(0.0),
                 "idle: no other session at work".to_string(),
             );
+        }
+        if let (Some(slowest), Some(limit)) = (s.commit_max, self.stall_limit()) {
+            if slowest > limit {
+                return (
+                    false,
+                    "commit_stall",
+                    Some(ms(slowest)),
+                    format!(
+                        "a probe commit took {} > {} (the WAL flush stalled: every commit waited)",
+                        show_ms(slowest),
+                        show_ms(limit)
+                    ),
+                );
+            }
         }
         // A busy workload gets no slack: its queue amplifies what its commits lose.
         let busy = self.busy();
@@ -502,7 +542,7 @@ impl Controller {
         } else {
             // A slow probe: shorter batches first (what a commit waits for is the WAL of the
             // batch before it), less of the time once they are as short as they go. Lock
-            // waits: both at once.
+            // waits and a stalled flush: both at once.
             let latency = matches!(signal, "commit_p95" | "probe_p90");
             // Transactions queueing (in flight) want CPU back: both levers, like lock waits.
             let batch = self.batch_time.mul_f64(BACK_OFF).max(l.min_batch_time);
@@ -879,6 +919,57 @@ mod tests {
         let mut c = Controller::new(five_ms_cap(), 1.5);
         c.set_baseline(Some(ms(read)), Some(ms(commit)));
         c
+    }
+
+    #[test]
+    fn one_stalled_commit_slows_both_levers_at_once() {
+        let mut c = pg_commit(1, 1);
+        for _ in 0..30 {
+            c.decide(&commit(1, 3));
+        }
+        assert_eq!((c.duty(), c.batch_time()), (1.0, ms(5)));
+        assert_eq!(c.stall_limit(), Some(ms(20)));
+        let slowest = |max: u64| Signals {
+            commit_max: Some(ms(max)),
+            ..commit(1, 3)
+        };
+        // One commit of 15 ms among healthy ones is a disk's jitter, not a stall.
+        assert!(!c.stalled(ms(15)));
+        assert_ne!(c.decide(&slowest(15)).trend, Trend::Down);
+        assert!(c.stalled(ms(412)));
+        let d = c.decide(&slowest(412)).clone();
+        assert_eq!(d.trend, Trend::Down);
+        assert_eq!(d.signal, "commit_stall");
+        assert_eq!(d.value, Some(412.0));
+        assert_eq!(
+            d.reason,
+            "slowed: a probe commit took 412 ms > 20 ms (the WAL flush stalled: every commit waited)"
+        );
+        // Both levers at once, whatever the p95 of the commits says.
+        assert_eq!(c.duty(), 0.5);
+        assert_near(c.batch_time(), Duration::from_micros(2500));
+        // It outranks an idle reading of nothing: a workload is at work, and it never
+        // outranks lock waits (they are the backfill's own doing, and named first).
+        let blocked = Signals {
+            blocked_sessions: 1,
+            ..slowest(412)
+        };
+        assert_eq!(c.decide(&blocked).signal, "blocked_sessions");
+        // The limit is ten times a slower baseline.
+        let slow_disk = pg_commit(1, 4);
+        assert_eq!(slow_disk.stall_limit(), Some(ms(40)));
+        assert!(!slow_disk.stalled(ms(39)));
+        // On an idle database the backfill only stalls itself: the full pace stays.
+        let mut idle = pg_commit(1, 1);
+        let d = idle.decide(&Signals {
+            commit_max: Some(ms(412)),
+            ..commit(1, 0)
+        });
+        assert_eq!(d.signal, "others_active");
+        assert_eq!(idle.duty(), 1.0);
+        // Without probe commits there is no limit.
+        assert_eq!(pg(1).stall_limit(), None);
+        assert!(!pg(1).stalled(Duration::from_secs(5)));
     }
 
     #[test]

@@ -161,6 +161,7 @@ pub async fn start(
                 w.latencies.push(latency);
                 if let Some(c) = committed {
                     w.commit_latencies.push(c);
+                    w.slowest_commit = w.slowest_commit.max(c);
                 }
                 if let Some((n, connected)) = flying {
                     w.in_flight.push(u32::try_from(n).unwrap_or(0));
