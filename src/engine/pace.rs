@@ -190,6 +190,10 @@ pub struct Controller {
     /// The last look saw no other session at work.
     idle: bool,
     duty: f64,
+    /// The share of time before the last cut: healthy looks below it win it back faster
+    /// (`DUTY_STEP` at least, half the way each time), the way CUBIC returns to the window it
+    /// lost a packet at.
+    cut_from: f64,
     batch_time: Duration,
     last: Decision,
 }
@@ -232,6 +236,7 @@ impl Controller {
             connections: None,
             idle: false,
             duty: limits.start_duty,
+            cut_from: 0.0,
             batch_time: limits.start_batch_time,
             last: Decision {
                 trend: Trend::Start,
@@ -565,8 +570,11 @@ impl Controller {
             return &self.last;
         } else if healthy {
             // The cheap lever first: more of the time in short batches; longer batches only
-            // when the time is full.
-            let duty = (self.duty + DUTY_STEP).min(l.max_duty);
+            // when the time is full. Below the share the last cut came from, half the way
+            // back to it at each healthy look (at least a step): what cut it was a moment, and
+            // if it comes again it cuts again, from lower.
+            let back = (self.cut_from - self.duty) / 2.0;
+            let duty = (self.duty + DUTY_STEP.max(back)).min(l.max_duty);
             let batch = if duty < l.max_duty || self.duty < l.max_duty {
                 self.batch_time
             } else {
@@ -602,6 +610,9 @@ impl Controller {
                 (self.duty * factor).max(l.min_duty)
             };
             let moved = duty < self.duty || batch < self.batch_time;
+            if duty < self.duty {
+                self.cut_from = self.duty;
+            }
             self.duty = duty;
             self.batch_time = batch;
             if moved {
@@ -797,9 +808,12 @@ mod tests {
         assert_near(c.pause_after(ms(2)), ms(2));
         c.decide(&probe(5));
         assert_eq!(c.duty(), 0.25);
-        // Fast down, slow up (AIMD): one good look gives back a tenth of the time.
+        // Fast down, slower up: one good look wins back half the way to the share the last
+        // cut came from (0.5 → 0.25), at least a tenth of the time.
         c.decide(&probe(2));
-        assert!((c.duty() - 0.35).abs() < 1e-9, "{}", c.duty());
+        assert!((c.duty() - 0.375).abs() < 1e-9, "{}", c.duty());
+        c.decide(&probe(2));
+        assert!((c.duty() - 0.475).abs() < 1e-9, "{}", c.duty());
         assert_eq!(c.batch_time(), Limits::POSTGRES.min_batch_time);
     }
 
@@ -1020,6 +1034,35 @@ mod tests {
         // Without probe commits there is no limit.
         assert_eq!(pg(1).stall_limit(), None);
         assert!(!pg(1).stalled(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn after_a_moment_of_trouble_the_pace_wins_back_half_the_way_each_look() {
+        let mut c = pg_commit(1, 1);
+        let stall = Signals {
+            commit_max: Some(ms(60)),
+            ..commit(1, 3)
+        };
+        c.decide(&stall);
+        assert_eq!(c.duty(), 0.5);
+        let mut duties = Vec::new();
+        for _ in 0..4 {
+            assert_eq!(c.decide(&commit(1, 3)).trend, Trend::Up);
+            duties.push(c.duty());
+        }
+        // Half the way back to 1.0 each time, then a step of a tenth, to the ceiling.
+        assert_eq!(duties, vec![0.75, 0.875, 0.975, 1.0]);
+        // Trouble that comes back cuts again, from lower each time: it wins back only up to
+        // where the latest cut came from.
+        c.decide(&stall);
+        c.decide(&commit(1, 3));
+        assert_eq!(c.duty(), 0.75);
+        c.decide(&stall);
+        assert_eq!(c.duty(), 0.375);
+        c.decide(&commit(1, 3));
+        assert!((c.duty() - 0.5625).abs() < 1e-9, "{}", c.duty());
+        c.decide(&commit(1, 3));
+        assert!((c.duty() - 0.6625).abs() < 1e-9, "{}", c.duty());
     }
 
     #[test]
