@@ -573,7 +573,13 @@ impl Controller {
             // when the time is full. Below the share the last cut came from, half the way
             // back to it at each healthy look (at least a step): what cut it was a moment, and
             // if it comes again it cuts again, from lower.
-            let back = (self.cut_from - self.duty) / 2.0;
+            // Not next to a busy workload: its queue amplifies every moment of trouble, and
+            // it gets a tenth a look, no more.
+            let back = if self.busy() {
+                0.0
+            } else {
+                (self.cut_from - self.duty) / 2.0
+            };
             let duty = (self.duty + DUTY_STEP.max(back)).min(l.max_duty);
             let batch = if duty < l.max_duty || self.duty < l.max_duty {
                 self.batch_time
@@ -599,8 +605,10 @@ impl Controller {
             // waits and a stalled flush: both at once.
             // Transactions queueing (in flight) want CPU back: both levers, like lock waits.
             let limit = self.latency_limit(signal);
+            // Next to a busy workload, always by half: its queue amplifies even a latency
+            // just over its limit (as it gets no commit slack).
             let factor = match (limit, value) {
-                (Some(limit), Some(v)) => Self::latency_back_off(v, limit),
+                (Some(limit), Some(v)) if !self.busy() => Self::latency_back_off(v, limit),
                 _ => BACK_OFF,
             };
             let batch = self.batch_time.mul_f64(factor).max(l.min_batch_time);
@@ -1094,6 +1102,26 @@ mod tests {
             ..commit(1, 3)
         });
         assert_eq!(c.duty(), 0.5);
+        // So does a busy workload's latency, however close to its limit (1.30 × 1.1 ms
+        // next to connections 30% busy): its queue amplifies it, and it wins the time back
+        // a tenth a look.
+        let mut busy = pg_commit(1, 1);
+        busy.set_baseline(Some(ms(1)), Some(Duration::from_micros(1_100)));
+        busy.set_in_flight_baseline(Some(1.2), Some(4));
+        let d = busy
+            .decide(&Signals {
+                commit_p95: Some(Duration::from_micros(1_600)),
+                in_flight: Some(1.2),
+                ..commit(1, 3)
+            })
+            .clone();
+        assert_eq!((d.trend, d.signal), (Trend::Down, "commit_p95"), "{d:?}");
+        assert_eq!(busy.duty(), 0.5);
+        busy.decide(&Signals {
+            in_flight: Some(1.2),
+            ..commit(1, 3)
+        });
+        assert!((busy.duty() - 0.6).abs() < 1e-9, "{}", busy.duty());
     }
 
     #[test]
