@@ -17,7 +17,7 @@
 #       each window, the p99 ratio without those seconds, and the control: the p99 ratio of a
 #       window after the backfill as long as its own (at most AFTER_SECS), the workload alone;
 #       and in a table of its own, the data disk's writes, MB written and flushes per second
-#       in the window before and the window during.
+#       in the window before and the window during, and the CPU phased's process used.
 #       With PAUSE_CHECK=1, one more auto run is paused with `phased pause` a few seconds in:
 #       the time from the pause to the last batch committed, and the resume to the end.
 #   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
@@ -269,7 +269,7 @@ measure() {
   fi
   log "$tag: the backfill"
   d_start=$(now)
-  "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-$tag.ndjson" \
+  /usr/bin/time -f "%U %S" -o "$OUT/cpu-$tag" "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-$tag.ndjson" \
     2>"$OUT/backfill-$tag.log" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
   d_end=$(now)
   d_secs=$(echo "$d_end - $d_start" | bc)
@@ -314,7 +314,7 @@ measure() {
     local db=(- - - - -) dd
     [ -z "$wl_pid" ] || read -r -a db < <(disk_rates "$b_start" "$b_end")
     read -r -a dd < <(disk_rates "$d_start" "$d_end")
-    echo "| $tag | ${db[0]} → ${dd[0]} | ${db[1]} → ${dd[1]} | ${db[2]} → ${dd[2]} | ${db[3]} → ${dd[3]} | ${db[4]} → ${dd[4]} |" >>"$OUT/disk.md"
+    echo "| $tag | ${db[0]} → ${dd[0]} | ${db[1]} → ${dd[1]} | ${db[2]} → ${dd[2]} | ${db[3]} → ${dd[3]} | ${db[4]} → ${dd[4]} | $(awk -v s="$d_secs" '{ printf "%.0f%%", ($1 + $2) / s * 100 }' "$OUT/cpu-$tag") |" >>"$OUT/disk.md"
   fi
   left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
   [ "$left" = 0 ] || { echo "backfill left $left rows wrong ($tag)" >&2; exit 1; }
@@ -372,10 +372,10 @@ if [ -n "$SCENARIOS" ]; then
   done <"$OUT/rows.md"
   if [ -s "$OUT/disk.md" ]; then
     echo
-    echo "The data disk ($(data_disk)), in the window before → during the backfill: what the backfill adds to the disk's work (each commit that waits is a flush)."
+    echo "The data disk ($(data_disk)), in the window before → during the backfill: what the backfill adds to the disk's work; and the CPU phased's own process used (user + system, of one core) while it ran."
     echo
-    echo "| run | writes/s | MB/s written | flushes/s | ms a write | ms a flush |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| run | writes/s | MB/s written | flushes/s | ms a write | ms a flush | phased's CPU |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     cat "$OUT/disk.md"
   fi
   if [ "$RUNS" -gt 1 ]; then
