@@ -363,9 +363,7 @@ impl Controller {
     /// `floor`), or the baseline + `slack` when that is more.
     fn limit(&self, baseline: Duration, floor: Duration, slack: Duration) -> Duration {
         let baseline = baseline.max(floor);
-        baseline
-            .mul_f64(self.server_budget())
-            .max(baseline + slack)
+        baseline.mul_f64(self.server_budget()).max(baseline + slack)
     }
 
     /// The probe commits' slack: none next to a busy workload, whose queue amplifies what its
