@@ -1,7 +1,8 @@
 //! The adaptive pace of a backfill (`throttle: auto`, the default): after each look at the
 //! workload's health the backfill works a larger share of the time when the workload is
-//! unaffected, and a much smaller share at once when it suffers — additive increase,
-//! multiplicative decrease, the way TCP's congestion control shares a link. Pure: it takes the
+//! unaffected, and a smaller share at once when it suffers — multiplicative decrease sized to
+//! the overshoot (as LEDBAT's), and a way back that returns fast to where the last cut came
+//! from (as CUBIC's), the way congestion control shares a link. Pure: it takes the
 //! signals of one look and returns the next pace and the reason, so its decisions are tested
 //! on recorded sequences (`tests` below) without a database.
 //!
