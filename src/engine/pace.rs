@@ -1019,8 +1019,7 @@ mod tests {
         // Both levers at once, whatever the p95 of the commits says.
         assert_eq!(c.duty(), 0.5);
         assert_near(c.batch_time(), Duration::from_micros(2500));
-        // It outranks an idle reading of nothing: a workload is at work, and it never
-        // outranks lock waits (they are the backfill's own doing, and named first).
+        // Lock waits outrank it: they are the backfill's own doing, and named first.
         let blocked = Signals {
             blocked_sessions: 1,
             ..slowest(412)
