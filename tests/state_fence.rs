@@ -7,7 +7,9 @@
 //! a statement of its own, before the write, so a takeover in between went unseen.
 
 use phased::db::backup::BackupRecord;
-use phased::db::{Database, DbError, MigrationRun, StepKey, StepStart, StepStatus, Timeouts, Unit};
+use phased::db::{
+    BatchRequest, Database, DbError, MigrationRun, StepKey, StepStart, StepStatus, Timeouts, Unit,
+};
 
 use crate::common::{on_both, TestDb};
 
@@ -149,6 +151,65 @@ async fn a_runner_whose_lease_was_taken_over_records_no_further_work(db: TestDb)
     phased::with_target!(&mut target, t => writes_refused(t, &db).await);
 }
 on_both!(a_runner_whose_lease_was_taken_over_records_no_further_work);
+
+/// One batch of `items`: fills `v2` for the next `limit` rows after `after`.
+async fn batch<T: Database>(
+    t: &mut T,
+    after: Option<&str>,
+    limit: u64,
+) -> Result<phased::db::BatchOutcome, DbError> {
+    let key = key();
+    let columns = vec!["id".to_string()];
+    let set = vec![("v2".to_string(), "v * 2".to_string())];
+    t.backfill_batch(&BatchRequest {
+        key: &key,
+        table: "items",
+        key_columns: &columns,
+        set: &set,
+        predicate: Some("v2 IS NULL"),
+        after,
+        limit,
+        timeouts: Timeouts::default(),
+        rows_per_second: 0.0,
+        key_types_hint: &[],
+        down: false,
+        pace: None,
+    })
+    .await
+}
+
+async fn batch_refused<T: Database>(t: &mut T, db: &TestDb) {
+    takes_lease_and_begins(t).await;
+    let first = batch(t, None, 3)
+        .await
+        .expect("a batch under the runner's own lease");
+    assert_eq!(first.rows, 3);
+    let last = first.last_key.expect("the first batch's last key");
+    let before = step_row(db).await;
+    assert_eq!(before, Some(format!("running|1|{last}|-|-")));
+    db.execute(take_over_sql(db)).await;
+    lost("a backfill batch", batch(t, Some(&last), 3).await);
+    assert_eq!(step_row(db).await, before, "the checkpoint moved");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE v2 IS NOT NULL")
+            .await,
+        3,
+        "a taken-over runner's batch changed rows"
+    );
+}
+
+/// A backfill batch of a runner whose lease was taken over writes no row and no checkpoint: its
+/// transaction reads the lease generation (locked `FOR SHARE` on PostgreSQL) before its UPDATE.
+async fn a_taken_over_backfill_writes_no_batch(db: TestDb) {
+    db.execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, v integer NOT NULL, v2 integer);
+         INSERT INTO items (id, v) VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7);",
+    )
+    .await;
+    let mut target = db.target(PLAN).await;
+    phased::with_target!(&mut target, t => batch_refused(t, &db).await);
+}
+on_both!(a_taken_over_backfill_writes_no_batch);
 
 async fn script_progress_refused<T: Database>(t: &mut T, db: &TestDb) {
     takes_lease_and_begins(t).await;

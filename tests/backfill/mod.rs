@@ -933,3 +933,100 @@ async fn pg_lock_timeout_retries_from_the_checkpoint() {
 async fn sqlite_lock_timeout_retries_from_the_checkpoint() {
     lock_timeout_retries_from_the_checkpoint(TestDb::sqlite()).await;
 }
+
+/// The checkpoint a batch stores is the key it reports, character for character, for keys
+/// JSON must escape, and a walk from each stored checkpoint visits every row once: batches of
+/// one, up and down (a rollback's walk keeps its checkpoint apart, as `{"down": …}`).
+async fn stored_checkpoints_are_the_reported_keys(db: TestDb) {
+    use phased::db::{BatchRequest, Database, StepKey, StepStart, Timeouts};
+    db.execute(
+        "CREATE TABLE odd (a integer NOT NULL, b text NOT NULL, v integer NOT NULL, filled text, PRIMARY KEY (a, b))",
+    )
+    .await;
+    let keys = [
+        r#"quote " inside"#,
+        r"back\slash",
+        "new\nline",
+        "tab\there",
+        "été ☃",
+        "control \u{1} char",
+        "/slash/",
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        // Standard SQL literals on both: a backslash is itself, no key holds a `'`.
+        db.execute(&format!(
+            "INSERT INTO odd (a, b, v) VALUES ({}, '{k}', {i})",
+            i % 2
+        ))
+        .await;
+    }
+    let step = StepKey {
+        plan: "odd".to_string(),
+        phase: "fill".to_string(),
+        index: 0,
+    };
+    let columns = vec!["a".to_string(), "b".to_string()];
+    let mut target = db.target("odd").await;
+    for (down, set) in [(false, "b || '!'"), (true, "NULL")] {
+        let set = vec![("filled".to_string(), set.to_string())];
+        let mut after: Option<String> = None;
+        let mut rows = 0;
+        loop {
+            let outcome = phased::with_target!(&mut target, t => {
+                t.ensure_state().await.expect("state tables");
+                if after.is_none() && !down {
+                    t.begin_step(&StepStart { key: &step, kind: "backfill", label: "odd", checksum: "c" })
+                        .await
+                        .expect("step");
+                }
+                t.backfill_batch(&BatchRequest {
+                    key: &step,
+                    table: "odd",
+                    key_columns: &columns,
+                    set: &set,
+                    predicate: None,
+                    after: after.as_deref(),
+                    limit: 1,
+                    timeouts: Timeouts::default(),
+                    rows_per_second: 0.0,
+                    key_types_hint: &[],
+                    down,
+                    pace: None,
+                })
+                .await
+            })
+            .expect("a batch");
+            let Some(last) = outcome.last_key else { break };
+            rows += outcome.rows;
+            let stored = db
+                .text(&format!(
+                    "SELECT checkpoint FROM {} WHERE plan = 'odd'",
+                    steps_table(&db)
+                ))
+                .await;
+            let expected = if down {
+                format!(r#"{{"down":{last}}}"#)
+            } else {
+                last.clone()
+            };
+            assert_eq!(stored.as_deref(), Some(expected.as_str()), "down: {down}");
+            after = Some(last);
+        }
+        assert_eq!(rows, keys.len() as u64, "down: {down}");
+    }
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM odd WHERE filled IS NOT NULL")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn pg_stored_checkpoints_are_the_reported_keys() {
+    stored_checkpoints_are_the_reported_keys(TestDb::pg().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_stored_checkpoints_are_the_reported_keys() {
+    stored_checkpoints_are_the_reported_keys(TestDb::sqlite()).await;
+}
