@@ -938,7 +938,7 @@ async fn sqlite_lock_timeout_retries_from_the_checkpoint() {
 /// JSON must escape, and a walk from each stored checkpoint visits every row once: batches of
 /// one, up and down (a rollback's walk keeps its checkpoint apart, as `{"down": …}`).
 async fn stored_checkpoints_are_the_reported_keys(db: TestDb) {
-    use phased::db::{BatchRequest, Database, StepKey, StepStart, Timeouts};
+    use phased::db::{BatchRequest, StepKey, StepStart, Timeouts};
     db.execute(
         "CREATE TABLE odd (a integer NOT NULL, b text NOT NULL, v integer NOT NULL, filled text, PRIMARY KEY (a, b))",
     )
