@@ -20,6 +20,12 @@
 #       in the window before and the window during, and the CPU phased's process used.
 #       With PAUSE_CHECK=1, one more auto run is paused with `phased pause` a few seconds in:
 #       the time from the pause to the last batch committed, and the resume to the end.
+#       With INTERLEAVE=S (seconds), each backfill of (a) is paused and resumed with `phased
+#       pause|resume` every S seconds: the workload's p99 in the windows with the backfill
+#       running ÷ its p99 in the windows between them, paused, of the same run (the first
+#       second of each window, the pause or resume taking hold, left out). Slow drifts of the
+#       machine fall on both sides alike, which a window before and a window during cannot
+#       tell from the backfill. Its own table; rows/s then count the running windows only.
 #   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
 #   (c) unthrottled rows/s (and phased's peak RSS) at each of SIZES.
 #
@@ -30,7 +36,7 @@
 #         SCENARIOS ("light heavy idle"), THROTTLES ("auto;unthrottled"), RATE (light
 #         workload tx/s, 200), HEAVY_RATE (tx/s; default 50% of the measured capacity with the trigger),
 #         CLIENTS (4), BASELINE_SECS (60: the window before each backfill), AFTER_SECS (120:
-#         the longest window after it), PAUSE_CHECK (0),
+#         the longest window after it), PAUSE_CHECK (0), INTERLEAVE (empty: off),
 #         RUST_LOG (e.g. phased=debug: each look of the pace, in $OUT/backfill-*.log),
 #         RUNS (1: runs of each scenario and throttle in (a), in turn; with more, a summary of
 #         each pair's median and range follows the table), OUT (bench/out)
@@ -55,6 +61,7 @@ THROTTLES="${THROTTLES-auto;unthrottled}"
 HEAVY_RATE="${HEAVY_RATE:-}"
 PAUSE_CHECK="${PAUSE_CHECK:-0}"
 AFTER_SECS="${AFTER_SECS:-120}"
+INTERLEAVE="${INTERLEAVE:-}"
 RUNS="${RUNS:-1}"
 DB=phased_bench
 URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
@@ -250,6 +257,47 @@ capacity() {
     "$DB" 2>/dev/null | awk '/^tps = / { printf "%d\n", $3 }'
 }
 
+# Runs the backfill of plan $1 in the background, pausing and resuming it every $INTERLEAVE
+# seconds until it ends; appends "on|off <from> <to>" per window to $2 (the first second of
+# each left out: the pause or resume taking hold). Returns the backfill's exit status.
+run_interleaved() { # $1 plan, $2 windows file, $3 tag
+  local plan=$1 windows=$2 tag=$3 pid state=on from
+  : >"$windows"
+  /usr/bin/time -f "%U %S" -o "$OUT/cpu-$tag" "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-$tag.ndjson" \
+    2>"$OUT/backfill-$tag.log" &
+  pid=$!
+  from=$(now)
+  while kill -0 "$pid" 2>/dev/null; do
+    # Sleep in short steps, so the backfill's end closes the window at once.
+    local until_t
+    until_t=$(echo "$from + $INTERLEAVE" | bc -l)
+    while kill -0 "$pid" 2>/dev/null && [ "$(echo "$(now) < $until_t" | bc)" = 1 ]; do sleep 0.1; done
+    echo "$state $(echo "$from + 1" | bc -l) $(now)" >>"$windows"
+    kill -0 "$pid" 2>/dev/null || break
+    if [ "$state" = on ]; then
+      "$PHASED" pause "$plan" --database "$URL" >/dev/null; state=off
+    else
+      "$PHASED" resume "$plan" --database "$URL" >/dev/null; state=on
+    fi
+    from=$(now)
+  done
+  # A backfill paused at its very end would wait: resume whatever state it is left in.
+  "$PHASED" resume "$plan" --database "$URL" >/dev/null 2>&1 || true
+  wait "$pid"
+}
+
+# p99 (ms) of the logged transactions from logs $1* in the windows of $2 of kind $3 (on|off),
+# pooled: "count p99".
+pooled_p99() {
+  cat "$OUT"/"$1"* | awk -v windows="$2" -v kind="$3" '
+    BEGIN { while ((getline line < windows) > 0) { split(line, w, " "); if (w[1] == kind && w[3] > w[2]) { n++; lo[n] = w[2]; hi[n] = w[3] } } }
+    NF < 6 { next }
+    { t = $5 + $6 / 1e6; if ($3 == "failed" || $3 == "skipped") next;
+      for (i = 1; i <= n; i++) if (t >= lo[i] && t <= hi[i]) { print $3 / 1000; break } }' |
+    sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "0 -"; exit }
+      i = int(NR * 0.99); if (i < 1) i = 1; printf "%d %.2f\n", NR, v[i] }'
+}
+
 # One backfill next to a workload at $2 tx/s (0: none), throttle $3 (see throttle_options);
 # scenario $1. Appends a
 # table row to $OUT/rows.md and the wall time to $OUT/secs-$1-$3.
@@ -267,12 +315,20 @@ measure() {
     log "$tag: the window before, ${BASELINE_SECS}s at $rate tx/s"
     b_start=$(now); sleep "$BASELINE_SECS"; b_end=$(now)
   fi
-  log "$tag: the backfill"
+  log "$tag: the backfill${INTERLEAVE:+, paused and resumed every ${INTERLEAVE}s}"
   d_start=$(now)
-  /usr/bin/time -f "%U %S" -o "$OUT/cpu-$tag" "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-$tag.ndjson" \
-    2>"$OUT/backfill-$tag.log" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
+  if [ -n "$INTERLEAVE" ]; then
+    run_interleaved "$plan" "$OUT/windows-$tag" "$tag" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
+  else
+    /usr/bin/time -f "%U %S" -o "$OUT/cpu-$tag" "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-$tag.ndjson" \
+      2>"$OUT/backfill-$tag.log" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
+  fi
   d_end=$(now)
   d_secs=$(echo "$d_end - $d_start" | bc)
+  if [ -n "$INTERLEAVE" ]; then
+    # Rows/s over the running windows only.
+    d_secs=$(awk '$1 == "on" { s += $3 - $2 + 1 } END { printf "%.1f\n", s }' "$OUT/windows-$tag")
+  fi
   echo "$d_secs" >"$OUT/secs-$tag"
   local left slowed b=(- - - - - -) d=(- - - - - -) b1=(- - - - - -) b2=(- - - - - -) bs ds a=(- - - - - -) a_start a_end a_secs after_ratio=- ratio=- noise=- exec_ratio=- stalls=- calm_ratio=-
   if [ -n "$wl_pid" ]; then
@@ -316,6 +372,12 @@ measure() {
     read -r -a dd < <(disk_rates "$d_start" "$d_end")
     echo "| $tag | ${db[0]} → ${dd[0]} | ${db[1]} → ${dd[1]} | ${db[2]} → ${dd[2]} | ${db[3]} → ${dd[3]} | ${db[4]} → ${dd[4]} | $(awk -v s="$d_secs" '{ printf "%.0f%%", ($1 + $2) / s * 100 }' "$OUT/cpu-$tag") |" >>"$OUT/disk.md"
   fi
+  if [ -n "$INTERLEAVE" ] && [ -n "$wl_pid" ]; then
+    local on off
+    read -r -a on < <(pooled_p99 "wl-$tag" "$OUT/windows-$tag" on)
+    read -r -a off < <(pooled_p99 "wl-$tag" "$OUT/windows-$tag" off)
+    echo "| $tag | $(grep -c '^on' "$OUT/windows-$tag") × on, $(grep -c '^off' "$OUT/windows-$tag") × off | ${on[0]} / ${off[0]} | ${off[1]} → ${on[1]} | $(echo "${on[1]} / ${off[1]}" | bc -l | xargs printf "%.2f") |" >>"$OUT/interleaved.md"
+  fi
   left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
   [ "$left" = 0 ] || { echo "backfill left $left rows wrong ($tag)" >&2; exit 1; }
   slowed=$(grep -c '"trend":"down"' "$OUT/backfill-$tag.ndjson" || true)
@@ -327,6 +389,7 @@ measure() {
 if [ -n "$SCENARIOS" ]; then
   : >"$OUT/rows.md"
   : >"$OUT/disk.md"
+  : >"$OUT/interleaved.md"
   io_pid=$(start_io_monitor)
   [ -z "$io_pid" ] || trap 'kill "$io_pid" 2>/dev/null || true' EXIT
   for scenario in $SCENARIOS; do
@@ -377,6 +440,14 @@ if [ -n "$SCENARIOS" ]; then
     echo "| run | writes/s | MB/s written | flushes/s | ms a write | ms a flush | phased's CPU |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
     cat "$OUT/disk.md"
+  fi
+  if [ -s "$OUT/interleaved.md" ]; then
+    echo
+    echo "Interleaved (INTERLEAVE=${INTERLEAVE}s): the workload's p99 while paused → while the backfill ran, windows of the same run taking turns."
+    echo
+    echo "| run | windows | transactions running / paused | p99 paused → running (ms) | p99 × |"
+    echo "|---|---|---:|---|---:|"
+    cat "$OUT/interleaved.md"
   fi
   if [ "$RUNS" -gt 1 ]; then
     echo

@@ -16,6 +16,13 @@ use std::time::Duration;
 pub const BASELINE_SAMPLES: usize = 50;
 /// The probe commits a steady pace is judged on, at most (about two seconds of them).
 pub const COMMITS_KEPT: usize = 100;
+/// How many probes make the baseline next to a busy workload (`pace::BUSY_SHARE`): as many
+/// commits as a steady pace is judged on. Its tail is noisier, and a moment of trouble in a
+/// baseline of 50 makes it blind: one measured at 2.6 ms (the third slowest of 50) where the
+/// workload's commits ran at 1.4–1.8 ms judged a backfill that took the workload's p99 to
+/// 2.4× unaffected (docs/benchmarks.md). A backfill next to a busy workload runs for minutes;
+/// a second more of baseline costs it little.
+pub const BUSY_BASELINE_SAMPLES: usize = COMMITS_KEPT;
 
 /// What the probe gathered since the last look.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -133,6 +140,13 @@ impl Probe {
     /// Since the last `take`, other sessions' activity was read and nobody was at work.
     pub fn quiet(&self) -> bool {
         self.lock().quiet()
+    }
+
+    /// Since the last `take`: the workload's mean transactions in flight and the most
+    /// connections it was seen on (0: not counted).
+    pub fn in_flight(&self) -> (Option<f64>, u32) {
+        let w = self.lock();
+        (w.mean_in_flight(), w.connections)
     }
 
     /// What was gathered since the last take; the window starts again empty.

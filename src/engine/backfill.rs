@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::events::{Event, Reporter, StepId};
 use super::interrupt::Interrupt;
 use super::pace::{self, Controller, Limits, PaceReport, Signals, Trend};
-use crate::db::probe::{Probe, ProbeWindow, BASELINE_SAMPLES};
+use crate::db::probe::{Probe, ProbeWindow, BASELINE_SAMPLES, BUSY_BASELINE_SAMPLES};
 use crate::db::{BackfillControl, BatchRequest, Database, DbError, Dialect, StepKey, Timeouts};
 use crate::ops::backfill::Throttle;
 use crate::plan::{Backfill, BatchSize};
@@ -38,6 +38,19 @@ const LOOK_SAMPLES: usize = 5;
 const READS_WITHOUT_COMMITS: usize = 40;
 /// How long the probe's baseline may take before the backfill starts without one.
 const BASELINE_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Whether the probes gathered before the first batch make a baseline: `BASELINE_SAMPLES`,
+/// half as many when nobody else is at work (the pace is the full one there anyway), and
+/// `BUSY_BASELINE_SAMPLES` next to a busy workload, whose tail is noisier.
+pub fn baseline_complete(samples: usize, quiet: bool, busy: bool) -> bool {
+    if quiet {
+        samples >= BASELINE_SAMPLES / 2
+    } else if busy {
+        samples >= BUSY_BASELINE_SAMPLES
+    } else {
+        samples >= BASELINE_SAMPLES
+    }
+}
 
 /// Next batch size after a batch of `size` rows took `took`, aiming at `target`.
 /// Grows by at most 2× when fast; shrinks at once in proportion when slow (down to a tenth),
@@ -233,15 +246,25 @@ impl Walk<'_> {
             return;
         };
         let deadline = Instant::now() + BASELINE_PATIENCE;
-        // Nobody else at work: half the probes do (the pace is the full one there anyway).
         let enough = |p: &Probe| {
-            let n = p.samples();
-            n >= BASELINE_SAMPLES || (n >= BASELINE_SAMPLES / 2 && p.quiet())
+            let (in_flight, connections) = p.in_flight();
+            baseline_complete(
+                p.samples(),
+                p.quiet(),
+                pace::busy(in_flight, Some(connections)),
+            )
         };
         while !enough(probe) && !probe.stopped() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut window = probe.take();
+        tracing::debug!(
+            probes = window.latencies.len(),
+            commits = window.commit_latencies.len(),
+            in_flight = window.mean_in_flight(),
+            connections = window.connections,
+            "backfill baseline"
+        );
         controller.set_baseline(
             pace::p90(&mut window.latencies, BASELINE_SAMPLES / 2),
             pace::quantile(&mut window.commit_latencies, 0.95, BASELINE_SAMPLES / 2),
@@ -665,6 +688,28 @@ pub async fn run<T: Database>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_workload_takes_a_longer_baseline() {
+        // A light workload: 50 probes.
+        assert!(!baseline_complete(49, false, false));
+        assert!(baseline_complete(50, false, false));
+        // Nobody else at work: half of them.
+        assert!(baseline_complete(25, true, false));
+        assert!(!baseline_complete(24, true, false));
+        // A busy workload: as many commits as a steady pace is judged on.
+        assert!(!baseline_complete(50, false, true));
+        assert!(!baseline_complete(99, false, true));
+        assert!(baseline_complete(100, false, true));
+        // Busy is a share of the workload's connections in a transaction (10%), or one
+        // transaction in flight when its connections were not counted.
+        assert!(pace::busy(Some(1.3), Some(4)));
+        assert!(!pace::busy(Some(0.08), Some(4)));
+        assert!(pace::busy(Some(1.0), None));
+        assert!(pace::busy(Some(1.0), Some(0)), "0 connections: not counted");
+        assert!(!pace::busy(Some(0.5), None));
+        assert!(!pace::busy(None, Some(4)));
+    }
 
     #[test]
     fn auto_size_grows_when_fast_and_shrinks_when_slow() {

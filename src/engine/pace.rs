@@ -76,6 +76,19 @@ pub const STALL_FLOOR: Duration = Duration::from_millis(20);
 /// Batch time growth after a healthy look.
 const BATCH_GROWTH: f64 = 1.25;
 
+/// A workload whose connections queue its requests: `in_flight` transactions (their mean) on
+/// `connections` (None: not counted) are busy at `BUSY_SHARE` of them, or without a count at
+/// one in flight (`IN_FLIGHT_FLOOR`).
+pub fn busy(in_flight: Option<f64>, connections: Option<u32>) -> bool {
+    let Some(n) = in_flight else {
+        return false;
+    };
+    match connections.filter(|&c| c > 0) {
+        Some(c) => (n / f64::from(c)).clamp(0.0, 1.0) >= BUSY_SHARE,
+        None => n >= IN_FLIGHT_FLOOR,
+    }
+}
+
 /// Bounds of the pace on one dialect.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -273,12 +286,7 @@ impl Controller {
 
     /// A workload whose connections queue its requests (`BUSY_SHARE`).
     fn busy(&self) -> bool {
-        match self.busy_share() {
-            Some(share) => share >= BUSY_SHARE,
-            None => self
-                .in_flight_baseline
-                .is_some_and(|n| n >= IN_FLIGHT_FLOOR),
-        }
+        busy(self.in_flight_baseline, self.connections)
     }
 
     /// How much the server's latency may grow: the budget is the workload's, and a request
