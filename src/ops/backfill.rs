@@ -430,6 +430,8 @@ pub struct BatchSql {
     /// Counts the rows still to visit: after the previous key (when any) and matching the
     /// predicate. Run once per attempt, for the progress total; never per batch.
     pub count: String,
+    /// The same rows, selected (what the planner's estimate of them is asked about).
+    pub rows: String,
 }
 
 /// The SQL of one batch, per dialect: keyset pagination by `key`, never OFFSET, so each batch
@@ -524,10 +526,12 @@ pub fn render(
         upd_conditions.join(" AND ")
     );
     let count = format!("SELECT count(*) FROM {}{where_clause}", ident(table));
+    let rows = format!("SELECT 1 FROM {}{where_clause}", ident(table));
     BatchSql {
         find_last,
         update,
         count,
+        rows,
     }
 }
 

@@ -1030,3 +1030,80 @@ async fn pg_stored_checkpoints_are_the_reported_keys() {
 async fn sqlite_stored_checkpoints_are_the_reported_keys() {
     stored_checkpoints_are_the_reported_keys(TestDb::sqlite()).await;
 }
+
+/// A table its statistics put at 100,000 rows or more gets the planner's estimate as its total,
+/// not a count (a scan of the whole table before the first batch). Statistics taken before
+/// half the rows were filled (autovacuum off) say all 150,000 are left — scaled by the planner
+/// to the pages the UPDATE added, some 225,000 — where a count finds 75,000: the first total is
+/// the estimate, the walk fills the 75,000, and its last report ends at them.
+#[tokio::test]
+async fn pg_a_large_table_s_total_is_the_planner_s_estimate() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE big (id bigint PRIMARY KEY, v integer NOT NULL, filled integer) \
+           WITH (autovacuum_enabled = false);
+         INSERT INTO big (id, v) SELECT i, i FROM generate_series(1, 150000) AS i;
+         ANALYZE big;
+         UPDATE big SET filled = v WHERE id % 2 = 0;",
+    )
+    .await;
+    let yaml = r#"
+plan: big
+phases:
+  - name: backfill
+    kind: migrate
+    steps:
+      - backfill: { table: big, set: { filled: "v" }, where: "filled IS NULL", pause: 0s, target_batch_time: 50ms }
+"#;
+    let events = run_ok(&db, &plan(yaml)).await;
+    let totals: Vec<(u64, Option<u64>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BackfillProgress {
+                rows_done,
+                rows_total,
+                ..
+            } => Some((*rows_done, *rows_total)),
+            _ => None,
+        })
+        .collect();
+    let first = totals.first().and_then(|t| t.1).expect("a first total");
+    assert!(
+        (140_000..=300_000).contains(&first),
+        "the planner's estimate, not the count of 75,000: {totals:?}"
+    );
+    assert_eq!(totals.last(), Some(&(75_000, Some(75_000))), "{totals:?}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM big WHERE filled IS DISTINCT FROM v")
+            .await,
+        0
+    );
+}
+
+/// Under 100,000 rows by the statistics (or none taken yet) the total is counted.
+#[tokio::test]
+async fn pg_a_small_table_s_total_is_counted() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE small (id bigint PRIMARY KEY, v integer NOT NULL, filled integer) \
+           WITH (autovacuum_enabled = false);
+         INSERT INTO small (id, v) SELECT i, i FROM generate_series(1, 1000) AS i;
+         ANALYZE small;
+         UPDATE small SET filled = v WHERE id % 2 = 0;",
+    )
+    .await;
+    let yaml = r#"
+plan: small
+phases:
+  - name: backfill
+    kind: migrate
+    steps:
+      - backfill: { table: small, set: { filled: "v" }, where: "filled IS NULL", pause: 0s }
+"#;
+    let events = run_ok(&db, &plan(yaml)).await;
+    let first = events.iter().find_map(|e| match e {
+        Event::BackfillProgress { rows_total, .. } => *rows_total,
+        _ => None,
+    });
+    assert_eq!(first, Some(500), "counted, where the statistics say 1,000");
+}

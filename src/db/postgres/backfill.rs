@@ -117,7 +117,17 @@ fn batch_sql(
     )
 }
 
-/// Rows still to visit after the checkpoint, matching the predicate.
+/// A table the planner's statistics put at this many rows or more gets the planner's estimate
+/// of the rows left to visit, not a count: counting is a scan of the whole table before the
+/// first batch (minutes for a billion rows, on every attempt), and it competes with the
+/// workload for the disk and the cores (a count of 1,000,000 rows here runs as three processes
+/// on two cores; in its second a light workload's p99 read 12.5 ms). The total only drives the
+/// progress bar and ETA; it grows to the rows done when they pass it, and is set to them when
+/// the backfill ends. gh-ost does the same (`--exact-rowcount` to count instead).
+pub const ESTIMATE_FROM_ROWS: f64 = 100_000.0;
+
+/// Rows still to visit after the checkpoint, matching the predicate: counted, or on a large
+/// table estimated (`ESTIMATE_FROM_ROWS`).
 pub async fn count_remaining(
     conn: &Conn,
     batch: &BatchRequest<'_>,
@@ -130,11 +140,37 @@ pub async fn count_remaining(
         .flatten()
         .map(|v| v as &(dyn ToSql + Sync))
         .collect();
+    // reltuples is -1 for a table never vacuumed nor analyzed: counted.
+    let size = format!(
+        "SELECT reltuples::float8 FROM pg_class WHERE oid = {}::regclass",
+        literal(&ident(batch.table))
+    );
+    let rows: f64 = conn
+        .query_opt(&size, &[])
+        .await?
+        .map_or(-1.0, |row| row.get(0));
+    if rows >= ESTIMATE_FROM_ROWS {
+        let explain = format!("EXPLAIN (FORMAT JSON) {}", sql.rows);
+        if let Some(estimate) = conn
+            .query_opt(&explain, &params)
+            .await?
+            .and_then(|row| planned_rows(&row.get::<_, serde_json::Value>(0)))
+        {
+            return Ok(estimate);
+        }
+    }
     Ok(conn
         .query_opt(&sql.count, &params)
         .await?
         .map(|row| row.get(0))
         .unwrap_or(0))
+}
+
+/// The rows `EXPLAIN (FORMAT JSON)` expects its statement to return.
+fn planned_rows(plan: &serde_json::Value) -> Option<i64> {
+    let rows = plan.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64()?;
+    // Rounded: the planner's estimates are fractional, and never negative.
+    Some(rows.max(0.0).round() as i64)
 }
 
 /// The largest replay lag among the streaming replicas (None without replicas). A replica
