@@ -317,6 +317,66 @@ async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
     drop(idle_app);
 }
 
+/// PostgreSQL, next to a busy workload (its sessions in a transaction most of the time): the
+/// backfill pauses now and then to look at the workload alone and take its baseline again,
+/// says so in its progress, and fills every row. The first look comes 5 s after the first
+/// batch; an operator's cap keeps the backfill running longer than that on any machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_next_to_a_busy_workload_the_backfill_looks_at_it_alone() {
+    use phased::db::ControlChange;
+    const ROWS: i64 = 2_000;
+    let db = TestDb::pg().await;
+    seed_items(&db, ROWS).await;
+    // The application: eight sessions, each in a transaction (a snapshot, no row locks), so
+    // its connections are busy whatever else the server runs.
+    let mut app = Vec::new();
+    for _ in 0..8 {
+        let session = pg(&db).client().await;
+        session
+            .batch_execute("BEGIN; SELECT count(*) FROM items")
+            .await
+            .expect("the application's transaction");
+        app.push(session);
+    }
+    let mut target = db.target("fill").await;
+    phased::with_target!(&mut target, t => async {
+        t.ensure_state().await?;
+        t.set_backfill_control("fill", ControlChange::Pace(Some(250)), "test@here").await
+    }.await)
+    .expect("the operator's cap");
+    let events = run(&db, &plan(AUTO_PLAN), RunOptions::default())
+        .await
+        .map_err(|(e, _)| e.to_string())
+        .expect("backfill");
+    let looks = events
+        .iter()
+        .filter(|e| {
+            matches!(e, Event::BackfillProgress { paused: Some(why), .. }
+                if why == "looking at the workload alone (a new baseline)")
+        })
+        .count();
+    assert!(
+        looks > 0,
+        "no look at the workload alone: {:#?}",
+        paces(&events)
+            .iter()
+            .map(PaceReport::describe)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        paces(&events).iter().all(|p| p.throttle == "auto"),
+        "the look is auto's own"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE filled = 'v' || v")
+            .await,
+        ROWS
+    );
+    for session in app {
+        session.batch_execute("COMMIT").await.expect("commit");
+    }
+}
+
 /// SQLite: another connection holds the write lock when the backfill's next batch wants it.
 /// The batch waits, reports how long, and the pace drops, saying so; then it recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

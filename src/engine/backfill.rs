@@ -38,6 +38,20 @@ const LOOK_SAMPLES: usize = 5;
 const READS_WITHOUT_COMMITS: usize = 40;
 /// How long the probe's baseline may take before the backfill starts without one.
 const BASELINE_PATIENCE: Duration = Duration::from_secs(3);
+/// Next to a busy workload, the backfill pauses this long after its first batch to look at
+/// the workload alone again (`Controller::rebaseline`), and then twice as long after each
+/// look, up to `LOOK_ALONE_MOST`: a baseline taken in a bad moment is found out early, and a
+/// long backfill pauses for about a second a minute (some 100 probes, 10 ms apart).
+pub const LOOK_ALONE_FIRST: Duration = Duration::from_secs(5);
+pub const LOOK_ALONE_MOST: Duration = Duration::from_secs(60);
+/// What a look at the workload alone leaves out at its start: the workload's queue, built up
+/// behind the last batch, drains.
+const LOOK_ALONE_SETTLE: Duration = Duration::from_millis(100);
+
+/// The time from one look at the workload alone to the next, after one `after` apart.
+pub fn next_look_alone(after: Duration) -> Duration {
+    (after * 2).clamp(LOOK_ALONE_FIRST, LOOK_ALONE_MOST)
+}
 
 /// Whether the probes gathered before the first batch make a baseline: `BASELINE_SAMPLES`,
 /// half as many when nobody else is at work (the pace is the full one there anyway), and
@@ -156,6 +170,9 @@ struct Walk<'a> {
     last_pause: Duration,
     /// The rows-per-second cap in force at the last batch (0: none).
     cap: u64,
+    /// When the backfill next pauses to look at the workload alone, and how long after the
+    /// look before (None: it does not, see `Controller::looks_alone`).
+    look_alone: Option<(Instant, Duration)>,
 }
 
 impl Walk<'_> {
@@ -271,6 +288,72 @@ impl Walk<'_> {
         );
         // No connection counted (0) is taken as not counted.
         controller.set_in_flight_baseline(window.mean_in_flight(), Some(window.connections));
+        if controller.looks_alone() {
+            self.look_alone = Some((Instant::now() + LOOK_ALONE_FIRST, LOOK_ALONE_FIRST));
+        }
+    }
+
+    /// Next to a busy workload, when one is due: the batches pause while the probe looks at
+    /// the workload alone, and what it reads becomes the baseline (never above the first).
+    /// Shown as a pause, with its reason.
+    async fn look_alone(&mut self, reporter: &mut dyn Reporter, interrupt: Option<&Interrupt>) {
+        let Some((due, after)) = self.look_alone else {
+            return;
+        };
+        if Instant::now() < due || self.probe.as_ref().is_none_or(Probe::stopped) {
+            return;
+        }
+        self.report(
+            reporter,
+            Some("looking at the workload alone (a new baseline)".to_string()),
+        );
+        let sleep = |wait: Duration| async move {
+            match interrupt {
+                Some(interrupt) => interrupt.sleep(wait).await,
+                None => {
+                    tokio::time::sleep(wait).await;
+                    false
+                }
+            }
+        };
+        let mut interrupted = sleep(LOOK_ALONE_SETTLE).await;
+        if let Some(probe) = self.probe.as_ref() {
+            // What came before is about the backfill's pace; the look uses none of it.
+            probe.take();
+            let deadline = Instant::now() + BASELINE_PATIENCE;
+            while !interrupted
+                && !baseline_complete(probe.samples(), false, true)
+                && !probe.stopped()
+                && Instant::now() < deadline
+            {
+                interrupted = sleep(Duration::from_millis(5)).await;
+            }
+            let mut window = probe.take();
+            if let (false, Some(controller)) = (interrupted, self.pace.as_mut()) {
+                let moved = controller.rebaseline(
+                    pace::p90(&mut window.latencies, BASELINE_SAMPLES / 2),
+                    pace::quantile(&mut window.commit_latencies, 0.95, BASELINE_SAMPLES / 2),
+                    window.mean_in_flight(),
+                );
+                tracing::debug!(
+                    step = %self.id.label,
+                    probes = window.latencies.len(),
+                    commits = window.commit_latencies.len(),
+                    in_flight = window.mean_in_flight(),
+                    moved = moved.as_deref().unwrap_or("nothing"),
+                    "backfill look alone"
+                );
+                if let Some(moved) = moved {
+                    tracing::info!(step = %self.id.label, "backfill {moved}");
+                }
+            }
+        }
+        // The running samples were about the pace before the pause.
+        self.seen = ProbeWindow::default();
+        let next = next_look_alone(after);
+        self.look_alone = Some((Instant::now() + next, next));
+        self.last_look = Instant::now();
+        self.report(reporter, None);
     }
 
     /// After a batch under `throttle: auto`: a look at the workload when one is due, and the
@@ -597,6 +680,7 @@ pub async fn run<T: Database>(
         write_lock_wait: Duration::ZERO,
         last_pause: Duration::ZERO,
         cap: 0,
+        look_alone: None,
     };
     walk.take_baseline().await;
     walk.last_look = Instant::now();
@@ -604,6 +688,7 @@ pub async fn run<T: Database>(
     loop {
         walk.wait_while_throttled(target, reporter, interrupt)
             .await?;
+        walk.look_alone(reporter, interrupt).await;
         if interrupted() {
             walk.report(reporter, Some("interrupted".to_string()));
             return Ok(Walked::Stopped {
@@ -688,6 +773,19 @@ pub async fn run<T: Database>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn looks_at_the_workload_alone_come_further_apart() {
+        let s = Duration::from_secs;
+        let mut after = LOOK_ALONE_FIRST;
+        let mut gaps = Vec::new();
+        for _ in 0..6 {
+            after = next_look_alone(after);
+            gaps.push(after.as_secs());
+        }
+        assert_eq!(gaps, [10, 20, 40, 60, 60, 60]);
+        assert_eq!(next_look_alone(Duration::ZERO), s(5));
+    }
 
     #[test]
     fn a_busy_workload_takes_a_longer_baseline() {

@@ -201,6 +201,14 @@ pub struct Controller {
     in_flight_baseline: Option<f64>,
     /// The workload's connections before the first batch (None: not counted).
     connections: Option<u32>,
+    /// The share of the time those connections were in a transaction before the first batch
+    /// (None: not known), and whether that made the workload busy (`BUSY_SHARE`). Fixed by
+    /// the first baseline: a later, lower one tightens the limits, not the rules.
+    share: Option<f64>,
+    busy: bool,
+    /// The first baselines (read, commit, in flight), once a look at the workload alone has
+    /// replaced them: later ones are never above them.
+    first: Option<(Option<Duration>, Option<Duration>, Option<f64>)>,
     /// The last look saw no other session at work.
     idle: bool,
     duty: f64,
@@ -248,6 +256,9 @@ impl Controller {
             commit_baseline: None,
             in_flight_baseline: None,
             connections: None,
+            share: None,
+            busy: false,
+            first: None,
             idle: false,
             duty: limits.start_duty,
             cut_from: 0.0,
@@ -274,19 +285,78 @@ impl Controller {
     pub fn set_in_flight_baseline(&mut self, in_flight: Option<f64>, connections: Option<u32>) {
         self.in_flight_baseline = in_flight;
         self.connections = connections.filter(|&n| n > 0);
+        self.share = match (in_flight, self.connections) {
+            (Some(n), Some(c)) => Some((n / f64::from(c)).clamp(0.0, 1.0)),
+            _ => None,
+        };
+        self.busy = busy(in_flight, self.connections);
         self.describe_baseline();
+    }
+
+    /// A new look at the workload alone, the backfill paused (`LOOK_ALONE_FIRST`): what it
+    /// reads becomes the baseline, but never above the first one. A baseline taken in a bad
+    /// moment of the machine (a disk stalling, a burst of the workload) holds limits above
+    /// what the workload has once the moment passes: measured next to a heavy workload, a
+    /// baseline of 2.0 ms commits and 1.6 transactions in flight, taken while the disk
+    /// stalled, let a full-pace backfill take the workload's p99 to 13× that of the moments
+    /// the backfill was paused, every signal within its limit. The latest reading, not the
+    /// lowest: the workload moves by itself (the same heavy workload read 1.0–1.4 in flight
+    /// in eight such looks), and the lowest of many held a backfill at its floor through the
+    /// workload's own ups. Never above the first: a higher reading may be the backfill's wake
+    /// (its dirty pages, its WAL). Whether the workload counts as busy stays as the first
+    /// baseline found it. Returns what moved, for people, if anything did.
+    pub fn rebaseline(
+        &mut self,
+        read: Option<Duration>,
+        commit: Option<Duration>,
+        in_flight: Option<f64>,
+    ) -> Option<String> {
+        let first = *self.first.get_or_insert((
+            self.baseline,
+            self.commit_baseline,
+            self.in_flight_baseline,
+        ));
+        let mut moved = Vec::new();
+        let now = commit.zip(first.1).map(|(now, first)| now.min(first));
+        if let (Some(was), Some(now)) = (self.commit_baseline, now) {
+            if was != now {
+                moved.push(format!("commit p95 {} → {}", show_ms(was), show_ms(now)));
+            }
+            self.commit_baseline = Some(now);
+        }
+        let now = read.zip(first.0).map(|(now, first)| now.min(first));
+        if let (Some(was), Some(now)) = (self.baseline, now) {
+            if was != now {
+                moved.push(format!("probe p90 {} → {}", show_ms(was), show_ms(now)));
+            }
+            self.baseline = Some(now);
+        }
+        let now = in_flight.zip(first.2).map(|(now, first)| now.min(first));
+        if let (Some(was), Some(now)) = (self.in_flight_baseline, now) {
+            if was != now {
+                moved.push(format!("in flight {was:.2} → {now:.2}"));
+            }
+            self.in_flight_baseline = Some(now);
+        }
+        (!moved.is_empty())
+            .then(|| format!("new baseline, the workload alone: {}", moved.join(", ")))
+    }
+
+    /// Whether the backfill should now and then pause to look at the workload alone
+    /// (`rebaseline`): next to a busy workload, whose limits carry no slack.
+    pub fn looks_alone(&self) -> bool {
+        self.busy
     }
 
     /// The share of the time the workload's connections were in a transaction before the
     /// first batch (None: not known).
     fn busy_share(&self) -> Option<f64> {
-        let (n, connections) = (self.in_flight_baseline?, self.connections?);
-        Some((n / f64::from(connections)).clamp(0.0, 1.0))
+        self.share
     }
 
     /// A workload whose connections queue its requests (`BUSY_SHARE`).
     fn busy(&self) -> bool {
-        busy(self.in_flight_baseline, self.connections)
+        self.busy
     }
 
     /// How much the server's latency may grow: the budget is the workload's, and a request
@@ -1334,5 +1404,71 @@ mod tests {
         assert_eq!(p90(&mut few, 5), None);
         assert_eq!(p90(&mut few, 1), Some(ms(3)));
         assert_eq!(p90(&mut [], 0), None);
+    }
+
+    #[test]
+    fn a_look_at_the_workload_alone_is_the_new_baseline_never_above_the_first() {
+        // Recorded next to a heavy workload (docs/benchmarks.md, 2026-12-07): a baseline
+        // taken while the disk stalled, 2.0 ms commits and 1.63 transactions in flight on 4
+        // connections (41% busy: limits of 1.25×) …
+        let us = Duration::from_micros;
+        let mut c = Controller::new(five_ms_cap(), 1.5);
+        c.set_baseline(Some(ms(1)), Some(us(2_000)));
+        c.set_in_flight_baseline(Some(1.63), Some(4));
+        assert!(c.looks_alone());
+        let running = Signals {
+            commit_p95: Some(us(2_200)),
+            in_flight: Some(1.87),
+            ..commit(1, 4)
+        };
+        // … held a full-pace backfill's 2.2 ms commits and 1.87 in flight within them.
+        let d = c.decide(&running).clone();
+        assert_eq!(d.trend, Trend::Up, "{d:?}");
+        // A look at the workload alone that finds it higher than the first changes nothing …
+        assert_eq!(c.rebaseline(Some(ms(2)), Some(us(2_500)), Some(2.0)), None);
+        assert_eq!(c.commit_baseline(), Some(us(2_000)));
+        assert_eq!(c.decide(&running).trend, Trend::Up);
+        // … one that finds it lower replaces it, and the same signals are now too much.
+        assert_eq!(
+            c.rebaseline(Some(ms(1)), Some(us(1_100)), Some(0.9)).as_deref(),
+            Some("new baseline, the workload alone: commit p95 2.0 ms → 1.1 ms, in flight 1.63 → 0.90")
+        );
+        assert_eq!(c.commit_baseline(), Some(us(1_100)));
+        let duty = c.duty();
+        let d = c.decide(&running).clone();
+        assert_eq!((d.trend, d.signal), (Trend::Down, "in_flight"), "{d:?}");
+        assert_eq!(
+            d.reason,
+            "slowed: 1.9 transactions in flight > 1.2 (0.9 of 4 connections before; 1.5× their latency)"
+        );
+        // Still busy, as the first baseline found it: halved; and its commits get no slack.
+        assert!((c.duty() - duty / 2.0).abs() < 1e-9, "{} {duty}", c.duty());
+        assert!(c.looks_alone());
+        let d = c
+            .decide(&Signals {
+                commit_p95: Some(us(1_500)),
+                in_flight: Some(1.2),
+                ..commit(1, 4)
+            })
+            .clone();
+        assert_eq!((d.trend, d.signal), (Trend::Down, "commit_p95"), "{d:?}");
+        assert_eq!(
+            d.reason,
+            "slowed: commit p95 1.5 ms > 1.25 × 1.1 ms baseline (1.5× with its connections 41% busy)"
+        );
+        // A light workload does not look alone: its limits carry the slack.
+        // The workload moves by itself: the latest look counts, up to the first baseline.
+        assert_eq!(
+            c.rebaseline(Some(ms(1)), Some(us(1_600)), Some(1.3)).as_deref(),
+            Some("new baseline, the workload alone: commit p95 1.1 ms → 1.6 ms, in flight 0.90 → 1.30")
+        );
+        c.rebaseline(Some(ms(3)), Some(ms(3)), Some(2.5));
+        assert_eq!(c.commit_baseline(), Some(us(2_000)));
+        assert_eq!(c.baseline(), Some(ms(1)));
+        assert_eq!(c.decide(&running).trend, Trend::Up);
+        let mut light = Controller::new(five_ms_cap(), 1.5);
+        light.set_baseline(Some(ms(1)), Some(ms(1)));
+        light.set_in_flight_baseline(Some(0.08), Some(4));
+        assert!(!light.looks_alone());
     }
 }
