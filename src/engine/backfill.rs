@@ -53,6 +53,17 @@ pub fn next_look_alone(after: Duration) -> Duration {
     (after * 2).clamp(LOOK_ALONE_FIRST, LOOK_ALONE_MOST)
 }
 
+/// Sleeps `wait`, or less when the interrupt is raised: whether it was.
+async fn sleep(interrupt: Option<&Interrupt>, wait: Duration) -> bool {
+    match interrupt {
+        Some(interrupt) => interrupt.sleep(wait).await,
+        None => {
+            tokio::time::sleep(wait).await;
+            false
+        }
+    }
+}
+
 /// Whether the probes gathered before the first batch make a baseline: `BASELINE_SAMPLES`,
 /// half as many when nobody else is at work (the pace is the full one there anyway), and
 /// `BUSY_BASELINE_SAMPLES` next to a busy workload, whose tail is noisier.
@@ -307,16 +318,7 @@ impl Walk<'_> {
             reporter,
             Some("looking at the workload alone (a new baseline)".to_string()),
         );
-        let sleep = |wait: Duration| async move {
-            match interrupt {
-                Some(interrupt) => interrupt.sleep(wait).await,
-                None => {
-                    tokio::time::sleep(wait).await;
-                    false
-                }
-            }
-        };
-        let mut interrupted = sleep(LOOK_ALONE_SETTLE).await;
+        let mut interrupted = sleep(interrupt, LOOK_ALONE_SETTLE).await;
         if let Some(probe) = self.probe.as_ref() {
             // What came before is about the backfill's pace; the look uses none of it.
             probe.take();
@@ -326,7 +328,7 @@ impl Walk<'_> {
                 && !probe.stopped()
                 && Instant::now() < deadline
             {
-                interrupted = sleep(Duration::from_millis(5)).await;
+                interrupted = sleep(interrupt, Duration::from_millis(5)).await;
             }
             let mut window = probe.take();
             if let (false, Some(controller)) = (interrupted, self.pace.as_mut()) {
@@ -515,13 +517,8 @@ impl Walk<'_> {
                 PauseReason::Operator { .. } => CONTROL_POLL,
                 PauseReason::ReplicaLag { .. } => LAG_POLL,
             };
-            match interrupt {
-                Some(interrupt) => {
-                    if interrupt.sleep(poll).await {
-                        return Ok(());
-                    }
-                }
-                None => tokio::time::sleep(poll).await,
+            if sleep(interrupt, poll).await {
+                return Ok(());
             }
         }
     }
@@ -748,12 +745,7 @@ pub async fn run<T: Database>(
             walk.report(reporter, None);
         }
         if !pause.is_zero() {
-            match interrupt {
-                Some(interrupt) => {
-                    interrupt.sleep(pause).await;
-                }
-                None => tokio::time::sleep(pause).await,
-            }
+            sleep(interrupt, pause).await;
         }
     }
     walk.total = walk.done;

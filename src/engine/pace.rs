@@ -311,32 +311,32 @@ impl Controller {
         commit: Option<Duration>,
         in_flight: Option<f64>,
     ) -> Option<String> {
+        /// Sets `current` to `reading`, but never above `first`: (was, now) when it moved.
+        fn replace<T: PartialOrd + Copy>(
+            current: &mut Option<T>,
+            first: Option<T>,
+            reading: Option<T>,
+        ) -> Option<(T, T)> {
+            let (was, first, reading) = (current.as_mut()?, first?, reading?);
+            let now = if reading < first { reading } else { first };
+            let moved = (*was != now).then_some((*was, now));
+            *was = now;
+            moved
+        }
         let first = *self.first.get_or_insert((
             self.baseline,
             self.commit_baseline,
             self.in_flight_baseline,
         ));
         let mut moved = Vec::new();
-        let now = commit.zip(first.1).map(|(now, first)| now.min(first));
-        if let (Some(was), Some(now)) = (self.commit_baseline, now) {
-            if was != now {
-                moved.push(format!("commit p95 {} → {}", show_ms(was), show_ms(now)));
-            }
-            self.commit_baseline = Some(now);
+        if let Some((was, now)) = replace(&mut self.commit_baseline, first.1, commit) {
+            moved.push(format!("commit p95 {} → {}", show_ms(was), show_ms(now)));
         }
-        let now = read.zip(first.0).map(|(now, first)| now.min(first));
-        if let (Some(was), Some(now)) = (self.baseline, now) {
-            if was != now {
-                moved.push(format!("probe p90 {} → {}", show_ms(was), show_ms(now)));
-            }
-            self.baseline = Some(now);
+        if let Some((was, now)) = replace(&mut self.baseline, first.0, read) {
+            moved.push(format!("probe p90 {} → {}", show_ms(was), show_ms(now)));
         }
-        let now = in_flight.zip(first.2).map(|(now, first)| now.min(first));
-        if let (Some(was), Some(now)) = (self.in_flight_baseline, now) {
-            if was != now {
-                moved.push(format!("in flight {was:.2} → {now:.2}"));
-            }
-            self.in_flight_baseline = Some(now);
+        if let Some((was, now)) = replace(&mut self.in_flight_baseline, first.2, in_flight) {
+            moved.push(format!("in flight {was:.2} → {now:.2}"));
         }
         (!moved.is_empty())
             .then(|| format!("new baseline, the workload alone: {}", moved.join(", ")))
