@@ -31,6 +31,8 @@ pub const BASELINE_FLOOR: Duration = Duration::from_millis(1);
 /// to a light workload 2 ms batches back to back took the probe commits' p95 from 0.6–0.9 ms
 /// to 1.6–2.0 ms and the workload's p99 to 1.5–1.7×; judged by 1.5 × alone, the backfill
 /// halved its pace every few seconds for that, at no gain to the workload (docs/benchmarks.md).
+/// A 1 ms slack, builds alternating: p99 1.16–1.41× against 1.25–1.89×, at 0.18–0.29× of the
+/// unthrottled speed against 0.39–0.47× (the light goal is 2× and 0.40×).
 /// Not next to a busy workload (`BUSY_SHARE`): a workload whose connections are busy amplifies
 /// a slower commit through its own queue (measured at half the machine's capacity: commits
 /// 1.1 → 2.1 ms within the slack, the workload's p99 12×).
