@@ -157,6 +157,10 @@ pub struct BatchOutcome {
     /// How long the batch held its row locks: from its UPDATE to its commit. What
     /// `batch_size: auto` steers toward `target_batch_time`.
     pub held: std::time::Duration,
+    /// PostgreSQL: how much of `held` the COMMIT took after the UPDATE had answered, the
+    /// flush of the batch's WAL to the disk. Zero on SQLite, whose commit holds the
+    /// database's one write lock: there all of `held` is the batch's.
+    pub flushed: std::time::Duration,
     /// SQLite: how long the batch waited for the write lock (another writer held it); zero on
     /// PostgreSQL, whose probe sees lock waits instead.
     pub waited: std::time::Duration,

@@ -91,6 +91,20 @@ pub fn next_auto_size(size: u64, took: Duration, target: Duration) -> u64 {
     ((size as f64 * factor) as u64).clamp(AUTO_MIN, AUTO_MAX)
 }
 
+/// What `batch_size: auto` steers toward the batch time: the time a batch held its row locks,
+/// with its commit's flush counted up to half the batch time. The batch time bounds the WAL a
+/// batch puts ahead of an application's commit, and that WAL is the batch's work; the flush
+/// is mostly the disk's own latency, which every commit pays whatever the batch. On a disk
+/// whose flush alone took longer than the batch time, counting all of it shrank the batches
+/// to the least size (10 rows, a flush each: 0.12× of the unthrottled speed, measured in
+/// docs/benchmarks.md), which costs the workload more flushes, not less WAL. Counted up to
+/// half, a fast disk's flush still counts whole (the same batches as before), and a slow
+/// one's leaves each batch half the batch time of work.
+pub fn steered_time(held: Duration, flushed: Duration, batch_time: Duration) -> Duration {
+    let flushed = flushed.min(held);
+    held - flushed + flushed.min(batch_time / 2)
+}
+
 /// The sleep after a batch of `rows` rows that took `took`: the fixed `pause`, or longer when
 /// needed to keep under `max_rows_per_second` (0: no cap).
 pub fn pause_after(
@@ -178,6 +192,9 @@ struct Walk<'a> {
     seen: ProbeWindow,
     /// The longest a batch waited for SQLite's write lock since the last look.
     write_lock_wait: Duration,
+    /// The batches since the last look: how many, their commits' flushes in all and the
+    /// longest (for the debug log).
+    flushes: (u32, Duration, Duration),
     last_pause: Duration,
     /// The rows-per-second cap in force at the last batch (0: none).
     cap: u64,
@@ -305,13 +322,18 @@ impl Walk<'_> {
     }
 
     /// Next to a busy workload, when one is due: the batches pause while the probe looks at
-    /// the workload alone, and what it reads becomes the baseline (never above the first).
-    /// Shown as a pause, with its reason.
+    /// the workload alone, and what it reads becomes the baseline (never above the first,
+    /// but after a stretch at the floor: `Controller::rebaseline`). Due on schedule next to a
+    /// busy workload or a raised baseline, and when the pace is stuck at its floor. Shown as a
+    /// pause, with its reason.
     async fn look_alone(&mut self, reporter: &mut dyn Reporter, interrupt: Option<&Interrupt>) {
-        let Some((due, after)) = self.look_alone else {
-            return;
-        };
-        if Instant::now() < due || self.probe.as_ref().is_none_or(Probe::stopped) {
+        // Due on schedule (next to a busy workload, or a raised baseline), or when the pace
+        // is stuck at its floor (`Controller::stuck`).
+        let scheduled = self
+            .look_alone
+            .is_some_and(|(due, _)| Instant::now() >= due);
+        let stuck = self.pace.as_ref().is_some_and(Controller::stuck);
+        if !(scheduled || stuck) || self.probe.as_ref().is_none_or(Probe::stopped) {
             return;
         }
         self.report(
@@ -352,8 +374,15 @@ impl Walk<'_> {
         }
         // The running samples were about the pace before the pause.
         self.seen = ProbeWindow::default();
-        let next = next_look_alone(after);
-        self.look_alone = Some((Instant::now() + next, next));
+        let keeps_looking = self.pace.as_ref().is_some_and(Controller::looks_alone);
+        self.look_alone = keeps_looking.then(|| {
+            let next = match self.look_alone {
+                Some((_, after)) if scheduled => next_look_alone(after),
+                Some((_, after)) => after,
+                None => LOOK_ALONE_FIRST,
+            };
+            (Instant::now() + next, next)
+        });
         self.last_look = Instant::now();
         self.report(reporter, None);
     }
@@ -408,8 +437,13 @@ impl Walk<'_> {
             in_flight = signals.in_flight,
             blocked = signals.blocked_sessions,
             blocking = signals.blocking_sessions,
+            batches = self.flushes.0,
+            flush_mean_ms = pace::ms(self.flushes.1) / f64::from(self.flushes.0.max(1)),
+            flush_max_ms = pace::ms(self.flushes.2),
+            size = self.size,
             "backfill look"
         );
+        self.flushes = (0, Duration::ZERO, Duration::ZERO);
         let before = controller.last().clone();
         let decision = controller.decide(&signals);
         seen.settle(matches!(decision.trend, Trend::Up | Trend::Down));
@@ -675,6 +709,7 @@ pub async fn run<T: Database>(
         last_look: Instant::now(),
         seen: ProbeWindow::default(),
         write_lock_wait: Duration::ZERO,
+        flushes: (0, Duration::ZERO, Duration::ZERO),
         last_pause: Duration::ZERO,
         cap: 0,
         look_alone: None,
@@ -719,6 +754,8 @@ pub async fn run<T: Database>(
         *checkpoint = Some(last);
         walk.done += outcome.rows;
         walk.done_here += outcome.rows;
+        let (n, all, longest) = walk.flushes;
+        walk.flushes = (n + 1, all + outcome.flushed, longest.max(outcome.flushed));
         let turned = walk.look(outcome.waited);
         let (batch_time, pause) = match (&walk.pace, walk.throttle) {
             (Some(c), _) => (c.batch_time(), c.pause_after(took)),
@@ -735,8 +772,10 @@ pub async fn run<T: Database>(
         if step.batch_size == BatchSize::Auto {
             // Steered by how long the batch held its row locks, not by the round trips
             // around it: those cost the application nothing, and counting them would shrink
-            // short batches to nothing on a slow link.
-            walk.size = next_auto_size(walk.size, outcome.held, batch_time);
+            // short batches to nothing on a slow link. A slow flush counts only in part
+            // (`steered_time`).
+            let steered = steered_time(outcome.held, outcome.flushed, batch_time);
+            walk.size = next_auto_size(walk.size, steered, batch_time);
         }
         walk.cap = walk.max_rows_per_second(target).await?;
         let pause = pause_after(outcome.rows, took, pause, walk.cap);
@@ -799,6 +838,32 @@ mod tests {
         assert!(pace::busy(Some(1.0), Some(0)), "0 connections: not counted");
         assert!(!pace::busy(Some(0.5), None));
         assert!(!pace::busy(None, Some(4)));
+    }
+
+    #[test]
+    fn a_slow_flush_counts_up_to_half_the_batch_time() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        // A fast disk's flush counts whole: the batch is steered as before.
+        assert_eq!(steered_time(ms(2), us(400), ms(2)), ms(2));
+        assert_eq!(steered_time(ms(2), ms(1), ms(2)), ms(2));
+        // A slow one's only up to half the batch time: 1 ms of work and an 8 ms flush
+        // is a batch on time, 10 rows and an 8 ms flush one at half of it.
+        assert_eq!(steered_time(ms(9), ms(8), ms(2)), ms(2));
+        assert_eq!(steered_time(us(8_200), ms(8), ms(2)), us(1_200));
+        // The batch grows until its work fills the other half, then holds.
+        assert_eq!(
+            next_auto_size(10, steered_time(us(8_200), ms(8), ms(2)), ms(2)),
+            16
+        );
+        assert_eq!(
+            next_auto_size(100, steered_time(ms(9), ms(8), ms(2)), ms(2)),
+            100
+        );
+        // SQLite reports no flush: all of the held time counts.
+        assert_eq!(steered_time(ms(9), Duration::ZERO, ms(5)), ms(9));
+        // A flush longer than the held time (clocks read apart) is the held time.
+        assert_eq!(steered_time(ms(1), ms(3), ms(2)), ms(1));
     }
 
     #[test]

@@ -288,6 +288,7 @@ pub async fn run_batch(
             rows: 0,
             last_key: None,
             held: Duration::ZERO,
+            flushed: Duration::ZERO,
             waited: Duration::ZERO,
         });
     }
@@ -350,6 +351,7 @@ pub async fn run_batch(
             rows: 0,
             last_key: None,
             held: Duration::ZERO,
+            flushed: Duration::ZERO,
             waited: Duration::ZERO,
         });
     };
@@ -384,12 +386,17 @@ pub async fn run_batch(
         }
     };
     let locking = Instant::now();
-    // COMMIT of a transaction the UPDATE failed in rolls it back.
+    // COMMIT of a transaction the UPDATE failed in rolls it back. The UPDATE's answer comes
+    // before the COMMIT is run: what the COMMIT takes after it is the WAL flush.
     let (written, committed) = tokio::join!(
-        client.query_opt(&statement, &params),
+        async {
+            let written = client.query_opt(&statement, &params).await;
+            (written, locking.elapsed())
+        },
         client.batch_execute("COMMIT")
     );
     let held = locking.elapsed();
+    let (written, worked) = written;
     let written = written.map_err(|e| sql_error(e, &write))?;
     committed.map_err(|e| sql_error(e, "COMMIT"))?;
     let rows = written.map(|r| r.get::<_, i64>(0)).ok_or_else(|| {
@@ -403,6 +410,7 @@ pub async fn run_batch(
         rows: u64::try_from(rows).unwrap_or(0),
         last_key: Some(last_json),
         held,
+        flushed: held.saturating_sub(worked),
         waited: Duration::ZERO,
     })
 }

@@ -191,6 +191,7 @@ pub fn run_batch(
             rows: 0,
             last_key: None,
             held: Duration::ZERO,
+            flushed: Duration::ZERO,
             waited,
         });
     };
@@ -217,6 +218,7 @@ pub fn run_batch(
         rows: rows as u64,
         last_key: Some(last_json),
         held: locking.elapsed(),
+        flushed: Duration::ZERO,
         waited,
     })
 }
