@@ -458,3 +458,60 @@ async fn sqlite_fixed_knobs_override_auto() {
         assert!(pace.reason.starts_with("fixed: the plan's"), "{pace:?}");
     }
 }
+
+/// PostgreSQL: a disk whose flush is slow (`commit_delay`: every commit of the database waits
+/// 50 ms before its WAL flush) does not shrink `batch_size: auto`'s batches to the least size.
+/// The flush counts toward the batch time only up to half of it, so a 20 ms batch time leaves
+/// each batch 10 ms of work; counted whole, the 50 ms flush alone was over the batch time, and
+/// the batches shrank to 10 rows, a slow commit each. A statement trigger counts the batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_slow_flush_does_not_shrink_the_batches_to_nothing() {
+    const ROWS: i64 = 3_000;
+    let db = TestDb::pg().await;
+    seed_items(&db, ROWS).await;
+    db.execute(
+        "CREATE TABLE batches (n bigint NOT NULL);
+         INSERT INTO batches VALUES (0);
+         CREATE FUNCTION count_batch() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN UPDATE batches SET n = n + 1; RETURN NULL; END $$;
+         CREATE TRIGGER count_batch AFTER UPDATE ON items
+           FOR EACH STATEMENT EXECUTE FUNCTION count_batch();
+         DO $$ BEGIN
+           EXECUTE format('ALTER DATABASE %I SET commit_delay = 50000', current_database());
+           EXECUTE format('ALTER DATABASE %I SET commit_siblings = 0', current_database());
+         END $$;",
+    )
+    .await;
+    // The setting reaches new sessions, which the run opens: check one sees it (it needs a
+    // superuser, as `commit_delay` does).
+    let client = pg(&db).client().await;
+    let delay: String = client
+        .query_one("SHOW commit_delay", &[])
+        .await
+        .expect("SHOW commit_delay")
+        .get(0);
+    assert_eq!(
+        delay, "50000",
+        "commit_delay (µs) applies to the test database's sessions"
+    );
+    let yaml = AUTO_PLAN.replace(
+        "lock_timeout: 60s",
+        "lock_timeout: 60s\n          pause: 0s\n          target_batch_time: 20ms",
+    );
+    run(&db, &plan(&yaml), RunOptions::default())
+        .await
+        .map_err(|(e, _)| e.to_string())
+        .expect("backfill");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE filled = 'v' || v")
+            .await,
+        ROWS
+    );
+    // 10 ms of work a batch is hundreds of rows; with the flush counted whole, about 300
+    // batches of 10. Statements that found no row count too (the last one).
+    let batches = db.scalar("SELECT n FROM batches").await;
+    assert!(
+        batches * 50 <= ROWS,
+        "{batches} batches for {ROWS} rows: fewer than 50 rows a batch"
+    );
+}

@@ -322,18 +322,13 @@ impl Walk<'_> {
     }
 
     /// Next to a busy workload, when one is due: the batches pause while the probe looks at
-    /// the workload alone, and what it reads becomes the baseline (never above the first,
-    /// but after a stretch at the floor: `Controller::rebaseline`). Due on schedule next to a
-    /// busy workload or a raised baseline, and when the pace is stuck at its floor. Shown as a
-    /// pause, with its reason.
+    /// the workload alone, and what it reads becomes the baseline (never above the first).
+    /// Shown as a pause, with its reason.
     async fn look_alone(&mut self, reporter: &mut dyn Reporter, interrupt: Option<&Interrupt>) {
-        // Due on schedule (next to a busy workload, or a raised baseline), or when the pace
-        // is stuck at its floor (`Controller::stuck`).
-        let scheduled = self
-            .look_alone
-            .is_some_and(|(due, _)| Instant::now() >= due);
-        let stuck = self.pace.as_ref().is_some_and(Controller::stuck);
-        if !(scheduled || stuck) || self.probe.as_ref().is_none_or(Probe::stopped) {
+        let Some((due, after)) = self.look_alone else {
+            return;
+        };
+        if Instant::now() < due || self.probe.as_ref().is_none_or(Probe::stopped) {
             return;
         }
         self.report(
@@ -374,15 +369,8 @@ impl Walk<'_> {
         }
         // The running samples were about the pace before the pause.
         self.seen = ProbeWindow::default();
-        let keeps_looking = self.pace.as_ref().is_some_and(Controller::looks_alone);
-        self.look_alone = keeps_looking.then(|| {
-            let next = match self.look_alone {
-                Some((_, after)) if scheduled => next_look_alone(after),
-                Some((_, after)) => after,
-                None => LOOK_ALONE_FIRST,
-            };
-            (Instant::now() + next, next)
-        });
+        let next = next_look_alone(after);
+        self.look_alone = Some((Instant::now() + next, next));
         self.last_look = Instant::now();
         self.report(reporter, None);
     }

@@ -77,19 +77,6 @@ pub const STALL_FACTOR: f64 = 10.0;
 pub const STALL_FLOOR: Duration = Duration::from_millis(20);
 /// Batch time growth after a healthy look.
 const BATCH_GROWTH: f64 = 1.25;
-/// Looks in a row at the floor with a latency still over its limit (about two seconds of
-/// them), after which the backfill pauses to look at the workload alone: at a twentieth of
-/// the time in 2 ms batches the backfill is hardly what slows it. Measured next to a light
-/// workload on a machine whose disk slowed by itself mid-run (docs/benchmarks.md): the
-/// probe commits' p95 read 4.9 ms (median) in the looks with the backfill at its floor and
-/// 2.8 ms in those at full pace, against a 1.5 ms baseline; the backfill spent most of the run
-/// at its floor for nothing.
-pub const STUCK_LOOKS: u32 = 8;
-/// A look at the workload alone that follows a stretch at the floor may raise the baseline
-/// above the first one, up to this many times it (`Controller::rebaseline`).
-pub const RISE_MOST: f64 = 2.0;
-/// The most looks at the floor before a look alone, once looks alone found nothing to raise.
-const STUCK_LOOKS_MOST: u32 = 240;
 
 /// A workload whose connections queue its requests: `in_flight` transactions (their mean) on
 /// `connections` (None: not counted) are busy at `BUSY_SHARE` of them, or without a count at
@@ -233,13 +220,6 @@ pub struct Controller {
     cut_from: f64,
     batch_time: Duration,
     last: Decision,
-    /// Looks in a row at the floor with a latency over its limit (`STUCK_LOOKS`), and how many
-    /// make the backfill stuck (doubled after each look alone that raised nothing).
-    floor_looks: u32,
-    stuck_after: u32,
-    /// A look at the workload alone raised a baseline above the first: later looks alone
-    /// check it, as next to a busy workload.
-    raised: bool,
 }
 
 /// Milliseconds, as a float.
@@ -285,9 +265,6 @@ impl Controller {
             duty: limits.start_duty,
             cut_from: 0.0,
             batch_time: limits.start_batch_time,
-            floor_looks: 0,
-            stuck_after: STUCK_LOOKS,
-            raised: false,
             last: Decision {
                 trend: Trend::Start,
                 signal: "none",
@@ -329,28 +306,21 @@ impl Controller {
     /// in eight such looks), and the lowest of many held a backfill at its floor through the
     /// workload's own ups. Never above the first: a higher reading may be the backfill's wake
     /// (its dirty pages, its WAL). Whether the workload counts as busy stays as the first
-    /// baseline found it.
-    ///
-    /// Except after a stretch at the floor (`stuck`) next to a workload that is not busy:
-    /// there the backfill left no wake to speak of, and a workload slower alone than its
-    /// first baseline has slowed by itself; the reading counts up to `RISE_MOST` times the
-    /// first, and the pace climbs back half the way to full at each healthy look. A raised
-    /// baseline is looked at again like a busy workload's (`looks_alone`), so it comes down
-    /// when the workload does. Returns what moved, for people, if anything did.
+    /// baseline found it. Returns what moved, for people, if anything did.
     pub fn rebaseline(
         &mut self,
         read: Option<Duration>,
         commit: Option<Duration>,
         in_flight: Option<f64>,
     ) -> Option<String> {
-        /// Sets `current` to `reading`, but never above `cap`: (was, now) when it moved.
+        /// Sets `current` to `reading`, but never above `first`: (was, now) when it moved.
         fn replace<T: PartialOrd + Copy>(
             current: &mut Option<T>,
-            cap: Option<T>,
+            first: Option<T>,
             reading: Option<T>,
         ) -> Option<(T, T)> {
-            let (was, cap, reading) = (current.as_mut()?, cap?, reading?);
-            let now = if reading < cap { reading } else { cap };
+            let (was, first, reading) = (current.as_mut()?, first?, reading?);
+            let now = if reading < first { reading } else { first };
             let moved = (*was != now).then_some((*was, now));
             *was = now;
             moved
@@ -360,76 +330,24 @@ impl Controller {
             self.commit_baseline,
             self.in_flight_baseline,
         ));
-        let stuck = self.stuck();
-        let rise = if stuck { RISE_MOST } else { 1.0 };
-        let before = (self.baseline, self.commit_baseline, self.in_flight_baseline);
         let mut moved = Vec::new();
-        let cap = first.1.map(|d| d.mul_f64(rise));
-        if let Some((was, now)) = replace(&mut self.commit_baseline, cap, commit) {
+        if let Some((was, now)) = replace(&mut self.commit_baseline, first.1, commit) {
             moved.push(format!("commit p95 {} → {}", show_ms(was), show_ms(now)));
         }
-        let cap = first.0.map(|d| d.mul_f64(rise));
-        if let Some((was, now)) = replace(&mut self.baseline, cap, read) {
+        if let Some((was, now)) = replace(&mut self.baseline, first.0, read) {
             moved.push(format!("probe p90 {} → {}", show_ms(was), show_ms(now)));
         }
-        let cap = first.2.map(|n| n * rise);
-        if let Some((was, now)) = replace(&mut self.in_flight_baseline, cap, in_flight) {
+        if let Some((was, now)) = replace(&mut self.in_flight_baseline, first.2, in_flight) {
             moved.push(format!("in flight {was:.2} → {now:.2}"));
         }
-        let above = |now: Option<Duration>, first: Option<Duration>| {
-            now.zip(first).is_some_and(|(now, first)| now > first)
-        };
-        self.raised = above(self.commit_baseline, first.1)
-            || above(self.baseline, first.0)
-            || self
-                .in_flight_baseline
-                .zip(first.2)
-                .is_some_and(|(now, first)| now > first);
-        let higher = |now: Option<Duration>, was: Option<Duration>| {
-            now.zip(was).is_some_and(|(now, was)| now > was)
-        };
-        let rose = higher(self.commit_baseline, before.1)
-            || higher(self.baseline, before.0)
-            || self
-                .in_flight_baseline
-                .zip(before.2)
-                .is_some_and(|(now, was)| now > was);
-        if stuck {
-            self.floor_looks = 0;
-            if rose {
-                // What held the pace down was the workload's own: back to full, half the
-                // way at each healthy look.
-                self.cut_from = self.limits.max_duty;
-                self.stuck_after = STUCK_LOOKS;
-            } else {
-                self.stuck_after = (self.stuck_after * 2).min(STUCK_LOOKS_MOST);
-            }
-        }
-        let why = if stuck && rose {
-            " (its own: slower alone than before, with the backfill at its floor)"
-        } else {
-            ""
-        };
-        (!moved.is_empty()).then(|| {
-            format!(
-                "new baseline, the workload alone: {}{why}",
-                moved.join(", ")
-            )
-        })
-    }
-
-    /// The backfill has been at its floor for `STUCK_LOOKS` looks or more with a latency over
-    /// its limit, next to a workload that is not busy: a look at the workload alone is due,
-    /// and may raise the baseline (`rebaseline`).
-    pub fn stuck(&self) -> bool {
-        !self.busy && self.floor_looks >= self.stuck_after
+        (!moved.is_empty())
+            .then(|| format!("new baseline, the workload alone: {}", moved.join(", ")))
     }
 
     /// Whether the backfill should now and then pause to look at the workload alone
-    /// (`rebaseline`): next to a busy workload, whose limits carry no slack, and once a
-    /// baseline was raised above the first.
+    /// (`rebaseline`): next to a busy workload, whose limits carry no slack.
     pub fn looks_alone(&self) -> bool {
-        self.busy || self.raised
+        self.busy
     }
 
     /// The share of the time the workload's connections were in a transaction before the
@@ -490,14 +408,9 @@ impl Controller {
 
     /// The longest a probe commit may take before it counts as a stalled flush (None: the
     /// probe makes no commits).
-    /// Never raised above what the first baseline set (`rebaseline`).
     pub fn stall_limit(&self) -> Option<Duration> {
-        let first = self.first.and_then(|f| f.1);
-        let baseline = match (self.commit_baseline, first) {
-            (Some(now), Some(first)) => Some(now.min(first)),
-            (now, _) => now,
-        };
-        baseline.map(|b| b.max(BASELINE_FLOOR).mul_f64(STALL_FACTOR).max(STALL_FLOOR))
+        self.commit_baseline
+            .map(|b| b.max(BASELINE_FLOOR).mul_f64(STALL_FACTOR).max(STALL_FLOOR))
     }
 
     /// A probe commit this slow calls for a look at once.
@@ -724,7 +637,6 @@ impl Controller {
             let n = s.others_active.unwrap_or(0);
             self.duty = self.duty.min(l.start_duty);
             self.batch_time = self.batch_time.min(l.start_batch_time);
-            self.floor_looks = 0;
             self.last = Decision {
                 trend: Trend::Down,
                 signal: "others_active",
@@ -795,13 +707,6 @@ impl Controller {
             } else {
                 (Trend::Steady, format!("slowed to the floor: {what}"))
             }
-        };
-        let latency = matches!(signal, "commit_p95" | "probe_p90" | "in_flight");
-        let at_floor = self.duty <= l.min_duty && self.batch_time <= l.min_batch_time;
-        self.floor_looks = if !healthy && latency && at_floor {
-            self.floor_looks.saturating_add(1)
-        } else {
-            0
         };
         self.last = Decision {
             trend,
@@ -1567,127 +1472,5 @@ mod tests {
         light.set_baseline(Some(ms(1)), Some(ms(1)));
         light.set_in_flight_baseline(Some(0.08), Some(4));
         assert!(!light.looks_alone());
-    }
-
-    #[test]
-    fn a_workload_that_slows_by_itself_raises_its_baseline_after_a_stretch_at_the_floor() {
-        // Recorded next to a light workload on a machine whose disk slowed mid-run
-        // (docs/benchmarks.md, 2026-12-07 evening): a 1.5 ms commit baseline, probe commits'
-        // p95 4.9 ms with the backfill at its floor, 2.8 ms at full pace.
-        let us = Duration::from_micros;
-        let floor = (Limits::POSTGRES.min_duty, Limits::POSTGRES.min_batch_time);
-        let mut c = Controller::new(Limits::POSTGRES, 1.5);
-        c.set_baseline(Some(ms(1)), Some(us(1_500)));
-        c.set_in_flight_baseline(Some(0.12), Some(4));
-        assert!(!c.looks_alone());
-        let slow = Signals {
-            commit_p95: Some(us(4_900)),
-            ..commit(1, 4)
-        };
-        let mut looks = 0;
-        while !c.stuck() {
-            c.decide(&slow);
-            looks += 1;
-            assert!(looks < 100, "never stuck");
-        }
-        assert_eq!((c.duty(), c.batch_time()), floor);
-        // Halved five times to the floor (the fifth look the first at it), and at it for
-        // `STUCK_LOOKS` looks in all.
-        assert_eq!(looks, 4 + STUCK_LOOKS);
-        // A stall or a lock wait at the floor is not the workload's own slowness: the count
-        // starts again.
-        let mut d = c.clone();
-        d.decide(&Signals {
-            blocked_sessions: 1,
-            ..slow.clone()
-        });
-        assert!(!d.stuck());
-        // The look alone reads 4.6 ms: raised, but only to twice the first baseline.
-        assert_eq!(
-            c.rebaseline(Some(ms(1)), Some(us(4_600)), Some(0.1))
-                .as_deref(),
-            Some(
-                "new baseline, the workload alone: commit p95 1.5 ms → 3.0 ms, in flight 0.12 → \
-                 0.10 (its own: slower alone than before, with the backfill at its floor)"
-            )
-        );
-        assert_eq!(c.commit_baseline(), Some(ms(3)));
-        assert!(!c.stuck());
-        // Raised, it is looked at again on a schedule; the stall limit stays the first one's.
-        assert!(c.looks_alone());
-        assert_eq!(c.stall_limit(), Some(ms(20)));
-        // The full pace's 2.8 ms is within 1.5 × 3.0 ms: back to full in four looks, half
-        // the way each time.
-        let full_pace = Signals {
-            commit_p95: Some(us(2_800)),
-            ..commit(1, 4)
-        };
-        let mut duties = Vec::new();
-        for _ in 0..4 {
-            c.decide(&full_pace);
-            duties.push((c.duty() * 1000.0).round() / 1000.0);
-        }
-        assert_eq!(duties, vec![0.525, 0.763, 0.881, 0.981]);
-        c.decide(&full_pace);
-        assert_eq!(c.duty(), 1.0);
-        // When the workload alone is back where it was, so is the baseline, and the limits.
-        assert_eq!(
-            c.rebaseline(Some(ms(1)), Some(us(1_400)), Some(0.1))
-                .as_deref(),
-            Some("new baseline, the workload alone: commit p95 3.0 ms → 1.4 ms")
-        );
-        assert!(!c.looks_alone());
-        let within_the_raised = Signals {
-            commit_p95: Some(us(3_500)),
-            ..commit(1, 4)
-        };
-        assert_eq!(c.decide(&within_the_raised).trend, Trend::Down);
-    }
-
-    #[test]
-    fn a_look_alone_that_finds_nothing_higher_waits_twice_as_long_for_the_next() {
-        let us = Duration::from_micros;
-        let mut c = Controller::new(Limits::POSTGRES, 1.5);
-        c.set_baseline(Some(ms(1)), Some(us(1_500)));
-        c.set_in_flight_baseline(Some(0.12), Some(4));
-        let slow = Signals {
-            commit_p95: Some(us(4_900)),
-            ..commit(1, 4)
-        };
-        let looks_to_stuck = |c: &mut Controller| {
-            let mut n = 0;
-            while !c.stuck() {
-                c.decide(&slow);
-                n += 1;
-                assert!(n < 1000, "never stuck");
-            }
-            n
-        };
-        assert_eq!(looks_to_stuck(&mut c), 4 + STUCK_LOOKS);
-        // The workload alone is as fast as ever: the backfill is what slowed it.
-        assert_eq!(c.rebaseline(Some(ms(1)), Some(us(1_500)), Some(0.12)), None);
-        assert!(!c.looks_alone());
-        assert_eq!(looks_to_stuck(&mut c), 2 * STUCK_LOOKS);
-        c.rebaseline(Some(ms(1)), Some(us(1_500)), Some(0.12));
-        assert_eq!(looks_to_stuck(&mut c), 4 * STUCK_LOOKS);
-        for _ in 0..5 {
-            c.rebaseline(Some(ms(1)), Some(us(1_500)), Some(0.12));
-            looks_to_stuck(&mut c);
-        }
-        assert_eq!(c.stuck_after, STUCK_LOOKS_MOST);
-        // Never next to a busy workload, whose looks alone keep their own schedule and never
-        // raise a baseline above the first (its wake is larger than a light one's).
-        let mut busy = Controller::new(Limits::POSTGRES, 1.5);
-        busy.set_baseline(Some(ms(1)), Some(us(1_500)));
-        busy.set_in_flight_baseline(Some(1.6), Some(4));
-        for _ in 0..100 {
-            busy.decide(&slow);
-        }
-        assert!(!busy.stuck());
-        assert_eq!(
-            busy.rebaseline(Some(ms(1)), Some(us(4_600)), Some(1.6)),
-            None
-        );
-        assert_eq!(busy.commit_baseline(), Some(us(1_500)));
     }
 }
