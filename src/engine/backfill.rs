@@ -743,7 +743,11 @@ pub async fn run<T: Database>(
         walk.done += outcome.rows;
         walk.done_here += outcome.rows;
         let (n, all, longest) = walk.flushes;
-        walk.flushes = (n + 1, all + outcome.flushed, longest.max(outcome.flushed));
+        walk.flushes = (
+            n.saturating_add(1),
+            all.saturating_add(outcome.flushed),
+            longest.max(outcome.flushed),
+        );
         let turned = walk.look(outcome.waited);
         let (batch_time, pause) = match (&walk.pace, walk.throttle) {
             (Some(c), _) => (c.batch_time(), c.pause_after(took)),
