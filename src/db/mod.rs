@@ -155,7 +155,8 @@ pub struct BatchOutcome {
     /// JSON array of the batch's last key; None when no rows were left.
     pub last_key: Option<String>,
     /// How long the batch held its row locks: from its UPDATE to its commit. What
-    /// `batch_size: auto` steers toward `target_batch_time`.
+    /// `batch_size: auto` steers toward `target_batch_time`, with `flushed` counted only up to
+    /// half of it (`engine::backfill::steered_time`).
     pub held: std::time::Duration,
     /// PostgreSQL: how much of `held` the COMMIT took after the UPDATE had answered, the
     /// flush of the batch's WAL to the disk. Zero on SQLite, whose commit holds the
