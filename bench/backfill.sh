@@ -17,7 +17,9 @@
 #       each window, the p99 ratio without those seconds, and the control: the p99 ratio of a
 #       window after the backfill as long as its own (at most AFTER_SECS), the workload alone;
 #       and in a table of its own, the data disk's writes, MB written and flushes per second
-#       in the window before and the window during, and the CPU phased's process used.
+#       in the window before and the window during, the CPU phased's process used, and the
+#       buffers the server wrote while the backfill ran (by backends — the backfill's own
+#       evictions mostly —, the background writer, the checkpointer) and its checkpoints.
 #       With PAUSE_CHECK=1, one more auto run is paused with `phased pause` a few seconds in:
 #       the time from the pause to the last batch committed, and the resume to the end.
 #       With INTERLEAVE=S (seconds), each backfill of (a) is paused and resumed with `phased
@@ -287,12 +289,14 @@ run_interleaved() { # $1 plan, $2 windows file, $3 tag
 }
 
 # p99 (ms) of the logged transactions from logs $1* in the windows of $2 of kind $3 (on|off),
-# pooled: "count p99".
+# pooled: "count p99". $4 (optional): a file of epoch seconds whose transactions, and the next
+# second's, are left out (the disk's stalled seconds).
 pooled_p99() {
-  cat "$OUT"/"$1"* | awk -v windows="$2" -v kind="$3" '
-    BEGIN { while ((getline line < windows) > 0) { split(line, w, " "); if (w[1] == kind && w[3] > w[2]) { n++; lo[n] = w[2]; hi[n] = w[3] } } }
+  cat "$OUT"/"$1"* | awk -v windows="$2" -v kind="$3" -v skip="${4:-}" '
+    BEGIN { while ((getline line < windows) > 0) { split(line, w, " "); if (w[1] == kind && w[3] > w[2]) { n++; lo[n] = w[2]; hi[n] = w[3] } }
+            if (skip != "") while ((getline s < skip) > 0) { out[s] = 1; out[s + 1] = 1 } }
     NF < 6 { next }
-    { t = $5 + $6 / 1e6; if ($3 == "failed" || $3 == "skipped") next;
+    { t = $5 + $6 / 1e6; if ($3 == "failed" || $3 == "skipped" || int(t) in out) next;
       for (i = 1; i <= n; i++) if (t >= lo[i] && t <= hi[i]) { print $3 / 1000; break } }' |
     sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "0 -"; exit }
       i = int(NR * 0.99); if (i < 1) i = 1; printf "%d %.2f\n", NR, v[i] }'
@@ -317,6 +321,15 @@ median_second_p99() {
       printf "%d %.2f\n", NR, v[int((NR + 1) / 2)] }'
 }
 
+# Buffers (8 kB) as MB.
+mb() { echo "$(( $1 * 8 / 1024 ))"; }
+
+# The server's buffer writes so far (pg_stat_bgwriter): "by backends, by the background
+# writer, by the checkpointer (buffers), checkpoints".
+buffer_writes() {
+  psql -X -At -F' ' -d postgres -c "SELECT buffers_backend, buffers_clean, buffers_checkpoint, checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+}
+
 # One backfill next to a workload at $2 tx/s (0: none), throttle $3 (see throttle_options);
 # scenario $1. Appends a
 # table row to $OUT/rows.md and the wall time to $OUT/secs-$1-$3.
@@ -335,6 +348,8 @@ measure() {
     b_start=$(now); sleep "$BASELINE_SECS"; b_end=$(now)
   fi
   log "$tag: the backfill${INTERLEAVE:+, paused and resumed every ${INTERLEAVE}s}"
+  local w0 w1
+  read -r -a w0 < <(buffer_writes)
   d_start=$(now)
   if [ -n "$INTERLEAVE" ]; then
     run_interleaved "$plan" "$OUT/windows-$tag" "$tag" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
@@ -343,6 +358,7 @@ measure() {
       2>"$OUT/backfill-$tag.log" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
   fi
   d_end=$(now)
+  read -r -a w1 < <(buffer_writes)
   d_secs=$(echo "$d_end - $d_start" | bc)
   if [ -n "$INTERLEAVE" ]; then
     # Rows/s over the running windows only.
@@ -389,7 +405,7 @@ measure() {
     local db=(- - - - -) dd
     [ -z "$wl_pid" ] || read -r -a db < <(disk_rates "$b_start" "$b_end")
     read -r -a dd < <(disk_rates "$d_start" "$d_end")
-    echo "| $tag | ${db[0]} → ${dd[0]} | ${db[1]} → ${dd[1]} | ${db[2]} → ${dd[2]} | ${db[3]} → ${dd[3]} | ${db[4]} → ${dd[4]} | $(awk -v s="$d_secs" '{ printf "%.0f%%", ($1 + $2) / s * 100 }' "$OUT/cpu-$tag") |" >>"$OUT/disk.md"
+    echo "| $tag | ${db[0]} → ${dd[0]} | ${db[1]} → ${dd[1]} | ${db[2]} → ${dd[2]} | ${db[3]} → ${dd[3]} | ${db[4]} → ${dd[4]} | $(awk -v s="$d_secs" '{ printf "%.0f%%", ($1 + $2) / s * 100 }' "$OUT/cpu-$tag") | $(mb $((w1[0] - w0[0]))) / $(mb $((w1[1] - w0[1]))) / $(mb $((w1[2] - w0[2]))) | $((w1[3] - w0[3])) |" >>"$OUT/disk.md"
   fi
   if [ -n "$INTERLEAVE" ] && [ -n "$wl_pid" ]; then
     local on off
@@ -398,7 +414,13 @@ measure() {
     local son soff
     read -r -a son < <(median_second_p99 "wl-$tag" "$OUT/windows-$tag" on)
     read -r -a soff < <(median_second_p99 "wl-$tag" "$OUT/windows-$tag" off)
-    echo "| $tag | $(grep -c '^on' "$OUT/windows-$tag") × on, $(grep -c '^off' "$OUT/windows-$tag") × off | ${on[0]} / ${off[0]} | ${off[1]} → ${on[1]} | $(ratio "${on[1]}" "${off[1]}") | ${son[0]} / ${soff[0]} | ${soff[1]} → ${son[1]} | $(ratio "${son[1]}" "${soff[1]}") |" >>"$OUT/interleaved.md"
+    local con=(- -) coff=(- -) calm="-"
+    if [ -s "$OUT/io-pressure" ] && [ -e "$OUT/stalls" ]; then
+      read -r -a con < <(pooled_p99 "wl-$tag" "$OUT/windows-$tag" on "$OUT/stalls")
+      read -r -a coff < <(pooled_p99 "wl-$tag" "$OUT/windows-$tag" off "$OUT/stalls")
+      calm="${coff[1]} → ${con[1]} ($(ratio "${con[1]}" "${coff[1]}"))"
+    fi
+    echo "| $tag | $(grep -c '^on' "$OUT/windows-$tag") × on, $(grep -c '^off' "$OUT/windows-$tag") × off | ${on[0]} / ${off[0]} | ${off[1]} → ${on[1]} | $(ratio "${on[1]}" "${off[1]}") | ${son[0]} / ${soff[0]} | ${soff[1]} → ${son[1]} | $(ratio "${son[1]}" "${soff[1]}") | $calm |" >>"$OUT/interleaved.md"
   fi
   left=$(sql -At -c "SELECT count(*) FROM accounts WHERE email_lower IS DISTINCT FROM lower(email)")
   [ "$left" = 0 ] || { echo "backfill left $left rows wrong ($tag)" >&2; exit 1; }
@@ -459,16 +481,16 @@ if [ -n "$SCENARIOS" ]; then
     echo
     echo "The data disk ($(data_disk)), in the window before → during the backfill: what the backfill adds to the disk's work; and the CPU phased's own process used (user + system, of one core) while it ran."
     echo
-    echo "| run | writes/s | MB/s written | flushes/s | ms a write | ms a flush | phased's CPU |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| run | writes/s | MB/s written | flushes/s | ms a write | ms a flush | phased's CPU | buffers written during by backends / the background writer / the checkpointer (MB) | checkpoints during |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     cat "$OUT/disk.md"
   fi
   if [ -s "$OUT/interleaved.md" ]; then
     echo
-    echo "Interleaved (INTERLEAVE=${INTERLEAVE}s): the workload's p99 while paused → while the backfill ran, windows of the same run taking turns; pooled over all their transactions, and the median over their whole seconds of each second's p99."
+    echo "Interleaved (INTERLEAVE=${INTERLEAVE}s): the workload's p99 while paused → while the backfill ran, windows of the same run taking turns; pooled over all their transactions, the median over their whole seconds of each second's p99, and pooled again without the seconds the disk stalled (and the second after each)."
     echo
-    echo "| run | windows | transactions running / paused | p99 paused → running (ms) | p99 × | seconds running / paused | median second's p99 paused → running (ms) | × |"
-    echo "|---|---|---:|---|---:|---:|---|---:|"
+    echo "| run | windows | transactions running / paused | p99 paused → running (ms) | p99 × | seconds running / paused | median second's p99 paused → running (ms) | × | pooled outside the disk's stalled seconds (ms, ×) |"
+    echo "|---|---|---:|---|---:|---:|---|---:|---:|"
     cat "$OUT/interleaved.md"
   fi
   if [ "$RUNS" -gt 1 ]; then
