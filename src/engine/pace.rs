@@ -214,9 +214,9 @@ pub struct Controller {
     /// The last look saw no other session at work.
     idle: bool,
     duty: f64,
-    /// The share of time before the last cut: healthy looks below it win it back faster
-    /// (`DUTY_STEP` at least, half the way each time), the way CUBIC returns to the window it
-    /// lost a packet at.
+    /// The share of time before the last cut (the first of a stalled flush's run of cuts):
+    /// healthy looks below it win it back faster (`DUTY_STEP` at least, half the way each
+    /// time), the way CUBIC returns to the window it lost a packet at.
     cut_from: f64,
     batch_time: Duration,
     last: Decision,
@@ -698,7 +698,17 @@ impl Controller {
             };
             let moved = duty < self.duty || batch < self.batch_time;
             if duty < self.duty {
-                self.cut_from = self.duty;
+                // Cuts that follow a stalled flush's cut, look after look, are the same moment
+                // (stalls come in runs, each one calling a look at once, and the next look's
+                // p95 still carries the queue a stall left): the way back aims at the share
+                // the first of them cut, not the last. Other cuts in a row are trouble that
+                // lasted seconds: the way back aims at where the latest one cut.
+                self.cut_from =
+                    if self.last.trend == Trend::Down && self.last.signal == "commit_stall" {
+                        self.cut_from.max(self.duty)
+                    } else {
+                        self.duty
+                    };
             }
             self.duty = duty;
             self.batch_time = batch;
@@ -1149,6 +1159,58 @@ mod tests {
         assert!((c.duty() - 0.5625).abs() < 1e-9, "{}", c.duty());
         c.decide(&commit(1, 3));
         assert!((c.duty() - 0.6625).abs() < 1e-9, "{}", c.duty());
+    }
+
+    #[test]
+    fn the_cuts_of_a_stall_win_back_toward_the_pace_before_it() {
+        // Recorded on 2026-12-07 (docs/benchmarks.md, late evening): a stalled flush halved
+        // the full pace, and the next look, its p95 still carrying the stall's queue, cut
+        // again; the way back aimed at 0.5 and took ten looks to return to the full pace.
+        // Runs of stalls, each cutting at once, went from 1.0 to 0.06 in a tenth of a second.
+        let mut c = pg_commit(1, 1);
+        c.decide(&Signals {
+            commit_max: Some(ms(23)),
+            ..commit(1, 3)
+        });
+        assert_eq!(c.duty(), 0.5);
+        let d = c
+            .decide(&Signals {
+                commit_p95: Some(Duration::from_micros(5_300)),
+                ..commit(1, 3)
+            })
+            .clone();
+        assert_eq!((d.trend, d.signal), (Trend::Down, "commit_p95"), "{d:?}");
+        assert_eq!(c.duty(), 0.25);
+        let mut duties = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(c.decide(&commit(1, 3)).trend, Trend::Up);
+            duties.push(c.duty());
+        }
+        // Half the way back to 1.0 each look (not to 0.5), then a step of a tenth.
+        assert_eq!(duties, vec![0.625, 0.8125, 0.9125]);
+        // A cut after a healthy look is a new moment: the way back aims at where it cut.
+        c.decide(&Signals {
+            commit_max: Some(ms(23)),
+            ..commit(1, 3)
+        });
+        assert!((c.duty() - 0.45625).abs() < 1e-9, "{}", c.duty());
+        c.decide(&commit(1, 3));
+        assert!((c.duty() - 0.684375).abs() < 1e-9, "{}", c.duty());
+        // A run of four stalls takes the full pace to a sixteenth; the first healthy look
+        // wins back half the way to the full pace, not a step towards an eighth.
+        let mut run = pg_commit(1, 1);
+        for _ in 0..4 {
+            run.decide(&Signals {
+                commit_max: Some(ms(40)),
+                ..commit(1, 3)
+            });
+        }
+        assert_eq!(run.duty(), 0.0625);
+        run.decide(&commit(1, 3));
+        assert_eq!(run.duty(), 0.53125);
+        // Latencies over their limit look after look, no stall among them, are trouble that
+        // lasts: the way back aims at where the latest cut came from
+        // (`backs_off_at_once_and_by_half_when_the_probe_suffers`).
     }
 
     #[test]
