@@ -1165,8 +1165,8 @@ mod tests {
     fn the_cuts_of_a_stall_win_back_toward_the_pace_before_it() {
         // Recorded on 2026-12-07 (docs/benchmarks.md, late evening): a stalled flush halved
         // the full pace, and the next look, its p95 still carrying the stall's queue, cut
-        // again; the way back aimed at 0.5 and took ten looks to return to the full pace.
-        // Runs of stalls, each cutting at once, went from 1.0 to 0.06 in a tenth of a second.
+        // again; the way back aimed at 0.5 and took seven looks to return to 0.99. Runs of
+        // stalls, each cutting at once, took the pace from 1.0 to 0.06 within a second.
         let mut c = pg_commit(1, 1);
         c.decide(&Signals {
             commit_max: Some(ms(23)),
