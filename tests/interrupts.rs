@@ -46,12 +46,14 @@ impl Running {
     /// Waits for the process to end; its exit code.
     fn wait(&mut self) -> Option<i32> {
         let status = self.child.wait().expect("wait for phased");
-        // The reader thread has the last lines once the pipe closed; give it the chance.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && !self.stderr().contains("interrupted") {
-            std::thread::yield_now();
-            if status.code().is_some() {
-                break;
+        // A run stopped by a signal it handled (130, 143) prints "interrupted (SIG…)" as it
+        // exits; the reader thread has that last line only once the pipe closed: give it the
+        // chance. (Waiting for "interrupted" alone returned at once: the earlier progress line
+        // "paused: interrupted" has it too.)
+        if matches!(status.code(), Some(130 | 143)) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !self.stderr().contains("interrupted (SIG") {
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         status.code()
