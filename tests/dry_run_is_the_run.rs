@@ -69,8 +69,8 @@ fn recorded(json: &str) -> Vec<(String, bool)> {
 }
 
 /// Matches the run's statements against the recording: a repeated block (a backfill's later
-/// batch) stands for any number of batches (none when the first took every row), then the
-/// last, empty batch (its transaction opened with its timeouts, nothing found, committed).
+/// batch) stands for any number of batches, at least one: the last batch, which finds no row,
+/// sends the same statements (a batch is one statement that finds its rows itself).
 fn assert_same(plan: &[(String, bool)], run: &[String]) {
     let mut r = 0;
     let mut p = 0;
@@ -79,16 +79,19 @@ fn assert_same(plan: &[(String, bool)], run: &[String]) {
         if plan[p].1 {
             let end = (p..plan.len()).find(|&i| !plan[i].1).unwrap_or(plan.len());
             let block: Vec<&String> = plan[p..end].iter().map(|(s, _)| s).collect();
+            let mut batches = 0;
             while run.len() >= r + block.len()
                 && block.iter().enumerate().all(|(i, s)| run[r + i] == **s)
             {
                 r += block.len();
+                batches += 1;
             }
-            let empty = [block[0], block[block.len() - 1]];
-            for s in empty {
-                assert_eq!(&here(r), s, "the last, empty batch");
-                r += 1;
-            }
+            assert!(
+                batches >= 1,
+                "the repeated batch (at least the last, empty one): expected {:#?}, the run sent {}",
+                block,
+                here(r)
+            );
             p = end;
         } else {
             assert_eq!(

@@ -167,6 +167,19 @@ pub struct BatchOutcome {
     pub waited: std::time::Duration,
 }
 
+impl BatchOutcome {
+    /// A batch that found no row left: the walk is done (or, in a dry run, not walked).
+    pub fn nothing_left() -> Self {
+        Self {
+            rows: 0,
+            last_key: None,
+            held: std::time::Duration::ZERO,
+            flushed: std::time::Duration::ZERO,
+            waited: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// An operator's hand on a plan's backfills, from any machine (`phased pause|resume|pace`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BackfillControl {

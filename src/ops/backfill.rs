@@ -434,6 +434,31 @@ pub struct BatchSql {
     pub rows: String,
 }
 
+/// ` WHERE a AND b` of `conditions`, or nothing without any.
+pub fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
+
+/// `batch."a" DESC, batch."b" DESC`: the order that puts a batch's last key first.
+pub fn order_desc(key: &[String]) -> String {
+    key.iter()
+        .map(|k| format!("batch.{} DESC", quote(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `"c" = expression, …`: a step's `set`, as an UPDATE's SET list.
+pub fn assignments(set: &[(String, String)]) -> String {
+    set.iter()
+        .map(|(c, e)| format!("{} = {e}", quote(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The SQL of one batch, per dialect: keyset pagination by `key`, never OFFSET, so each batch
 /// costs the same however far into the table it is. `table`, `key` and `set` come from the
 /// engine as text (the key may be read from the catalog); `key_types` are the PostgreSQL types
@@ -476,17 +501,9 @@ pub fn render(
     if let Some(p) = predicate {
         conditions.push(format!("({p})"));
     }
-    let where_clause = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    };
+    let where_clause = where_clause(&conditions);
     let order_asc = key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
-    let order_desc = key
-        .iter()
-        .map(|k| format!("batch.{} DESC", quote(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let order_desc = order_desc(key);
     let select_keys = match dialect {
         Dialect::Postgres => key
             .iter()
@@ -515,11 +532,7 @@ pub fn render(
     if let Some(p) = predicate {
         upd_conditions.push(format!("({p})"));
     }
-    let assignments = set
-        .iter()
-        .map(|(c, e)| format!("{} = {e}", quote(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let assignments = assignments(set);
     let update = format!(
         "UPDATE {} SET {assignments} WHERE {}",
         ident(table),

@@ -12,7 +12,7 @@ use crate::db::recorder::{Effect, Recorder};
 use crate::db::Dialect;
 use crate::db::{BatchOutcome, BatchRequest, DbError};
 use crate::ops::backfill;
-use crate::ops::name::{ident, literal};
+use crate::ops::name::{ident, ident_list, literal, quote};
 
 /// The SQL types of the key columns, for casting bound text values.
 pub async fn key_types(
@@ -187,39 +187,26 @@ pub async fn replica_lag(conn: &Conn) -> Result<Option<std::time::Duration>, DbE
 fn record_batch(
     recorder: &Recorder,
     batch: &BatchRequest<'_>,
-    sql: &backfill::BatchSql,
+    sql: &str,
     after: Option<&[String]>,
     repeats: bool,
 ) {
     let shown = |values: &[String]| values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>();
-    let mut lookup_params = after.map(shown).unwrap_or_default();
-    lookup_params.push(format!("{} (the batch size)", batch.limit));
-    let mut update_params = after.map(shown).unwrap_or_default();
-    update_params.extend(
-        batch
-            .key_columns
-            .iter()
-            .map(|c| format!("<the batch's last {c}>")),
-    );
-    update_params.extend([
+    let mut params = after.map(shown).unwrap_or_default();
+    params.extend([
+        format!("{} (the batch size)", batch.limit),
         format!("{:?}", batch.key.plan),
         format!("{:?}", batch.key.phase),
         batch.key.index.to_string(),
-        "<the batch's last key>".to_string(),
         "<rows per second>".to_string(),
         "<the pace and why>".to_string(),
+        format!("{:?}", batch.key.plan),
+        "<the generation of the run's lease on the plan>".to_string(),
     ]);
-    let taken = update_params.len() - 6;
     recorder.set_repeating(repeats);
-    // Two pipelines, as `run_batch` sends them (the fence, sent by a runner holding the
-    // plan's lease, is not in a dry run).
+    // One pipeline, as `run_batch` sends it.
     recorder.sql(&begin_batch(batch.timeouts), Vec::new(), Effect::Write);
-    recorder.sql(&sql.find_last, lookup_params, Effect::Read);
-    recorder.sql(
-        &update_and_checkpoint(&sql.update, taken),
-        update_params,
-        Effect::Write,
-    );
+    recorder.sql(sql, params, Effect::Write);
     recorder.sql("COMMIT", Vec::new(), Effect::Write);
     recorder.set_repeating(false);
 }
@@ -233,23 +220,119 @@ pub(crate) fn begin_batch(timeouts: crate::db::Timeouts) -> String {
     format!("BEGIN; {}", set_local(timeouts))
 }
 
-/// The batch's UPDATE and its checkpoint in one statement: the checkpoint counts the rows
-/// the UPDATE changed. Parameters: the UPDATE's own `1..=taken`, then the plan, phase, step
-/// index, checkpoint, rate and pace. Returns one row: the rows updated.
-pub(crate) fn update_and_checkpoint(update: &str, taken: usize) -> String {
-    let p = |i: usize| format!("${}", taken + i);
+/// A batch as one statement: the lease fence, the look-up of the batch's last key, the UPDATE
+/// of the rows up to it and the checkpoint, so a batch is one round trip (`BEGIN` with its
+/// timeouts, this statement and `COMMIT`, pipelined). Each round trip a batch waits for is time
+/// it holds no row lock and does no work, at a couple of milliseconds a batch a fifth of the
+/// wall time (docs/benchmarks.md).
+///
+/// Parameters: the previous batch's key (`1..=n`, when `has_lower_bound`), the batch size,
+/// then the plan, phase and step index, the rate and the pace; `fenced`, then the lease's
+/// plan and generation. Returns one row: the lease generation found (NULL unfenced), the rows
+/// updated, the state rows updated (1), the batch's last key — a JSON array of its values as
+/// text, as the checkpoint stores it (NULL when no row was left: the walk is done) — and the
+/// seconds from the statement's start to the end of its look-up (the row locks come after).
+///
+/// The fence is in the statement, not a look-up of its own answered first: the lease row is
+/// locked `FOR SHARE` before the look-up (an InitPlan of it) and until the batch commits, and
+/// a generation not this runner's leaves the look-up empty, so the batch writes nothing, and
+/// its checkpoint nothing, whatever follows on the wire. The checkpoint is built in the
+/// statement (`json_build_array` of the key as text: `["42"]`, or `{"down":["42"]}` for a
+/// rollback's walk), since the last key is only known there.
+pub(crate) fn batch_statement(
+    batch: &BatchRequest<'_>,
+    key_types: &[String],
+    has_lower_bound: bool,
+    fenced: bool,
+) -> String {
+    let (table, key, set, predicate) = (batch.table, batch.key_columns, batch.set, batch.predicate);
+    let n = key.len();
+    let keys = ident_list(key);
+    let previous = (0..n)
+        .map(|i| {
+            let ty = key_types.get(i).map(String::as_str).unwrap_or("text");
+            format!("${}::text::{ty}", i + 1)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut next = if has_lower_bound { n + 1 } else { 1 };
+    let mut param = || {
+        let p = format!("${next}");
+        next += 1;
+        p
+    };
+    let limit = param();
+    let (plan, phase, index, rate, pace) = (param(), param(), param(), param(), param());
+    let fence = fenced.then(|| (param(), param()));
+
+    // The last key's columns are named apart from the table's, which the UPDATE's SET and
+    // WHERE see beside them.
+    let last_col = |i: usize| format!("phased_last_{}", i + 1);
+    let mut conditions = Vec::new();
+    if has_lower_bound {
+        conditions.push(format!("({keys}) > ({previous})"));
+    }
+    if let Some(p) = predicate {
+        conditions.push(format!("({p})"));
+    }
+    let where_clause = backfill::where_clause(&conditions);
+    let joined = |parts: Vec<String>| parts.join(", ");
+    let last_columns = joined(
+        key.iter()
+            .enumerate()
+            .map(|(i, k)| format!("batch.{} AS {}", quote(k), last_col(i)))
+            .collect(),
+    );
+    let key_text = joined(
+        (0..n)
+            .map(|i| format!("phased_row.{}::text", last_col(i)))
+            .collect(),
+    );
+    let order_desc = backfill::order_desc(key);
+    let last_tuple = joined(
+        (0..n)
+            .map(|i| format!("phased_last.{}", last_col(i)))
+            .collect(),
+    );
+    let mut upd_conditions = Vec::new();
+    if has_lower_bound {
+        upd_conditions.push(format!("({keys}) > ({previous})"));
+    }
+    upd_conditions.push(format!("({keys}) <= ({last_tuple})"));
+    if let Some(p) = predicate {
+        upd_conditions.push(format!("({p})"));
+    }
+    let assignments = backfill::assignments(set);
+    let checkpoint = if batch.down {
+        "'{\"down\":' || phased_last.phased_key || '}'"
+    } else {
+        "phased_last.phased_key"
+    };
+    let (fence_cte, fence_check, generation) = match &fence {
+        Some((lease_plan, lease_generation)) => (
+            format!(
+                "phased_fence AS MATERIALIZED (SELECT generation FROM phased.leases WHERE plan = {lease_plan} FOR SHARE), "
+            ),
+            format!(
+                " WHERE EXISTS (SELECT 1 FROM phased_fence WHERE generation = {lease_generation})"
+            ),
+            "(SELECT generation FROM phased_fence)".to_string(),
+        ),
+        None => (String::new(), String::new(), "NULL::bigint".to_string()),
+    };
     format!(
-        "WITH batch AS ({update} RETURNING 1) \
-         UPDATE phased.steps SET checkpoint = {cp}, rows_done = rows_done + (SELECT count(*) FROM batch), \
+        "WITH {fence_cte}\
+         phased_last AS MATERIALIZED (SELECT phased_row.*, json_build_array({key_text})::text AS phased_key, \
+         extract(epoch FROM clock_timestamp() - statement_timestamp())::float8 AS phased_looked FROM \
+         (SELECT {last_columns} FROM (SELECT {keys} FROM {t}{where_clause} ORDER BY {keys} LIMIT {limit}) AS batch{fence_check} ORDER BY {order_desc} LIMIT 1) AS phased_row), \
+         phased_batch AS (UPDATE {t} SET {assignments} FROM phased_last WHERE {upd} RETURNING 1), \
+         phased_step AS (UPDATE phased.steps SET checkpoint = {checkpoint}, rows_done = rows_done + (SELECT count(*) FROM phased_batch), \
          rows_per_second = {rate}, progress = {pace}, updated_at = now() \
-         WHERE plan = {plan} AND phase = {phase} AND step_index = {index} \
-         RETURNING (SELECT count(*) FROM batch)",
-        plan = p(1),
-        phase = p(2),
-        index = p(3),
-        cp = p(4),
-        rate = p(5),
-        pace = p(6),
+         FROM phased_last WHERE plan = {plan} AND phase = {phase} AND step_index = {index} RETURNING 1) \
+         SELECT {generation}, (SELECT count(*) FROM phased_batch), (SELECT count(*) FROM phased_step), phased_last.phased_key, phased_last.phased_looked \
+         FROM (SELECT) AS phased_one LEFT JOIN phased_last ON true",
+        t = ident(table),
+        upd = upd_conditions.join(" AND "),
     )
 }
 
@@ -267,14 +350,23 @@ pub async fn run_batch(
     fence: Option<&(String, i64)>,
 ) -> Result<BatchOutcome, DbError> {
     let after = parse_after(batch)?;
-    let sql = batch_sql(batch, types, after.is_some());
+    let statement_of = |has_lower_bound: bool| {
+        batch_statement(
+            batch,
+            types,
+            has_lower_bound,
+            // A dry run shows what a run sends, and a run holds its plan's lease.
+            fence.is_some() || conn.recorder().is_some(),
+        )
+    };
+    let sql = statement_of(after.is_some());
     if let Some(recorder) = conn.recorder() {
         // The first batch as it is sent, then the form every later batch takes (after the
         // previous batch's last key), once per batch.
         if after.is_none() {
             record_batch(recorder, batch, &sql, None, false);
         }
-        let later = batch_sql(batch, types, true);
+        let later = statement_of(true);
         let previous: Vec<String> = match &after {
             Some(after) => after.clone(),
             None => batch
@@ -284,110 +376,77 @@ pub async fn run_batch(
                 .collect(),
         };
         record_batch(recorder, batch, &later, Some(&previous), true);
-        return Ok(BatchOutcome {
-            rows: 0,
-            last_key: None,
-            held: Duration::ZERO,
-            flushed: Duration::ZERO,
-            waited: Duration::ZERO,
-        });
+        return Ok(BatchOutcome::nothing_left());
     }
-    let client = conn.client_mut()?;
-    // Two round trips a batch, each a pipeline of statements run in order: BEGIN with the
-    // timeouts, the fence and the lookup of the batch's last key; then the UPDATE with its
-    // checkpoint, and COMMIT. Short batches are what keep the application's latency flat
-    // (docs/benchmarks.md), and at a few milliseconds a batch every round trip saved is work
-    // the batch can do instead. Statements are prepared once per connection; a statement sent
-    // before the one ahead of it has answered is only ever one that need not wait for it.
     let begin = begin_batch(batch.timeouts);
     let limit = i64::try_from(batch.limit).unwrap_or(i64::MAX);
     let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
     if let Some(after) = &after {
         params.extend(after.iter().map(|v| v as &(dyn ToSql + Sync)));
     }
-    params.push(&limit);
-    // The fence: the lease row stays locked FOR SHARE until this batch commits, so no other
-    // runner can take the plan over while it runs.
-    let fenced = async {
-        match fence {
-            None => Ok(None),
-            Some((plan, _)) => {
-                let statement = client.prepare_cached(super::lease::FENCE).await?;
-                client
-                    .query_opt(&statement, &[plan])
-                    .await
-                    .map(|row| row.map(|r| r.get::<_, i64>(0)))
-            }
-        }
-    };
-    // Its preparation on the connection's first batch locks the table too: after the SET
-    // LOCALs on the wire, so under the batch's lock_timeout.
-    let lookup = async {
-        let find_last = client.prepare_cached(&sql.find_last).await?;
-        client.query_opt(&find_last, &params).await
-    };
-    let (begun, found, row) = tokio::join!(client.batch_execute(&begin), fenced, lookup);
-    let opened = begun
-        .map_err(|e| sql_error(e, &begin))
-        .and_then(|()| found.map_err(|e| sql_error(e, super::lease::FENCE)))
-        .and_then(|found| match fence {
-            Some((plan, generation)) => crate::db::fence::fence_result(plan, *generation, found),
-            None => Ok(()),
-        })
-        .and_then(|()| row.map_err(|e| sql_error(e, &sql.find_last)));
-    let row = match opened {
-        Ok(row) => row,
-        Err(e) => {
-            abandon(client).await;
-            return Err(e);
-        }
-    };
-    let Some(row) = row else {
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| sql_error(e, "COMMIT"))?;
-        return Ok(BatchOutcome {
-            rows: 0,
-            last_key: None,
-            held: Duration::ZERO,
-            flushed: Duration::ZERO,
-            waited: Duration::ZERO,
-        });
-    };
-    let last: Vec<String> = (0..batch.key_columns.len())
-        .map(|i| row.get::<_, String>(i))
-        .collect();
-    let last_json = serde_json::to_string(&last).unwrap_or_default();
-    let stored = crate::db::state_sql::backfill_checkpoint(&last_json, batch.down);
-
-    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-    if let Some(after) = &after {
-        params.extend(after.iter().map(|v| v as &(dyn ToSql + Sync)));
-    }
-    params.extend(last.iter().map(|v| v as &(dyn ToSql + Sync)));
-    let taken = params.len();
     params.extend([
-        &batch.key.plan as &(dyn ToSql + Sync),
+        &limit as &(dyn ToSql + Sync),
+        &batch.key.plan,
         &batch.key.phase,
         &batch.key.index,
-        &stored,
         &batch.rows_per_second,
         &batch.pace,
     ]);
-    let write = update_and_checkpoint(&sql.update, taken);
-    // Prepared before COMMIT goes on the wire: a statement still being prepared would run
-    // after it, outside the transaction.
-    let statement = match client.prepare_cached(&write).await {
-        Ok(statement) => statement,
-        Err(e) => {
-            abandon(client).await;
-            return Err(sql_error(e, &write));
+    if let Some((plan, generation)) = fence {
+        params.extend([plan as &(dyn ToSql + Sync), generation]);
+    }
+    // One round trip a batch: BEGIN with the timeouts, the batch's statement and COMMIT, a
+    // pipeline the server runs in order. Short batches are what keep the application's
+    // latency flat (docs/benchmarks.md), and at a few milliseconds a batch every round trip
+    // saved is work the batch can do instead. The statement must be prepared before it can go
+    // on the wire behind BEGIN: on the connection's first batch (of this form) that is a round
+    // trip of its own, after the SET LOCALs, since preparing it locks the table — under the
+    // batch's lock_timeout.
+    let statement = match conn.batch_statement(&sql) {
+        Some(statement) => {
+            let client = conn.client_mut()?;
+            let locking = Instant::now();
+            // COMMIT of a transaction the statement failed in rolls it back. The statement's
+            // answer comes before the COMMIT is run: what the COMMIT takes after it is the WAL
+            // flush.
+            let (begun, written, committed) = tokio::join!(
+                client.batch_execute(&begin),
+                async {
+                    let written = client.query_opt(&statement, &params).await;
+                    (written, locking.elapsed())
+                },
+                client.batch_execute("COMMIT")
+            );
+            return finish(
+                batch,
+                &sql,
+                fence,
+                begun.map_err(|e| sql_error(e, &begin)),
+                written,
+                committed,
+                locking.elapsed(),
+            );
+        }
+        None => {
+            let client = conn.client_mut()?;
+            let (begun, prepared) =
+                tokio::join!(client.batch_execute(&begin), client.prepare(&sql));
+            let statement = match begun
+                .map_err(|e| sql_error(e, &begin))
+                .and_then(|()| prepared.map_err(|e| sql_error(e, &sql)))
+            {
+                Ok(statement) => statement,
+                Err(e) => {
+                    abandon(client).await;
+                    return Err(e);
+                }
+            };
+            conn.keep_batch_statement(&sql, statement.clone());
+            statement
         }
     };
+    let client = conn.client_mut()?;
     let locking = Instant::now();
-    // COMMIT of a transaction the UPDATE failed in rolls it back. The UPDATE's answer comes
-    // before the COMMIT is run: what the COMMIT takes after it is the WAL flush.
     let (written, committed) = tokio::join!(
         async {
             let written = client.query_opt(&statement, &params).await;
@@ -395,21 +454,62 @@ pub async fn run_batch(
         },
         client.batch_execute("COMMIT")
     );
-    let held = locking.elapsed();
+    finish(
+        batch,
+        &sql,
+        fence,
+        Ok(()),
+        written,
+        committed,
+        locking.elapsed(),
+    )
+}
+
+/// A batch's answers: its rows and last key, or the first error (the fence's among them).
+fn finish(
+    batch: &BatchRequest<'_>,
+    sql: &str,
+    fence: Option<&(String, i64)>,
+    begun: Result<(), DbError>,
+    written: (
+        Result<Option<tokio_postgres::Row>, tokio_postgres::Error>,
+        Duration,
+    ),
+    committed: Result<(), tokio_postgres::Error>,
+    held: Duration,
+) -> Result<BatchOutcome, DbError> {
     let (written, worked) = written;
-    let written = written.map_err(|e| sql_error(e, &write))?;
+    begun?;
+    let row = written.map_err(|e| sql_error(e, sql))?;
     committed.map_err(|e| sql_error(e, "COMMIT"))?;
-    let rows = written.map(|r| r.get::<_, i64>(0)).ok_or_else(|| {
-        DbError::Unexpected(format!(
+    let row =
+        row.ok_or_else(|| DbError::Unexpected("a backfill batch returned no row".to_string()))?;
+    if let Some((plan, generation)) = fence {
+        // A generation not this runner's found nothing to look up: nothing was written.
+        crate::db::fence::fence_result(plan, *generation, row.get::<_, Option<i64>>(0))?;
+    }
+    let rows: i64 = row.get(1);
+    let steps: i64 = row.get(2);
+    let Some(last) = row.get::<_, Option<String>>(3) else {
+        return Ok(BatchOutcome::nothing_left());
+    };
+    if steps == 0 {
+        return Err(DbError::Unexpected(format!(
             "the state row of this backfill step (plan `{}`, phase `{}`) is missing: its \
-                 last batch was written without a checkpoint",
+             last batch was written without a checkpoint",
             batch.key.plan, batch.key.phase
-        ))
-    })?;
+        )));
+    }
+    // The row locks are taken after the look-up, which writes nothing: the time it took, from
+    // the statement's start, is not part of how long the batch held them.
+    let looked = row
+        .get::<_, Option<f64>>(4)
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::ZERO, Duration::from_secs_f64);
     Ok(BatchOutcome {
         rows: u64::try_from(rows).unwrap_or(0),
-        last_key: Some(last_json),
-        held,
+        last_key: Some(last),
+        held: held.saturating_sub(looked.min(worked)),
         flushed: held.saturating_sub(worked),
         waited: Duration::ZERO,
     })

@@ -17,6 +17,10 @@ use crate::db::DbError;
 pub struct Conn {
     client: Option<Object>,
     recorder: Option<Recorder>,
+    /// The backfill batch statement prepared on this connection, with its SQL: kept here, not
+    /// in the pool's statement cache, since a batch must know before it sends anything
+    /// whether the statement still needs preparing (`backfill::run_batch`).
+    batch: Option<(String, tokio_postgres::Statement)>,
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -30,6 +34,7 @@ impl Conn {
         Self {
             client: Some(client),
             recorder: None,
+            batch: None,
         }
     }
 
@@ -38,6 +43,7 @@ impl Conn {
         Self {
             client,
             recorder: Some(recorder),
+            batch: None,
         }
     }
 
@@ -60,6 +66,20 @@ impl Conn {
         self.client.as_ref().ok_or_else(|| {
             DbError::Unexpected("no database connection (offline dry run)".to_string())
         })
+    }
+
+    /// The backfill batch statement prepared on this connection for `sql`, if it is.
+    pub fn batch_statement(&self, sql: &str) -> Option<tokio_postgres::Statement> {
+        self.batch
+            .as_ref()
+            .filter(|(text, _)| text == sql)
+            .map(|(_, statement)| statement.clone())
+    }
+
+    /// Keeps the backfill batch statement just prepared for `sql` (the one before is dropped,
+    /// and with it its server-side statement).
+    pub fn keep_batch_statement(&mut self, sql: &str, statement: tokio_postgres::Statement) {
+        self.batch = Some((sql.to_string(), statement));
     }
 
     /// The live connection, mutably (a backfill batch pipelines prepared statements on it).
