@@ -294,14 +294,12 @@ pub(crate) fn batch_statement(
             .map(|i| format!("phased_last.{}", last_col(i)))
             .collect(),
     );
-    let mut upd_conditions = Vec::new();
-    if has_lower_bound {
-        upd_conditions.push(format!("({keys}) > ({previous})"));
-    }
-    upd_conditions.push(format!("({keys}) <= ({last_tuple})"));
-    if let Some(p) = predicate {
-        upd_conditions.push(format!("({p})"));
-    }
+    // The UPDATE's rows: the look-up's, up to and including the last key.
+    let mut upd_conditions = conditions.clone();
+    upd_conditions.insert(
+        usize::from(has_lower_bound),
+        format!("({keys}) <= ({last_tuple})"),
+    );
     let assignments = backfill::assignments(set);
     let checkpoint = if batch.down {
         "'{\"down\":' || phased_last.phased_key || '}'"
@@ -402,31 +400,9 @@ pub async fn run_batch(
     // on the wire behind BEGIN: on the connection's first batch (of this form) that is a round
     // trip of its own, after the SET LOCALs, since preparing it locks the table — under the
     // batch's lock_timeout.
-    let statement = match conn.batch_statement(&sql) {
-        Some(statement) => {
-            let client = conn.client_mut()?;
-            let locking = Instant::now();
-            // COMMIT of a transaction the statement failed in rolls it back. The statement's
-            // answer comes before the COMMIT is run: what the COMMIT takes after it is the WAL
-            // flush.
-            let (begun, written, committed) = tokio::join!(
-                client.batch_execute(&begin),
-                async {
-                    let written = client.query_opt(&statement, &params).await;
-                    (written, locking.elapsed())
-                },
-                client.batch_execute("COMMIT")
-            );
-            return finish(
-                batch,
-                &sql,
-                fence,
-                begun.map_err(|e| sql_error(e, &begin)),
-                written,
-                committed,
-                locking.elapsed(),
-            );
-        }
+    // Whether BEGIN still has to go on the wire, ahead of the statement.
+    let (statement, open) = match conn.batch_statement(&sql) {
+        Some(statement) => (statement, true),
         None => {
             let client = conn.client_mut()?;
             let (begun, prepared) =
@@ -442,12 +418,23 @@ pub async fn run_batch(
                 }
             };
             conn.keep_batch_statement(&sql, statement.clone());
-            statement
+            (statement, false)
         }
     };
     let client = conn.client_mut()?;
     let locking = Instant::now();
-    let (written, committed) = tokio::join!(
+    // Each future sends its message when first polled, and `join!` polls them in order: BEGIN
+    // (unless sent already), the statement, COMMIT. COMMIT of a transaction the statement
+    // failed in rolls it back. The statement's answer comes before the COMMIT is run: what
+    // the COMMIT takes after it is the WAL flush.
+    let (begun, written, committed) = tokio::join!(
+        async {
+            if open {
+                client.batch_execute(&begin).await
+            } else {
+                Ok(())
+            }
+        },
         async {
             let written = client.query_opt(&statement, &params).await;
             (written, locking.elapsed())
@@ -458,7 +445,7 @@ pub async fn run_batch(
         batch,
         &sql,
         fence,
-        Ok(()),
+        begun.map_err(|e| sql_error(e, &begin)),
         written,
         committed,
         locking.elapsed(),
