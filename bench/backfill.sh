@@ -324,10 +324,15 @@ median_second_p99() {
 # Buffers (8 kB) as MB.
 mb() { echo "$(( $1 * 8 / 1024 ))"; }
 
-# The server's buffer writes so far (pg_stat_bgwriter): "by backends, by the background
-# writer, by the checkpointer (buffers), checkpoints".
+# The server's buffer writes so far: "by backends, by the background writer, by the
+# checkpointer (buffers), checkpoints". PostgreSQL 17 moved the backends' and the
+# checkpointer's counts out of pg_stat_bgwriter (to pg_stat_io and pg_stat_checkpointer).
 buffer_writes() {
-  psql -X -At -F' ' -d postgres -c "SELECT buffers_backend, buffers_clean, buffers_checkpoint, checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+  if [ "$(psql -X -At -d postgres -c "SELECT current_setting('server_version_num')::int >= 170000")" = t ]; then
+    psql -X -At -F' ' -d postgres -c "SELECT (SELECT coalesce(sum(writes), 0)::bigint FROM pg_stat_io WHERE backend_type = 'client backend'), (SELECT buffers_clean FROM pg_stat_bgwriter), buffers_written, num_timed + num_requested FROM pg_stat_checkpointer"
+  else
+    psql -X -At -F' ' -d postgres -c "SELECT buffers_backend, buffers_clean, buffers_checkpoint, checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+  fi
 }
 
 # One backfill next to a workload at $2 tx/s (0: none), throttle $3 (see throttle_options);

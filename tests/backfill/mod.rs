@@ -1031,6 +1031,58 @@ async fn sqlite_stored_checkpoints_are_the_reported_keys() {
     stored_checkpoints_are_the_reported_keys(TestDb::sqlite()).await;
 }
 
+/// A table whose columns are named like the parts of a batch's own statement (`phased_key`,
+/// `phased_last_1`, `phased_looked`, `batch`, `phased_row`), one of them in the key, all used
+/// unqualified in `set:` and `where:`: they are the table's, never ambiguous, in every batch.
+async fn columns_named_like_the_batch_statement_s_own(db: TestDb) {
+    db.execute(
+        "CREATE TABLE clash (phased_last_1 integer NOT NULL, id integer NOT NULL, \
+           phased_key integer NOT NULL, phased_looked integer NOT NULL, batch integer NOT NULL, \
+           phased_row integer, filled integer, PRIMARY KEY (phased_last_1, id))",
+    )
+    .await;
+    db.execute(
+        "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 100) \
+         INSERT INTO clash (phased_last_1, id, phased_key, phased_looked, batch, phased_row) \
+         SELECT i % 3, i, i * 10, i * 100, 1, CASE WHEN i % 4 = 0 THEN NULL ELSE i END FROM g",
+    )
+    .await;
+    let yaml = r#"
+plan: clash
+phases:
+  - name: backfill
+    kind: migrate
+    steps:
+      - backfill:
+          table: clash
+          set: { filled: "phased_key + phased_looked + batch + phased_last_1" }
+          where: "filled IS NULL AND phased_row IS NOT NULL"
+          batch_size: 7
+          pause: 0s
+"#;
+    run_ok(&db, &plan(yaml)).await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM clash WHERE phased_row IS NOT NULL AND filled = phased_key + phased_looked + batch + phased_last_1")
+            .await,
+        75
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM clash WHERE phased_row IS NULL AND filled IS NULL")
+            .await,
+        25
+    );
+}
+
+#[tokio::test]
+async fn pg_columns_named_like_the_batch_statement_s_own() {
+    columns_named_like_the_batch_statement_s_own(TestDb::pg().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_columns_named_like_the_batch_statement_s_own() {
+    columns_named_like_the_batch_statement_s_own(TestDb::sqlite()).await;
+}
+
 /// A table its statistics put at 100,000 rows or more gets the planner's estimate as its total,
 /// not a count (a scan of the whole table before the first batch). Statistics taken before
 /// half the rows were filled (autovacuum off) say all 150,000 are left — scaled by the planner

@@ -265,8 +265,7 @@ pub(crate) fn batch_statement(
     let (plan, phase, index, rate, pace) = (param(), param(), param(), param(), param());
     let fence = fenced.then(|| (param(), param()));
 
-    // The last key's columns are named apart from the table's, which the UPDATE's SET and
-    // WHERE see beside them.
+    // The last key's columns, as the look-up returns them.
     let last_col = |i: usize| format!("phased_last_{}", i + 1);
     let mut conditions = Vec::new();
     if has_lower_bound {
@@ -294,11 +293,14 @@ pub(crate) fn batch_statement(
             .map(|i| format!("phased_last.{}", last_col(i)))
             .collect(),
     );
-    // The UPDATE's rows: the look-up's, up to and including the last key.
+    // The UPDATE's rows: the look-up's, up to and including the last key, read by a
+    // sub-query (an InitPlan, so still an index condition) rather than joined, so that the
+    // plan's `set:` and `where:` see the table's columns alone, whatever they are named. No
+    // last key (nothing left, or the fence failed): a NULL bound, and no row.
     let mut upd_conditions = conditions.clone();
     upd_conditions.insert(
         usize::from(has_lower_bound),
-        format!("({keys}) <= ({last_tuple})"),
+        format!("({keys}) <= (SELECT {last_tuple} FROM phased_last)"),
     );
     let assignments = backfill::assignments(set);
     let checkpoint = if batch.down {
@@ -323,7 +325,7 @@ pub(crate) fn batch_statement(
          phased_last AS MATERIALIZED (SELECT phased_row.*, json_build_array({key_text})::text AS phased_key, \
          extract(epoch FROM clock_timestamp() - statement_timestamp())::float8 AS phased_looked FROM \
          (SELECT {last_columns} FROM (SELECT {keys} FROM {t}{where_clause} ORDER BY {keys} LIMIT {limit}) AS batch{fence_check} ORDER BY {order_desc} LIMIT 1) AS phased_row), \
-         phased_batch AS (UPDATE {t} SET {assignments} FROM phased_last WHERE {upd} RETURNING 1), \
+         phased_batch AS (UPDATE {t} SET {assignments} WHERE {upd} RETURNING 1), \
          phased_step AS (UPDATE phased.steps SET checkpoint = {checkpoint}, rows_done = rows_done + (SELECT count(*) FROM phased_batch), \
          rows_per_second = {rate}, progress = {pace}, updated_at = now() \
          FROM phased_last WHERE plan = {plan} AND phase = {phase} AND step_index = {index} RETURNING 1) \
