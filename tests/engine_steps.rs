@@ -4,7 +4,7 @@
 use phased::db::StepStatus;
 use phased::engine::{EngineError, Event, RunOptions};
 
-use crate::common::{on_both, plan, plan_in, run, run_ok, TestDb};
+use crate::common::{on_both, pg, plan, plan_in, run, run_ok, TestDb};
 
 const SCHEMA_STEPS: &str = r#"
 plan: steps
@@ -309,6 +309,118 @@ async fn status_reports_every_step(db: TestDb) {
     assert_eq!(status.phases[0].status, "failed");
 }
 on_both!(status_reports_every_step);
+
+/// What a `dual_write` trigger does with each write: fills the new column of a row inserted
+/// without it, keeps one the writer gave, recomputes it when an update changed the old column
+/// and left the new one as it was, and keeps what an update set the new column to.
+async fn dual_write_fills_what_the_writer_left(db: TestDb) {
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, email text, email_lower text)")
+        .await;
+    let p = plan(
+        r#"
+plan: writes
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - dual_write: { table: t, set: { email_lower: "lower(NEW.email)" } }
+"#,
+    );
+    run_ok(&db, &p).await;
+    let lower = |id: i32| {
+        let db = &db;
+        async move {
+            db.text(&format!("SELECT email_lower FROM t WHERE id = {id}"))
+                .await
+        }
+    };
+    db.execute("INSERT INTO t (id, email) VALUES (1, 'A@X')")
+        .await;
+    db.execute("INSERT INTO t (id, email, email_lower) VALUES (2, 'B@X', 'given')")
+        .await;
+    assert_eq!(lower(1).await.as_deref(), Some("a@x"), "filled on insert");
+    assert_eq!(lower(2).await.as_deref(), Some("given"), "kept on insert");
+    db.execute("UPDATE t SET email = 'C@Y' WHERE id = 1").await;
+    assert_eq!(
+        lower(1).await.as_deref(),
+        Some("c@y"),
+        "recomputed on update"
+    );
+    db.execute("UPDATE t SET email = 'D@Y', email_lower = 'set' WHERE id = 1")
+        .await;
+    assert_eq!(lower(1).await.as_deref(), Some("set"), "kept on update");
+    db.execute("UPDATE t SET email_lower = 'new' WHERE id = 2")
+        .await;
+    assert_eq!(
+        lower(2).await.as_deref(),
+        Some("new"),
+        "an update of it alone"
+    );
+}
+on_both!(dual_write_fills_what_the_writer_left);
+
+/// On PostgreSQL the trigger's function is not called for an UPDATE that changed every column
+/// it fills — the backfill's every row, which would pay a PL/pgSQL call for nothing — and is
+/// for one that left any of them as it was. Counted by the session's own function statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_write_is_not_called_for_updates_that_set_its_columns_on_postgres() {
+    let db = TestDb::pg().await;
+    db.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, email text, email_lower text, email_upper text); \
+         INSERT INTO t (id, email) SELECT i, 'User' || i FROM generate_series(1, 10) i",
+    )
+    .await;
+    let p = plan(
+        r#"
+plan: calls
+phases:
+  - name: expand
+    kind: expand
+    steps:
+      - dual_write: { table: t, set: { email_lower: "lower(NEW.email)", email_upper: "upper(NEW.email)" } }
+"#,
+    );
+    run_ok(&db, &p).await;
+    let client = pg(&db).client().await;
+    client
+        .batch_execute("SET track_functions = 'pl'; BEGIN")
+        .await
+        .expect("begin");
+    let calls = || async {
+        client
+            .query_one(
+                "SELECT coalesce(pg_stat_get_xact_function_calls('phased.phased_dual_write_t'::regproc), 0)",
+                &[],
+            )
+            .await
+            .expect("calls")
+            .get::<_, i64>(0)
+    };
+    // What a backfill sends: every new column set.
+    client
+        .batch_execute("UPDATE t SET email_lower = lower(email), email_upper = upper(email)")
+        .await
+        .expect("update");
+    assert_eq!(calls().await, 0);
+    // One left as it was (and still NULL): called, and it fills it.
+    client
+        .batch_execute("UPDATE t SET email_lower = 'x' || email WHERE id <= 3")
+        .await
+        .expect("update");
+    assert_eq!(calls().await, 3);
+    client
+        .batch_execute("UPDATE t SET email = email || '!' WHERE id = 4")
+        .await
+        .expect("update");
+    assert_eq!(calls().await, 4);
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(
+        db.text("SELECT email_lower || ' ' || email_upper FROM t WHERE id = 4")
+            .await
+            .as_deref(),
+        Some("user4! USER4!")
+    );
+}
 
 /// A `dual_write`'s `set` runs in the order written (PostgreSQL assigns `NEW.…` one after the
 /// other), so an expression can use a column assigned before it; it used to run sorted by

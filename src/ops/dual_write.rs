@@ -31,9 +31,15 @@ pub struct DualWrite {
 /// `app.t` and `web.t` no longer share (and overwrite) one function. An older phased named
 /// those functions like the trigger: `legacy_function` is that name, dropped with the trigger
 /// when nothing else uses it.
+///
+/// On PostgreSQL the trigger named like the table fires on INSERT, and `update` on UPDATE, the
+/// same function: an UPDATE trigger may have a `WHEN` condition on `OLD` (one for both events
+/// may not), and that condition spares the function call to an UPDATE that changed every new
+/// column — the backfill's every row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerNames {
     pub trigger: Name,
+    pub update: Name,
     pub function: Name,
     pub legacy_function: Option<Name>,
 }
@@ -41,16 +47,22 @@ pub struct TriggerNames {
 impl TriggerNames {
     pub fn for_table(table: &TableName) -> Self {
         let trigger = derived_name(table.schema(), &["phased_dual_write", table.name()]);
+        let update = derived_name(
+            table.schema(),
+            &["phased_dual_write", table.name(), "update"],
+        );
         match table.schema().filter(|s| s.as_str() != "public") {
             Some(schema) => TriggerNames {
                 function: derived_name_in_schema(schema, &["phased_dual_write", table.name()]),
                 legacy_function: Some(trigger.clone()),
                 trigger,
+                update,
             },
             None => TriggerNames {
                 function: trigger.clone(),
                 legacy_function: None,
                 trigger,
+                update,
             },
         }
     }
@@ -130,13 +142,30 @@ impl Operation for DualWrite {
                     })
                     .collect();
                 let function = names.function();
+                let update = names.update.quoted();
+                // The function assigns nothing on an UPDATE that changed every new column (the
+                // backfill's, which sets them): the condition skips its call there, which cost
+                // the backfill a PL/pgSQL call a row (docs/benchmarks.md).
+                let unchanged = self
+                    .set
+                    .keys()
+                    .map(|column| {
+                        let c = column.quoted();
+                        format!("NEW.{c} IS NOT DISTINCT FROM OLD.{c}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" OR ");
                 vec![Unit::Transaction(vec![
                     format!(
                         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $phased$\nBEGIN\n{assignments}  RETURN NEW;\nEND\n$phased$"
                     ),
                     format!("DROP TRIGGER IF EXISTS {trigger} ON {table}"),
+                    format!("DROP TRIGGER IF EXISTS {update} ON {table}"),
                     format!(
-                        "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()"
+                        "CREATE TRIGGER {trigger} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()"
+                    ),
+                    format!(
+                        "CREATE TRIGGER {update} BEFORE UPDATE ON {table} FOR EACH ROW WHEN ({unchanged}) EXECUTE FUNCTION {function}()"
                     ),
                 ])]
             }
@@ -208,6 +237,11 @@ pub fn drop_units(table: &TableName, dialect: Dialect) -> Vec<Unit> {
                 names.trigger.quoted(),
                 table.quoted()
             ),
+            format!(
+                "DROP TRIGGER IF EXISTS {} ON {}",
+                names.update.quoted(),
+                table.quoted()
+            ),
             format!("DROP FUNCTION IF EXISTS {}()", names.function()),
         ]
         .into_iter()
@@ -250,7 +284,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("CREATE TRIGGER \"phased_dual_write_accounts\" BEFORE INSERT OR UPDATE ON \"app\".\"accounts\""),
+            text.contains("CREATE TRIGGER \"phased_dual_write_accounts\" BEFORE INSERT ON \"app\".\"accounts\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("CREATE TRIGGER \"phased_dual_write_accounts_update\" BEFORE UPDATE ON \"app\".\"accounts\" FOR EACH ROW WHEN (NEW.\"email_lower\" IS NOT DISTINCT FROM OLD.\"email_lower\") EXECUTE"),
             "{text}"
         );
         let sqlite = step.op().units(Dialect::Sqlite).unwrap_or_default();
