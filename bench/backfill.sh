@@ -28,6 +28,11 @@
 #       second of each window, the pause or resume taking hold, left out). Slow drifts of the
 #       machine fall on both sides alike, which a window before and a window during cannot
 #       tell from the backfill. Its own table; rows/s then count the running windows only.
+#       With DISTURB=P:MB, trouble that comes and goes, the same for every build: while each
+#       backfill of (a) runs, every P seconds MB MiB are written to a file in $OUT and synced
+#       (dd conv=fsync), which stalls the WAL's flushes for tens of milliseconds on this
+#       machine's disk. For comparing builds' pace through it, not for the goals: the window
+#       before has no such writes.
 #   (b) unthrottled backfill rows/s on an idle database next to one plain UPDATE of the table;
 #   (c) unthrottled rows/s (and phased's peak RSS) at each of SIZES.
 #
@@ -39,6 +44,7 @@
 #         workload tx/s, 200), HEAVY_RATE (tx/s; default 50% of the measured capacity with the trigger),
 #         CLIENTS (4), BASELINE_SECS (60: the window before each backfill), AFTER_SECS (120:
 #         the longest window after it), PAUSE_CHECK (0), INTERLEAVE (empty: off),
+#         DISTURB (empty: off; P:MB, e.g. 2:128),
 #         RUST_LOG (e.g. phased=debug: each look of the pace, in $OUT/backfill-*.log),
 #         RUNS (1: runs of each scenario and throttle in (a), in turn; with more, a summary of
 #         each pair's median and range follows the table), OUT (bench/out)
@@ -64,6 +70,7 @@ HEAVY_RATE="${HEAVY_RATE:-}"
 PAUSE_CHECK="${PAUSE_CHECK:-0}"
 AFTER_SECS="${AFTER_SECS:-120}"
 INTERLEAVE="${INTERLEAVE:-}"
+DISTURB="${DISTURB:-}"
 RUNS="${RUNS:-1}"
 DB=phased_bench
 URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
@@ -259,6 +266,29 @@ capacity() {
     "$DB" 2>/dev/null | awk '/^tps = / { printf "%d\n", $3 }'
 }
 
+# DISTURB=P:MB: writes MB MiB and syncs them every P seconds until killed; prints its pid.
+start_disturb() {
+  [ -n "$DISTURB" ] || return 0
+  local period=${DISTURB%%:*} mib=${DISTURB##*:}
+  (
+    while :; do
+      sleep "$period"
+      dd if=/dev/zero of="$OUT/disturb" bs=1M count="$mib" conv=fsync 2>/dev/null
+      rm -f "$OUT/disturb"
+    done
+  ) >/dev/null 2>&1 &
+  echo $!
+}
+
+stop_disturb() { # $1 pid, or empty
+  [ -n "${1:-}" ] || return 0
+  # Not a child of this shell (started in a command substitution): its dd, then itself.
+  pkill -P "$1" 2>/dev/null || true
+  kill "$1" 2>/dev/null || true
+  while kill -0 "$1" 2>/dev/null; do sleep 0.1; done
+  rm -f "$OUT/disturb"
+}
+
 # Runs the backfill of plan $1 in the background, pausing and resuming it every $INTERLEAVE
 # seconds until it ends; appends "on|off <from> <to>" per window to $2 (the first second of
 # each left out: the pause or resume taking hold). Returns the backfill's exit status.
@@ -353,16 +383,18 @@ measure() {
     b_start=$(now); sleep "$BASELINE_SECS"; b_end=$(now)
   fi
   log "$tag: the backfill${INTERLEAVE:+, paused and resumed every ${INTERLEAVE}s}"
-  local w0 w1
+  local w0 w1 disturb_pid
   read -r -a w0 < <(buffer_writes)
+  disturb_pid=$(start_disturb)
   d_start=$(now)
   if [ -n "$INTERLEAVE" ]; then
-    run_interleaved "$plan" "$OUT/windows-$tag" "$tag" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
+    run_interleaved "$plan" "$OUT/windows-$tag" "$tag" || { cat "$OUT/backfill-$tag.log" >&2; stop_disturb "$disturb_pid"; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
   else
     /usr/bin/time -f "%U %S" -o "$OUT/cpu-$tag" "$PHASED" run "$plan" --phase backfill --database "$URL" --format json >"$OUT/backfill-$tag.ndjson" \
-      2>"$OUT/backfill-$tag.log" || { cat "$OUT/backfill-$tag.log" >&2; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
+      2>"$OUT/backfill-$tag.log" || { cat "$OUT/backfill-$tag.log" >&2; stop_disturb "$disturb_pid"; [ -z "$wl_pid" ] || kill "$wl_pid"; echo "backfill failed ($tag)" >&2; exit 1; }
   fi
   d_end=$(now)
+  stop_disturb "$disturb_pid"
   read -r -a w1 < <(buffer_writes)
   d_secs=$(echo "$d_end - $d_start" | bc)
   if [ -n "$INTERLEAVE" ]; then
