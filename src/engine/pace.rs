@@ -1326,7 +1326,11 @@ mod tests {
             periodic.decide(&healthy);
         }
         assert_eq!(periodic.cut_from, 1.0);
-        assert!((periodic.duty() - 2.0 / 3.0).abs() < 1e-3, "{}", periodic.duty());
+        assert!(
+            (periodic.duty() - 2.0 / 3.0).abs() < 1e-3,
+            "{}",
+            periodic.duty()
+        );
         // Nor when a commit p95 over its limit came between two stalls (recorded with
         // DISTURB=2:128, where the mark fell to 0.25 and the pace stayed under a fifth).
         let mut between = pg_commit(1, 1);
