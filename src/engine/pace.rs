@@ -732,10 +732,10 @@ impl Controller {
                 // a healthy look, on the way back, is trouble that comes and goes: the mark
                 // stays near the pace before it (`MARK_DECAY`), not where the way back had
                 // got to. Not left where it was after a stalled flush that comes back: with
-                // the disk made to stall every two seconds, holding the mark doubled the
-                // backfill's speed, and took the workload's median second's p99 from 2.1–2.5
-                // ms while it was paused to 4.3–15 ms while it ran (docs/benchmarks.md): the
-                // backfill's writes lengthen a stalling disk's queue.
+                // the disk made to stall every two seconds, holding the mark ran faster, and
+                // the workload's p90 while it ran rose with the speed, to 1.3–1.7 ms against
+                // 0.9–1.0 ms while it was paused (docs/benchmarks.md): the backfill's writes
+                // lengthen a stalling disk's queue.
                 self.cut_from = match self.last.trend {
                     Trend::Down if self.last.signal == "commit_stall" => {
                         self.cut_from.max(self.duty)
