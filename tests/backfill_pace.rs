@@ -29,6 +29,14 @@ async fn seed_items(db: &TestDb, rows: i64) {
 
 /// A backfill with no fixed knob (so `throttle: auto`), patient on locks: a batch waits for
 /// the disturbance to end instead of failing.
+/// The PostgreSQL pace tests take turns: the probe counts every client session of the server
+/// at work (other tests' too, by design: they share its CPU and its disk), so the busy
+/// workload of one (`pg_next_to_a_busy_workload_the_backfill_looks_at_it_alone`: eight
+/// sessions in a transaction) was another's, whose pace then never recovered from its stall
+/// (seen in CI: "8.0 in flight on 10 connections", every look after the stall over a busy
+/// workload's limit).
+static SERVER_PACE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const AUTO_PLAN: &str = r#"
 plan: fill
 phases:
@@ -124,6 +132,7 @@ async fn until<F: AsyncFn() -> bool>(what: &str, check: F) {
 /// the pace drops, saying so; later looks find the workload healthy and the pace rises again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_pace_drops_while_another_session_holds_row_locks_then_recovers() {
+    let _turn = SERVER_PACE.lock().await;
     // Rows held near the start: on a loaded machine the probe finds the workload slow and the
     // pace low from the first batch, and the test must not depend on how fast the backfill
     // gets anywhere. Enough rows after them for the looks that follow the release (each
@@ -202,6 +211,7 @@ async fn pg_pace_drops_while_another_session_holds_row_locks_then_recovers() {
 /// recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_pace_drops_at_once_on_a_stalled_probe_commit_then_recovers() {
+    let _turn = SERVER_PACE.lock().await;
     const ROWS: i64 = 150_000;
     let db = TestDb::pg().await;
     seed_items(&db, ROWS).await;
@@ -272,6 +282,7 @@ async fn pg_pace_drops_at_once_on_a_stalled_probe_commit_then_recovers() {
 /// other tests' among them, count too: they share its CPU and its disk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
+    let _turn = SERVER_PACE.lock().await;
     use phased::db::Catalog;
     let db = TestDb::pg().await;
     seed_items(&db, 100).await;
@@ -323,6 +334,7 @@ async fn pg_probe_commits_to_its_own_row_and_sees_an_application_at_work() {
 /// batch; an operator's cap keeps the backfill running longer than that on any machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_next_to_a_busy_workload_the_backfill_looks_at_it_alone() {
+    let _turn = SERVER_PACE.lock().await;
     use phased::db::ControlChange;
     const ROWS: i64 = 2_000;
     let db = TestDb::pg().await;
@@ -466,6 +478,7 @@ async fn sqlite_fixed_knobs_override_auto() {
 /// the batches shrank to 10 rows, a slow commit each. A statement trigger counts the batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_slow_flush_does_not_shrink_the_batches_to_nothing() {
+    let _turn = SERVER_PACE.lock().await;
     const ROWS: i64 = 3_000;
     let db = TestDb::pg().await;
     seed_items(&db, ROWS).await;
