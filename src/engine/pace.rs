@@ -79,11 +79,11 @@ pub const TAIL_SAMPLES: usize = 50;
 pub const STALL_FACTOR: f64 = 10.0;
 /// The shortest probe commit that counts as a stall, whatever its baseline.
 pub const STALL_FLOOR: Duration = Duration::from_millis(20);
-/// A cut after a healthy look lowers the way back's mark
-/// (`Controller::cut_from`) to this share of it, unless the pace was above that (CUBIC's
-/// fast convergence, with its 0.85): trouble that comes and goes, healthy looks between,
-/// leaves the mark near the pace before it, and a workload that can bear less than the mark
-/// brings it down to what it bears in a few cuts. Measured next to a light workload while the disk stalled every few seconds
+/// A cut after a healthy look lowers the way back's mark (`Controller::cut_from`) to this
+/// share of it, unless the pace was above that (CUBIC's fast convergence, with its 0.85):
+/// trouble that comes and goes, healthy looks between, leaves the mark near the pace before
+/// it, and a workload that can bear less than the mark brings it down to what it bears in a
+/// few cuts. Measured next to a light workload while the disk stalled every few seconds
 /// (docs/benchmarks.md, 2026-12-08): with the mark set where each cut came from, five cuts
 /// between healthy looks took it from 1.0 to 0.19, and the pace then climbed a tenth a look
 /// for 15 s, the workload's p99 unchanged (1.00× its own paused seconds).
